@@ -1,0 +1,58 @@
+"""Shared fixtures: the golden reference folder (``--golden-dir``) and tolerance helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+DEFAULT_GOLDEN = SHARED / "reference" / "golden_tiny"
+REFERENCE = SHARED / "reference"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--golden-dir",
+        default=str(DEFAULT_GOLDEN),
+        help="folder in the golden_tiny format (checkpoint.safetensors, vectors.safetensors, config.json)",
+    )
+
+
+@pytest.fixture(scope="session")
+def golden_dir(request: pytest.FixtureRequest) -> Path:
+    path = Path(request.config.getoption("--golden-dir"))
+    if not (path / "checkpoint.safetensors").is_file() or not (path / "vectors.safetensors").is_file():
+        pytest.skip(f"golden reference folder not found at {path} (it lives in ../shared/reference/golden_tiny)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def golden(golden_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(golden_dir / "vectors.safetensors"))
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    if not REFERENCE.is_dir():
+        pytest.skip(f"reference key lists not found at {REFERENCE} (they live in ../shared/reference)")
+    return REFERENCE
+
+
+def max_error(actual: torch.Tensor, expected: torch.Tensor) -> tuple[float, float]:
+    """(max absolute error, max absolute error relative to max|expected|)."""
+    diff = (actual.detach().double() - expected.double()).abs().max().item()
+    scale = expected.double().abs().max().item()
+    return diff, diff / max(scale, 1e-30)
+
+
+def assert_golden(actual: torch.Tensor, expected: torch.Tensor, name: str, rel: float = 1e-4) -> None:
+    """|a - b| <= rel * max|expected| + 1e-5 elementwise (the golden README's suggested bound)."""
+    assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    diff, rel_err = max_error(actual, expected)
+    bound = rel * expected.double().abs().max().item() + 1e-5
+    assert diff <= bound, f"{name}: max abs error {diff:.3g} (relative {rel_err:.3g}) exceeds {bound:.3g}"
