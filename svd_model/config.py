@@ -160,6 +160,11 @@ class ModelConfig:
     def cond_vae_index(self) -> int:
         return COND_VAE_INDEX[self.family]
 
+    @property
+    def size_multiple(self) -> int:
+        """Pixel sizes must be multiples of this: VAE factor x UNet downsampling (64 for official models)."""
+        return self.first_stage.downsample_factor * 2 ** (len(self.unet.channel_mult) - 1)
+
 
 @dataclass(frozen=True)
 class SamplingDefaults:

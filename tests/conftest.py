@@ -50,9 +50,23 @@ def max_error(actual: torch.Tensor, expected: torch.Tensor) -> tuple[float, floa
     return diff, diff / max(scale, 1e-30)
 
 
+GOLDEN_ERRORS: dict[str, tuple[float, float]] = {}
+
+
 def assert_golden(actual: torch.Tensor, expected: torch.Tensor, name: str, rel: float = 1e-4) -> None:
     """|a - b| <= rel * max|expected| + 1e-5 elementwise (the golden README's suggested bound)."""
     assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     diff, rel_err = max_error(actual, expected)
+    GOLDEN_ERRORS[name] = max(GOLDEN_ERRORS.get(name, (0.0, 0.0)), (diff, rel_err))
     bound = rel * expected.double().abs().max().item() + 1e-5
     assert diff <= bound, f"{name}: max abs error {diff:.3g} (relative {rel_err:.3g}) exceeds {bound:.3g}"
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001
+    """List the measured golden errors (max abs, relative to max|ref|) after a run that checked any."""
+    if GOLDEN_ERRORS:
+        terminalreporter.write_sep("-", "golden max errors (abs, relative to max|ref|)")
+        worst = max(rel for _, rel in GOLDEN_ERRORS.values())
+        for name, (diff, rel) in sorted(GOLDEN_ERRORS.items()):
+            terminalreporter.write_line(f"{name:36s} {diff:10.3g} {rel:10.3g}")
+        terminalreporter.write_line(f"worst relative error: {worst:.3g} over {len(GOLDEN_ERRORS)} tensors")

@@ -1,0 +1,118 @@
+"""`svd-lab`: the pack's command line (no ComfyUI server needed).
+
+  svd-lab image-to-video [--checkpoint PATH] [--image IMG] [--output-dir DIR] [...]
+  svd-lab make-tiny-checkpoint PATH [--family svd|sv3d_u|sv3d_p]
+  svd-lab info CHECKPOINT
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+log = logging.getLogger("svd_lab")
+
+CHECKPOINT_ENV = "SVD_LAB_CHECKPOINT"
+
+
+def _find_checkpoint(arg: str | None) -> Path | None:
+    for candidate in (arg, os.environ.get(CHECKPOINT_ENV)):
+        if candidate:
+            path = Path(candidate)
+            if not path.exists():
+                raise SystemExit(f"svd-lab: checkpoint not found: {path}")
+            return path
+    return None
+
+
+def _cmd_make_tiny(args: argparse.Namespace) -> int:
+    from .svd_model.config import Family
+    from .svd_model.tiny import write_tiny_checkpoint
+
+    path = write_tiny_checkpoint(args.path, Family(args.family), seed=args.seed)
+    print(f"wrote a tiny RANDOM-weight {args.family} checkpoint (for tests and demos, not real video): {path}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from .svd_model.checkpoint import CheckpointReader
+    from .svd_model.detect import guess_variant, infer_config
+
+    reader = CheckpointReader(args.checkpoint)
+    config = infer_config(reader.shapes())
+    dtypes = sorted({str(i.dtype).replace("torch.", "") for i in reader.infos.values()})
+    print(f"file: {args.checkpoint} ({len(reader)} tensors, dtypes {', '.join(dtypes)})")
+    print(f"family: {config.family.value}; sampling variant guess: {guess_variant(config.family, reader.path.name)}")
+    for name in ("unet", "first_stage", "cond_vae", "image_encoder"):
+        print(f"{name}: {getattr(config, name)}")
+    if reader.metadata:
+        print(f"metadata: {reader.metadata}")
+    return 0
+
+
+def _cmd_image_to_video(args: argparse.Namespace) -> int:
+    from .svd_model.api import run_image_to_video
+
+    checkpoint = _find_checkpoint(args.checkpoint)
+    result = run_image_to_video(
+        checkpoint=checkpoint,
+        image=args.image,
+        output_dir=Path(args.output_dir),
+        num_frames=args.frames,
+        steps=args.steps,
+        seed=args.seed,
+        width=args.width,
+        height=args.height,
+        device=args.device,
+    )
+    print(result.summary())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="svd-lab", description="Stable Video Diffusion tools (comfyui-svd-lab)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log INFO messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("image-to-video", help="generate a video from one image and write PNG frames")
+    p.add_argument("--checkpoint", help=f"SVD-family .safetensors or diffusers folder (or ${CHECKPOINT_ENV}); "
+                   "without one, a tiny random-weight model is used and the output is noise")
+    p.add_argument("--image", help="conditioning image (PNG/JPEG); default: a built-in test pattern")
+    p.add_argument("--output-dir", default="output", help="where the frames go (default: ./output)")
+    p.add_argument("--frames", type=int, help="frame count (default: the variant's)")
+    p.add_argument("--steps", type=int, help="sampling steps (default: the variant's)")
+    p.add_argument("--width", type=int, help="width, multiple of 64 (default: the variant's)")
+    p.add_argument("--height", type=int, help="height, multiple of 64 (default: the variant's)")
+    p.add_argument("--seed", type=int, default=23)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.set_defaults(func=_cmd_image_to_video)
+
+    p = sub.add_parser("make-tiny-checkpoint", help="write a tiny random-weight checkpoint in the official layout")
+    p.add_argument("path")
+    p.add_argument("--family", default="svd", choices=["svd", "sv3d_u", "sv3d_p"])
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_make_tiny)
+
+    p = sub.add_parser("info", help="detect a checkpoint's variant and architecture")
+    p.add_argument("checkpoint")
+    p.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    from .svd_model.errors import SVDError
+
+    try:
+        return args.func(args)
+    except SVDError as exc:
+        print(f"svd-lab: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

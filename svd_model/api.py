@@ -1,0 +1,47 @@
+"""The package's public API in one place (re-exported by ``svd_model``).
+
+    bundle = load_bundle("svd_xt.safetensors", device="cuda")
+    params = VideoParams.for_variant(bundle.variant, num_frames=25)
+    cond, uncond = encode_condition(bundle, image, params, generator=gen)   # image (1, 3, H, W) in [-1, 1]
+    latents = sample_video(bundle, cond, uncond, params, generator=gen, callback=print)
+    frames = decode_latents(bundle, latents, chunk_size=8)                  # (1, t, 3, H, W) in [-1, 1]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .loader import SVDBundle, load_bundle, save_bundle
+from .pipelines.decode import decode_latents, encode_frames
+from .pipelines.image_to_video import VideoParams, encode_condition, sample_video
+from .sampling import StepInfo
+
+__all__ = [
+    "SVDBundle",
+    "StepInfo",
+    "VideoParams",
+    "decode_latents",
+    "encode_condition",
+    "encode_frames",
+    "image_to_video",
+    "load_bundle",
+    "sample_video",
+    "save_bundle",
+]
+
+
+def image_to_video(
+    bundle: SVDBundle,
+    image: Tensor,
+    params: VideoParams,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callable[[StepInfo], None] | None = None,
+) -> Tensor:
+    """image (b, 3, H, W) in [-1, 1] -> scaled latents (b, t, 4, H/8, W/8). One generator seeds both
+    the conditioning noise augmentation and the sampling noise, so a seed fixes the whole video."""
+    cond, uncond = encode_condition(bundle, image, params, generator=generator)
+    return sample_video(bundle, cond, uncond, params, generator=generator, callback=callback)

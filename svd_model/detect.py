@@ -1,0 +1,207 @@
+"""Infer a :class:`ModelConfig` from checkpoint key names and shapes.
+
+This is the only module that reads key names. Every field names the key it comes from; values
+the weights cannot tell are documented defaults in :mod:`svd_model.config`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+from .config import (
+    COND_VAE_INDEX,
+    Family,
+    ImageEncoderConfig,
+    ModelConfig,
+    UNetConfig,
+    VAEConfig,
+    family_from_vector_width,
+)
+from .errors import CheckpointError
+
+Shapes = Mapping[str, Sequence[int]]
+
+UNET_PREFIX = "model.diffusion_model."
+FIRST_STAGE_PREFIX = "first_stage_model."
+CLIP_PREFIX = "conditioner.embedders.0.open_clip.model."
+IMAGE_ENCODER_PREFIX = CLIP_PREFIX + "visual."
+
+
+def cond_vae_prefix(family: Family) -> str:
+    return f"conditioner.embedders.{COND_VAE_INDEX[family]}.encoder."
+
+
+def is_ignored_key(key: str) -> bool:
+    """Keys the official files carry but no SVD network uses: open_clip's text-tower leftovers
+    (token_embedding, positional_embedding, ln_final, text_projection, logit_scale; sgm deletes only
+    the text transformer) and, if a file kept it, the text transformer itself."""
+    return key.startswith(CLIP_PREFIX) and not key.startswith(IMAGE_ENCODER_PREFIX)
+
+
+# (pattern that identifies a foreign model, what it is). Checked only when the SVD keys are absent.
+_FOREIGN = (
+    (r"^(model\.diffusion_model\.)?double_blocks\.", "a Flux checkpoint"),
+    (r"^(model\.diffusion_model\.)?joint_blocks\.", "a Stable Diffusion 3 checkpoint"),
+    (r"^conditioner\.embedders\.1\.model\.", "an SDXL checkpoint"),
+    (r"^cond_stage_model\.", "a Stable Diffusion 1.x/2.x checkpoint"),
+    (r"^(down_blocks|up_blocks|mid_block)\.", "a diffusers-format component (load the folder, not one file)"),
+    (r"^(vision_model|text_model)\.", "a transformers CLIP model"),
+    (r"^(encoder|decoder)\.(down|up|conv_in)", "a standalone VAE"),
+)
+
+
+def _describe_foreign(keys: Sequence[str]) -> str:
+    for pattern, what in _FOREIGN:
+        if any(re.match(pattern, k) for k in keys):
+            return what
+    if any(k.startswith(UNET_PREFIX) for k in keys):
+        return "a UNet without temporal layers (an image model, not SVD)"
+    prefixes = sorted({k.split(".")[0] for k in keys})[:6]
+    return f"an unknown model (top-level prefixes: {', '.join(prefixes) or 'none'})"
+
+
+def _need(shapes: Shapes, key: str, what: str) -> Sequence[int]:
+    try:
+        return shapes[key]
+    except KeyError:
+        raise CheckpointError(f"missing {key!r} ({what}); the checkpoint is incomplete or not an SVD-family model")
+
+
+def _indices(shapes: Shapes, prefix: str) -> list[int]:
+    """Sorted distinct integers N of keys '<prefix>N.*'."""
+    pat = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return sorted({int(m.group(1)) for k in shapes if (m := pat.match(k))})
+
+
+def infer_unet_config(shapes: Shapes, prefix: str = UNET_PREFIX) -> UNetConfig:
+    conv_in = _need(shapes, prefix + "input_blocks.0.0.weight", "UNet input conv")
+    model_channels, in_channels = conv_in[0], conv_in[1]
+    out_channels = _need(shapes, prefix + "out.2.weight", "UNet output conv")[0]
+    adm = _need(shapes, prefix + "label_emb.0.0.weight", "UNet vector embedding")[1]
+    # input_blocks: [conv_in, (res[, transformer]) x num_res_blocks, downsample, ...]; the last level has no downsample.
+    levels: list[list[int]] = [[]]
+    for n in _indices(shapes, prefix + "input_blocks.")[1:]:
+        if prefix + f"input_blocks.{n}.0.op.weight" in shapes:
+            levels.append([])
+        else:
+            levels[-1].append(n)
+    num_res = len(levels[0])
+    if num_res == 0 or any(len(level) != num_res for level in levels):
+        raise CheckpointError(f"unexpected UNet layout: res blocks per level {[len(lv) for lv in levels]}")
+    mult = []
+    attention = []
+    for level in levels:
+        width = _need(shapes, prefix + f"input_blocks.{level[0]}.0.out_layers.3.weight", "res block conv")[0]
+        mult.append(width // model_channels)
+        attention.append(prefix + f"input_blocks.{level[0]}.1.proj_in.weight" in shapes)
+    transformer = prefix + "middle_block.1."
+    depth = len(_indices(shapes, transformer + "transformer_blocks."))
+    context_dim = _need(shapes, transformer + "transformer_blocks.0.attn2.to_k.weight", "cross-attention")[1]
+    kernel = _need(shapes, prefix + "input_blocks.1.0.time_stack.in_layers.2.weight", "temporal res block conv")[2]
+    return UNetConfig(
+        in_channels=in_channels,
+        out_channels=out_channels,
+        model_channels=model_channels,
+        channel_mult=tuple(mult),
+        num_res_blocks=num_res,
+        attention_levels=tuple(attention),
+        transformer_depth=depth,
+        context_dim=context_dim,
+        adm_in_channels=adm,
+        video_kernel_size=kernel,
+    )
+
+
+def infer_vae_config(shapes: Shapes, prefix: str) -> VAEConfig:
+    has_encoder = prefix + "encoder.conv_in.weight" in shapes
+    has_decoder = prefix + "decoder.conv_in.weight" in shapes
+    if not (has_encoder or has_decoder):
+        raise CheckpointError(f"missing VAE under {prefix!r}: neither encoder.conv_in nor decoder.conv_in found")
+    if has_encoder:
+        ch = shapes[prefix + "encoder.conv_in.weight"][0]
+        in_channels = shapes[prefix + "encoder.conv_in.weight"][1]
+        z = _need(shapes, prefix + "encoder.conv_out.weight", "VAE encoder output")[0] // 2
+        levels = _indices(shapes, prefix + "encoder.down.")
+        mult = [shapes[prefix + f"encoder.down.{i}.block.0.conv2.weight"][0] // ch for i in levels]
+        num_res = len(_indices(shapes, prefix + "encoder.down.0.block."))
+    else:
+        ch = shapes[prefix + "decoder.conv_out.weight"][1]
+        in_channels = 3
+        z = shapes[prefix + "decoder.conv_in.weight"][1]
+        levels = _indices(shapes, prefix + "decoder.up.")
+        mult = [shapes[prefix + f"decoder.up.{i}.block.0.conv2.weight"][0] // ch for i in levels]
+        num_res = len(_indices(shapes, prefix + "decoder.up.0.block.")) - 1
+    out_channels = shapes[prefix + "decoder.conv_out.weight"][0] if has_decoder else 3
+    time_mix = prefix + "decoder.conv_out.time_mix_conv.weight"
+    return VAEConfig(
+        ch=ch,
+        ch_mult=tuple(mult),
+        num_res_blocks=num_res,
+        in_channels=in_channels,
+        out_channels=out_channels,
+        z_channels=z,
+        has_encoder=has_encoder,
+        has_quant_conv=prefix + "quant_conv.weight" in shapes,
+        has_post_quant_conv=prefix + "post_quant_conv.weight" in shapes,
+        has_decoder=has_decoder,
+        temporal_decoder=time_mix in shapes,
+        video_kernel_size=shapes[time_mix][2] if time_mix in shapes else 3,
+    )
+
+
+def infer_image_encoder_config(shapes: Shapes, prefix: str = IMAGE_ENCODER_PREFIX) -> ImageEncoderConfig:
+    conv1 = _need(shapes, prefix + "conv1.weight", "CLIP patch embedding")
+    width, patch = conv1[0], conv1[-1]
+    tokens = _need(shapes, prefix + "positional_embedding", "CLIP positional embedding")[0]
+    grid = round((tokens - 1) ** 0.5)
+    if grid * grid + 1 != tokens:
+        raise CheckpointError(f"CLIP positional_embedding has {tokens} rows, expected a square grid + 1 class token")
+    return ImageEncoderConfig(
+        image_size=grid * patch,
+        patch_size=patch,
+        width=width,
+        layers=len(_indices(shapes, prefix + "transformer.resblocks.")),
+        mlp_width=_need(shapes, prefix + "transformer.resblocks.0.mlp.c_fc.weight", "CLIP MLP")[0],
+        embed_dim=_need(shapes, prefix + "proj", "CLIP projection")[1],
+        head_width=80 if width == 1280 else 64,  # open_clip ViT-H-14 vs the open_clip default
+    )
+
+
+def infer_config(shapes: Shapes) -> ModelConfig:
+    """Infer every network's config from an official single-file state dict's key -> shape table."""
+    keys = list(shapes)
+    marker = UNET_PREFIX + "input_blocks.1.0.time_stack.in_layers.2.weight"
+    if marker not in shapes:
+        raise CheckpointError(
+            f"this is not an SVD-family checkpoint: it looks like {_describe_foreign(keys)}. "
+            f"Expected the temporal UNet key {marker!r} (svd, svd_xt, svd_xt_1_1, sv3d_u or sv3d_p)."
+        )
+    unet = infer_unet_config(shapes)
+    family = family_from_vector_width(unet.adm_in_channels)
+    image_encoder = infer_image_encoder_config(shapes)
+    if not any(k.startswith(FIRST_STAGE_PREFIX) for k in keys):
+        raise CheckpointError(f"missing the first-stage VAE (no {FIRST_STAGE_PREFIX!r} keys): the file is incomplete")
+    cond_prefix = cond_vae_prefix(family)
+    if not any(k.startswith(cond_prefix) for k in keys):
+        raise CheckpointError(
+            f"missing the conditioning VAE encoder (no {cond_prefix!r} keys) expected in a {family.value} checkpoint"
+        )
+    return ModelConfig(
+        family=family,
+        unet=unet,
+        first_stage=infer_vae_config(shapes, FIRST_STAGE_PREFIX),
+        cond_vae=infer_vae_config(shapes, cond_prefix),
+        image_encoder=image_encoder,
+    )
+
+
+def guess_variant(family: Family, name: str = "") -> str:
+    """Sampling-defaults variant. SVD and SVD-XT have identical shapes, so the file name decides
+    ("xt" -> svd_xt, "1_1"/"1.1" -> svd_xt_1_1), else svd; SV3D variants follow from the family."""
+    if family is not Family.SVD:
+        return family.value
+    lowered = name.lower()
+    if "xt" in lowered:
+        return "svd_xt_1_1" if re.search(r"1[._-]1", lowered) else "svd_xt"
+    return "svd"

@@ -1,0 +1,344 @@
+"""KL-f8 autoencoder of the SVD family: LDM Encoder, image Decoder, sgm temporal VideoDecoder, chunked decoding.
+
+Module and attribute names follow the official checkpoint keys below ``first_stage_model.`` (and below
+``conditioner.embedders.N.encoder.`` for the concat-path VAE), so ``load_state_dict(strict=True)`` works on the
+stripped keys without renaming.
+
+Numerics: the reference runs both VAEs in float32 outside autocast (``disable_first_stage_autocast``), and so
+should callers: build :class:`AutoencoderKL` in float32 and keep it there. Inputs are cast to the parameter dtype
+and every GroupNorm runs in float32 regardless (see :class:`~.vae_blocks.GroupNorm32`); lower-precision weights
+work mechanically but are not parity-tested. On CUDA, PyTorch's default ``torch.backends.cudnn.allow_tf32 = True``
+runs the convolutions in TF32 (as sgm itself does there): about 7e-4 relative against the CPU fp32 golden,
+against 2e-6 with TF32 off (H100).
+
+Shapes: ``n`` = number of frames (``b * t`` for videos, videos stacked one after the other), ``z`` = z_channels,
+``f`` = downsample factor (8), ``h = H / f``, ``w = W / f``. Latents here are UNSCALED (the diffusion latents are
+``SCALE_FACTOR * z``; divide by it before decoding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ..config import VAEConfig
+from ..errors import CheckpointError, InputError, ShapeError
+from .vae_blocks import (
+    AE3DConv,
+    AttnBlock,
+    Downsample,
+    ResnetBlock,
+    Upsample,
+    VideoResnetBlock,
+    swish,
+    vae_norm,
+)
+
+#: Clamp of the posterior log-variance (sgm ``DiagonalGaussianDistribution``).
+LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
+
+
+class _MidBlock(nn.Module):
+    """``mid.block_1`` -> ``mid.attn_1`` -> ``mid.block_2`` (the caller runs them; the blocks differ in signature)."""
+
+    def __init__(self, block_1: ResnetBlock, attn_1: AttnBlock, block_2: ResnetBlock) -> None:
+        super().__init__()
+        self.block_1 = block_1
+        self.attn_1 = attn_1
+        self.block_2 = block_2
+
+
+class _Level(nn.Module):
+    """One resolution level: ``block.M`` res blocks and an optional ``downsample`` / ``upsample``."""
+
+    def __init__(self, blocks: list[ResnetBlock], resample: nn.Module | None, resample_name: str) -> None:
+        super().__init__()
+        self.block = nn.ModuleList(blocks)
+        self.resample_name = resample_name
+        setattr(self, resample_name, resample)
+
+    @property
+    def resample(self) -> nn.Module | None:
+        return getattr(self, self.resample_name)
+
+
+class Encoder(nn.Module):
+    """LDM KL-f8 encoder: (n, in_channels, H, W) in [-1, 1] -> (n, 2z, H/f, W/f) moments [mean | logvar].
+
+    conv_in, then per level ``num_res_blocks`` ResnetBlocks and (except on the last level) an asymmetric-pad
+    stride-2 Downsample; mid block_1 / attn_1 / block_2; norm_out, swish, conv_out.
+    """
+
+    def __init__(self, config: VAEConfig) -> None:
+        super().__init__()
+        widths = [config.ch * mult for mult in config.ch_mult]
+        self.conv_in = nn.Conv2d(config.in_channels, config.ch, 3, padding=1)
+        levels = []
+        width = config.ch
+        for index, out_width in enumerate(widths):
+            blocks = []
+            for _ in range(config.num_res_blocks):
+                blocks.append(ResnetBlock(width, out_width))
+                width = out_width
+            last = index == len(widths) - 1
+            levels.append(_Level(blocks, None if last else Downsample(width), "downsample"))
+        self.down = nn.ModuleList(levels)
+        self.mid = _MidBlock(ResnetBlock(width, width), AttnBlock(width), ResnetBlock(width, width))
+        self.norm_out = vae_norm(width)
+        self.conv_out = nn.Conv2d(width, 2 * config.z_channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv_in(x)
+        for level in self.down:
+            for block in level.block:
+                h = block(h)
+            if level.resample is not None:
+                h = level.resample(h)
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h)))
+        return self.conv_out(swish(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    """LDM image decoder: (n, z, h, w) -> (n, out_channels, h*f, w*f).
+
+    conv_in; mid block_1 / attn_1 / block_2; ``up.N`` with ``num_res_blocks + 1`` ResnetBlocks and (except on
+    level 0) a nearest-x2 Upsample, run from the deepest level down to ``up.0`` (the highest resolution, as the
+    official keys store it); norm_out, swish, conv_out. ``num_frames`` is accepted and ignored.
+    """
+
+    def __init__(self, config: VAEConfig) -> None:
+        super().__init__()
+        self.video_kernel_size = config.video_kernel_size
+        widths = [config.ch * mult for mult in config.ch_mult]
+        width = widths[-1]
+        self.conv_in = nn.Conv2d(config.z_channels, width, 3, padding=1)
+        self.mid = _MidBlock(self._resblock(width, width), AttnBlock(width), self._resblock(width, width))
+        levels: list[_Level] = []
+        for index in reversed(range(len(widths))):
+            blocks = []
+            for _ in range(config.num_res_blocks + 1):
+                blocks.append(self._resblock(width, widths[index]))
+                width = widths[index]
+            levels.insert(0, _Level(blocks, Upsample(width) if index else None, "upsample"))
+        self.up = nn.ModuleList(levels)
+        self.norm_out = vae_norm(width)
+        self.conv_out = self._conv_out(width, config.out_channels)
+
+    def _resblock(self, in_channels: int, out_channels: int) -> ResnetBlock:
+        return ResnetBlock(in_channels, out_channels)
+
+    def _conv_out(self, in_channels: int, out_channels: int) -> nn.Conv2d:
+        return nn.Conv2d(in_channels, out_channels, 3, padding=1)
+
+    def _run_resblock(self, block: nn.Module, h: Tensor, num_frames: int) -> Tensor:
+        return block(h)
+
+    def _run_conv_out(self, h: Tensor, num_frames: int) -> Tensor:
+        return self.conv_out(h)
+
+    def forward(self, z: Tensor, num_frames: int | None = None) -> Tensor:
+        num_frames = z.shape[0] if num_frames is None else num_frames
+        h = self.conv_in(z)  # (n, C_max, h, w)
+        h = self._run_resblock(self.mid.block_1, h, num_frames)
+        h = self.mid.attn_1(h)
+        h = self._run_resblock(self.mid.block_2, h, num_frames)
+        for level in reversed(self.up):
+            for block in level.block:
+                h = self._run_resblock(block, h, num_frames)
+            if level.resample is not None:
+                h = level.resample(h)
+        return self._run_conv_out(swish(self.norm_out(h)), num_frames)  # (n, out, H, W)
+
+
+class VideoDecoder(Decoder):
+    """sgm ``VideoDecoder`` (time_mode "conv-only"): the image decoder with temporal layers.
+
+    Every ResnetBlock (mid and up) is a :class:`~.vae_blocks.VideoResnetBlock`; conv_out is an
+    :class:`~.vae_blocks.AE3DConv`. Attention and resampling stay spatial. (b*t, z, h, w) with
+    t = ``num_frames`` -> (b*t, out, H, W). The temporal layers see only these t frames: they zero-pad at the
+    edges and their GroupNorm statistics pool over the t frames, so the result depends on how a long clip is
+    cut into chunks (see :func:`decode_chunked`).
+    """
+
+    def _resblock(self, in_channels: int, out_channels: int) -> ResnetBlock:
+        return VideoResnetBlock(in_channels, out_channels, self.video_kernel_size)
+
+    def _conv_out(self, in_channels: int, out_channels: int) -> nn.Conv2d:
+        return AE3DConv(in_channels, out_channels, self.video_kernel_size)
+
+    def _run_resblock(self, block: nn.Module, h: Tensor, num_frames: int) -> Tensor:
+        return block(h, num_frames)
+
+    def _run_conv_out(self, h: Tensor, num_frames: int) -> Tensor:
+        return self.conv_out(h, num_frames)
+
+
+class AutoencoderKL(nn.Module):
+    """The KL autoencoder with the parts a checkpoint has (``config.has_*`` / ``temporal_decoder`` flags).
+
+    Children: ``encoder`` (:class:`Encoder`), ``quant_conv`` (1x1, 2z -> 2z), ``post_quant_conv`` (1x1, z -> z),
+    ``decoder`` (:class:`Decoder` or :class:`VideoDecoder`); absent parts are ``None``.
+
+    - SVD first stage: VAEConfig() (encoder + VideoDecoder, no quant convs).
+    - concat-path (conditioner) VAE: has_quant_conv, has_post_quant_conv, temporal_decoder=False.
+    - SV3D first stage: has_encoder=False, temporal_decoder=False.
+    """
+
+    def __init__(self, config: VAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        two_z = 2 * config.z_channels
+        self.encoder = Encoder(config) if config.has_encoder else None
+        self.quant_conv = nn.Conv2d(two_z, two_z, 1) if config.has_quant_conv else None
+        self.post_quant_conv = (
+            nn.Conv2d(config.z_channels, config.z_channels, 1) if config.has_post_quant_conv else None
+        )
+        decoder_cls = VideoDecoder if config.temporal_decoder else Decoder
+        self.decoder = decoder_cls(config) if config.has_decoder else None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    # ---------------------------------------------------------------- encoding
+
+    def encode_moments(self, x: Tensor) -> Tensor:
+        """(n, in_channels, H, W) in [-1, 1] -> (n, 2z, H/f, W/f) = [mean | logvar] (encoder, then quant_conv)."""
+        if self.encoder is None:
+            raise InputError(
+                "this VAE has no encoder (e.g. the SV3D first stage); encode with the conditioner VAE instead"
+            )
+        self._check_image(x)
+        moments = self.encoder(x.to(self.dtype))
+        if self.quant_conv is not None:
+            moments = self.quant_conv(moments)
+        return moments
+
+    def encode_mode(self, x: Tensor) -> Tensor:
+        """Posterior mean (= mode): (n, in_channels, H, W) -> (n, z, H/f, W/f), unscaled."""
+        mean, _ = self.encode_moments(x).chunk(2, dim=1)
+        return mean
+
+    def encode_sample(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """Posterior sample mean + std * eps, logvar clamped to [-30, 20]. (n, 3, H, W) -> (n, z, H/f, W/f).
+
+        eps is drawn only from ``generator`` (on the generator's device, then moved), so a seeded generator
+        gives the same latents on every call.
+        """
+        if not isinstance(generator, torch.Generator):
+            raise InputError(f"encode_sample needs a torch.Generator, got {type(generator).__name__}")
+        mean, logvar = self.encode_moments(x).chunk(2, dim=1)
+        std = torch.exp(0.5 * logvar.clamp(LOGVAR_MIN, LOGVAR_MAX))
+        eps = torch.randn(mean.shape, generator=generator, device=generator.device, dtype=mean.dtype)
+        return mean + std * eps.to(mean.device)
+
+    # ---------------------------------------------------------------- decoding
+
+    def decode(self, z: Tensor, num_frames: int | None = None) -> Tensor:
+        """Unscaled latents of ONE chunk -> frames: (n, z, h, w) -> (n, out_channels, h*f, w*f).
+
+        For the temporal decoder the n frames are n / num_frames videos of ``num_frames`` frames each (None: one
+        video of n frames); an image decoder ignores ``num_frames``. post_quant_conv runs first when present.
+        """
+        if self.decoder is None:
+            raise InputError("this VAE has no decoder (a conditioner VAE built from encoder-only weights)")
+        if z.ndim != 4 or z.shape[1] != self.config.z_channels:
+            raise ShapeError(f"latents must be (n, {self.config.z_channels}, h, w), got {tuple(z.shape)}")
+        z = z.to(self.dtype)
+        if self.post_quant_conv is not None:
+            z = self.post_quant_conv(z)
+        return self.decoder(z, num_frames)
+
+    # ---------------------------------------------------------------- weights
+
+    def load_weights(self, state_dict: Mapping[str, Tensor], prefix: str = "") -> None:
+        """Strictly load the keys below ``prefix`` (e.g. ``"first_stage_model."``); other keys are ignored.
+
+        Raises CheckpointError naming missing / unexpected keys or mismatched shapes. Values are copied into
+        the existing parameters (whose dtype is kept).
+        """
+        weights = {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
+        expected = set(self.state_dict())
+        missing = sorted(expected - weights.keys())
+        unexpected = sorted(weights.keys() - expected)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"VAE weights under {prefix!r} do not match {self.config}: "
+                f"{len(missing)} missing (first: {missing[:5]}), {len(unexpected)} unexpected "
+                f"(first: {unexpected[:5]}); check the has_* / temporal_decoder flags"
+            )
+        try:
+            self.load_state_dict(weights, strict=True)
+        except RuntimeError as error:
+            raise CheckpointError(f"VAE weights under {prefix!r} have the wrong shapes: {error}") from None
+
+    def _check_image(self, x: Tensor) -> None:
+        factor = self.config.downsample_factor
+        if x.ndim != 4 or x.shape[1] != self.config.in_channels:
+            raise ShapeError(f"images must be (n, {self.config.in_channels}, H, W), got {tuple(x.shape)}")
+        if x.shape[-2] % factor or x.shape[-1] % factor:
+            raise ShapeError(f"image size {tuple(x.shape[-2:])} is not a multiple of the VAE factor {factor}")
+
+
+# -------------------------------------------------------------------- chunked decoding
+
+
+def chunk_ranges(num_frames: int, chunk_size: int, num_frames_per_video: int | None = None) -> list[tuple[int, int]]:
+    """[start, stop) frame ranges of the decoding chunks.
+
+    None: sgm ``decode_first_stage`` semantics, consecutive chunks of ``chunk_size`` along the flat frame axis
+    (the last may be shorter; with several videos a chunk may straddle two). With ``num_frames_per_video``,
+    each video is chunked on its own, so no chunk mixes videos. Both agree for a single video.
+    """
+    if chunk_size < 1:
+        raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
+    if num_frames_per_video is None:
+        return [(start, min(start + chunk_size, num_frames)) for start in range(0, num_frames, chunk_size)]
+    if num_frames_per_video < 1 or num_frames % num_frames_per_video:
+        raise InputError(f"{num_frames} frames are not a whole number of videos of {num_frames_per_video} frames")
+    return [
+        (video + start, video + min(start + chunk_size, num_frames_per_video))
+        for video in range(0, num_frames, num_frames_per_video)
+        for start in range(0, num_frames_per_video, chunk_size)
+    ]
+
+
+def decode_chunked(
+    vae: AutoencoderKL,
+    z: Tensor,
+    chunk_size: int,
+    *,
+    num_frames_per_video: int | None = None,
+    out_device: torch.device | str | None = None,
+    callback: Callable[[int, int], None] | None = None,
+) -> Tensor:
+    """Decode unscaled latents chunk by chunk, as sgm's ``decode_first_stage`` with ``decoding_t = chunk_size``.
+
+    z: (n, z, h, w) unscaled (diffusion latents / SCALE_FACTOR) -> (n, out_channels, h*f, w*f) on ``out_device``
+    (default: z's device). Each chunk of :func:`chunk_ranges` is decoded independently with num_frames = its
+    length. The temporal layers therefore zero-pad at every chunk edge and pool GroupNorm statistics per chunk:
+    the output depends on ``chunk_size`` (a seam can appear between chunks), exactly as in the reference.
+
+    Each chunk is copied into a preallocated output and freed, so peak working memory grows with
+    ``chunk_size``, not with n (``out_device="cpu"`` keeps the full clip off the accelerator).
+    ``callback(frames_done, frames_total)`` runs after each chunk. Call under ``torch.inference_mode()`` for
+    inference; with autograd enabled the activations of every chunk are kept.
+    """
+    if z.ndim != 4:
+        raise ShapeError(f"latents must be (n, z, h, w), got {tuple(z.shape)}")
+    total = z.shape[0]
+    out: Tensor | None = None
+    for start, stop in chunk_ranges(total, chunk_size, num_frames_per_video):
+        frames = vae.decode(z[start:stop], num_frames=stop - start)  # (stop - start, out, H, W)
+        if out is None:
+            device = z.device if out_device is None else torch.device(out_device)
+            out = torch.empty((total, *frames.shape[1:]), dtype=frames.dtype, device=device)
+        out[start:stop] = frames
+        del frames
+        if callback is not None:
+            callback(stop, total)
+    if out is None:
+        raise ShapeError("decode_chunked got no frames (z has 0 rows)")
+    return out

@@ -1,0 +1,61 @@
+"""Latents <-> frames through the first-stage VAE, in bounded memory.
+
+latents: (b, t, 4, h, w) in the 0.18215-scaled diffusion space; frames: (b, t, 3, 8h, 8w) in [-1, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from einops import rearrange
+from torch import Tensor
+
+from ..errors import InputError, ShapeError
+from ..loader import SVDBundle
+from ..nn.vae import decode_chunked
+
+
+@torch.no_grad()
+def decode_latents(
+    bundle: SVDBundle,
+    latents: Tensor,
+    *,
+    chunk_size: int | None = None,
+    out_device: torch.device | str | None = "cpu",
+    callback: Callable[[int, int], None] | None = None,
+) -> Tensor:
+    """Decode (b, t, 4, h, w) scaled latents to (b, t, 3, H, W) frames in [-1, 1] (not clamped).
+
+    Each video is decoded in chunks of `chunk_size` frames (default: the variant's decoding_t, 14,
+    as the reference scripts), so peak memory grows with the chunk size, not the frame count.
+    """
+    if latents.ndim != 5:
+        raise ShapeError(f"latents must be (b, t, c, h, w), got {tuple(latents.shape)}")
+    b, t = latents.shape[:2]
+    vae = bundle.model.first_stage
+    z = rearrange(latents, "b t c h w -> (b t) c h w").to(bundle.device, vae.dtype) / bundle.config.scale_factor
+    frames = decode_chunked(
+        vae, z, chunk_size or bundle.defaults.decoding_t, num_frames_per_video=t, out_device=out_device,
+        callback=callback,
+    )  # (b t) 3 H W
+    return rearrange(frames.float(), "(b t) c h w -> b t c h w", b=b)
+
+
+@torch.no_grad()
+def encode_frames(bundle: SVDBundle, frames: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    """Encode (b, t, 3, H, W) frames in [-1, 1] to scaled latents (b, t, 4, H/8, W/8).
+
+    With a generator the posterior is sampled (as the reference's encode_first_stage does for
+    training); without one its mean is used (deterministic, for video-to-video).
+    """
+    if frames.ndim != 5 or frames.shape[2] != 3:
+        raise ShapeError(f"frames must be (b, t, 3, H, W), got {tuple(frames.shape)}")
+    model = bundle.model
+    vae = model.first_stage if model.first_stage.encoder is not None else model.cond_vae
+    if vae.encoder is None:
+        raise InputError("this checkpoint has no VAE encoder")
+    b = frames.shape[0]
+    x = rearrange(frames, "b t c h w -> (b t) c h w").to(bundle.device, vae.dtype)
+    z = vae.encode_sample(x, generator) if generator is not None else vae.encode_mode(x)
+    return rearrange(z.float() * bundle.config.scale_factor, "(b t) c h w -> b t c h w", b=b)

@@ -1,0 +1,465 @@
+"""Samplers as pure functions over a denoiser callable (k-diffusion style), and the initial noise.
+
+Vocabulary: ``x`` is the noisy latent in VE form (x0 + sigma * noise), ``sigma``/``sigmas`` the noise
+levels, ``denoised`` the denoiser's estimate of x0, ``d = (x - denoised) / sigma`` the derivative of the
+probability-flow ODE dx/dsigma (Karras et al. 2022, Eq. 3 with sigma(t) = t).
+
+Every sampler has the signature ``sample_X(denoiser, x, sigmas, *, generator=None, callback=None,
+**options) -> Tensor``:
+
+- ``denoiser(x, sigma) -> denoised``: x any shape (b, ...), e.g. (b, t, c, h, w); sigma (b,) with one
+  noise level per row (all equal here); returns a tensor shaped like x. Guidance (CFG) is a denoiser
+  wrapper (:mod:`.guidance`); samplers know nothing about frames or conditioning.
+- ``x``: the starting latent at noise level ``sigmas[0]`` (see :func:`initial_noise`,
+  :func:`noise_latents`). It is never modified in place.
+- ``sigmas``: (n + 1,) decreasing, ending in 0 (:mod:`.schedules`); n steps, n callback calls.
+- ``generator``: the only source of randomness; stochastic options (``s_churn``, ``eta``) require it.
+  Noise is drawn in float32 on the generator's device, then moved to x's device and dtype, so a
+  seed gives the same noise on CPU and GPU runs that share a CPU generator.
+- ``callback(StepInfo)``: called once per step after the denoiser; raising inside it stops sampling
+  (the exception propagates), which is how a host application interrupts a run.
+
+Returns the final sample, shaped like x.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from itertools import pairwise
+
+import torch
+from torch import Tensor
+
+from .errors import ConfigError, InputError, ShapeError
+from .scalings import append_dims
+
+__all__ = [
+    "SAMPLERS",
+    "Callback",
+    "Denoiser",
+    "SamplerFn",
+    "StepInfo",
+    "get_sampler",
+    "initial_noise",
+    "initial_noise_scale",
+    "noise_latents",
+    "sample_dpmpp_2m",
+    "sample_dpmpp_2m_sde",
+    "sample_dpmpp_2s_ancestral",
+    "sample_euler",
+    "sample_euler_ancestral",
+    "sample_heun",
+]
+
+Denoiser = Callable[[Tensor, Tensor], Tensor]  # (x: (b, ...), sigma: (b,)) -> denoised, shaped like x
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What a sampler reports after evaluating the denoiser in step ``index`` (0-based) of ``total``.
+
+    x: the latent the denoiser saw, at noise level ``sigma`` (after churn noise, if any);
+    sigma_next: the level this step moves to (0 on the last step); denoised: the x0 estimate at x.
+    """
+
+    index: int
+    total: int
+    x: Tensor
+    sigma: float
+    sigma_next: float
+    denoised: Tensor
+
+
+Callback = Callable[[StepInfo], None]
+SamplerFn = Callable[..., Tensor]
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _prepare(x: Tensor, sigmas: Tensor) -> tuple[Tensor, list[float]]:
+    """Validate the schedule; return it on x's device plus its values as Python floats (for control flow)."""
+    if sigmas.ndim != 1 or sigmas.shape[0] < 2:
+        raise ShapeError(f"sigmas must have shape (n + 1,) with n >= 1 steps, got {tuple(sigmas.shape)}")
+    if x.ndim < 1:
+        raise ShapeError("x must have a batch axis, got a 0-d tensor")
+    values = [float(v) for v in sigmas.tolist()]
+    if any(b >= a for a, b in pairwise(values)) or values[-1] < 0:
+        raise InputError(
+            f"sigmas must be strictly decreasing and non-negative, got {values[:4]}...{values[-2:]} "
+            "(build them with svd_model.schedules)"
+        )
+    return sigmas.to(x.device), values
+
+
+def _require_generator(generator: torch.Generator | None, sampler: str, reason: str) -> None:
+    if generator is None:
+        raise InputError(
+            f"{sampler} with {reason} draws noise but no generator was passed; "
+            "pass generator=torch.Generator().manual_seed(seed) (the global RNG is never used)"
+        )
+
+
+def _noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise shaped like x: drawn in float32 on the generator's device, then moved."""
+    assert generator is not None  # checked up front by each sampler through _require_generator
+    noise = torch.randn(x.shape, generator=generator, device=generator.device, dtype=torch.float32)
+    return noise.to(device=x.device, dtype=x.dtype)
+
+
+def _sigma_rows(sigma: Tensor, x: Tensor) -> Tensor:
+    """0-d sigma -> (b,), one entry per row of x, as the denoiser expects."""
+    return sigma.reshape(1).repeat(x.shape[0])
+
+
+def _to_d(x: Tensor, sigma: Tensor | float, denoised: Tensor) -> Tensor:
+    """ODE derivative dx/dsigma = (x - denoised) / sigma (Karras et al. 2022, Eq. 3)."""
+    return (x - denoised) / sigma
+
+
+def _ancestral_step(sigma: float, sigma_next: float, eta: float) -> tuple[float, float]:
+    """(sigma_down, sigma_up): split the move sigma -> sigma_next into a deterministic step down to
+    sigma_down and fresh noise of std sigma_up, with sigma_down^2 + sigma_up^2 = sigma_next^2.
+    eta = 1 is DDPM-like ancestral sampling, eta = 0 the deterministic ODE step."""
+    if eta == 0.0 or sigma_next == 0.0:
+        return sigma_next, 0.0
+    sigma_up = min(sigma_next, eta * math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
+    sigma_down = math.sqrt(sigma_next**2 - sigma_up**2)
+    return sigma_down, sigma_up
+
+
+def _churn_gamma(sigma: float, n: int, s_churn: float, s_tmin: float, s_tmax: float) -> float:
+    """Karras et al. 2022 Alg. 2 line 4: gamma = min(S_churn / N, sqrt(2) - 1) inside [S_tmin, S_tmax]."""
+    if s_churn < 0:
+        raise ConfigError(f"s_churn must be >= 0, got {s_churn!r}")
+    return min(s_churn / n, 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
+
+
+def _report(
+    callback: Callback | None, index: int, total: int, x: Tensor, sigma: float, sigma_next: float, denoised: Tensor
+) -> None:
+    if callback is not None:
+        callback(StepInfo(index, total, x, sigma, sigma_next, denoised))
+
+
+# ---------------------------------------------------------------------------------------------- samplers
+
+
+def _edm_sample(
+    name: str,
+    heun: bool,
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    generator: torch.Generator | None,
+    callback: Callback | None,
+    s_churn: float,
+    s_tmin: float,
+    s_tmax: float,
+    s_noise: float,
+) -> Tensor:
+    """Karras et al. (2022) Algorithm 2 with optional stochastic churn; Euler (heun=False) or Heun steps."""
+    sigmas, values = _prepare(x, sigmas)
+    if s_churn > 0:
+        _require_generator(generator, name, f"s_churn={s_churn}")
+    n = len(values) - 1
+    for i in range(n):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        gamma = _churn_gamma(values[i], n, s_churn, s_tmin, s_tmax)
+        sigma_hat = sigma * (gamma + 1.0)
+        if gamma > 0:
+            x = x + _noise_like(x, generator) * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
+        denoised = denoiser(x, _sigma_rows(sigma_hat, x))
+        _report(callback, i, n, x, float(sigma_hat), values[i + 1], denoised)
+        d = _to_d(x, sigma_hat, denoised)
+        dt = sigma_next - sigma_hat
+        if not heun or values[i + 1] == 0.0:
+            x = x + dt * d  # Euler step; the last one (to sigma 0) lands on denoised
+        else:
+            x_euler = x + dt * d
+            d_next = _to_d(x_euler, sigma_next, denoiser(x_euler, _sigma_rows(sigma_next, x)))
+            x = x + (d + d_next) / 2.0 * dt  # trapezoidal (Heun) correction
+    return x
+
+
+def sample_euler(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+) -> Tensor:
+    """Euler steps of the probability-flow ODE, Karras et al. (2022) Algorithm 2 without the Heun correction.
+
+    With the defaults (s_churn 0) this is the reference SVD sampler (sgm ``EulerEDMSampler``), operation
+    for operation: d = (x - denoised) / sigma, x <- x + (sigma_next - sigma) d; the last step, to sigma 0,
+    gives the denoised estimate. s_churn > 0 first raises the noise level to sigma_hat = sigma (1 + gamma)
+    with gamma = min(s_churn / n, sqrt 2 - 1) for sigma in [s_tmin, s_tmax], adding noise of std
+    s_noise sqrt(sigma_hat^2 - sigma^2).
+    """
+    return _edm_sample("euler", False, denoiser, x, sigmas, generator, callback, s_churn, s_tmin, s_tmax, s_noise)
+
+
+def sample_heun(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    s_churn: float = 0.0,
+    s_tmin: float = 0.0,
+    s_tmax: float = float("inf"),
+    s_noise: float = 1.0,
+) -> Tensor:
+    """Heun's 2nd-order method, Karras et al. (2022) Algorithm 2 (sgm ``HeunEDMSampler``).
+
+    Each step takes an Euler step, evaluates the denoiser again at sigma_next and averages the two
+    slopes; the last step (to sigma 0) stays a plain Euler step. 2n - 1 denoiser calls for n steps.
+    Churn options as in :func:`sample_euler`.
+    """
+    return _edm_sample("heun", True, denoiser, x, sigmas, generator, callback, s_churn, s_tmin, s_tmax, s_noise)
+
+
+def sample_euler_ancestral(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+) -> Tensor:
+    """Ancestral Euler sampling (k-diffusion ``sample_euler_ancestral``, sgm ``EulerAncestralSampler``).
+
+    Each step moves deterministically to sigma_down, then adds fresh noise of std s_noise * sigma_up
+    (see :func:`_ancestral_step`); eta scales the stochasticity (0 = plain Euler).
+    """
+    sigmas, values = _prepare(x, sigmas)
+    if eta > 0:
+        _require_generator(generator, "euler_ancestral", f"eta={eta}")
+    n = len(values) - 1
+    for i in range(n):
+        sigma, sigma_next = values[i], values[i + 1]
+        denoised = denoiser(x, _sigma_rows(sigmas[i], x))
+        _report(callback, i, n, x, sigma, sigma_next, denoised)
+        sigma_down, sigma_up = _ancestral_step(sigma, sigma_next, eta)
+        x = x + (sigma_down - sigma) * _to_d(x, sigma, denoised)
+        if sigma_up > 0:
+            x = x + _noise_like(x, generator) * (s_noise * sigma_up)
+    return x
+
+
+def sample_dpmpp_2s_ancestral(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+) -> Tensor:
+    """Ancestral DPM-Solver++(2S), Lu et al. (2022) single-step, r = 1/2 (sgm ``DPMPP2SAncestralSampler``).
+
+    Works in t = -log sigma: a first-order step to the midpoint of [sigma, sigma_down] in log space, a
+    second denoiser call there, then the step to sigma_down with that estimate; then ancestral noise.
+    2 denoiser calls per step (1 on the last).
+    """
+    sigmas, values = _prepare(x, sigmas)
+    if eta > 0:
+        _require_generator(generator, "dpmpp_2s_ancestral", f"eta={eta}")
+    n = len(values) - 1
+    for i in range(n):
+        sigma, sigma_next = values[i], values[i + 1]
+        denoised = denoiser(x, _sigma_rows(sigmas[i], x))
+        _report(callback, i, n, x, sigma, sigma_next, denoised)
+        sigma_down, sigma_up = _ancestral_step(sigma, sigma_next, eta)
+        if sigma_down == 0.0:
+            x = x + (sigma_down - sigma) * _to_d(x, sigma, denoised)
+        else:
+            h = math.log(sigma / sigma_down)  # t_next - t with t = -log sigma
+            sigma_mid = math.sqrt(sigma * sigma_down)  # exp(-(t + h/2))
+            x_mid = (sigma_mid / sigma) * x - math.expm1(-0.5 * h) * denoised
+            denoised_mid = denoiser(x_mid, torch.full_like(_sigma_rows(sigmas[i], x), sigma_mid))
+            x = (sigma_down / sigma) * x - math.expm1(-h) * denoised_mid
+        if sigma_up > 0:
+            x = x + _noise_like(x, generator) * (s_noise * sigma_up)
+    return x
+
+
+def sample_dpmpp_2m(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """DPM-Solver++(2M), the second-order multistep solver of Lu et al. (2022), Algorithm 2.
+
+    In t = -log sigma with step h = t_next - t: x <- (sigma_next / sigma) x - expm1(-h) D, where D is the
+    current denoised estimate extrapolated with the previous one, D = (1 + 1/2r) denoised - (1/2r) old,
+    r = h_last / h. The first step and the last (to sigma 0) use the first-order update. One denoiser
+    call per step; deterministic (``generator`` is accepted for a uniform signature and unused).
+    """
+    sigmas, values = _prepare(x, sigmas)
+    n = len(values) - 1
+    old_denoised: Tensor | None = None
+    h_last = 0.0
+    for i in range(n):
+        sigma, sigma_next = values[i], values[i + 1]
+        denoised = denoiser(x, _sigma_rows(sigmas[i], x))
+        _report(callback, i, n, x, sigma, sigma_next, denoised)
+        if sigma_next == 0.0:
+            x = denoised  # the exact limit of the update: sigma_next / sigma = 0, -expm1(-inf) = 1
+        else:
+            h = math.log(sigma / sigma_next)
+            estimate = denoised
+            if old_denoised is not None:
+                r = h_last / h
+                estimate = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * old_denoised
+            x = (sigma_next / sigma) * x - math.expm1(-h) * estimate
+            h_last = h
+        old_denoised = denoised
+    return x
+
+
+def sample_dpmpp_2m_sde(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    eta: float = 1.0,
+    s_noise: float = 1.0,
+    solver_type: str = "midpoint",
+) -> Tensor:
+    """DPM-Solver++(2M) SDE (Lu et al. 2022, "DPM-Solver++", SDE variant; k-diffusion ``sample_dpmpp_2m_sde``).
+
+    Per step with h = log(sigma / sigma_next) and eta_h = eta h:
+    x <- (sigma_next / sigma) e^(-eta_h) x + (1 - e^(-h - eta_h)) denoised, plus a second-order
+    correction from the previous estimate ("midpoint" or "heun" variant), plus fresh noise of std
+    s_noise sigma_next sqrt(1 - e^(-2 eta_h)). eta = 0 gives the ODE solver. The noise is i.i.d. per
+    step from ``generator`` (k-diffusion uses a Brownian tree; the distribution is the same).
+    """
+    if solver_type not in ("midpoint", "heun"):
+        raise ConfigError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
+    sigmas, values = _prepare(x, sigmas)
+    if eta > 0:
+        _require_generator(generator, "dpmpp_2m_sde", f"eta={eta}")
+    n = len(values) - 1
+    old_denoised: Tensor | None = None
+    h_last = 0.0
+    for i in range(n):
+        sigma, sigma_next = values[i], values[i + 1]
+        denoised = denoiser(x, _sigma_rows(sigmas[i], x))
+        _report(callback, i, n, x, sigma, sigma_next, denoised)
+        if sigma_next == 0.0:
+            x = denoised
+        else:
+            h = math.log(sigma / sigma_next)
+            eta_h = eta * h
+            one_minus = -math.expm1(-h - eta_h)  # 1 - e^(-h - eta_h)
+            x = (sigma_next / sigma * math.exp(-eta_h)) * x + one_minus * denoised
+            if old_denoised is not None:
+                r = h_last / h
+                if solver_type == "heun":
+                    coeff = 1 - one_minus / (h + eta_h)  # 1 - (1 - e^-z) / z with z = h + eta_h
+                    x = x + (coeff / r) * (denoised - old_denoised)
+                else:
+                    x = x + (0.5 * one_minus / r) * (denoised - old_denoised)
+            if eta > 0:
+                x = x + _noise_like(x, generator) * (s_noise * sigma_next * math.sqrt(-math.expm1(-2 * eta_h)))
+            h_last = h
+        old_denoised = denoised
+    return x
+
+
+SAMPLERS: dict[str, SamplerFn] = {
+    "euler": sample_euler,
+    "euler_ancestral": sample_euler_ancestral,
+    "heun": sample_heun,
+    "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral,
+    "dpmpp_2m": sample_dpmpp_2m,
+    "dpmpp_2m_sde": sample_dpmpp_2m_sde,
+}
+
+
+def get_sampler(name: str) -> SamplerFn:
+    """The sampler function registered as ``name`` in :data:`SAMPLERS`."""
+    try:
+        return SAMPLERS[name]
+    except KeyError:
+        raise ConfigError(f"unknown sampler {name!r}; choose from {sorted(SAMPLERS)}") from None
+
+
+# ---------------------------------------------------------------------------------------------- noise
+
+
+def initial_noise_scale(sigma0: float | Tensor) -> Tensor:
+    """sqrt(1 + sigma0^2) as a 0-d float32 CPU tensor: the reference's initial-noise multiplier.
+
+    sgm (``BaseDiffusionSampler.prepare_sampling_loop``) starts from randn * sqrt(1 + sigma_0^2), about
+    700.0007 for SVD, not k-diffusion's randn * sigma_max. The variance of the pure-noise start then matches
+    that of x0 + sigma_0 * noise for unit-variance data.
+    """
+    s = torch.as_tensor(sigma0)
+    if s.numel() != 1:
+        raise ShapeError(f"sigma0 must be a single value, got shape {tuple(s.shape)}")
+    s = torch.tensor(float(s.reshape(())), dtype=torch.float32)
+    return torch.sqrt(1.0 + s**2.0)
+
+
+def initial_noise(
+    shape: Sequence[int] | Tensor,
+    sigma0: float | Tensor,
+    generator: torch.Generator | None = None,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """The starting latent of a run from pure noise: randn(shape) * sqrt(1 + sigma0^2).
+
+    shape: the latent shape, e.g. (b, t, 4, h, w); the N(0, 1) draw is made in float32 on the
+    generator's device, scaled in float32 (as the reference), then moved to ``device`` (default: the
+    generator's) and cast to ``dtype`` (default float32). Alternatively pass a ready N(0, 1) draw
+    (a tensor) as ``shape``: it is scaled on its own device and dtype, and ``generator`` is not needed.
+    sigma0: the schedule's first sigma (``sigmas[0]``, sigma_max). This is the one place the reference's
+    initial-noise scaling lives (see :func:`initial_noise_scale`).
+    """
+    if isinstance(shape, Tensor):
+        noise = shape
+    else:
+        if generator is None:
+            raise InputError("initial_noise needs a generator to draw noise (or pass an N(0, 1) tensor as shape)")
+        noise = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
+    x = noise * initial_noise_scale(sigma0).to(noise.device)
+    return x.to(device=noise.device if device is None else device, dtype=x.dtype if dtype is None else dtype)
+
+
+def noise_latents(x0: Tensor, noise: Tensor, sigma: float | Tensor) -> Tensor:
+    """x0 + sigma * noise: an existing latent noised to level sigma, the start of a partial (denoise < 1) run.
+
+    x0, noise: (b, ...) same shape; sigma: a float, a 0-d tensor or (b,) per row (e.g.
+    ``sigmas_for_denoise(...)[0]``). Unlike :func:`initial_noise`, no sqrt(1 + sigma^2) factor: x0 is known.
+    """
+    if x0.shape != noise.shape:
+        raise ShapeError(f"noise shape {tuple(noise.shape)} != latent shape {tuple(x0.shape)}")
+    s = torch.as_tensor(sigma, device=x0.device)
+    if s.ndim == 1:
+        if s.shape[0] != x0.shape[0]:
+            raise ShapeError(f"sigma has {s.shape[0]} rows, the latent {x0.shape[0]}")
+        s = append_dims(s, x0.ndim)
+    elif s.ndim > 1:
+        raise ShapeError(f"sigma must be a scalar or (b,), got shape {tuple(s.shape)}")
+    return x0 + s.to(x0.dtype) * noise
