@@ -70,12 +70,18 @@ def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torc
     return dtype
 
 
-def _load_tensor(tensors: Mapping[str, Tensor], key: str, dtype: torch.dtype, device: torch.device) -> Tensor:
+def _load_tensor(
+    tensors: Mapping[str, Tensor], key: str, dtype: torch.dtype, device: torch.device, done: dict[int, Tensor]
+) -> Tensor:
     """A zero-copy view when dtype and device already match; otherwise a converted copy (and, for a
-    single-file checkpoint, the file pages behind the key are released at once)."""
+    single-file checkpoint, the file pages behind the key are released at once). A tensor that a
+    converted diffusers folder uses under two keys is converted once (`done`, by source identity)."""
     if isinstance(tensors, CheckpointReader):
         return tensors.load(key, dtype, device)
-    return tensors[key].to(device=device, dtype=dtype)
+    source = tensors[key]
+    if id(source) not in done:
+        done[id(source)] = source.to(device=device, dtype=dtype)
+    return done[id(source)]
 
 
 def _component_dtype(key: str, family: Family, dtype: torch.dtype, vae_dtype: torch.dtype) -> torch.dtype:
@@ -108,14 +114,14 @@ def _read_component(folder: Path, stem: str) -> dict[str, Tensor]:
 
 
 def _open_diffusers(path: Path) -> dict[str, Tensor]:
-    parts = {}
-    for sub, stem in (("unet", "diffusion_pytorch_model"), ("vae", "diffusion_pytorch_model"), ("image_encoder", "model")):
-        if not (path / sub).is_dir():
-            raise CheckpointError(
-                f"{path} is a folder but not a diffusers SVD pipeline: missing the {sub!r} subfolder "
-                "(expected unet/, vae/, image_encoder/)"
-            )
-        parts[sub] = _read_component(path / sub, stem)
+    layout = {"unet": "diffusion_pytorch_model", "vae": "diffusion_pytorch_model", "image_encoder": "model"}
+    absent = [sub for sub in layout if not (path / sub).is_dir()]
+    if absent:
+        raise CheckpointError(
+            f"{path} is a folder but not a diffusers SVD pipeline: missing the {absent[0]!r} subfolder "
+            "(expected unet/, vae/, image_encoder/)"
+        )
+    parts = {sub: _read_component(path / sub, stem) for sub, stem in layout.items()}
     return diffusers_pipeline_to_sgm(parts["unet"], parts["vae"], parts["image_encoder"])
 
 
@@ -149,7 +155,9 @@ def load_bundle(
     ignored = [k for k in shapes if is_ignored_key(k)]
     needed = {k: s for k, s in shapes.items() if not is_ignored_key(k)}
     check_keys(model.official_shapes(), needed)
-    state = {k: _load_tensor(tensors, k, _component_dtype(k, config.family, dtype, vae_dtype), device) for k in needed}
+    done: dict[int, Tensor] = {}
+    state = {k: _load_tensor(tensors, k, _component_dtype(k, config.family, dtype, vae_dtype), device, done)
+             for k in needed}
     model.load_official_state_dict(state, assign=True)
     model.eval().requires_grad_(False)
     log.info(

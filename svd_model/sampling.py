@@ -132,8 +132,6 @@ def _ancestral_step(sigma: float, sigma_next: float, eta: float) -> tuple[float,
 
 def _churn_gamma(sigma: float, n: int, s_churn: float, s_tmin: float, s_tmax: float) -> float:
     """Karras et al. 2022 Alg. 2 line 4: gamma = min(S_churn / N, sqrt(2) - 1) inside [S_tmin, S_tmax]."""
-    if s_churn < 0:
-        raise ConfigError(f"s_churn must be >= 0, got {s_churn!r}")
     return min(s_churn / n, 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
 
 
@@ -162,6 +160,8 @@ def _edm_sample(
 ) -> Tensor:
     """Karras et al. (2022) Algorithm 2 with optional stochastic churn; Euler (heun=False) or Heun steps."""
     sigmas, values = _prepare(x, sigmas)
+    if s_churn < 0:
+        raise ConfigError(f"s_churn must be >= 0, got {s_churn!r}")
     if s_churn > 0:
         _require_generator(generator, name, f"s_churn={s_churn}")
     n = len(values) - 1
@@ -172,7 +172,7 @@ def _edm_sample(
         if gamma > 0:
             x = x + _noise_like(x, generator) * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
         denoised = denoiser(x, _sigma_rows(sigma_hat, x))
-        _report(callback, i, n, x, float(sigma_hat), values[i + 1], denoised)
+        _report(callback, i, n, x, values[i] * (gamma + 1.0), values[i + 1], denoised)
         d = _to_d(x, sigma_hat, denoised)
         dt = sigma_next - sigma_hat
         if not heun or values[i + 1] == 0.0:

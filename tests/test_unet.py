@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from comfyui_svd_lab.svd_model.config import UNetConfig
 from comfyui_svd_lab.svd_model.errors import ShapeError
 from comfyui_svd_lab.svd_model.nn import attention as attention_module
@@ -88,6 +89,30 @@ def test_golden_unet_one_video(golden_unet: VideoUNet, golden: dict[str, torch.T
         torch.zeros(1, frames),
     )
     assert_golden(out, golden["unet_b1.out"], "unet_b1.out")
+
+
+@pytest.mark.gpu
+@torch.no_grad()
+def test_golden_unet_cuda(golden_unet: VideoUNet, golden: dict[str, torch.Tensor]) -> None:
+    """fp32 parity on CUDA needs TF32 off (TF32 convs alone give ~8e-4 relative); fp16 stays within 1e-2."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    frames = int(golden["unet.num_video_frames"])
+    keys = ("unet.x", "unet.timesteps", "unet.context", "unet.y")
+    inputs = [golden[k].cuda() for k in keys]
+    indicator = golden["unet.image_only_indicator"].cuda()
+    expected = golden["unet.out"]
+    flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        unet = VideoUNet(GOLDEN_CONFIG).eval().cuda()
+        unet.load_state_dict(golden_unet.state_dict())
+        assert_golden(unet(*inputs, frames, indicator).cpu(), expected, "unet.out (cuda fp32)")
+        half = unet.half()(*inputs, frames, indicator).cpu()
+        assert half.dtype == torch.float32
+        assert ((half - expected).abs().max() / expected.abs().max()).item() < 1e-2
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
 
 
 # ---------------------------------------------------------------------------------------------- tiny

@@ -5,14 +5,14 @@ loss = mean over the non-batch axes of w(sigma) (D - x0)^2, with log sigma ~ N(p
 (``EDMSampling``) and w = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2 (``EDMWeighting``; SVD's
 v-scaling corresponds to sigma_data = 1, sgm ``VWeighting``).
 
-Sigma conventions. ``sigma``'s shape is a prefix of x0's shape; it is broadcast over the remaining
-axes, and the loss comes back with sigma's shape (one value per noise level, the mean over the rest):
+Sigma conventions. ``sigma``'s shape is a prefix of x0's shape and is broadcast over the remaining
+axes; the loss is always one value per row of axis 0 (the mean over every other axis):
 
-- one sigma per clip: x0 (b, t, c, h, w), sigma (b,) -> loss (b,), mean over (t, c, h, w);
+- one sigma per clip: x0 (b, t, c, h, w), sigma (b,) -> loss (b,);
 - one sigma per frame, as the reference: sgm draws ``input.shape[0]`` sigmas for its (b t, c, h, w)
-  batch, i.e. one per frame row. Keep x0 (b, t, c, h, w) with sigma (b, t) -> loss (b, t), mean over
-  (c, h, w) (the model must accept a (b, t) sigma; the SVD denoiser does), or pass flattened rows
-  x0 (b t, c, h, w) with sigma (b t,) -> loss (b t,), the reference's ``per_row`` exactly.
+  batch, i.e. one per frame row. Keep x0 (b, t, c, h, w) with sigma (b, t) -> loss (b,), each the mean
+  of the clip's per-frame losses (the model must accept a (b, t) sigma; the SVD denoiser does), or
+  pass flattened rows x0 (b t, c, h, w) with sigma (b t,) -> loss (b t,), the reference's ``per_row``.
 
 ``loss.mean()`` is the same number in all layouts when every clip has the same frame count.
 """
@@ -69,27 +69,21 @@ def _broadcast_rows(values: Tensor, x: Tensor, what: str) -> Tensor:
 
 
 def diffusion_loss(denoised: Tensor, x0: Tensor, weight: Tensor | float, loss_type: str = "l2") -> Tensor:
-    """Weighted reconstruction loss: w (D - x0)^2 (or w |D - x0| for "l1"), averaged per weight entry.
+    """Per-row weighted reconstruction loss: mean over all non-batch axes of w (D - x0)^2 (or w |D - x0|, "l1").
 
-    denoised, x0: (b, ...) same shape. weight: a tensor whose shape is a prefix of x0's ((b,), (b, t), ...),
-    broadcast over the remaining axes; the result has weight's shape, each entry the mean over those
-    remaining axes. A float (or 0-d) weight gives one value per row, shape (b,).
+    denoised, x0: (b, ...) same shape; weight: a float or a tensor whose shape is a prefix of x0's
+    ((b,), (b, t), ...), broadcast over the remaining axes. Returns (b,) (sgm ``StandardDiffusionLoss``).
     """
     if denoised.shape != x0.shape:
         raise ShapeError(f"denoised shape {tuple(denoised.shape)} != x0 shape {tuple(x0.shape)}")
+    w = _broadcast_rows(weight, x0, "weight") if isinstance(weight, Tensor) else weight
     if loss_type == "l2":
         err = (denoised - x0) ** 2
     elif loss_type == "l1":
         err = (denoised - x0).abs()
     else:
         raise ConfigError(f"unknown loss type {loss_type!r}; choose from ['l1', 'l2']")
-    if isinstance(weight, Tensor) and weight.ndim > 0:
-        lead = weight.shape
-        err = err * _broadcast_rows(weight, x0, "weight")
-    else:
-        lead = x0.shape[:1]
-        err = err * weight
-    return err.reshape(*lead, -1).mean(-1)
+    return torch.mean((w * err).reshape(x0.shape[0], -1), 1)
 
 
 def edm_loss(
@@ -107,7 +101,7 @@ def edm_loss(
 
     model(x, sigma, cond) -> denoised, e.g. the preconditioned SVD denoiser. x0, noise: (b, ...) clean
     latents and N(0, 1) noise; sigma: (b,) or (b, t) (a prefix of x0's shape, see the module docstring).
-    Returns the loss with sigma's shape (take ``.mean()`` for the scalar the reference logs), or
+    Returns the per-row loss (b,) (take ``.mean()`` for the scalar the reference logs), or
     ``(loss, denoised)`` with ``return_denoised=True``.
     """
     if noise.shape != x0.shape:
