@@ -54,7 +54,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_image_to_video(args: argparse.Namespace) -> int:
-    from .svd_model.api import run_image_to_video
+    from .jobs import run_image_to_video
 
     checkpoint = _find_checkpoint(args.checkpoint)
     result = run_image_to_video(

@@ -1,0 +1,107 @@
+"""Batch jobs behind the `svd-lab` CLI (image files in, PNG frames and an animated preview out)."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .svd_model.api import VideoParams, decode_latents, image_to_video, load_bundle
+from .svd_model.errors import InputError
+from .svd_model.tiny import write_tiny_checkpoint
+
+log = logging.getLogger(__name__)
+
+# A tiny random model at full SVD size would only burn time: smaller defaults for the demo path.
+TINY_DEFAULTS = {"num_frames": 14, "width": 256, "height": 192, "steps": 10}
+
+
+@dataclass
+class JobResult:
+    output_dir: Path
+    frames: list[Path] = field(default_factory=list)
+    preview: Path | None = None
+    model: str = ""
+    tiny: bool = False
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        lines = []
+        if self.tiny:
+            lines.append("NOTE: no checkpoint given, so a tiny RANDOM-weight model was used: the frames are noise and "
+                         "only show that the pipeline runs. Pass --checkpoint (or set SVD_LAB_CHECKPOINT) for video.")
+        lines.append(f"model: {self.model}")
+        lines.append(f"wrote {len(self.frames)} frames to {self.output_dir} (preview: {self.preview}) "
+                     f"in {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+def demo_image(width: int, height: int) -> torch.Tensor:
+    """A built-in conditioning image (colour gradient with a disc), (1, 3, H, W) in [-1, 1]."""
+    y, x = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
+    disc = ((x * width / height - 0.3) ** 2 + (y + 0.1) ** 2 < 0.25).float()
+    rgb = torch.stack([x, y, 0.8 * disc - 0.4 * (1 - disc)])  # (3, H, W)
+    return rgb.clamp(-1, 1)[None]
+
+
+def read_image(path: str | Path, width: int, height: int) -> torch.Tensor:
+    """Read an image file, scale to cover width x height, centre-crop: (1, 3, H, W) in [-1, 1]."""
+    try:
+        img = Image.open(path).convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read image {path}: {exc}") from None
+    scale = max(width / img.width, height / img.height)
+    size = (max(width, round(img.width * scale)), max(height, round(img.height * scale)))
+    img = img.resize(size, Image.LANCZOS)
+    left, top = (size[0] - width) // 2, (size[1] - height) // 2
+    img = img.crop((left, top, left + width, top + height))
+    arr = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0)  # (H, W, 3)
+    return arr.permute(2, 0, 1)[None]
+
+
+def write_frames(frames: torch.Tensor, output_dir: Path, fps: int) -> tuple[list[Path], Path]:
+    """frames (t, 3, H, W) in [-1, 1] -> frame_00000.png ... and an animated video.webp."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    pixels = ((frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    images = [Image.fromarray(p) for p in pixels]
+    paths = []
+    for i, img in enumerate(images):
+        paths.append(output_dir / f"frame_{i:05d}.png")
+        img.save(paths[-1])
+    preview = output_dir / "video.webp"
+    images[0].save(preview, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0, quality=90)
+    return paths, preview
+
+
+def run_image_to_video(
+    *, checkpoint: Path | None, image: str | None, output_dir: Path, num_frames: int | None = None,
+    steps: int | None = None, seed: int = 23, width: int | None = None, height: int | None = None,
+    device: str = "auto",
+) -> JobResult:
+    start = time.perf_counter()
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    result = JobResult(output_dir=output_dir, tiny=checkpoint is None)
+    with tempfile.TemporaryDirectory() as tmp:
+        if checkpoint is None:
+            checkpoint = write_tiny_checkpoint(Path(tmp) / "tiny-random-svd.safetensors")
+        bundle = load_bundle(checkpoint, device=device)
+        result.model = f"{bundle.variant} from {checkpoint}" + (" (tiny random weights)" if result.tiny else "")
+        overrides = dict(TINY_DEFAULTS) if result.tiny else {}
+        given = {"num_frames": num_frames, "steps": steps, "width": width, "height": height}
+        overrides.update({k: v for k, v in given.items() if v is not None})
+        params = VideoParams.for_variant(bundle.variant, **overrides)
+        cond_image = read_image(image, params.width, params.height) if image else demo_image(params.width,
+                                                                                                params.height)
+        generator = torch.Generator(device).manual_seed(seed)
+        latents = image_to_video(bundle, cond_image, params, generator=generator,
+                                 callback=lambda s: log.info("step %d/%d sigma %.4g", s.index + 1, s.total, s.sigma))
+        frames = decode_latents(bundle, latents)[0]
+    result.frames, result.preview = write_frames(frames, output_dir, params.fps)
+    result.seconds = time.perf_counter() - start
+    return result
