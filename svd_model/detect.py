@@ -65,7 +65,9 @@ def _need(shapes: Shapes, key: str, what: str) -> Sequence[int]:
     try:
         return shapes[key]
     except KeyError:
-        raise CheckpointError(f"missing {key!r} ({what}); the checkpoint is incomplete or not an SVD-family model")
+        raise CheckpointError(
+            f"missing {key!r} ({what}); the checkpoint is incomplete or not an SVD-family model"
+        ) from None
 
 
 def _indices(shapes: Shapes, prefix: str) -> list[int]:

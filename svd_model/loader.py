@@ -167,7 +167,9 @@ def load_bundle(
     return SVDBundle(model=model, variant=variant, source=str(path))
 
 
-def save_bundle(bundle: SVDBundle | SVDModel, path: str | os.PathLike, metadata: Mapping[str, str] | None = None) -> Path:
+def save_bundle(
+    bundle: SVDBundle | SVDModel, path: str | os.PathLike, metadata: Mapping[str, str] | None = None
+) -> Path:
     """Save in the official single-file layout (keys as sgm's DiffusionEngine.state_dict())."""
     model = bundle.model if isinstance(bundle, SVDBundle) else bundle
     meta = {"format": "pt", "svd_lab.family": model.config.family.value}

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from comfyui_svd_lab.svd_model.diffusers_keys import (
     SGM_FIRST_STAGE_PREFIX,
     SGM_UNET_PREFIX,

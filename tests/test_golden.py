@@ -121,7 +121,8 @@ def test_training_loss(bundle, golden):
         noisy = augment(golden["loss.image"], float(golden["loss.cond_aug"][0]), noise=golden["loss.aug_noise"])
         concat = model.cond_vae.encode_mode(noisy)
     values = {
-        "fps_id": golden["loss.fps_id"].reshape(b, t), "motion_bucket_id": golden["loss.motion_bucket_id"].reshape(b, t),
+        "fps_id": golden["loss.fps_id"].reshape(b, t),
+        "motion_bucket_id": golden["loss.motion_bucket_id"].reshape(b, t),
         "cond_aug": golden["loss.cond_aug"].reshape(b, t),
     }
     cond = Cond(crossattn, concat, vector_conditioning(Family.SVD, values, b, t))

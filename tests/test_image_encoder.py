@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from comfyui_svd_lab.svd_model.config import ImageEncoderConfig
 from comfyui_svd_lab.svd_model.errors import InputError
 from comfyui_svd_lab.svd_model.nn.image_encoder import (

@@ -18,6 +18,7 @@ from comfyui_svd_lab.svd_model.api import (
 from comfyui_svd_lab.svd_model.config import Family
 from comfyui_svd_lab.svd_model.errors import ConfigError, InputError
 from comfyui_svd_lab.svd_model.loader import load_bundle
+from comfyui_svd_lab.svd_model.pipelines.decode import overlapped_ranges
 from comfyui_svd_lab.svd_model.sampling import SAMPLERS
 from comfyui_svd_lab.svd_model.tiny import write_tiny_checkpoint
 
@@ -158,3 +159,25 @@ def test_bad_inputs_say_what_is_wrong(bundle):
         VideoParams.for_variant("svd", frames=3)
     with pytest.raises(ConfigError, match="unknown variant"):
         VideoParams.for_variant("svd_xxl")
+
+
+@pytest.mark.parametrize(("t", "chunk", "overlap"), [(14, 14, 0), (25, 14, 0), (25, 8, 2), (10, 4, 3), (5, 8, 2)])
+def test_overlapped_chunks_cover_every_frame(t, chunk, overlap):
+    ranges = overlapped_ranges(t, chunk, overlap)
+    assert ranges[0][0] == 0 and ranges[-1][1] == t
+    assert all(stop - start <= chunk for start, stop in ranges)
+    assert all(b[0] == a[1] - overlap for a, b in zip(ranges, ranges[1:], strict=False))
+
+
+def test_overlap_decoding_blends_chunks(bundle):
+    latents = _run(bundle, 2, num_frames=6)
+    plain = decode_latents(bundle, latents, chunk_size=3)
+    blended = decode_latents(bundle, latents, chunk_size=4, overlap=2)
+    whole = decode_latents(bundle, latents, chunk_size=6)
+    assert blended.shape == plain.shape
+    # Frames outside any overlap equal the single chunk that decodes them (weights are exactly 1 there).
+    first = decode_latents(bundle, latents[:, :4], chunk_size=4)
+    assert torch.allclose(blended[:, :2], first[:, :2], atol=1e-5)
+    assert not torch.allclose(blended, whole)
+    with pytest.raises(InputError, match="overlap"):
+        decode_latents(bundle, latents, chunk_size=2, overlap=2)

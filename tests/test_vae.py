@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from comfyui_svd_lab.svd_model.config import SCALE_FACTOR, VAEConfig
 from comfyui_svd_lab.svd_model.errors import CheckpointError, InputError, ShapeError
 from comfyui_svd_lab.svd_model.nn.vae import AutoencoderKL, Decoder, VideoDecoder, chunk_ranges, decode_chunked

@@ -13,7 +13,31 @@ from torch import Tensor
 
 from ..errors import InputError, ShapeError
 from ..loader import SVDBundle
-from ..nn.vae import decode_chunked
+
+
+def overlapped_ranges(num_frames: int, chunk_size: int, overlap: int) -> list[tuple[int, int]]:
+    """[start, stop) chunks of at most `chunk_size` frames, consecutive chunks sharing `overlap` frames."""
+    if chunk_size < 1 or not 0 <= overlap < chunk_size:
+        raise InputError(f"need chunk_size >= 1 and 0 <= overlap < chunk_size, got {chunk_size} and {overlap}")
+    ranges, start = [], 0
+    while True:
+        stop = min(start + chunk_size, num_frames)
+        ranges.append((start, stop))
+        if stop == num_frames:
+            return ranges
+        start = stop - overlap
+
+
+def _blend_weights(start: int, stop: int, num_frames: int, overlap: int) -> Tensor:
+    """(stop - start,) weights: a linear ramp over the frames shared with each neighbouring chunk."""
+    w = torch.ones(stop - start)
+    ramp = torch.arange(1, overlap + 1, dtype=torch.float32) / (overlap + 1)
+    n = min(overlap, stop - start)
+    if start > 0 and n:
+        w[:n] = ramp[:n]
+    if stop < num_frames and n:
+        w[-n:] = torch.minimum(w[-n:], ramp.flip(0)[-n:])
+    return w
 
 
 @torch.no_grad()
@@ -22,24 +46,41 @@ def decode_latents(
     latents: Tensor,
     *,
     chunk_size: int | None = None,
+    overlap: int = 0,
     out_device: torch.device | str | None = "cpu",
     callback: Callable[[int, int], None] | None = None,
 ) -> Tensor:
     """Decode (b, t, 4, h, w) scaled latents to (b, t, 3, H, W) frames in [-1, 1] (not clamped).
 
     Each video is decoded in chunks of `chunk_size` frames (default: the variant's decoding_t, 14,
-    as the reference scripts), so peak memory grows with the chunk size, not the frame count.
+    as the reference scripts), so peak memory grows with the chunk size, not the frame count. The
+    temporal decoder sees each chunk alone, so a seam can show between chunks; with `overlap` > 0
+    consecutive chunks share that many frames, cross-faded linearly. overlap=0 is the reference.
+    callback(frames_done, frames_total) runs after each chunk.
     """
     if latents.ndim != 5:
         raise ShapeError(f"latents must be (b, t, c, h, w), got {tuple(latents.shape)}")
     b, t = latents.shape[:2]
     vae = bundle.model.first_stage
-    z = rearrange(latents, "b t c h w -> (b t) c h w").to(bundle.device, vae.dtype) / bundle.config.scale_factor
-    frames = decode_chunked(
-        vae, z, chunk_size or bundle.defaults.decoding_t, num_frames_per_video=t, out_device=out_device,
-        callback=callback,
-    )  # (b t) 3 H W
-    return rearrange(frames.float(), "(b t) c h w -> b t c h w", b=b)
+    chunk_size = chunk_size or bundle.defaults.decoding_t
+    ranges = overlapped_ranges(t, chunk_size, overlap)
+    out: Tensor | None = None
+    wsum = torch.zeros(t)
+    for start, stop in ranges:
+        wsum[start:stop] += _blend_weights(start, stop, t, overlap)
+    done, total = 0, b * sum(stop - start for start, stop in ranges)
+    for i in range(b):
+        for start, stop in ranges:
+            z = latents[i, start:stop].to(bundle.device, vae.dtype) / bundle.config.scale_factor  # t c h w
+            frames = vae.decode(z, num_frames=stop - start).float()  # t 3 H W
+            if out is None:
+                out = torch.zeros((b, t, *frames.shape[1:]), device=out_device or frames.device)
+            w = (_blend_weights(start, stop, t, overlap) / wsum[start:stop]).to(frames.device)  # sums to 1
+            out[i, start:stop] += (frames * w[:, None, None, None]).to(out.device)
+            done += stop - start
+            if callback is not None:
+                callback(done, total)
+    return out
 
 
 @torch.no_grad()
