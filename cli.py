@@ -1,5 +1,6 @@
 """`svd-lab`: the pack's command line (no ComfyUI server needed).
 
+  svd-lab run WORKFLOW.json [--set NODE_ID.INPUT=VALUE ...] [--output-dir DIR] [--models-dir DIR] [--tiny-if-missing]
   svd-lab image-to-video [--checkpoint PATH] [--image IMG] [--output-dir DIR] [...]
   svd-lab make-tiny-checkpoint PATH [--family svd|sv3d_u|sv3d_p]
   svd-lab info CHECKPOINT
@@ -72,10 +73,49 @@ def _cmd_image_to_video(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .nodes import NODE_CLASS_MAPPINGS, bridge
+    from .workflow import WorkflowError, apply_overrides, load_workflow, run_workflow_cli
+
+    bridge.configure(models_dirs=args.models_dir or None, output_dir=args.output_dir)
+    sets = list(args.set or [])
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.tiny_if_missing:
+            from .jobs import missing_checkpoints, tiny_overrides
+            from .svd_model.tiny import write_tiny_checkpoint
+
+            try:
+                loaded, _ = load_workflow(args.workflow, NODE_CLASS_MAPPINGS)
+                prompt = apply_overrides(loaded, sets, NODE_CLASS_MAPPINGS)
+            except WorkflowError:
+                prompt = {}  # run_workflow_cli reports the problem
+            missing = missing_checkpoints(prompt)
+            if missing:
+                tiny = write_tiny_checkpoint(Path(tmp) / "tiny-random-svd.safetensors")
+                bridge.configure(models_dirs=[*bridge.model_dirs(), tmp])
+                sets += tiny_overrides(prompt, tiny.name)
+                print(f"NOTE: {', '.join(missing)} not found in {', '.join(map(str, bridge.model_dirs()[:-1]))}: "
+                      "running on a tiny RANDOM-weight model at reduced size instead. The video will be noise; "
+                      "put a real checkpoint there (or pass --models-dir) for real output.")
+        return run_workflow_cli(args.workflow, sets, args.output_dir, NODE_CLASS_MAPPINGS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="svd-lab", description="Stable Video Diffusion tools (comfyui-svd-lab)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log INFO messages")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a workflow JSON (UI or API format) of this pack's nodes without a server")
+    p.add_argument("workflow", help="workflow file saved by the ComfyUI editor, or its API-format export")
+    p.add_argument("--set", action="append", metavar="NODE_ID.INPUT=VALUE", help="override a node input (repeatable)")
+    p.add_argument("--output-dir", help="where output nodes write (default: $SVD_LAB_OUTPUT or ./output)")
+    p.add_argument("--models-dir", action="append", help="checkpoint folder (repeatable; default: $SVD_LAB_MODELS "
+                   "or ./models/svd)")
+    p.add_argument("--tiny-if-missing", action="store_true", help="when a named checkpoint is missing, run on a tiny "
+                   "random-weight model at reduced size instead (a demo that the whole graph runs)")
+    p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("image-to-video", help="generate a video from one image and write PNG frames")
     p.add_argument("--checkpoint", help=f"SVD-family .safetensors or diffusers folder (or ${CHECKPOINT_ENV}); "

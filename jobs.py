@@ -105,3 +105,30 @@ def run_image_to_video(
     result.frames, result.preview = write_frames(frames, output_dir, params.fps)
     result.seconds = time.perf_counter() - start
     return result
+
+
+#: Sizes a tiny random model runs at in the demo path (class -> input -> value).
+TINY_RUN = {
+    "SVDLab_ImageToVideoConditioning": {"width": 256, "height": 192, "frames": 8},
+    "SVDLab_Sampler": {"steps": 8},
+    "SVDLab_LoadVideo": {"frame_cap": 8, "width": 256, "height": 192},
+}
+
+
+def tiny_overrides(prompt: dict, ckpt_name: str, sizes: dict[str, dict[str, object]] = TINY_RUN) -> list[str]:
+    """`--set` strings that point every checkpoint loader at `ckpt_name` and shrink sizes and steps."""
+    sets = []
+    for nid, node in prompt.items():
+        if node.get("class_type") == "SVDLab_CheckpointLoader":
+            sets.append(f"{nid}.ckpt_name={ckpt_name}")
+        sets += [f"{nid}.{name}={value}" for name, value in sizes.get(node.get("class_type"), {}).items()]
+    return sets
+
+
+def missing_checkpoints(prompt: dict) -> list[str]:
+    """Checkpoint names the workflow's loaders ask for that no model folder holds."""
+    from .nodes import bridge
+
+    names = [n["inputs"].get("ckpt_name", "") for n in prompt.values()
+             if n.get("class_type") == "SVDLab_CheckpointLoader"]
+    return [name for name in names if not isinstance(name, list) and bridge.find_checkpoint(str(name)) is None]

@@ -67,6 +67,7 @@ from comfyui_svd_lab.svd_model.nn.unet import VideoUNet
 from comfyui_svd_lab.svd_model.tiny import tiny_config
 
 try:
+    import diffusers
     from diffusers import UNetSpatioTemporalConditionModel
 except ImportError:  # pragma: no cover - depends on the environment
     sys.exit("diffusers is not installed: pip install -e '.[bench]'  (the optional bench extra)")
@@ -185,10 +186,11 @@ def diffusers_call(model: UNetSpatioTemporalConditionModel, inp: Inputs) -> Call
     b = inp.sample.shape[0]
     device = inp.sample.device
     timestep = torch.tensor([inp.c_noise], device=device)  # broadcast over the videos by diffusers
+    # float32 like ours (diffusers' sinusoidal embedding casts to float32 anyway; bf16 ids would be rounded)
     time_ids = torch.tensor([[TIME_IDS[name] for name, _ in VECTOR_LAYOUT[Family.SVD]]] * b, device=device)
 
     def call() -> Tensor:
-        out = model(inp.sample, timestep, inp.context, time_ids.to(inp.sample.dtype), return_dict=False)[0]
+        out = model(inp.sample, timestep, inp.context, time_ids, return_dict=False)[0]
         return out.flatten(0, 1)  # ((b t), out_channels, h, w)
 
     return call
@@ -335,8 +337,6 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    import diffusers
-
     dtype = DTYPES[args.dtype]
     cfg = unet_config(args.config)
     factor = 2 ** (len(cfg.channel_mult) - 1)
@@ -361,6 +361,7 @@ def main(argv: list[str] | None = None) -> None:
         if not rel < args.tol:
             raise SystemExit(f"outputs disagree: max|diff| / max|ref| = {rel:.3e} >= {args.tol:.0e}; not timing")
 
+        load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         times: dict[str, list[float]] = {name: [] for name in calls}
         for rep in range(args.reps):
             order = list(calls) if rep % 2 == 0 else list(reversed(calls))  # alternate who goes first
@@ -370,6 +371,7 @@ def main(argv: list[str] | None = None) -> None:
                 times[name].append(seconds)
             log(f"rep {rep + 1}/{args.reps}: " + ", ".join(f"{n} {times[n][-1]:.3f} s" for n in calls))
 
+        load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         cpu_memory = CpuMemory() if args.device == "cpu" else None
         peaks = {name: peak_memory(fn, args.device, cpu_memory) for name, fn in calls.items()}
 
@@ -382,7 +384,8 @@ def main(argv: list[str] | None = None) -> None:
         f"UNet {args.config} ({params / 1e9:.3f} B params), b={args.batch} t={args.frames} latent {h}x{w} "
         f"({8 * h}x{8 * w} px), {args.dtype}, {args.device}, threads {threads}, reps {args.reps}"
     )
-    print(f"torch {torch.__version__}, diffusers {diffusers.__version__}; peak memory: {mem_method}")
+    print(f"torch {torch.__version__}, diffusers {diffusers.__version__}; peak memory: {mem_method}; "
+          f"1-min load average {load_before:.2f} before / {load_after:.2f} after timing (other processes skew times)")
     print(f"agreement: max|ours - diffusers| / max|diffusers| = {rel:.2e} (tol {args.tol:.0e})")
     print(f"{'':16}{'median s':>12}{'min s':>12}{'peak MiB':>12}")
     for name in calls:

@@ -1,0 +1,367 @@
+"""The only module that touches ComfyUI at run time; every ComfyUI import is optional.
+
+Inside ComfyUI: model folders (`folder_paths`, with an `svd` folder registered at import), device and
+memory (`comfy.model_management`), progress bars with latent previews (`comfy.utils.ProgressBar`),
+interruption, input/output/temp folders. Headless (tests, CLI, workflow runner): folders come from
+:func:`configure`, else the environment (``SVD_LAB_MODELS``: os.pathsep-separated model folders,
+``SVD_LAB_OUTPUT``), else ``./models/svd``, ``./output``, ``./temp``, ``./input``; progress goes to
+``workflow.progress`` when that module is present.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import weakref
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..svd_model.errors import CheckpointError
+from ..svd_model.loader import SVDBundle
+from ..svd_model.sampling import StepInfo
+from . import adapters
+
+log = logging.getLogger(__name__)
+
+SVD_FOLDER = "svd"
+MODEL_EXTENSIONS = (".safetensors", ".sft")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".webp", ".m4v")
+#: Inputs the bundled example workflows use; listed and found after the input folder's own files.
+PACK_INPUTS = Path(__file__).resolve().parents[1] / "example_workflows" / "inputs"
+_config: dict[str, Any] = {}
+#: Models loaded with offload "cpu between nodes": model -> compute device.
+_offloaded: weakref.WeakKeyDictionary[torch.nn.Module, torch.device] = weakref.WeakKeyDictionary()
+
+
+def _folder_paths() -> Any | None:
+    try:
+        import folder_paths
+    except ImportError:
+        return None
+    return folder_paths
+
+
+def _mm() -> Any | None:
+    try:
+        import comfy.model_management as mm
+    except ImportError:
+        return None
+    return mm
+
+
+def in_comfyui() -> bool:
+    return _folder_paths() is not None
+
+
+def _comfy_args() -> Any | None:
+    try:
+        from comfy.cli_args import args
+    except ImportError:
+        return None
+    return args
+
+
+def configure(*, models_dirs: list[str | os.PathLike] | None = None, output_dir: str | os.PathLike | None = None,
+              temp_dir: str | os.PathLike | None = None, input_dir: str | os.PathLike | None = None) -> None:
+    """Headless folders (ignored inside ComfyUI). Arguments left None keep their current setting."""
+    if models_dirs is not None:
+        _config["models_dirs"] = [Path(p) for p in models_dirs]
+    for kind, value in (("output", output_dir), ("temp", temp_dir), ("input", input_dir)):
+        if value is not None:
+            _config[kind] = Path(value)
+
+
+def reset() -> None:
+    """Forget :func:`configure` settings (tests)."""
+    _config.clear()
+
+
+def register_model_folder() -> None:
+    """Register ComfyUI's `svd` model folder (models/svd, .safetensors/.sft only); no-op headless."""
+    fp = _folder_paths()
+    if fp is None:
+        return
+    default = os.path.join(fp.models_dir, SVD_FOLDER)
+    paths, _ = fp.folder_names_and_paths.setdefault(SVD_FOLDER, ([], set()))
+    if default not in paths:
+        paths.append(default)
+    fp.folder_names_and_paths[SVD_FOLDER] = (paths, set(MODEL_EXTENSIONS))
+
+
+# ------------------------------------------------------------------------------------------- folders
+
+
+def model_dirs() -> list[Path]:
+    """Headless model folders: configure() > $SVD_LAB_MODELS > ./models/svd."""
+    if "models_dirs" in _config:
+        return list(_config["models_dirs"])
+    env = os.environ.get("SVD_LAB_MODELS", "")
+    return [Path(p) for p in env.split(os.pathsep) if p] or [Path("models") / SVD_FOLDER]
+
+
+def folder(kind: str) -> Path:
+    """The "output", "temp" or "input" folder: ComfyUI's, else configure() > $SVD_LAB_OUTPUT (output) > ./<kind>."""
+    fp = _folder_paths()
+    if fp is not None:
+        return Path({"output": fp.get_output_directory, "temp": fp.get_temp_directory,
+                     "input": fp.get_input_directory}[kind]())
+    if kind in _config:
+        return _config[kind]
+    if kind == "output" and os.environ.get("SVD_LAB_OUTPUT"):
+        return Path(os.environ["SVD_LAB_OUTPUT"])
+    return Path(kind)
+
+
+def _is_diffusers_folder(path: Path) -> bool:
+    return all((path / sub).is_dir() for sub in ("unet", "vae", "image_encoder"))
+
+
+def _scan_models(root: Path) -> list[str]:
+    if not root.is_dir():
+        return []
+    files = [p for p in root.rglob("*") if p.suffix.lower() in MODEL_EXTENSIONS and p.is_file()]
+    dirs = [p for p in root.iterdir() if p.is_dir() and _is_diffusers_folder(p)]
+    return sorted(p.relative_to(root).as_posix() for p in files + dirs)
+
+
+def _searched_folders() -> list[tuple[str, Path]]:
+    """(folder key, path) pairs searched for checkpoints, svd folder first."""
+    fp = _folder_paths()
+    if fp is None:
+        return [(SVD_FOLDER, d) for d in model_dirs()]
+    return [(key, Path(d)) for key in (SVD_FOLDER, "checkpoints") for d in fp.get_folder_paths(key)]
+
+
+def list_checkpoints() -> list[str]:
+    """Checkpoint names for the loader's COMBO: the `svd` folder(s) first, then `checkpoints`
+    (.safetensors/.sft files, plus diffusers-format SVD folders directly inside an `svd` folder)."""
+    fp = _folder_paths()
+    if fp is None:
+        names = [n for _, d in _searched_folders() for n in _scan_models(d)]
+    else:
+        files = [*fp.get_filename_list(SVD_FOLDER), *fp.get_filename_list("checkpoints")]
+        folders = [n for d in fp.get_folder_paths(SVD_FOLDER) for n in _scan_models(Path(d))]
+        names = [n for n in files if n.lower().endswith(MODEL_EXTENSIONS)] + folders
+    return list(dict.fromkeys(names))
+
+
+def find_checkpoint(name: str) -> Path | None:
+    """A listed name (relative to a model folder) -> its path; headless, an absolute path is accepted too.
+    Inside ComfyUI a name may not leave its model folder."""
+    if not name:
+        return None
+    if Path(name).is_absolute():
+        return Path(name) if not in_comfyui() and Path(name).exists() else None
+    for _, root in _searched_folders():
+        path = root / name
+        inside = os.path.commonpath([os.path.abspath(root), os.path.abspath(path)]) == os.path.abspath(root)
+        if inside and path.exists():
+            return path
+    return None
+
+
+def missing_checkpoint_message(name: str) -> str:
+    where = "; ".join(f"{path} ({key})" for key, path in _searched_folders())
+    hint = "bridge.configure(models_dirs=...) or $SVD_LAB_MODELS" if not in_comfyui() else "ComfyUI's models/svd folder"
+    return f"checkpoint {name!r} not found; looked in: {where}. Put the .safetensors file into {hint}"
+
+
+def resolve_checkpoint(name: str) -> Path:
+    path = find_checkpoint(name)
+    if path is None:
+        raise CheckpointError(missing_checkpoint_message(name))
+    return path
+
+
+def list_inputs(kind: str) -> list[str]:
+    """Files of the input folder for an upload COMBO (kind "image" or "video"), sorted."""
+    base, fp = folder("input"), _folder_paths()
+    names = [p.name for p in base.iterdir() if p.is_file()] if base.is_dir() else []
+    names += [p.name for p in sorted(PACK_INPUTS.glob("*")) if p.is_file() and p.name not in names]
+    if fp is not None and hasattr(fp, "filter_files_content_types"):
+        return sorted(fp.filter_files_content_types(names, [kind]))
+    exts = IMAGE_EXTENSIONS if kind == "image" else VIDEO_EXTENSIONS
+    return sorted(n for n in names if n.lower().endswith(exts))
+
+
+def find_input(name: str, path: str = "") -> Path | None:
+    """A non-empty `path` wins (absolute, or relative to the working directory or the input folder);
+    else `name` in the input folder (ComfyUI annotations such as "x.png [output]" understood)."""
+    if path:
+        for candidate in (Path(path), folder("input") / path):
+            if candidate.is_file():
+                return candidate
+        return None
+    fp = _folder_paths()
+    if not name:
+        return None
+    if fp is not None and fp.exists_annotated_filepath(name):
+        return Path(fp.get_annotated_filepath(name))
+    for candidate in (folder("input") / name, PACK_INPUTS / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def save_target(prefix: str, kind: str, extension: str, size: tuple[int, int] = (0, 0)) -> tuple[Path, str, str]:
+    """(full path, subfolder, file name) for a ComfyUI-style numbered file `prefix_00001_.ext` in the output
+    or temp folder (inside ComfyUI through folder_paths.get_save_image_path, so %date:...% etc. work).
+    Raises OSError naming the folder when it cannot be created or written."""
+    base = folder(kind).absolute()
+    fp = _folder_paths()
+    try:
+        if fp is not None:
+            where, stem, counter, subfolder, _ = fp.get_save_image_path(prefix, str(base), *size)
+            target = Path(where)
+        else:
+            subfolder, stem = os.path.split(os.path.normpath(prefix))
+            target = base / subfolder
+            if os.path.commonpath([str(base), os.path.normpath(str(target))]) != str(base):
+                raise ValueError(f"filename_prefix {prefix!r} points outside the {kind} folder {base}")
+        target.mkdir(parents=True, exist_ok=True)
+        if not os.access(target, os.W_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as exc:
+        raise OSError(f"cannot write to the {kind} folder {base / subfolder if fp is None else base}: "
+                      f"{exc.strerror or exc}. Choose a writable folder (headless: $SVD_LAB_OUTPUT or "
+                      "bridge.configure(output_dir=...))") from exc
+    if fp is None:
+        taken = [n[len(stem) + 1 :].split("_")[0] for n in os.listdir(target) if n.startswith(f"{stem}_")]
+        counter = max((int(d) for d in taken if d.isdigit()), default=0) + 1
+    name = f"{stem}_{counter:05}_.{extension}"
+    return target / name, str(subfolder).replace(os.sep, "/"), name
+
+
+def metadata_enabled() -> bool:
+    """False under ComfyUI's --disable-metadata."""
+    return not getattr(_comfy_args(), "disable_metadata", False)
+
+
+# ------------------------------------------------------------------------------------ device, memory
+
+
+def device() -> torch.device:
+    mm = _mm()
+    if mm is not None:
+        return mm.get_torch_device()
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cpu_device() -> torch.device:
+    return torch.device("cpu")
+
+
+def free_memory(num_bytes: int, target: torch.device) -> None:
+    """Ask ComfyUI to evict its own models until `num_bytes` fit on `target` (no-op headless)."""
+    mm = _mm()
+    if mm is not None:
+        mm.free_memory(num_bytes, target)
+        mm.soft_empty_cache()
+
+
+def soft_empty_cache() -> None:
+    mm = _mm()
+    if mm is not None:
+        mm.soft_empty_cache()
+    elif torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def model_bytes(bundle: SVDBundle) -> int:
+    return sum(t.numel() * t.element_size() for t in (*bundle.model.parameters(), *bundle.model.buffers()))
+
+
+def set_offload(bundle: SVDBundle, target: torch.device) -> None:
+    """Keep `bundle` on the CPU between nodes; :func:`on_device` moves it to `target` while it works."""
+    _offloaded[bundle.model] = target
+
+
+@contextlib.contextmanager
+def on_device(bundle: SVDBundle) -> Iterator[SVDBundle]:
+    """For an offloaded model: free ComfyUI memory, move to the compute device, and back to the CPU after."""
+    target = _offloaded.get(bundle.model)
+    if target is None or target.type == "cpu":
+        yield bundle
+        return
+    free_memory(model_bytes(bundle), target)
+    bundle.model.to(target)
+    try:
+        yield bundle
+    finally:
+        bundle.model.to("cpu")
+        soft_empty_cache()
+
+
+# ----------------------------------------------------------------------- progress, interrupt, previews
+
+
+def check_interrupt() -> None:
+    """Raise ComfyUI's InterruptProcessingException when the user pressed cancel."""
+    mm = _mm()
+    if mm is not None:
+        mm.throw_exception_if_processing_interrupted()
+
+
+def _preview_size() -> int | None:
+    """Preview size when ComfyUI's latent previews are on (--preview-method / the frontend's setting), else None."""
+    method = getattr(_comfy_args(), "preview_method", None)
+    if method is None or getattr(method, "value", method) == "none":
+        return None
+    return int(getattr(_comfy_args(), "preview_size", 512))
+
+
+class Progress:
+    """A node's progress bar: comfy.utils.ProgressBar in ComfyUI, workflow.progress.report headless."""
+
+    def __init__(self, total: int) -> None:
+        self.total = max(1, int(total))
+        self._bar: Any = None
+        try:
+            import comfy.utils
+
+            self._bar = comfy.utils.ProgressBar(self.total)
+        except ImportError:
+            pass
+
+    @property
+    def in_comfyui(self) -> bool:
+        return self._bar is not None
+
+    def update(self, value: int, total: int | None = None, preview: tuple[str, Any, int] | None = None) -> None:
+        self.total = max(1, int(total or self.total))
+        check_interrupt()
+        if self._bar is not None:
+            self._bar.update_absolute(value, self.total, preview)
+            return
+        try:
+            from ..workflow import progress
+        except ImportError:
+            log.debug("progress %d/%d", value, self.total)
+            return
+        progress.report(value, self.total)
+
+
+def step_callback(steps: int) -> Callable[[StepInfo], None]:
+    """Sampler callback: interruption check, progress per step, latent previews inside ComfyUI."""
+    bar = Progress(steps)
+    size = _preview_size() if bar.in_comfyui else None
+
+    def callback(info: StepInfo) -> None:
+        preview = ("JPEG", adapters.latent_preview(info.denoised), size) if size else None
+        bar.update(info.index + 1, info.total, preview)
+
+    return callback
+
+
+def chunk_callback(total: int) -> Callable[[int, int], None]:
+    """Decode callback (frames_done, frames_total): interruption check and progress."""
+    bar = Progress(total)
+    return lambda done, frames: bar.update(done, frames)
+
+
+register_model_folder()

@@ -1,0 +1,212 @@
+"""Image-to-video nodes: conditioning, sampler, decode, encode. Widgets -> typed params -> one package call."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any
+
+from ..svd_model.conditioning import check_size
+from ..svd_model.config import VARIANT_DEFAULTS, Family
+from ..svd_model.errors import InputError
+from ..svd_model.guidance import FRAME_GUIDANCE
+from ..svd_model.loader import SVDBundle
+from ..svd_model.pipelines.decode import decode_latents, encode_frames
+from ..svd_model.pipelines.image_to_video import MAX_FRAMES, VideoParams, encode_condition, sample_video
+from ..svd_model.sampling import SAMPLERS
+from ..svd_model.schedules import SCHEDULES
+from . import adapters, bridge
+from .types import MAX_SEED, MAX_SIZE, SVDLAB_CONDITIONING, SVDLAB_MODEL, VideoConditioning, range_problem
+
+log = logging.getLogger(__name__)
+
+#: Widget defaults: SVD-XT's reference settings (the most used checkpoint). The loader's `info` output
+#: names the loaded variant; its own defaults are in svd_model.config.VARIANT_DEFAULTS.
+XT = VARIANT_DEFAULTS["svd_xt"]
+MODEL_INPUT = (SVDLAB_MODEL, {"tooltip": "From SVD Lab Checkpoint Loader."})
+SEED = {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True}
+
+
+class ImageToVideoConditioning:
+    DESCRIPTION = (
+        "Encodes the first image of the batch as SVD's conditioning frame (CLIP embedding of the clean frame, VAE "
+        "latent of the noise-augmented one) and returns an empty latent of the video's size. The image is scaled "
+        "to cover width x height and centre-cropped. Defaults are SVD-XT's reference settings."
+    )
+    CATEGORY = "SVD Lab/video"
+    FUNCTION = "encode"
+    RETURN_TYPES = (SVDLAB_CONDITIONING, "LATENT", "STRING")
+    RETURN_NAMES = ("conditioning", "latent", "info")
+    OUTPUT_TOOLTIPS = ("Conditioning for SVD Lab Sampler.", "Empty latent (frames in the batch), like core SVD.",
+                       "What was used (e.g. which image of a batch).")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        size = {"min": 16, "max": MAX_SIZE, "step": 64}
+        return {"required": {
+            "model": MODEL_INPUT,
+            "image": ("IMAGE", {"tooltip": "Conditioning frame; of a batch only the first image is used."}),
+            "width": ("INT", {**size, "default": XT.width, "tooltip": "Video width; official models need a "
+                                                                      "multiple of 64 (checked against the model)."}),
+            "height": ("INT", {**size, "default": XT.height, "tooltip": "Video height; multiple of 64 for "
+                                                                        "official models."}),
+            "frames": ("INT", {"default": XT.num_frames, "min": 1, "max": MAX_FRAMES,
+                               "tooltip": "Frames to generate (SVD trained on 14, SVD-XT on 25)."}),
+            "fps": ("INT", {"default": XT.fps, "min": 1, "max": 240, "tooltip": "Frame-rate conditioning."}),
+            "motion_bucket_id": ("INT", {"default": XT.motion_bucket_id, "min": 0, "max": 1023,
+                                         "tooltip": "Amount of motion: higher moves more."}),
+            "cond_aug": ("FLOAT", {"default": XT.cond_aug, "min": 0.0, "max": 10.0, "step": 0.001,
+                                   "tooltip": "Noise added to the conditioning frame: higher follows it less."}),
+            "seed": ("INT", {**SEED, "tooltip": "Seed of the noise augmentation."}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, width: int | None, height: int | None) -> bool | str:
+        for name, value in (("width", width), ("height", height)):
+            problem = range_problem(cls, name, value)
+            if problem:
+                return problem
+            if value is not None and value % 8:
+                return (f"{name} = {value} is not a multiple of 8 (the VAE's factor); official SVD models need "
+                        "multiples of 64, checked against the loaded model at run time")
+        return True
+
+    def encode(self, model: SVDBundle, image: Any, width: int, height: int, frames: int, fps: int,
+               motion_bucket_id: int, cond_aug: float, seed: int) -> tuple[VideoConditioning, dict, str]:
+        if model.family is not Family.SVD:
+            raise InputError(f"{model.variant} is an SV3D (multi-view) model; SVD Lab Image To Video Conditioning "
+                             "needs an SVD / SVD-XT checkpoint. SV3D models need the multi-view node "
+                             "(not available yet)")
+        check_size(width, height, model.config.size_multiple)
+        frame, count = adapters.conditioning_frame(image, width, height)
+        info = f"{width}x{height}, {frames} frames at fps {fps}, motion {motion_bucket_id}, cond_aug {cond_aug}"
+        if count > 1:
+            info = f"image batch has {count} images: used the first (SVD conditions on one frame); {info}"
+            log.warning(info)
+        params = VideoParams.for_variant(model.variant, num_frames=frames, width=width, height=height, fps=fps,
+                                         motion_bucket_id=motion_bucket_id, cond_aug=cond_aug)
+        with bridge.on_device(model):
+            cond, uncond = encode_condition(model, frame, params, generator=adapters.generator(seed))
+        conditioning = VideoConditioning(adapters.cond_to_cpu(cond), adapters.cond_to_cpu(uncond), params,
+                                         (width, height), model.variant)
+        latent = adapters.empty_latent(frames, width, height, model.config.unet.out_channels)
+        return conditioning, latent, info
+
+
+class Sampler:
+    DESCRIPTION = (
+        "Samples the video latents with per-frame classifier-free guidance (min_cfg on the first frame rising to "
+        "max_cfg, as the reference). With denoise < 1 it starts from the connected latent (video-to-video)."
+    )
+    CATEGORY = "SVD Lab/video"
+    FUNCTION = "sample"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("Video latents, frames in the batch.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        cfg = {"min": 0.0, "max": 30.0, "step": 0.1}
+        return {
+            "required": {
+                "model": MODEL_INPUT,
+                "conditioning": (SVDLAB_CONDITIONING, {"tooltip": "From SVD Lab Image To Video Conditioning."}),
+                "sampler": (list(SAMPLERS), {"default": "euler", "tooltip": "Sampling method."}),
+                "schedule": (list(SCHEDULES), {"default": "karras", "tooltip": "Noise schedule."}),
+                "steps": ("INT", {"default": XT.steps, "min": 1, "max": 500, "tooltip": "Sampling steps."}),
+                "min_cfg": ("FLOAT", {**cfg, "default": XT.min_cfg, "tooltip": "Guidance of the first frame."}),
+                "max_cfg": ("FLOAT", {**cfg, "default": XT.max_cfg, "tooltip": "Guidance of the last frame."}),
+                "guidance": (list(FRAME_GUIDANCE), {"default": XT.guidance, "tooltip": (
+                    "Guidance over the frames: linear min->max, triangle (weakest at both ends), constant (max).")}),
+                "seed": ("INT", {**SEED, "tooltip": "Seed of the sampling noise."}),
+                "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
+                    "1: from pure noise. < 1: from the connected latent, noised part of the way (video-to-video); "
+                    "0 returns it unchanged.")}),
+            },
+            "optional": {
+                "latent": ("LATENT", {"tooltip": "Start video for denoise < 1 (SVD Lab Encode Frames)."}),
+            },
+        }
+
+    def sample(self, model: SVDBundle, conditioning: VideoConditioning, sampler: str, schedule: str, steps: int,
+               min_cfg: float, max_cfg: float, guidance: str, seed: int, denoise: float,
+               latent: dict | None = None) -> tuple[dict]:
+        if denoise < 1.0 and latent is None:
+            raise InputError(f"denoise {denoise} < 1 needs a start video: connect a LATENT (e.g. from SVD Lab "
+                             "Encode Frames) to the latent input, or set denoise to 1")
+        if denoise == 0.0:
+            return (latent,)
+        params = replace(conditioning.params, sampler=sampler, schedule=schedule, steps=steps, min_cfg=min_cfg,
+                         max_cfg=max_cfg, guidance=guidance, denoise=denoise)
+        init = adapters.comfy_to_latents(latent) if denoise < 1.0 else None
+        with bridge.on_device(model):
+            latents = sample_video(model, conditioning.cond, conditioning.uncond, params, init_latents=init,
+                                   generator=adapters.generator(seed), callback=bridge.step_callback(steps))
+        return (adapters.latents_to_comfy(latents),)
+
+
+class Decode:
+    DESCRIPTION = ("Decodes video latents to frames (IMAGE, one frame per batch entry) with the temporal VAE, "
+                   "chunk by chunk to bound memory; overlapping chunks are cross-faded to hide seams.")
+    CATEGORY = "SVD Lab/video"
+    FUNCTION = "decode"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("The frames, for Save Video, SaveAnimatedWEBP or VHS Video Combine.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "model": MODEL_INPUT,
+            "latent": ("LATENT", {"tooltip": "Video latents from SVD Lab Sampler."}),
+            "chunk_size": ("INT", {"default": 14, "min": 1, "max": 64, "tooltip": (
+                "Frames decoded at once (the reference uses 14): more needs more memory, fewer seams.")}),
+            "overlap": ("INT", {"default": 2, "min": 0, "max": 8, "tooltip": (
+                "Frames shared by consecutive chunks, cross-faded (0 = exactly the reference's decoding).")}),
+        }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, chunk_size: int | None, overlap: int | None) -> bool | str:
+        problem = range_problem(cls, "chunk_size", chunk_size) or range_problem(cls, "overlap", overlap)
+        if problem:
+            return problem
+        if chunk_size is not None and overlap is not None and overlap >= chunk_size:
+            return f"overlap ({overlap}) must be smaller than chunk_size ({chunk_size})"
+        return True
+
+    def decode(self, model: SVDBundle, latent: dict, chunk_size: int, overlap: int) -> tuple[Any]:
+        latents = adapters.comfy_to_latents(latent, model.config.unet.out_channels)
+        with bridge.on_device(model):
+            frames = decode_latents(model, latents, chunk_size=chunk_size, overlap=overlap,
+                                    callback=bridge.chunk_callback(latents.shape[1]))
+        return (adapters.video_to_images(frames),)
+
+
+class EncodeFrames:
+    DESCRIPTION = ("Encodes frames (IMAGE batch = one video) to latents with the VAE encoder (posterior mean), as "
+                   "the start video of SVD Lab Sampler with denoise < 1. Sizes must fit the conditioning's.")
+    CATEGORY = "SVD Lab/video"
+    FUNCTION = "encode"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("Video latents, frames in the batch.",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {
+            "model": MODEL_INPUT,
+            "images": ("IMAGE", {"tooltip": "The video's frames (e.g. from SVD Lab Load Video)."}),
+        }}
+
+    def encode(self, model: SVDBundle, images: Any) -> tuple[dict]:
+        with bridge.on_device(model):
+            latents = encode_frames(model, adapters.images_to_video(images))
+        return (adapters.latents_to_comfy(latents),)
+
+
+NODES: dict[str, tuple[type, str]] = {
+    "SVDLab_ImageToVideoConditioning": (ImageToVideoConditioning, "SVD Lab Image To Video Conditioning"),
+    "SVDLab_Sampler": (Sampler, "SVD Lab Sampler"),
+    "SVDLab_Decode": (Decode, "SVD Lab Decode"),
+    "SVDLab_EncodeFrames": (EncodeFrames, "SVD Lab Encode Frames"),
+}

@@ -1,0 +1,97 @@
+"""Every example workflow: the UI file converts to its API twin, and both run headless on a tiny checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from comfyui_svd_lab.cli import main
+from comfyui_svd_lab.jobs import tiny_overrides
+from comfyui_svd_lab.nodes import NODE_CLASS_MAPPINGS, bridge
+from comfyui_svd_lab.svd_model.tiny import write_tiny_checkpoint
+from comfyui_svd_lab.svd_model.videoio import probe_video
+from comfyui_svd_lab.workflow import apply_overrides, execute, load_workflow, validate
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
+UI_FILES = sorted(EXAMPLES.glob("*.json"))
+SMALL = {  # the tiny model at a size and step count that keeps the suite fast
+    "SVDLab_ImageToVideoConditioning": {"width": 64, "height": 48, "frames": 3},
+    "SVDLab_Sampler": {"steps": 2},
+    "SVDLab_LoadVideo": {"frame_cap": 3, "width": 64, "height": 48},
+    "SVDLab_Decode": {"chunk_size": 2, "overlap": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    write_tiny_checkpoint(folder / "tiny.safetensors", seed=4)
+    return folder
+
+
+@pytest.fixture
+def configured(models, tmp_path):
+    bridge.configure(models_dirs=[models], output_dir=tmp_path / "out", temp_dir=tmp_path / "temp")
+    yield tmp_path / "out"
+    bridge.reset()
+
+
+def test_there_are_image_and_video_examples():
+    names = {p.stem for p in UI_FILES}
+    assert {"svd_image_to_video", "svd_xt_image_to_video", "svd_xt_video_to_video"} <= names
+    assert all((EXAMPLES / "api" / p.name).is_file() for p in UI_FILES)
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_ui_file_converts_to_its_api_twin(path):
+    ui_prompt, ui_workflow = load_workflow(path, NODE_CLASS_MAPPINGS)
+    api_prompt, _ = load_workflow(EXAMPLES / "api" / path.name, NODE_CLASS_MAPPINGS)
+    assert ui_workflow is not None and "nodes" in json.loads(path.read_text())
+    assert ui_prompt == api_prompt
+    assert {n["class_type"] for n in api_prompt.values()} <= set(NODE_CLASS_MAPPINGS)  # this pack's nodes only
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_example_runs_headless_on_tiny_checkpoint(path, configured):
+    prompt, ui_workflow = load_workflow(path, NODE_CLASS_MAPPINGS)
+    prompt = apply_overrides(prompt, tiny_overrides(prompt, "tiny.safetensors", SMALL), NODE_CLASS_MAPPINGS)
+    assert validate(prompt, NODE_CLASS_MAPPINGS) == []
+    results = execute(prompt, NODE_CLASS_MAPPINGS, ui_workflow=ui_workflow)
+    saved = [item for r in results.values() for item in r.ui.get("images", [])]
+    assert len(saved) == 1
+    video = configured / saved[0]["subfolder"] / saved[0]["filename"]
+    info = probe_video(video, count_frames=True)
+    assert info.frame_count == 3 and (info.width, info.height) == (64, 48)
+    fps = next(n["inputs"]["fps"] for n in prompt.values() if n["class_type"] == "SVDLab_SaveVideo")
+    assert float(info.fps) == pytest.approx(fps)
+
+
+def test_cli_run_reports_every_problem_and_runs_nothing(tmp_path, capsys):
+    bad = json.loads((EXAMPLES / "api" / "svd_image_to_video.json").read_text())
+    bad["4"]["inputs"]["steps"] = 0
+    bad["5"]["inputs"]["latent"] = ["9", 0]
+    bad["3"]["class_type"] = "SVDLab_NoSuchNode"
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(bad))
+    assert main(["run", str(path), "--output-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "node 4 (SVDLab_Sampler) input 'steps'" in err
+    assert "node 5 (SVDLab_Decode) input 'latent': linked to node 9" in err
+    assert "SVDLab_NoSuchNode" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.mp4"))
+
+
+def test_cli_run_with_overrides(models, tmp_path, capsys):
+    path = EXAMPLES / "svd_image_to_video.json"
+    prompt, _ = load_workflow(path, NODE_CLASS_MAPPINGS)
+    sets = tiny_overrides(prompt, "tiny.safetensors", SMALL)
+    argv = ["run", str(path), "--models-dir", str(models), "--output-dir", str(tmp_path / "out")]
+    for s in sets:
+        argv += ["--set", s]
+    try:
+        assert main(argv) == 0
+    finally:
+        bridge.reset()
+    assert "svd_00001_.mp4" in capsys.readouterr().out

@@ -1,0 +1,46 @@
+"""Headless execution of saved workflows made of V1-style node classes (no ComfyUI server needed).
+
+Generic over a node registry ``{class_type: class}`` (the pack's ``NODE_CLASS_MAPPINGS``)::
+
+    prompt, ui = load_workflow("example_workflows/image_to_video.json", registry)  # API or UI format
+    prompt = apply_overrides(prompt, ["3.seed=5"], registry)
+    problems = validate(prompt, registry)          # every problem, each naming its node and input
+    results = execute(prompt, registry, ui_workflow=ui, progress=TextProgress())
+    run_workflow_cli(path, sets, output_dir, registry)   # all of the above, for `svd-lab run`
+
+Importing this package does not import torch (``execute`` does, lazily). Headless, nodes report progress through
+``workflow.progress.report(value, total)`` (the pack's bridge module does this where ComfyUI is absent); output
+nodes return ``{"ui": {key: [{"filename", "subfolder", "type", "fullpath"}]}, "result": ()}`` and the CLI prints
+those paths (``workflow.runtime`` resolves entries without ``fullpath``).
+"""
+
+from __future__ import annotations
+
+from .convert import check_api, load_workflow, ui_to_api
+from .errors import NodeExecutionError, ValidationError, WorkflowError
+from .execute import NodeOutput, execute, ui_outputs
+from .overrides import apply_overrides, parse_value
+from .progress import TextProgress, report, set_reporter
+from .runner import describe_outputs, run_workflow_cli
+from .validate import Problem, validate
+
+__all__ = [
+    "NodeExecutionError",
+    "NodeOutput",
+    "Problem",
+    "TextProgress",
+    "ValidationError",
+    "WorkflowError",
+    "apply_overrides",
+    "check_api",
+    "describe_outputs",
+    "execute",
+    "load_workflow",
+    "parse_value",
+    "report",
+    "run_workflow_cli",
+    "set_reporter",
+    "ui_outputs",
+    "ui_to_api",
+    "validate",
+]

@@ -1,0 +1,76 @@
+"""``svd-lab run WORKFLOW.json [--set NODE.INPUT=VALUE ...] [--output-dir DIR]``: the command behind it.
+
+Exit codes: 0 success, 1 a node failed while running, 2 the workflow could not be loaded, overridden or
+validated (nothing ran), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+from . import runtime
+from .convert import load_workflow
+from .errors import NodeExecutionError, WorkflowError
+from .execute import NodeOutput, execute
+from .overrides import apply_overrides
+from .progress import TextProgress
+from .spec import Registry
+from .validate import validate
+
+
+def run_workflow_cli(path: str | Path, sets: Iterable[str] | None, output_dir: str | Path | None,
+                     registry: Registry, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    """Load, override, validate and run a workflow, printing problems, progress and output files; the exit code."""
+    out = stdout if stdout is not None else sys.stdout
+    err = stderr if stderr is not None else sys.stderr
+    try:
+        prompt, ui_workflow = load_workflow(path, registry)
+        prompt = apply_overrides(prompt, sets or (), registry)
+    except WorkflowError as exc:
+        print(f"svd-lab: error: {exc}", file=err)
+        return 2
+    problems = validate(prompt, registry)
+    if problems:
+        print(f"svd-lab: {path}: {len(problems)} problem(s), nothing was run:", file=err)
+        for problem in problems:
+            print(f"  {problem}", file=err)
+        return 2
+    out_dir = Path(output_dir) if output_dir is not None else runtime.output_directory()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        results = execute(prompt, registry, progress=TextProgress(err), ui_workflow=ui_workflow, output_dir=out_dir)
+    except NodeExecutionError as exc:
+        print(f"svd-lab: error: {exc}", file=err)
+        return 1
+    except KeyboardInterrupt:
+        print("svd-lab: interrupted", file=err)
+        return 130
+    with runtime.using_output_directory(out_dir):
+        lines = describe_outputs(results)
+    print("\n".join(lines) if lines else f"done: {len(results)} node(s) ran; no node reported output files",
+          file=out)
+    return 0
+
+
+def describe_outputs(results: Mapping[str, NodeOutput]) -> list[str]:
+    """One line per file or text an output node reported in its UI dict."""
+    lines = []
+    for nid, result in results.items():
+        for key, items in result.ui.items():
+            for item in items:
+                text = _describe_item(item)
+                if text is not None:
+                    lines.append(f"node {nid} ({result.class_type}) {key}: {text}")
+    return lines
+
+
+def _describe_item(item: Any) -> str | None:
+    if isinstance(item, Mapping):
+        path = runtime.resolve_ui_file(dict(item))
+        return str(path) if path is not None else None
+    if isinstance(item, str):
+        return item
+    return None
