@@ -385,7 +385,8 @@ def main(argv: list[str] | None = None) -> None:
         f"({8 * h}x{8 * w} px), {args.dtype}, {args.device}, threads {threads}, reps {args.reps}"
     )
     print(f"torch {torch.__version__}, diffusers {diffusers.__version__}; peak memory: {mem_method}; "
-          f"1-min load average {load_before:.2f} before / {load_after:.2f} after timing (other processes skew times)")
+          f"1-min load average {load_before:.2f} before / {load_after:.2f} after timing "
+          f"(this run adds ~{threads}; more means other processes competed)")
     print(f"agreement: max|ours - diffusers| / max|diffusers| = {rel:.2e} (tol {args.tol:.0e})")
     print(f"{'':16}{'median s':>12}{'min s':>12}{'peak MiB':>12}")
     for name in calls:
@@ -397,5 +398,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     main()

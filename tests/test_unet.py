@@ -249,3 +249,15 @@ def test_attention_batch_chunking_is_exact(monkeypatch: pytest.MonkeyPatch) -> N
     whole = attention(q, k, v, heads=4)
     monkeypatch.setattr(attention_module, "MAX_BATCH_HEADS", 8)  # chunks of 2 batches
     torch.testing.assert_close(attention(q, k, v, heads=4), whole, rtol=0, atol=0)
+
+
+def test_single_token_cross_attention_shortcut_is_exact():
+    from comfyui_svd_lab.svd_model.nn.attention import CrossAttention
+
+    torch.manual_seed(0)
+    attn = CrossAttention(64, heads=2, dim_head=32, context_dim=48)
+    x, ctx = torch.randn(6, 10, 64), torch.randn(2, 1, 48)  # one context row per 3 query rows
+    with torch.no_grad():
+        fast = attn(x, ctx)  # inference: to_out(to_v(ctx)) broadcast
+    full = attn(x, ctx.repeat_interleave(3, dim=0))  # autograd on: the full attention path
+    assert torch.allclose(fast, full, atol=1e-6)

@@ -83,7 +83,21 @@ class CrossAttention(nn.Module):
         self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(0.0))
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """x: (b, n, query_dim), context: (b, m, context_dim) or None; returns (b, n, query_dim)."""
+        """x: (b, n, query_dim), context: (b', m, context_dim) or None; returns (b, n, query_dim).
+
+        b' may divide b: then context row i serves x rows i*b/b' .. (i+1)*b/b' - 1 (the temporal
+        blocks pass one context per video for all its spatial positions, "(b s)" order).
+        With a single context token (SVD's CLIP embedding) the softmax over one key is exactly 1, so the
+        output is to_out(to_v(context)) for every query: at inference q, k and the attention call are
+        skipped. With autograd on, the full path runs so every parameter takes part (their gradients
+        are zero either way), which keeps gradient checkpointing and DDP simple.
+        """
         context = x if context is None else context
+        reps = x.shape[0] // context.shape[0]
+        if context.shape[1] == 1 and not torch.is_grad_enabled():
+            out = self.to_out(self.to_v(context))  # (b', 1, query_dim)
+            return out.repeat_interleave(reps, dim=0).expand(-1, x.shape[1], -1)  # (b, n, query_dim)
+        if reps > 1:
+            context = context.repeat_interleave(reps, dim=0)  # (b, m, context_dim)
         out = attention(self.to_q(x), self.to_k(context), self.to_v(context), self.heads)  # (b, n, inner)
         return self.to_out(out)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange, repeat
+from einops import rearrange
 from torch import Tensor, nn
 
 from .attention import CrossAttention
@@ -29,7 +29,9 @@ class GEGLU(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         value, gate = self.proj(x).chunk(2, dim=-1)
-        return value * F.gelu(gate)
+        if torch.is_grad_enabled():
+            return value * F.gelu(gate)
+        return value.mul_(F.gelu(gate))  # inference: reuse the projection's buffer (one less big temporary)
 
 
 class FeedForward(nn.Module):
@@ -62,9 +64,10 @@ class BasicTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
-        x = self.attn1(self.norm1(x)) + x
+        # Residuals are added into the sublayers' fresh outputs (safe for autograd: Linear keeps its input).
+        x = self.attn1(self.norm1(x)).add_(x)
         x = self.attn2(self.norm2(x), context) + x
-        return self.ff(self.norm3(x)) + x
+        return self.ff(self.norm3(x)).add_(x)
 
 
 class VideoTransformerBlock(nn.Module):
@@ -88,10 +91,10 @@ class VideoTransformerBlock(nn.Module):
     def forward(self, x: Tensor, context: Tensor, num_frames: int) -> Tensor:
         s = x.shape[1]
         x = rearrange(x, "(b t) s c -> (b s) t c", t=num_frames)  # ((b s), t, c)
-        x = self.ff_in(self.norm_in(x)) + x
-        x = self.attn1(self.norm1(x)) + x
-        x = self.attn2(self.norm2(x), context) + x
-        x = self.ff(self.norm3(x)) + x
+        x = self.ff_in(self.norm_in(x)).add_(x)
+        x = self.attn1(self.norm1(x)).add_(x)
+        x = self.attn2(self.norm2(x), context) + x  # context: (b, m, d), one row per video (see CrossAttention)
+        x = self.ff(self.norm3(x)).add_(x)
         return rearrange(x, "(b s) t c -> (b t) s c", s=s, t=num_frames)  # ((b t), s, c)
 
 
@@ -130,8 +133,9 @@ class SpatialVideoTransformer(nn.Module):
     def forward(self, x: Tensor, context: Tensor, num_frames: int, image_only_indicator: Tensor) -> Tensor:
         _, _, h, w = x.shape
         x_in = x
-        # The temporal cross-attention sees the context of each video's first frame at every position.
-        time_context = repeat(context[::num_frames], "b m d -> (b s) m d", s=h * w)  # ((b s), m, d)
+        # The temporal cross-attention sees the context of each video's first frame at every position;
+        # CrossAttention broadcasts this one row per video over the video's h*w positions.
+        time_context = context[::num_frames]  # (b, m, d)
         x = rearrange(self.norm(x), "n c h w -> n (h w) c")  # ((b t), s, c)
         x = self.proj_in(x)  # ((b t), s, inner)
         frame_emb = self.frame_embedding(x.shape[0] // num_frames, num_frames, x.device, x.dtype)  # ((b t), 1, inner)
@@ -140,4 +144,6 @@ class SpatialVideoTransformer(nn.Module):
             x_temporal = time_block(x + frame_emb, time_context, num_frames)
             x = self.time_mixer(x, x_temporal, image_only_indicator)
         x = self.proj_out(x)
-        return rearrange(x, "n (h w) c -> n c h w", h=h, w=w) + x_in  # ((b t), c, h, w)
+        # contiguous(): the rearranged view is channels-last, which would make every following conv
+        # re-layout its weights on each call.
+        return rearrange(x, "n (h w) c -> n c h w", h=h, w=w).contiguous() + x_in  # ((b t), c, h, w)
