@@ -50,8 +50,8 @@ class ImageToVideoConditioning:
                                                                       "multiple of 64 (checked against the model)."}),
             "height": ("INT", {**size, "default": XT.height, "tooltip": "Video height; multiple of 64 for "
                                                                         "official models."}),
-            "frames": ("INT", {"default": XT.num_frames, "min": 1, "max": MAX_FRAMES,
-                               "tooltip": "Frames to generate (SVD trained on 14, SVD-XT on 25)."}),
+            "frames": ("INT", {"default": XT.num_frames, "min": 0, "max": MAX_FRAMES,
+                               "tooltip": "Frames to generate; 0 = the loaded variant's (SVD 14, SVD-XT 25)."}),
             "fps": ("INT", {"default": XT.fps, "min": 1, "max": 240, "tooltip": "Frame-rate conditioning."}),
             "motion_bucket_id": ("INT", {"default": XT.motion_bucket_id, "min": 0, "max": 1023,
                                          "tooltip": "Amount of motion: higher moves more."}),
@@ -78,6 +78,7 @@ class ImageToVideoConditioning:
                              "needs an SVD / SVD-XT checkpoint. SV3D models need the multi-view node "
                              "(not available yet)")
         check_size(width, height, model.config.size_multiple)
+        frames = frames or model.defaults.num_frames
         frame, count = adapters.conditioning_frame(image, width, height)
         info = f"{width}x{height}, {frames} frames at fps {fps}, motion {motion_bucket_id}, cond_aug {cond_aug}"
         if count > 1:
@@ -113,7 +114,8 @@ class Sampler:
                 "conditioning": (SVDLAB_CONDITIONING, {"tooltip": "From SVD Lab Image To Video Conditioning."}),
                 "sampler": (list(SAMPLERS), {"default": "euler", "tooltip": "Sampling method."}),
                 "schedule": (list(SCHEDULES), {"default": "karras", "tooltip": "Noise schedule."}),
-                "steps": ("INT", {"default": XT.steps, "min": 1, "max": 500, "tooltip": "Sampling steps."}),
+                "steps": ("INT", {"default": XT.steps, "min": 0, "max": 500,
+                                  "tooltip": "Sampling steps; 0 = the loaded variant's (SVD 25, SVD-XT 30)."}),
                 "min_cfg": ("FLOAT", {**cfg, "default": XT.min_cfg, "tooltip": "Guidance of the first frame."}),
                 "max_cfg": ("FLOAT", {**cfg, "default": XT.max_cfg, "tooltip": "Guidance of the last frame."}),
                 "guidance": (list(FRAME_GUIDANCE), {"default": XT.guidance, "tooltip": (
@@ -136,6 +138,7 @@ class Sampler:
                              "Encode Frames) to the latent input, or set denoise to 1")
         if denoise == 0.0:
             return (latent,)
+        steps = steps or model.defaults.steps
         params = replace(conditioning.params, sampler=sampler, schedule=schedule, steps=steps, min_cfg=min_cfg,
                          max_cfg=max_cfg, guidance=guidance, denoise=denoise)
         init = adapters.comfy_to_latents(latent) if denoise < 1.0 else None

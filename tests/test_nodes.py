@@ -398,3 +398,20 @@ def test_bridge_uses_comfy_progress_previews_memory_and_interrupts(comfy):
     assert out["ui"]["images"][0]["subfolder"] == "sub" and out["ui"]["images"][0]["type"] == "output"
     written = comfy.dir / "comfy_out" / "sub" / "x_00007_.webp"
     assert written.is_file() and "prompt" not in read_video_metadata(written)  # --disable-metadata honoured
+
+
+def test_zero_frames_and_steps_take_the_variant_defaults(model, folders, monkeypatch):
+    cond, empty, info = _condition(model, frames=0)
+    assert cond.params.num_frames == model.defaults.num_frames == empty["samples"].shape[0]
+    seen = {}
+
+    def fake_sample_video(bundle, c, u, params, **kw):
+        seen["steps"] = params.steps
+        raise RuntimeError("stop here")
+
+    from comfyui_svd_lab.nodes import video_nodes
+
+    monkeypatch.setattr(video_nodes, "sample_video", fake_sample_video)
+    with pytest.raises(RuntimeError, match="stop here"):
+        _sample(model, cond, steps=0)
+    assert seen["steps"] == model.defaults.steps
