@@ -70,7 +70,7 @@ def test_example_runs_headless_on_tiny_checkpoint(path, configured):
 
 def test_cli_run_reports_every_problem_and_runs_nothing(tmp_path, capsys):
     bad = json.loads((EXAMPLES / "api" / "svd_image_to_video.json").read_text())
-    bad["4"]["inputs"]["steps"] = 0
+    bad["4"]["inputs"]["steps"] = -1
     bad["5"]["inputs"]["latent"] = ["9", 0]
     bad["3"]["class_type"] = "SVDLab_NoSuchNode"
     path = tmp_path / "bad.json"
