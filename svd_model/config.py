@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from .errors import ConfigError
+from .errors import ConfigError, choose
 
 #: Latent scale of the first-stage VAE: diffusion latents = SCALE_FACTOR * z.
 SCALE_FACTOR = 0.18215
@@ -202,7 +202,4 @@ VARIANT_FAMILY: dict[str, Family] = {
 
 
 def sampling_defaults(variant: str) -> SamplingDefaults:
-    try:
-        return VARIANT_DEFAULTS[variant]
-    except KeyError:
-        raise ConfigError(f"unknown variant {variant!r}; choose from {sorted(VARIANT_DEFAULTS)}") from None
+    return choose(VARIANT_DEFAULTS, variant, "variant")

@@ -5,6 +5,11 @@ Every message names the value that was found, what was expected, and where possi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TypeVar
+
+T = TypeVar("T")
+
 
 class SVDError(Exception):
     """Base class of every error raised by ``svd_model``."""
@@ -24,3 +29,11 @@ class InputError(SVDError):
 
 class ShapeError(InputError):
     """A tensor does not have the documented shape."""
+
+
+def choose(table: Mapping[str, T], name: str, what: str) -> T:
+    """table[name], or a ConfigError naming the unknown `what` and the valid choices."""
+    try:
+        return table[name]
+    except KeyError:
+        raise ConfigError(f"unknown {what} {name!r}; choose from {sorted(table)}") from None

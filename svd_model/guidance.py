@@ -14,7 +14,7 @@ from typing import Protocol, TypeVar
 import torch
 from torch import Tensor
 
-from .errors import ConfigError, ShapeError
+from .errors import ConfigError, ShapeError, choose
 from .sampling import Denoiser
 
 __all__ = [
@@ -82,11 +82,7 @@ FRAME_GUIDANCE: dict[str, FrameScalesFn] = {
 
 def frame_scales(shape_name: str, min_scale: float, max_scale: float, t: int) -> Tensor:
     """The (t,) scale vector of the named shape in :data:`FRAME_GUIDANCE` ("constant" uses ``max_scale``)."""
-    try:
-        fn = FRAME_GUIDANCE[shape_name]
-    except KeyError:
-        raise ConfigError(f"unknown frame guidance {shape_name!r}; choose from {sorted(FRAME_GUIDANCE)}") from None
-    return fn(min_scale, max_scale, t)
+    return choose(FRAME_GUIDANCE, shape_name, "frame guidance")(min_scale, max_scale, t)
 
 
 def cfg_denoiser(

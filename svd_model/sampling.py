@@ -32,7 +32,7 @@ from itertools import pairwise
 import torch
 from torch import Tensor
 
-from .errors import ConfigError, InputError, ShapeError
+from .errors import ConfigError, InputError, ShapeError, choose
 from .scalings import append_dims
 
 __all__ = [
@@ -397,10 +397,7 @@ SAMPLERS: dict[str, SamplerFn] = {
 
 def get_sampler(name: str) -> SamplerFn:
     """The sampler function registered as ``name`` in :data:`SAMPLERS`."""
-    try:
-        return SAMPLERS[name]
-    except KeyError:
-        raise ConfigError(f"unknown sampler {name!r}; choose from {sorted(SAMPLERS)}") from None
+    return choose(SAMPLERS, name, "sampler")
 
 
 # ---------------------------------------------------------------------------------------------- noise

@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from .errors import ConfigError, InputError
+from .errors import ConfigError, InputError, choose
 
 __all__ = [
     "SCHEDULES",
@@ -151,10 +151,7 @@ SCHEDULES: dict[str, ScheduleFn] = {
 
 def get_schedule(name: str) -> ScheduleFn:
     """The schedule function registered as ``name`` in :data:`SCHEDULES`."""
-    try:
-        return SCHEDULES[name]
-    except KeyError:
-        raise ConfigError(f"unknown schedule {name!r}; choose from {sorted(SCHEDULES)}") from None
+    return choose(SCHEDULES, name, "schedule")
 
 
 def sigmas_for_denoise(sigmas: Tensor, denoise: float) -> Tensor:
