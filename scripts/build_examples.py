@@ -110,7 +110,7 @@ def to_ui(prompt: dict) -> dict:
         col = level(nid)
         row = rows.get(col, 0)
         rows[col] = row + 1
-        inputs, widgets = [], []
+        inputs, widgets, uploads = [], [], []
         for name, spec in input_specs(cls).items():
             if spec.section == "hidden":
                 continue
@@ -127,16 +127,15 @@ def to_ui(prompt: dict) -> dict:
                 inputs.append({"name": name, "type": spec.type, "link": None})
             if spec.is_widget:
                 widgets.append(spec.options.get("default") if isinstance(value, list) else value)
-                upload = next((k.removesuffix("_upload") for k in spec.options if k.endswith("_upload")), "")
-                extra_values = {"control": "fixed", "filter": "", "upload": upload}
-                widgets += [extra_values[e] for e in spec.widget_extras]
+                widgets += [{"control": "fixed", "filter": ""}[e] for e in spec.widget_extras if e != "upload"]
+                uploads += ["image" for e in spec.widget_extras if e == "upload"]  # the editor saves these last
         outputs = [{"name": n, "type": t, "links": [], "slot_index": i}
                    for i, (t, n) in enumerate(zip(cls.RETURN_TYPES, getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES),
                                                    strict=True))]
         nodes.append({"id": int(nid), "type": node["class_type"], "pos": [40 + 380 * col, 40 + 330 * row],
                       "size": [340, 260], "flags": {}, "order": col, "mode": 0, "inputs": inputs,
                       "outputs": outputs, "properties": {"Node name for S&R": node["class_type"]},
-                      "widgets_values": widgets})
+                      "widgets_values": widgets + uploads})
     by_id = {n["id"]: n for n in nodes}
     for link in links:
         by_id[link[1]]["outputs"][link[2]]["links"].append(link[0])

@@ -392,7 +392,9 @@ def test_ui_missing_trailing_widget_values_take_defaults_and_old_files_without_c
     assert prompt["3"]["inputs"] == {"value": ["2", 0], "label": ""}
 
 
-@pytest.mark.parametrize("values", [["b.png", "image", "y", "increment-wrap", "", 4], ["b.png", "y", 4]])
+# The editor saves the upload button's value after every other widget (seen in ComfyUI 0.8.0's frontend 1.35.9:
+# a node with an upload combo and a path STRING serialises ["x.png", "", "image"]).
+@pytest.mark.parametrize("values", [["b.png", "y", "increment-wrap", "", 4, "image"], ["b.png", "y", 4]])
 def test_ui_upload_and_combo_control_extras(values):
     workflow = ui([ui_node(1, "Pick", values), ui_node(2, "Show", [""], [socket("value", "STRING", 1)])],
                   [[1, 1, 0, 2, 0, "STRING"]])

@@ -4,7 +4,8 @@ The conversion follows what the ComfyUI frontend does when it queues a prompt (`
 - widget inputs (INT, FLOAT, STRING, BOOLEAN, combos; not ``forceInput``) take the node's positional
   ``widgets_values`` in declaration order (required, then optional); the UI-only values the frontend saves
   after some widgets are skipped: "control_after_generate" after ``seed``/``noise_seed`` INTs and inputs declared
-  with ``control_after_generate``, the combo filter text, and the upload button of ``*_upload`` inputs;
+  with ``control_after_generate``, the combo filter text, and (after all other widgets) the upload button of
+  ``*_upload`` inputs;
   a missing trailing value falls back to the input's declared ``default``;
 - an input with a link takes the link, ``[source_id, output_index]``, also for a widget converted to a socket;
 - muted nodes (mode 2) are left out, and inputs fed by them are dropped; bypassed nodes (mode 4) are left out
@@ -164,22 +165,25 @@ def _widget_inputs(nid: str, node: Mapping, widgets: list[InputSpec]) -> dict[st
         raise WorkflowError(f"node {nid} ({node['type']}): widgets_values must be a list, got {values!r:.80}")
     out: dict[str, Any] = {}
     pos = 0
+    uploads = sum(extra == "upload" for spec in widgets for extra in spec.widget_extras)
     for k, spec in enumerate(widgets):
         if pos < len(values):
             out[spec.name] = _wrap(values[pos])
             pos += 1
         elif "default" in spec.options:
             out[spec.name] = spec.options["default"]
-        left = len(widgets) - k - 1
+        left = len(widgets) - k - 1 + uploads
         for extra in spec.widget_extras:
-            if pos >= len(values):
-                break
+            if pos >= len(values) or extra == "upload":  # the upload button's value is saved last, see below
+                continue
             nxt = values[pos]
             if extra == "control":
                 skip = isinstance(nxt, str) and nxt in CONTROL_VALUES
-            else:  # a filter or upload value: skip it only if the values outnumber the widgets left
+            else:  # a filter value: skip it only if the values outnumber the widgets (and uploads) left
                 skip = len(values) - pos > left
             pos += skip
+    # The frontend adds an upload button after the node's other widgets, so its value ("image") comes last.
+    pos = min(len(values), pos + uploads)
     if pos < len(values):
         log.warning("node %s (%s): %d widget value(s) left over and ignored: %r",
                     nid, node["type"], len(values) - pos, values[pos:])
