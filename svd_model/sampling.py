@@ -1,4 +1,4 @@
-"""Samplers as pure functions over a denoiser callable (k-diffusion style), and the initial noise.
+"""Samplers as pure functions over a denoiser callable (k-diffusion style).
 
 Vocabulary: ``x`` is the noisy latent in VE form (x0 + sigma * noise), ``sigma``/``sigmas`` the noise
 levels, ``denoised`` the denoiser's estimate of x0, ``d = (x - denoised) / sigma`` the derivative of the
@@ -10,8 +10,8 @@ Every sampler has the signature ``sample_X(denoiser, x, sigmas, *, generator=Non
 - ``denoiser(x, sigma) -> denoised``: x any shape (b, ...), e.g. (b, t, c, h, w); sigma (b,) with one
   noise level per row (all equal here); returns a tensor shaped like x. Guidance (CFG) is a denoiser
   wrapper (:mod:`.guidance`); samplers know nothing about frames or conditioning.
-- ``x``: the starting latent at noise level ``sigmas[0]`` (see :func:`initial_noise`,
-  :func:`noise_latents`). It is never modified in place.
+- ``x``: the starting latent at noise level ``sigmas[0]`` (see :func:`.noise.initial_noise`,
+  :func:`.noise.noise_latents`). It is never modified in place.
 - ``sigmas``: (n + 1,) decreasing, ending in 0 (:mod:`.schedules`); n steps, n callback calls.
 - ``generator``: the only source of randomness; stochastic options (``s_churn``, ``eta``) require it.
   Noise is drawn in float32 on the generator's device, then moved to x's device and dtype, so a
@@ -25,7 +25,7 @@ Returns the final sample, shaped like x.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
 
@@ -33,7 +33,6 @@ import torch
 from torch import Tensor
 
 from .errors import ConfigError, InputError, ShapeError, choose
-from .scalings import append_dims
 
 __all__ = [
     "SAMPLERS",
@@ -42,9 +41,6 @@ __all__ = [
     "SamplerFn",
     "StepInfo",
     "get_sampler",
-    "initial_noise",
-    "initial_noise_scale",
-    "noise_latents",
     "sample_dpmpp_2m",
     "sample_dpmpp_2m_sde",
     "sample_dpmpp_2s_ancestral",
@@ -398,65 +394,3 @@ SAMPLERS: dict[str, SamplerFn] = {
 def get_sampler(name: str) -> SamplerFn:
     """The sampler function registered as ``name`` in :data:`SAMPLERS`."""
     return choose(SAMPLERS, name, "sampler")
-
-
-# ---------------------------------------------------------------------------------------------- noise
-
-
-def initial_noise_scale(sigma0: float | Tensor) -> Tensor:
-    """sqrt(1 + sigma0^2) as a 0-d float32 CPU tensor: the reference's initial-noise multiplier.
-
-    sgm (``BaseDiffusionSampler.prepare_sampling_loop``) starts from randn * sqrt(1 + sigma_0^2), about
-    700.0007 for SVD, not k-diffusion's randn * sigma_max. The variance of the pure-noise start then matches
-    that of x0 + sigma_0 * noise for unit-variance data.
-    """
-    s = torch.as_tensor(sigma0)
-    if s.numel() != 1:
-        raise ShapeError(f"sigma0 must be a single value, got shape {tuple(s.shape)}")
-    s = torch.tensor(float(s.reshape(())), dtype=torch.float32)
-    return torch.sqrt(1.0 + s**2.0)
-
-
-def initial_noise(
-    shape: Sequence[int] | Tensor,
-    sigma0: float | Tensor,
-    generator: torch.Generator | None = None,
-    *,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-) -> Tensor:
-    """The starting latent of a run from pure noise: randn(shape) * sqrt(1 + sigma0^2).
-
-    shape: the latent shape, e.g. (b, t, 4, h, w); the N(0, 1) draw is made in float32 on the
-    generator's device, scaled in float32 (as the reference), then moved to ``device`` (default: the
-    generator's) and cast to ``dtype`` (default float32). Alternatively pass a ready N(0, 1) draw
-    (a tensor) as ``shape``: it is scaled on its own device and dtype, and ``generator`` is not needed.
-    sigma0: the schedule's first sigma (``sigmas[0]``, sigma_max). This is the one place the reference's
-    initial-noise scaling lives (see :func:`initial_noise_scale`).
-    """
-    if isinstance(shape, Tensor):
-        noise = shape
-    else:
-        if generator is None:
-            raise InputError("initial_noise needs a generator to draw noise (or pass an N(0, 1) tensor as shape)")
-        noise = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
-    x = noise * initial_noise_scale(sigma0).to(noise.device)
-    return x.to(device=noise.device if device is None else device, dtype=x.dtype if dtype is None else dtype)
-
-
-def noise_latents(x0: Tensor, noise: Tensor, sigma: float | Tensor) -> Tensor:
-    """x0 + sigma * noise: an existing latent noised to level sigma, the start of a partial (denoise < 1) run.
-
-    x0, noise: (b, ...) same shape; sigma: a float, a 0-d tensor or (b,) per row (e.g.
-    ``sigmas_for_denoise(...)[0]``). Unlike :func:`initial_noise`, no sqrt(1 + sigma^2) factor: x0 is known.
-    """
-    if x0.shape != noise.shape:
-        raise ShapeError(f"noise shape {tuple(noise.shape)} != latent shape {tuple(x0.shape)}")
-    s = torch.as_tensor(sigma, device=x0.device)
-    if s.ndim == 1:
-        if s.shape[0] != x0.shape[0]:
-            raise ShapeError(f"sigma has {s.shape[0]} rows, the latent {x0.shape[0]}")
-        s = append_dims(s, x0.ndim)
-    elif s.ndim > 1:
-        raise ShapeError(f"sigma must be a scalar or (b,), got shape {tuple(s.shape)}")
-    return x0 + s.to(x0.dtype) * noise

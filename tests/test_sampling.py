@@ -15,15 +15,8 @@ import pytest
 import torch
 
 from comfyui_svd_lab.svd_model.errors import ConfigError, InputError
-from comfyui_svd_lab.svd_model.sampling import (
-    SAMPLERS,
-    StepInfo,
-    get_sampler,
-    initial_noise,
-    initial_noise_scale,
-    noise_latents,
-    sample_euler,
-)
+from comfyui_svd_lab.svd_model.noise import initial_noise, initial_noise_scale, noise_latents
+from comfyui_svd_lab.svd_model.sampling import SAMPLERS, StepInfo, get_sampler, sample_euler
 from comfyui_svd_lab.svd_model.scalings import append_dims
 from comfyui_svd_lab.svd_model.schedules import karras_sigmas
 from conftest import assert_golden

@@ -18,7 +18,8 @@ from ..errors import ConfigError, InputError
 from ..guidance import cfg_denoiser, frame_scales
 from ..loader import SVDBundle
 from ..nn.image_encoder import encode_image
-from ..sampling import StepInfo, get_sampler, initial_noise, noise_latents
+from ..noise import initial_noise, noise_latents
+from ..sampling import StepInfo, get_sampler
 from ..schedules import get_schedule, sigmas_for_denoise
 
 MAX_FRAMES = 128
