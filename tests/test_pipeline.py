@@ -18,7 +18,7 @@ from comfyui_svd_lab.svd_model.api import (
 from comfyui_svd_lab.svd_model.config import Family
 from comfyui_svd_lab.svd_model.errors import ConfigError, InputError
 from comfyui_svd_lab.svd_model.loader import load_bundle
-from comfyui_svd_lab.svd_model.pipelines.decode import overlapped_ranges
+from comfyui_svd_lab.svd_model.nn.vae import chunk_ranges
 from comfyui_svd_lab.svd_model.sampling import SAMPLERS
 from comfyui_svd_lab.svd_model.tiny import write_tiny_checkpoint
 
@@ -163,7 +163,7 @@ def test_bad_inputs_say_what_is_wrong(bundle):
 
 @pytest.mark.parametrize(("t", "chunk", "overlap"), [(14, 14, 0), (25, 14, 0), (25, 8, 2), (10, 4, 3), (5, 8, 2)])
 def test_overlapped_chunks_cover_every_frame(t, chunk, overlap):
-    ranges = overlapped_ranges(t, chunk, overlap)
+    ranges = chunk_ranges(t, chunk, overlap=overlap)
     assert ranges[0][0] == 0 and ranges[-1][1] == t
     assert all(stop - start <= chunk for start, stop in ranges)
     assert all(b[0] == a[1] - overlap for a, b in zip(ranges, ranges[1:], strict=False))

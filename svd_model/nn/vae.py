@@ -285,24 +285,52 @@ class AutoencoderKL(nn.Module):
 # -------------------------------------------------------------------- chunked decoding
 
 
-def chunk_ranges(num_frames: int, chunk_size: int, num_frames_per_video: int | None = None) -> list[tuple[int, int]]:
+def chunk_ranges(
+    num_frames: int, chunk_size: int, num_frames_per_video: int | None = None, overlap: int = 0
+) -> list[tuple[int, int]]:
     """[start, stop) frame ranges of the decoding chunks.
 
     None: sgm ``decode_first_stage`` semantics, consecutive chunks of ``chunk_size`` along the flat frame axis
     (the last may be shorter; with several videos a chunk may straddle two). With ``num_frames_per_video``,
-    each video is chunked on its own, so no chunk mixes videos. Both agree for a single video.
+    each video is chunked on its own, so no chunk mixes videos. Both agree for a single video. With
+    ``overlap`` > 0, consecutive chunks of a video share that many frames.
     """
     if chunk_size < 1:
         raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
-    if num_frames_per_video is None:
-        return [(start, min(start + chunk_size, num_frames)) for start in range(0, num_frames, chunk_size)]
-    if num_frames_per_video < 1 or num_frames % num_frames_per_video:
+    if not 0 <= overlap < chunk_size:
+        raise InputError(f"need 0 <= overlap < chunk_size, got overlap {overlap} and chunk_size {chunk_size}")
+    if num_frames == 0:
+        return []
+    per_video = num_frames if num_frames_per_video is None else num_frames_per_video
+    if per_video < 1 or num_frames % per_video:
         raise InputError(f"{num_frames} frames are not a whole number of videos of {num_frames_per_video} frames")
-    return [
-        (video + start, video + min(start + chunk_size, num_frames_per_video))
-        for video in range(0, num_frames, num_frames_per_video)
-        for start in range(0, num_frames_per_video, chunk_size)
-    ]
+    ranges = []
+    for video in range(0, num_frames, per_video):
+        start = 0
+        while True:
+            stop = min(start + chunk_size, per_video)
+            ranges.append((video + start, video + stop))
+            if stop == per_video:
+                break
+            start = stop - overlap
+    return ranges
+
+
+def _blend_weights(ranges: list[tuple[int, int]], num_frames: int, per_video: int, overlap: int) -> list[Tensor]:
+    """Per chunk, (stop - start,) weights ramping linearly over the frames shared with a neighbouring chunk
+    of the same video, normalised so that the weights of every frame sum to 1."""
+    ramp = torch.arange(1, overlap + 1, dtype=torch.float32) / (overlap + 1)
+    weights, total = [], torch.zeros(num_frames)
+    for start, stop in ranges:
+        w = torch.ones(stop - start)
+        n = min(overlap, stop - start)
+        if n and start % per_video:  # not the video's first chunk
+            w[:n] = ramp[:n]
+        if n and stop % per_video:  # not the video's last chunk
+            w[-n:] = torch.minimum(w[-n:], ramp.flip(0)[-n:])
+        weights.append(w)
+        total[start:stop] += w
+    return [w / total[start:stop] for w, (start, stop) in zip(weights, ranges, strict=True)]
 
 
 def decode_chunked(
@@ -311,6 +339,7 @@ def decode_chunked(
     chunk_size: int,
     *,
     num_frames_per_video: int | None = None,
+    overlap: int = 0,
     out_device: torch.device | str | None = None,
     callback: Callable[[int, int], None] | None = None,
 ) -> Tensor:
@@ -323,22 +352,32 @@ def decode_chunked(
 
     Each chunk is copied into a preallocated output and freed, so peak working memory grows with
     ``chunk_size``, not with n (``out_device="cpu"`` keeps the full clip off the accelerator).
-    ``callback(frames_done, frames_total)`` runs after each chunk. Call under ``torch.inference_mode()`` for
-    inference; with autograd enabled the activations of every chunk are kept.
+    With ``overlap`` > 0 consecutive chunks of a video share that many frames, cross-faded linearly (hides the
+    seams; overlap 0 is the reference). ``callback(frames_done, frames_total)`` runs after each chunk, counting
+    the frames decoded (overlapping frames twice). Call under ``torch.inference_mode()`` for inference; with
+    autograd enabled the activations of every chunk are kept.
     """
     if z.ndim != 4:
         raise ShapeError(f"latents must be (n, z, h, w), got {tuple(z.shape)}")
     total = z.shape[0]
+    ranges = chunk_ranges(total, chunk_size, num_frames_per_video, overlap)
+    weights = _blend_weights(ranges, total, num_frames_per_video or total, overlap) if overlap else None
     out: Tensor | None = None
-    for start, stop in chunk_ranges(total, chunk_size, num_frames_per_video):
+    done, work = 0, sum(stop - start for start, stop in ranges)
+    for i, (start, stop) in enumerate(ranges):
         frames = vae.decode(z[start:stop], num_frames=stop - start)  # (stop - start, out, H, W)
         if out is None:
             device = z.device if out_device is None else torch.device(out_device)
-            out = torch.empty((total, *frames.shape[1:]), dtype=frames.dtype, device=device)
-        out[start:stop] = frames
+            alloc = torch.zeros if weights else torch.empty
+            out = alloc((total, *frames.shape[1:]), dtype=frames.dtype, device=device)
+        if weights:
+            out[start:stop] += (frames * weights[i].to(frames)[:, None, None, None]).to(out.device)
+        else:
+            out[start:stop] = frames
         del frames
+        done += stop - start
         if callback is not None:
-            callback(stop, total)
+            callback(done, work)
     if out is None:
         raise ShapeError("decode_chunked got no frames (z has 0 rows)")
     return out

@@ -13,31 +13,7 @@ from torch import Tensor
 
 from ..errors import InputError, ShapeError
 from ..loader import SVDBundle
-
-
-def overlapped_ranges(num_frames: int, chunk_size: int, overlap: int) -> list[tuple[int, int]]:
-    """[start, stop) chunks of at most `chunk_size` frames, consecutive chunks sharing `overlap` frames."""
-    if chunk_size < 1 or not 0 <= overlap < chunk_size:
-        raise InputError(f"need chunk_size >= 1 and 0 <= overlap < chunk_size, got {chunk_size} and {overlap}")
-    ranges, start = [], 0
-    while True:
-        stop = min(start + chunk_size, num_frames)
-        ranges.append((start, stop))
-        if stop == num_frames:
-            return ranges
-        start = stop - overlap
-
-
-def _blend_weights(start: int, stop: int, num_frames: int, overlap: int) -> Tensor:
-    """(stop - start,) weights: a linear ramp over the frames shared with each neighbouring chunk."""
-    w = torch.ones(stop - start)
-    ramp = torch.arange(1, overlap + 1, dtype=torch.float32) / (overlap + 1)
-    n = min(overlap, stop - start)
-    if start > 0 and n:
-        w[:n] = ramp[:n]
-    if stop < num_frames and n:
-        w[-n:] = torch.minimum(w[-n:], ramp.flip(0)[-n:])
-    return w
+from ..nn.vae import decode_chunked
 
 
 @torch.no_grad()
@@ -62,25 +38,12 @@ def decode_latents(
         raise ShapeError(f"latents must be (b, t, c, h, w), got {tuple(latents.shape)}")
     b, t = latents.shape[:2]
     vae = bundle.model.first_stage
-    chunk_size = chunk_size or bundle.defaults.decoding_t
-    ranges = overlapped_ranges(t, chunk_size, overlap)
-    out: Tensor | None = None
-    wsum = torch.zeros(t)
-    for start, stop in ranges:
-        wsum[start:stop] += _blend_weights(start, stop, t, overlap)
-    done, total = 0, b * sum(stop - start for start, stop in ranges)
-    for i in range(b):
-        for start, stop in ranges:
-            z = latents[i, start:stop].to(bundle.device, vae.dtype) / bundle.config.scale_factor  # t c h w
-            frames = vae.decode(z, num_frames=stop - start).float()  # t 3 H W
-            if out is None:
-                out = torch.zeros((b, t, *frames.shape[1:]), device=out_device or frames.device)
-            w = (_blend_weights(start, stop, t, overlap) / wsum[start:stop]).to(frames.device)  # sums to 1
-            out[i, start:stop] += (frames * w[:, None, None, None]).to(out.device)
-            done += stop - start
-            if callback is not None:
-                callback(done, total)
-    return out
+    z = rearrange(latents, "b t c h w -> (b t) c h w").to(bundle.device, vae.dtype) / bundle.config.scale_factor
+    frames = decode_chunked(
+        vae, z, chunk_size or bundle.defaults.decoding_t, num_frames_per_video=t, overlap=overlap,
+        out_device=out_device, callback=callback,
+    )  # (b t) 3 H W
+    return rearrange(frames.float(), "(b t) c h w -> b t c h w", b=b)
 
 
 @torch.no_grad()
