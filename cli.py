@@ -76,7 +76,8 @@ def _cmd_image_to_video(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     import tempfile
 
-    from .nodes import NODE_CLASS_MAPPINGS, bridge
+    from . import NODE_CLASS_MAPPINGS
+    from .nodes import bridge
     from .workflow import WorkflowError, apply_overrides, load_workflow, run_workflow_cli
 
     bridge.configure(models_dirs=args.models_dir or None, output_dir=args.output_dir)

@@ -11,21 +11,27 @@ import logging
 
 log = logging.getLogger(__name__)
 
+
+def collect(package: str, modules: tuple[str, ...]) -> tuple[dict[str, type], dict[str, str]]:
+    """Import ``package.<module>`` for each name and merge their ``NODES`` tables (ids must be unique)."""
+    classes: dict[str, type] = {}
+    names: dict[str, str] = {}
+    for name in modules:
+        try:
+            module = importlib.import_module(f".{name}", package)
+        except ImportError as exc:
+            log.warning("SVD Lab: %s nodes disabled (%s)", name, exc)
+            continue
+        for node_id, (cls, display) in module.NODES.items():
+            if node_id in classes:
+                raise RuntimeError(f"duplicate node id {node_id} in {package}.{name}")
+            classes[node_id] = cls
+            names[node_id] = display
+    return classes, names
+
+
 _MODULES = ("loader_nodes", "video_nodes", "io_nodes")
 
-NODE_CLASS_MAPPINGS: dict[str, type] = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {}
+NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = collect(__name__, _MODULES)
 
-for _name in _MODULES:
-    try:
-        _module = importlib.import_module(f".{_name}", __name__)
-    except ImportError as _exc:
-        log.warning("SVD Lab: %s nodes disabled (%s)", _name, _exc)
-        continue
-    for _node_id, (_cls, _display) in _module.NODES.items():
-        if _node_id in NODE_CLASS_MAPPINGS:
-            raise RuntimeError(f"duplicate node id {_node_id} in nodes.{_name}")
-        NODE_CLASS_MAPPINGS[_node_id] = _cls
-        NODE_DISPLAY_NAME_MAPPINGS[_node_id] = _display
-
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "collect"]

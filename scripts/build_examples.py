@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from comfyui_svd_lab.nodes import NODE_CLASS_MAPPINGS
+from comfyui_svd_lab import NODE_CLASS_MAPPINGS
 from comfyui_svd_lab.svd_model.videoio import write_video
 from comfyui_svd_lab.workflow.spec import input_specs
 

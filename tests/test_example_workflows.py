@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from comfyui_svd_lab import NODE_CLASS_MAPPINGS
 from comfyui_svd_lab.cli import main
 from comfyui_svd_lab.jobs import tiny_overrides
-from comfyui_svd_lab.nodes import NODE_CLASS_MAPPINGS, bridge
+from comfyui_svd_lab.nodes import bridge
 from comfyui_svd_lab.svd_model.tiny import write_tiny_checkpoint
 from comfyui_svd_lab.svd_model.videoio import probe_video
 from comfyui_svd_lab.workflow import apply_overrides, execute, load_workflow, validate
