@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from .svd_model.api import VideoParams, decode_latents, image_to_video, load_bundle
+from .svd_model.config import Family
 from .svd_model.errors import InputError
 from .svd_model.tiny import write_tiny_checkpoint
 
@@ -112,15 +113,41 @@ TINY_RUN = {
     "SVDLab_ImageToVideoConditioning": {"width": 256, "height": 192, "frames": 8},
     "SVDLab_Sampler": {"steps": 8},
     "SVDLab_LoadVideo": {"frame_cap": 8, "width": 256, "height": 192},
+    "SVDLab_OrbitCameras": {"frames": 5},
+    "SVDLab_PrepareObjectImage": {"size": 128},
+    "SVDLab_OrbitConditioning": {"size": 128},
+    "SVDLab_ExtendVideo": {"frames": 6, "steps": 8},
 }
 
 
+def checkpoint_family(name: str) -> Family:
+    """The family a checkpoint name asks for: "sv3d_p" / "sv3d_u" in the name (any case), else SVD."""
+    lowered = str(name).lower()
+    return next((f for f in (Family.SV3D_P, Family.SV3D_U) if f.value in lowered), Family.SVD)
+
+
+def tiny_name(ckpt_name: str, family: Family) -> str:
+    """File name of the tiny stand-in of `family`: `ckpt_name` for SVD, else `<stem>_<family><suffix>`."""
+    if family is Family.SVD:
+        return ckpt_name
+    path = Path(ckpt_name)
+    return f"{path.stem}_{family.value}{path.suffix}"
+
+
+def tiny_families(prompt: dict) -> set[Family]:
+    """Families the workflow's checkpoint loaders ask for (from their checkpoint names)."""
+    return {checkpoint_family(n["inputs"].get("ckpt_name", "")) for n in prompt.values()
+            if n.get("class_type") == "SVDLab_CheckpointLoader"}
+
+
 def tiny_overrides(prompt: dict, ckpt_name: str, sizes: dict[str, dict[str, object]] = TINY_RUN) -> list[str]:
-    """`--set` strings that point every checkpoint loader at `ckpt_name` and shrink sizes and steps."""
+    """`--set` strings that point every checkpoint loader at `ckpt_name` (SV3D loaders, by their checkpoint
+    name, at :func:`tiny_name` of it) and shrink sizes and steps."""
     sets = []
     for nid, node in prompt.items():
         if node.get("class_type") == "SVDLab_CheckpointLoader":
-            sets.append(f"{nid}.ckpt_name={ckpt_name}")
+            family = checkpoint_family(node.get("inputs", {}).get("ckpt_name", ""))
+            sets.append(f"{nid}.ckpt_name={tiny_name(ckpt_name, family)}")
         sets += [f"{nid}.{name}={value}" for name, value in sizes.get(node.get("class_type"), {}).items()]
     return sets
 

@@ -30,7 +30,8 @@ def collect(package: str, modules: tuple[str, ...]) -> tuple[dict[str, type], di
     return classes, names
 
 
-_MODULES = ("loader_nodes", "video_nodes", "io_nodes")
+_MODULES = ("loader_nodes", "video_nodes", "io_nodes", "multiview_nodes", "extend_nodes", "lora_nodes",
+            "interpolation_nodes")
 
 NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = collect(__name__, _MODULES)
 

@@ -67,10 +67,13 @@ def _comfy_args() -> Any | None:
 
 
 def configure(*, models_dirs: list[str | os.PathLike] | None = None, output_dir: str | os.PathLike | None = None,
-              temp_dir: str | os.PathLike | None = None, input_dir: str | os.PathLike | None = None) -> None:
+              temp_dir: str | os.PathLike | None = None, input_dir: str | os.PathLike | None = None,
+              loras_dirs: list[str | os.PathLike] | None = None) -> None:
     """Headless folders (ignored inside ComfyUI). Arguments left None keep their current setting."""
     if models_dirs is not None:
         _config["models_dirs"] = [Path(p) for p in models_dirs]
+    if loras_dirs is not None:
+        _config["loras_dirs"] = [Path(p) for p in loras_dirs]
     for kind, value in (("output", output_dir), ("temp", temp_dir), ("input", input_dir)):
         if value is not None:
             _config[kind] = Path(value)
@@ -178,6 +181,66 @@ def resolve_checkpoint(name: str) -> Path:
     return path
 
 
+# --------------------------------------------------------------------------------------------- loras
+
+LORA_FOLDER = "loras"
+
+
+def _lora_roots() -> list[tuple[Path, str]]:
+    """(root, required first path part) pairs searched for LoRA files: ComfyUI's `loras` folders (any file),
+    then the `loras/` subfolder of each svd model folder. Headless: configure(loras_dirs) > $SVD_LAB_LORAS,
+    then `<model folder>/loras`."""
+    fp = _folder_paths()
+    if fp is not None:
+        roots, svd = ([Path(d) for d in fp.get_folder_paths(key)] if key in fp.folder_names_and_paths else []
+                      for key in (LORA_FOLDER, SVD_FOLDER))
+    else:
+        env = [Path(p) for p in os.environ.get("SVD_LAB_LORAS", "").split(os.pathsep) if p]
+        roots, svd = list(_config.get("loras_dirs", env)), model_dirs()
+    return [(r, "") for r in roots] + [(d, LORA_FOLDER) for d in svd]
+
+
+def list_loras() -> list[str]:
+    """LoRA names (relative to their root, like ComfyUI's LoraLoader lists them) for a COMBO."""
+    names = []
+    for root, sub in _lora_roots():
+        base = root / sub if sub else root
+        if base.is_dir():
+            names += sorted(p.relative_to(root).as_posix() for p in base.rglob("*")
+                            if p.suffix.lower() in MODEL_EXTENSIONS and p.is_file())
+    return list(dict.fromkeys(names))
+
+
+def find_lora(name: str) -> Path | None:
+    """A listed LoRA name -> its path (never outside its root); headless, an absolute path is accepted too."""
+    if not name:
+        return None
+    if Path(name).is_absolute():
+        return Path(name) if not in_comfyui() and Path(name).is_file() else None
+    for root, sub in _lora_roots():
+        path = root / name
+        inside = os.path.commonpath([os.path.abspath(root), os.path.abspath(path)]) == os.path.abspath(root)
+        if inside and path.is_file() and (not sub or Path(name).parts[0] == sub):
+            return path
+    return None
+
+
+def resolve_lora(name: str) -> Path:
+    path = find_lora(name)
+    if path is None:
+        where = "; ".join(str(root / sub) for root, sub in _lora_roots()) or "(no loras folder configured)"
+        raise CheckpointError(f"LoRA {name!r} not found; looked in: {where}")
+    return path
+
+
+def lora_output_dir() -> Path:
+    """Where converted / trained LoRAs are written: the first `loras` folder (headless: the first
+    configured one, else `<first model folder>/loras`)."""
+    roots = _lora_roots()
+    first_plain = next((root for root, sub in roots if not sub), None)
+    return first_plain if first_plain is not None else roots[0][0] / LORA_FOLDER
+
+
 def list_inputs(kind: str) -> list[str]:
     """Files of the input folder for an upload COMBO (kind "image" or "video"), sorted."""
     base, fp = folder("input"), _folder_paths()
@@ -279,6 +342,13 @@ def model_bytes(bundle: SVDBundle) -> int:
 def set_offload(bundle: SVDBundle, target: torch.device) -> None:
     """Keep `bundle` on the CPU between nodes; :func:`on_device` moves it to `target` while it works."""
     _offloaded[bundle.model] = target
+
+
+def inherit_offload(source: SVDBundle, copy: SVDBundle) -> None:
+    """Give a derived bundle (e.g. a LoRA-patched copy) the offload setting of the one it came from."""
+    target = _offloaded.get(source.model)
+    if target is not None:
+        _offloaded[copy.model] = target
 
 
 @contextlib.contextmanager

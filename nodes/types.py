@@ -3,6 +3,7 @@
 - ``SVDLAB_MODEL``: a :class:`~..svd_model.loader.SVDBundle` (networks + sampling variant + source).
 - ``SVDLAB_CONDITIONING``: a :class:`VideoConditioning` (the encoded conditioning frame, both CFG
   branches, the run's :class:`~..svd_model.pipelines.image_to_video.VideoParams` and the frame size).
+- ``SVDLAB_CAMERAS``: an :class:`~..svd_model.pipelines.multiview.OrbitCameras` (SV3D camera per frame).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from ..svd_model.pipelines.image_to_video import VideoParams
 
 SVDLAB_MODEL = "SVDLAB_MODEL"
 SVDLAB_CONDITIONING = "SVDLAB_CONDITIONING"
+SVDLAB_CAMERAS = "SVDLAB_CAMERAS"
 
 #: Upper bound of seed widgets (ComfyUI's core seed range).
 MAX_SEED = 0xFFFFFFFFFFFFFFFF
@@ -28,6 +30,8 @@ class VideoConditioning:
 
     cond / uncond: the two CFG branches (crossattn (1, 1, d), concat (1, 4, h, w), vector (1, t, adm)), on CPU.
     params: the run's settings; the sampler replaces its sampling fields (sampler, steps, cfg, denoise).
+        params.guidance is the recommended per-frame guidance shape (SVD linear, SV3D triangle): the sampler
+        uses it when its guidance widget is "auto".
     frame_size: (width, height) of the conditioning frame, equal to (params.width, params.height).
     variant: the sampling variant of the model that encoded it (for messages).
     """

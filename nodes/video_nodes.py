@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 XT = VARIANT_DEFAULTS["svd_xt"]
 MODEL_INPUT = (SVDLAB_MODEL, {"tooltip": "From SVD Lab Checkpoint Loader."})
 SEED = {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True}
+#: Sampler guidance choice that takes the conditioning's recommended shape (VideoConditioning.params.guidance).
+GUIDANCE_AUTO = "auto"
 
 
 class ImageToVideoConditioning:
@@ -76,7 +78,11 @@ class ImageToVideoConditioning:
         if model.family is not Family.SVD:
             raise InputError(f"{model.variant} is an SV3D (multi-view) model; SVD Lab Image To Video Conditioning "
                              "needs an SVD / SVD-XT checkpoint. SV3D models need the multi-view node "
-                             "(not available yet)")
+                             "SVD Lab Orbit Conditioning")
+        if model.config.unet.concat_keyframes:
+            raise InputError(f"{model.source} is a keyframe-interpolation checkpoint (UNet input "
+                             f"{model.config.unet.in_channels} channels: first and last keyframe in the concat "
+                             "conditioning); use SVD Lab Keyframe Interpolate with it")
         check_size(width, height, model.config.size_multiple)
         frames = frames or model.defaults.num_frames
         frame, count = adapters.conditioning_frame(image, width, height)
@@ -96,8 +102,9 @@ class ImageToVideoConditioning:
 
 class Sampler:
     DESCRIPTION = (
-        "Samples the video latents with per-frame classifier-free guidance (min_cfg on the first frame rising to "
-        "max_cfg, as the reference). With denoise < 1 it starts from the connected latent (video-to-video)."
+        "Samples the video latents with per-frame classifier-free guidance (auto: the conditioning's shape, i.e. "
+        "min_cfg on the first frame rising to max_cfg for SVD, a triangle for SV3D orbits, as the reference). "
+        "With denoise < 1 it starts from the connected latent (video-to-video)."
     )
     CATEGORY = "SVD Lab/video"
     FUNCTION = "sample"
@@ -118,8 +125,9 @@ class Sampler:
                                   "tooltip": "Sampling steps; 0 = the loaded variant's (SVD 25, SVD-XT 30)."}),
                 "min_cfg": ("FLOAT", {**cfg, "default": XT.min_cfg, "tooltip": "Guidance of the first frame."}),
                 "max_cfg": ("FLOAT", {**cfg, "default": XT.max_cfg, "tooltip": "Guidance of the last frame."}),
-                "guidance": (list(FRAME_GUIDANCE), {"default": XT.guidance, "tooltip": (
-                    "Guidance over the frames: linear min->max, triangle (weakest at both ends), constant (max).")}),
+                "guidance": ([GUIDANCE_AUTO, *FRAME_GUIDANCE], {"default": GUIDANCE_AUTO, "tooltip": (
+                    "Guidance over the frames: auto = the conditioning's (SVD linear, SV3D orbit triangle), "
+                    "linear min->max, triangle (weakest at both ends), constant (max).")}),
                 "seed": ("INT", {**SEED, "tooltip": "Seed of the sampling noise."}),
                 "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
                     "1: from pure noise. < 1: from the connected latent, noised part of the way (video-to-video); "
@@ -139,6 +147,7 @@ class Sampler:
         if denoise == 0.0:
             return (latent,)
         steps = steps or model.defaults.steps
+        guidance = conditioning.params.guidance if guidance == GUIDANCE_AUTO else guidance
         params = replace(conditioning.params, sampler=sampler, schedule=schedule, steps=steps, min_cfg=min_cfg,
                          max_cfg=max_cfg, guidance=guidance, denoise=denoise)
         init = adapters.comfy_to_latents(latent) if denoise < 1.0 else None

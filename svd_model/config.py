@@ -21,7 +21,9 @@ SCALE_FACTOR = 0.18215
 class UNetConfig:
     """VideoUNet (sgm ``video_model.VideoUNet``). Comments name the key each field comes from."""
 
-    in_channels: int = 8  # input_blocks.0.0.weight [C, in, 3, 3]: 4 noisy + 4 concat channels
+    # input_blocks.0.0.weight [C, in, 3, 3]: 4 noisy + 4 concat channels (image-to-video), or 12 = 4 noisy
+    # + 4 first-keyframe + 4 last-keyframe channels (keyframe interpolation, see pipelines/keyframes.py)
+    in_channels: int = 8
     out_channels: int = 4  # out.2.weight [out, C, 3, 3]
     model_channels: int = 320  # input_blocks.0.0.weight.shape[0]
     channel_mult: tuple[int, ...] = (1, 2, 4, 4)  # widths of the res blocks of each level / model_channels
@@ -45,6 +47,16 @@ class UNetConfig:
                     f"channel width {self.model_channels * mult} is not a multiple of the head width "
                     f"{self.num_head_channels}"
                 )
+
+    @property
+    def concat_channels(self) -> int:
+        """Conditioning channels concatenated to the noisy latent: 4 (one frame) or 8 (two keyframes)."""
+        return self.in_channels - self.out_channels
+
+    @property
+    def concat_keyframes(self) -> bool:
+        """A keyframe-interpolation UNet: its concat conditioning holds the first and the last keyframe."""
+        return self.in_channels == 3 * self.out_channels
 
     @property
     def time_embed_dim(self) -> int:

@@ -221,7 +221,8 @@ def test_same_seeds_same_latents_and_video_to_video(model, folders):
 def test_load_image_and_load_video(model, folders):
     Image.new("RGB", (30, 20), (255, 0, 0)).save(folders / "in" / "red.png")
     spec = NODE_CLASS_MAPPINGS["SVDLab_LoadImage"].INPUT_TYPES()["required"]["image"]
-    assert spec[0] == ["red.png", "svd_lab_example.png", ""] and spec[1]["image_upload"] is True  # + pack example
+    bundled = sorted(p.name for p in (REPO / "example_workflows" / "inputs").glob("*.png"))
+    assert spec[0] == ["red.png", *bundled, ""] and spec[1]["image_upload"] is True  # user's, then the pack's
     by_name = node("SVDLab_LoadImage").load("red.png")[0]
     by_path = node("SVDLab_LoadImage").load("", str(folders / "in" / "red.png"))[0]
     assert by_name.shape == (1, 20, 30, 3) and torch.equal(by_name, by_path) and by_name[0, 0, 0, 0] > 0.99

@@ -1,0 +1,136 @@
+"""Long-video node: SVDLab_ExtendVideo (continue a clip segment by segment, drift correction, loop)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..svd_model.conditioning import check_size
+from ..svd_model.errors import SVDError
+from ..svd_model.loader import SVDBundle
+from ..svd_model.pipelines.extend import (
+    SEGMENT_KEYS,
+    build_segments,
+    check_svd_model,
+    extend_video,
+    extended_length,
+    parse_segment_overrides,
+)
+from ..svd_model.pipelines.image_to_video import MAX_FRAMES, VideoParams
+from ..svd_model.sampling import StepInfo
+from . import adapters, bridge
+from .types import MAX_SEED, SVDLAB_MODEL, range_problem
+from .video_nodes import XT
+
+log = logging.getLogger(__name__)
+
+MAX_SEGMENTS = 64
+
+
+class ExtendVideo:
+    DESCRIPTION = (
+        "Continues a clip for N more segments: each segment is an image-to-video run that starts from the frame "
+        "`overlap` frames before the end; its first `overlap` frames are cross-faded into the clip's last ones "
+        "and the rest appended (frames out = input + segments x (frames - overlap)). Drift correction re-anchors "
+        "each segment's colour and brightness (CIE Lab mean/std) to the input clip. Loop adds a keyframe-"
+        "interpolated transition from the last frame back to the first (frames - 2 more)."
+    )
+    CATEGORY = "SVD Lab/video"
+    FUNCTION = "extend"
+    RETURN_TYPES = ("IMAGE", "STRING")
+    RETURN_NAMES = ("images", "info")
+    OUTPUT_TOOLTIPS = ("The whole video: the input clip followed by the new segments.", "Frame count and settings.")
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        cfg = {"min": 0.0, "max": 30.0, "step": 0.1}
+        return {
+            "required": {
+                "model": (SVDLAB_MODEL, {"tooltip": "An SVD / SVD-XT checkpoint from SVD Lab Checkpoint Loader."}),
+                "images": ("IMAGE", {"tooltip": "The clip to continue (one frame per batch entry; one image works "
+                                                "too). Its size must be a multiple of 64 for official models."}),
+                "segments": ("INT", {"default": 2, "min": 0, "max": MAX_SEGMENTS,
+                                     "tooltip": "Segments to add (0 with loop: only close the loop)."}),
+                "frames": ("INT", {"default": 0, "min": 0, "max": MAX_FRAMES,
+                                   "tooltip": "Frames per segment; 0 = the loaded variant's (SVD 14, SVD-XT 25)."}),
+                "overlap": ("INT", {"default": 1, "min": 1, "max": 16, "tooltip": (
+                    "Frames each segment shares with the video so far (it starts from the first of them); they "
+                    "are cross-faded.")}),
+                "fps": ("INT", {"default": XT.fps, "min": 1, "max": 240, "tooltip": "Frame-rate conditioning."}),
+                "motion_bucket_id": ("INT", {"default": XT.motion_bucket_id, "min": 0, "max": 1023,
+                                             "tooltip": "Amount of motion: higher moves more."}),
+                "cond_aug": ("FLOAT", {"default": XT.cond_aug, "min": 0.0, "max": 10.0, "step": 0.001,
+                                       "tooltip": "Noise added to each segment's start frame."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
+                                 "tooltip": "Seed of segment 1; segment i uses seed + i - 1 unless set below."}),
+                "steps": ("INT", {"default": 0, "min": 0, "max": 500,
+                                  "tooltip": "Sampling steps per segment; 0 = the loaded variant's."}),
+                "min_cfg": ("FLOAT", {**cfg, "default": XT.min_cfg, "tooltip": "Guidance of a segment's first frame."}),
+                "max_cfg": ("FLOAT", {**cfg, "default": XT.max_cfg, "tooltip": "Guidance of a segment's last frame."}),
+                "drift_correction": ("BOOLEAN", {"default": True, "tooltip": (
+                    "Re-anchor each segment's colours (CIE Lab mean/std) to the input clip's, against drift.")}),
+                "loop": ("BOOLEAN", {"default": False, "tooltip": (
+                    "End where the video started: a keyframe-interpolated transition from the last frame to the "
+                    "first.")}),
+            },
+            "optional": {
+                "per_segment": ("STRING", {"default": "", "multiline": True, "tooltip": (
+                    "Optional per-segment settings, one line per segment: key=value pairs with keys "
+                    f"{', '.join(SEGMENT_KEYS)}, e.g. 'motion_bucket_id=180 seed=7'. A blank line keeps the above.")}),
+            },
+        }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, segments: int | None, frames: int | None, overlap: int | None,
+                        per_segment: str | None = "") -> bool | str:
+        for name, value in (("segments", segments), ("frames", frames), ("overlap", overlap)):
+            problem = range_problem(cls, name, value)
+            if problem:
+                return problem
+        if frames and overlap is not None and frames <= overlap:
+            return f"frames ({frames}) must exceed overlap ({overlap}) for a segment to add anything"
+        if per_segment and segments is not None:
+            try:
+                parse_segment_overrides(per_segment, segments)
+            except SVDError as exc:
+                return str(exc)
+        return True
+
+    def extend(self, model: SVDBundle, images: Any, segments: int, frames: int, overlap: int, fps: int,
+               motion_bucket_id: int, cond_aug: float, seed: int, steps: int, min_cfg: float, max_cfg: float,
+               drift_correction: bool, loop: bool, per_segment: str = "") -> tuple[Any, str]:
+        check_svd_model(model)
+        video = adapters.images_to_video(images)  # (1, t, 3, H, W) in [-1, 1]
+        height, width = video.shape[-2:]
+        check_size(width, height, model.config.size_multiple)
+        base = VideoParams.for_variant(
+            model.variant, num_frames=frames or model.defaults.num_frames, width=width, height=height, fps=fps,
+            motion_bucket_id=motion_bucket_id, cond_aug=cond_aug, steps=steps or model.defaults.steps,
+            min_cfg=min_cfg, max_cfg=max_cfg,
+        )
+        plan = build_segments(base, seed, parse_segment_overrides(per_segment or "", segments))
+        bar = bridge.Progress(len(plan) + int(loop))
+
+        def on_step(info: StepInfo) -> None:  # interruption inside a segment
+            bridge.check_interrupt()
+
+        with bridge.on_device(model):
+            out = extend_video(
+                model, video, plan, overlap=overlap, drift_correction=1.0 if drift_correction else 0.0, loop=loop,
+                loop_params=plan[-1].params if plan else base, loop_generator=adapters.generator(seed + len(plan)),
+                step_callback=on_step, segment_callback=lambda done, total: bar.update(done, total),
+            )
+        t0 = video.shape[1]
+        expected = extended_length(t0, [s.params.num_frames for s in plan], overlap,
+                                   (plan[-1].params if plan else base).num_frames if loop else 0)
+        info = (f"{t0} input frames + {len(plan)} segments ({', '.join(str(s.params.num_frames) for s in plan)} "
+                f"frames, overlap {overlap}){' + loop' if loop else ''} = {out.shape[1]} frames at {width}x{height}; "
+                f"drift correction {'on' if drift_correction else 'off'}")
+        if out.shape[1] != expected:
+            log.warning("extend produced %d frames, expected %d", out.shape[1], expected)
+        return adapters.video_to_images(out), info
+
+
+NODES: dict[str, tuple[type, str]] = {
+    "SVDLab_ExtendVideo": (ExtendVideo, "SVD Lab Extend Video"),
+}

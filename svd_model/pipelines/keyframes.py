@@ -1,0 +1,309 @@
+"""Keyframe interpolation with SVD: generate the frames between a first and a last frame.
+
+Methods (``method=``):
+
+- ``"fusion"``: Time Reversal Fusion, training-free on a stock image-to-video checkpoint (Feng et al.
+  2024, "Explorative Inbetweening of Time and Space", ECCV 2024). At every step the shared noisy latent
+  x is denoised forward, conditioned on the first keyframe, and time-reversed (frames flipped),
+  conditioned on the last keyframe, the result flipped back. The two x0 estimates are fused per frame,
+  w_i = 1 - i / (t - 1) for the forward one and 1 - w_i for the backward one, so frame 0 follows the
+  first keyframe alone and frame t - 1 the last keyframe alone. (For a solver stepping from one shared x,
+  fusing the x0 estimates is fusing the next latents, the paper's formulation.) Both paths run as one
+  batched network call per step. ``renoise=k`` adds the paper's optional noise re-injection: after each
+  step to sigma_next the latent is noised back to sigma and the step repeated, k more times (Euler).
+- ``"bidirectional"``: the sequential bidirectional sampler of ViBiDSampler (Yang, Kwon & Ye 2024,
+  ICLR 2025): each step is a forward Euler step conditioned on the first keyframe down to sigma_next,
+  re-noising back to sigma with fresh noise, then a time-reversed Euler step conditioned on the last
+  keyframe. The paper's CFG++ and DDS guidance are NOT implemented; plain per-frame CFG is used.
+- ``"concat"``: a checkpoint finetuned for interpolation (:data:`KEYFRAME_LAYOUT`): its UNet takes 12
+  input channels, noisy latent (4) + first-keyframe latent (4) + last-keyframe latent (4), detected
+  from ``input_blocks.0.0.weight`` (``UNetConfig.concat_keyframes``); one ordinary guided sampling.
+  :func:`expand_to_keyframe_model` makes such a UNet from an image-to-video one (zero new weights).
+- ``"auto"``: ``"concat"`` for a 12-channel UNet, else ``"fusion"``.
+
+End frames, two mechanisms: (1) latent anchoring during sampling (``anchor=True``): the denoiser's x0
+estimate of frames 0 and t - 1 is replaced by the keyframes' VAE latents (encoder posterior mean), so
+every sampler lands on them exactly; (2) exact replacement after decoding: :func:`decode_keyframe_video`
+decodes and then writes the keyframes themselves into frames 0 and t - 1 (the VAE is lossy, so decoded
+anchors are only close to them).
+
+Shapes: keyframes (b, 3, H, W) in [-1, 1] at the params' size; latents (b, t, 4, H/8, W/8), 0.18215-scaled.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..conditioning import Cond, check_image
+from ..config import Family
+from ..denoiser import make_model_fn
+from ..errors import ConfigError, InputError
+from ..guidance import cfg_denoiser, frame_scales
+from ..loader import SVDBundle, save_bundle
+from ..model import SVDModel
+from ..noise import initial_noise
+from ..sampling import Denoiser, StepInfo, get_sampler
+from ..schedules import get_schedule
+from ..tiny import TINY_NAME_MARK, randomize, tiny_config
+from .decode import decode_latents, encode_frames
+from .image_to_video import VideoParams, encode_condition
+
+KEYFRAME_METHODS = ("auto", "fusion", "bidirectional", "concat")
+#: Concat conditioning of a keyframe-interpolation checkpoint, in channel order after the noisy latent:
+#: unscaled VAE posterior means of the noise-augmented first and last keyframes. Crossattn = the CLIP
+#: embedding of the first keyframe; vector as image-to-video; uncond = zero crossattn and concat.
+KEYFRAME_LAYOUT = ("noisy latent (4)", "first keyframe latent (4)", "last keyframe latent (4)")
+
+Callback = Callable[[StepInfo], None]
+
+
+def check_keyframes(first: Tensor, last: Tensor, params: VideoParams, multiple: int = 64) -> None:
+    """Both (b, 3, H, W) in [-1, 1] of one size, the params' size; at least one frame between them."""
+    for name, image in (("first", first), ("last", last)):
+        if not isinstance(image, Tensor) or image.ndim != 4:
+            raise InputError(f"the {name} keyframe must be a (b, 3, H, W) tensor, got {getattr(image, 'shape', image)}")
+    if first.shape != last.shape:
+        raise InputError(
+            f"keyframes differ in size: first is {tuple(first.shape)} (b, c, H, W), last is {tuple(last.shape)}; "
+            "resize both to the video size first"
+        )
+    check_image(first, multiple)
+    check_image(last, multiple)
+    if tuple(first.shape[-2:]) != (params.height, params.width):
+        raise InputError(f"keyframes are {first.shape[-1]}x{first.shape[-2]}, params ask for "
+                         f"{params.width}x{params.height}; resize first")
+    if params.num_frames < 3:
+        raise InputError(f"num_frames={params.num_frames} leaves no frame between the two keyframes; "
+                         "keyframe interpolation needs num_frames >= 3 (the keyframes are frames 0 and t - 1)")
+
+
+def resolve_method(bundle: SVDBundle, method: str) -> str:
+    """The method to run on this checkpoint ("auto" resolved); a method the UNet cannot run raises ConfigError."""
+    if method not in KEYFRAME_METHODS:
+        raise ConfigError(f"unknown keyframe method {method!r}; choose from {list(KEYFRAME_METHODS)}")
+    if bundle.family is not Family.SVD:
+        raise InputError(f"{bundle.variant} is an SV3D (orbit) model; keyframe interpolation needs SVD / SVD-XT")
+    unet = bundle.config.unet
+    keyframe_model = unet.concat_keyframes
+    if method == "auto":
+        return "concat" if keyframe_model else "fusion"
+    if method == "concat" and not keyframe_model:
+        raise ConfigError(
+            f"method 'concat' needs a keyframe-interpolation checkpoint (UNet input {3 * unet.out_channels} "
+            f"channels); this one has {unet.in_channels} (image-to-video): use 'fusion' or 'bidirectional'"
+        )
+    if method != "concat" and unet.concat_channels != unet.out_channels:
+        raise ConfigError(f"method {method!r} needs an image-to-video UNet (input {2 * unet.out_channels} channels); "
+                          f"this one has {unet.in_channels}: use 'concat' (or 'auto')")
+    return method
+
+
+@torch.no_grad()
+def keyframe_condition(
+    bundle: SVDBundle, first: Tensor, last: Tensor, params: VideoParams, *,
+    generator: torch.Generator | None = None,
+) -> tuple[Cond, Cond]:
+    """(cond, uncond) in :data:`KEYFRAME_LAYOUT`: concat (b, 8, h, w) = [first, last] latents."""
+    cond_f, _ = encode_condition(bundle, first, params, generator=generator)
+    cond_l, _ = encode_condition(bundle, last, params, generator=generator)
+    cond = Cond(cond_f.crossattn, torch.cat([cond_f.concat, cond_l.concat], dim=1), cond_f.vector)
+    return cond, cond.unconditional()
+
+
+def anchored(denoiser: Denoiser, ends: Tensor) -> Denoiser:
+    """Replace the x0 estimate of frames 0 and t - 1 by ends (b, 2, c, h, w): samplers then land on them."""
+
+    def wrapped(x: Tensor, sigma: Tensor) -> Tensor:
+        d = denoiser(x, sigma)  # (b, t, c, h, w)
+        return torch.cat([ends[:, :1].to(d), d[:, 1:-1], ends[:, 1:].to(d)], dim=1)
+
+    return wrapped
+
+
+def _euler(x: Tensor, denoised: Tensor, sigma: float, sigma_next: float) -> Tensor:
+    return x + (sigma_next - sigma) * (x - denoised) / sigma  # lands on denoised when sigma_next = 0
+
+
+def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(x.shape, generator=generator, device=device, dtype=torch.float32).to(x)
+
+
+def _loop(step: Callable[[Tensor, float, float], tuple[Tensor, Tensor]], x: Tensor, sigmas: list[float],
+          renoise: int, generator: torch.Generator | None, callback: Callback | None) -> Tensor:
+    """Run `step(x, sigma, sigma_next) -> (x_next, denoised)` over the schedule, repeating each step after
+    re-noising to sigma `renoise` more times (not the last step)."""
+    n = len(sigmas) - 1
+    for i in range(n):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        x_in = x
+        x, denoised = step(x_in, sigma, sigma_next)
+        for _ in range(renoise if sigma_next > 0 else 0):
+            x_in = x + math.sqrt(sigma**2 - sigma_next**2) * _noise(x, generator)
+            x, denoised = step(x_in, sigma, sigma_next)
+        if callback is not None:
+            callback(StepInfo(i, n, x_in, sigma, sigma_next, denoised))
+    return x
+
+
+@torch.no_grad()
+def interpolate_keyframes(
+    bundle: SVDBundle,
+    first: Tensor,
+    last: Tensor,
+    params: VideoParams,
+    *,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+    method: str = "auto",
+    renoise: int = 0,
+    anchor: bool = True,
+    noise: Tensor | None = None,
+    batch_paths: bool = True,
+) -> Tensor:
+    """first, last (b, 3, H, W) in [-1, 1] -> latents (b, t, 4, H/8, W/8) with t = params.num_frames.
+
+    One generator seeds everything (noise augmentation of both keyframes, the starting noise, re-noising).
+    method: see the module docstring; renoise: extra re-noised repetitions per step ("fusion", Euler);
+    anchor: pin frames 0 and t - 1 to the keyframes' latents; noise: optional (b, t, 4, h, w) N(0, 1) start;
+    batch_paths ("fusion"): both paths in one network call (False: one after the other, half the activations).
+    callback(StepInfo) once per step (raise in it to stop).
+    """
+    method = resolve_method(bundle, method)
+    check_keyframes(first, last, params, bundle.config.size_multiple)
+    if params.denoise != 1.0:
+        raise ConfigError(f"keyframe interpolation starts from noise: denoise must be 1, got {params.denoise}")
+    if renoise < 0 or (renoise and method != "fusion"):
+        raise ConfigError(f"renoise must be >= 0 and only applies to method 'fusion'; got {renoise} for {method!r}")
+    needs_euler = method == "bidirectional" or renoise > 0
+    if needs_euler and params.sampler != "euler":
+        raise ConfigError(f"{method!r} with renoise={renoise} steps with Euler; set sampler='euler' "
+                          f"(got {params.sampler!r})")
+    device = bundle.device
+    b, t = first.shape[0], params.num_frames
+    shape = (b, t, bundle.config.unet.out_channels, params.height // 8, params.width // 8)
+    if method == "concat":
+        conds = keyframe_condition(bundle, first, last, params, generator=generator)
+    else:
+        cond_f, uncond_f = encode_condition(bundle, first, params, generator=generator)
+        cond_l, uncond_l = encode_condition(bundle, last, params, generator=generator)
+    if noise is None:
+        noise = _noise(torch.empty(shape), generator)
+    if tuple(noise.shape) != shape:
+        raise InputError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
+    sigmas = get_schedule(params.schedule)(params.steps, params.sigma_min, params.sigma_max, params.rho).to(device)
+    x = initial_noise(noise.to(device, torch.float32), sigmas[0])
+    scales = frame_scales(params.guidance, params.min_cfg, params.max_cfg, t).to(device)
+    model_fn = make_model_fn(bundle.model.unet)
+
+    def guided(cond: Cond, uncond: Cond) -> Denoiser:
+        return cfg_denoiser(model_fn, cond.to(device), uncond.to(device), scales, cat=Cond.cat)
+
+    ends = encode_frames(bundle, torch.stack([first, last], dim=1)).to(device) if anchor else None
+    pin = (lambda d: anchored(d, ends)) if ends is not None else (lambda d: d)
+    if method == "concat":
+        return get_sampler(params.sampler)(pin(guided(*conds)), x, sigmas, generator=generator, callback=callback)
+    if method == "bidirectional":
+        forward = pin(guided(cond_f, uncond_f))
+        reverse_raw = guided(cond_l, uncond_l)
+        backward = pin(lambda z, s: reverse_raw(z.flip(1), s).flip(1))
+
+        def bidirectional_step(z: Tensor, sigma: float, sigma_next: float) -> tuple[Tensor, Tensor]:
+            rows = torch.full((b,), sigma, device=device)
+            z = _euler(z, forward(z, rows), sigma, sigma_next)
+            z = z + math.sqrt(sigma**2 - sigma_next**2) * _noise(z, generator)  # back to sigma
+            d = backward(z, rows)
+            return _euler(z, d, sigma, sigma_next), d
+
+        return _loop(bidirectional_step, x, sigmas.tolist(), 0, generator, callback)
+    w = torch.linspace(1.0, 0.0, t, device=device).reshape(1, t, 1, 1, 1)
+    if batch_paths:
+        both = guided(Cond.cat(cond_f, cond_l), Cond.cat(uncond_f, uncond_l))  # rows: forward, then reversed
+
+        def paths(z: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+            d_fwd, d_rev = both(torch.cat([z, z.flip(1)]), torch.cat([sigma, sigma])).chunk(2)
+            return d_fwd, d_rev
+    else:
+        forward_only, reverse_only = guided(cond_f, uncond_f), guided(cond_l, uncond_l)
+
+        def paths(z: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+            return forward_only(z, sigma), reverse_only(z.flip(1), sigma)
+
+    def fused_raw(z: Tensor, sigma: Tensor) -> Tensor:
+        d_fwd, d_rev = paths(z, sigma)
+        return w * d_fwd + (1.0 - w) * d_rev.flip(1)
+
+    fused = pin(fused_raw)
+    if renoise == 0:
+        return get_sampler(params.sampler)(fused, x, sigmas, generator=generator, callback=callback)
+
+    def fusion_step(z: Tensor, sigma: float, sigma_next: float) -> tuple[Tensor, Tensor]:
+        d = fused(z, torch.full((b,), sigma, device=device))
+        return _euler(z, d, sigma, sigma_next), d
+
+    return _loop(fusion_step, x, sigmas.tolist(), renoise, generator, callback)
+
+
+@torch.no_grad()
+def decode_keyframe_video(
+    bundle: SVDBundle, latents: Tensor, first: Tensor, last: Tensor, *, chunk_size: int | None = None,
+    overlap: int = 0, callback: Callable[[int, int], None] | None = None,
+) -> Tensor:
+    """Decode (b, t, 4, h, w) latents to (b, t, 3, H, W) frames in [-1, 1] (CPU) whose frames 0 and t - 1
+    ARE the keyframes (b, 3, H, W): exact replacement after decoding."""
+    frames = decode_latents(bundle, latents, chunk_size=chunk_size, overlap=overlap, callback=callback)
+    if first.shape != frames[:, 0].shape or last.shape != frames[:, -1].shape:
+        raise InputError(f"keyframes {tuple(first.shape)} / {tuple(last.shape)} do not fit the decoded frames "
+                         f"{tuple(frames[:, 0].shape)}")
+    frames[:, 0] = first.to(frames)
+    frames[:, -1] = last.to(frames)
+    return frames
+
+
+# ----------------------------------------------------------------------- keyframe-interpolation UNets
+
+
+@torch.no_grad()
+def expand_to_keyframe_model(model: SVDModel) -> SVDModel:
+    """Turn an image-to-video model (UNet input 8 channels) into a keyframe one (12), in place.
+
+    The input conv gets 4 more input channels for the last keyframe's latent with zero weights, so the
+    expanded model computes exactly what the original did whatever the last keyframe is, until trained.
+    """
+    unet = model.config.unet
+    if unet.concat_keyframes:
+        raise ConfigError("the model already has a keyframe-interpolation UNet (12 input channels)")
+    if unet.concat_channels != unet.out_channels:
+        raise ConfigError(f"expected an image-to-video UNet with {2 * unet.out_channels} input channels, "
+                          f"got {unet.in_channels}")
+    old = model.unet.input_blocks[0][0]
+    new = nn.Conv2d(unet.in_channels + unet.out_channels, old.out_channels, old.kernel_size, padding=old.padding,
+                    device=old.weight.device, dtype=old.weight.dtype)
+    new.weight.zero_()
+    new.weight[:, : unet.in_channels] = old.weight
+    new.bias.copy_(old.bias)
+    model.unet.input_blocks[0][0] = new
+    config = replace(model.config, unet=replace(unet, in_channels=unet.in_channels + unet.out_channels))
+    model.config = config
+    model.unet.config = config.unet
+    return model
+
+
+def make_tiny_keyframe_model(seed: int = 0) -> SVDModel:
+    """A tiny random model whose UNet has the keyframe layout (every weight random, none zero)."""
+    config = tiny_config(Family.SVD)
+    config = replace(config, unet=replace(config.unet, in_channels=3 * config.unet.out_channels))
+    return randomize(SVDModel(config), seed).eval()
+
+
+def write_tiny_keyframe_checkpoint(path: str | os.PathLike, seed: int = 0) -> Path:
+    """Write :func:`make_tiny_keyframe_model` in the official single-file layout (for tests and demos)."""
+    meta = {"svd_lab.tiny_random": "true", "svd_lab.note": f"{TINY_NAME_MARK} keyframe-interpolation weights"}
+    return save_bundle(make_tiny_keyframe_model(seed), path, meta)
