@@ -1,0 +1,176 @@
+"""`svd-lab curate` and `svd-lab curate-report`: dataset curation from the command line.
+
+  svd-lab curate INPUT --out DIR [--engine local|thread|inline|ray] [--workers N] [--resume | --overwrite]
+                 [--config FILE_OR_JSON] [--set KEY=VALUE ...] [--filter RULE ...] [--clip-checkpoint CKPT]
+                 [--aesthetic-head F] [--text-tower F] [--tokenizer F] [--captioner SPEC]
+                 [--write-clips auto|copy|reencode] [--write-keyframes] [--save-embeddings] [--no-text]
+  svd-lab curate-report DIR [--filter RULE ...]
+
+INPUT is a folder (searched recursively for video files) or a text file with one path per line. After the
+videos are annotated, the filter pass runs over the whole manifest and the HTML report is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+ENGINES = ("local", "thread", "inline", "ray")  # = svd_model.curation.engine.ENGINES (not imported: --help stays fast)
+FILTER_HELP = ("filter rule SCORE:MODE=VALUE, MODE min|max (absolute) or bottom|top (fraction of all clips), "
+               "e.g. motion_score:bottom=0.25 text_area:max=0.07; or a preset: svd, none (repeatable; default: the "
+               "rules of the last filter pass, else svd)")
+
+
+class _Progress:
+    """One progress line on stderr: redrawn in place on a terminal, ~20 lines otherwise."""
+
+    def __init__(self, stream: TextIO, quiet: bool) -> None:
+        self.stream, self.quiet = stream, quiet
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self._last, self._step = 0.0, -1
+
+    def __call__(self, state: Any) -> None:
+        if self.quiet:
+            return
+        step = state.done * 20 // max(state.total, 1)
+        now = time.monotonic()
+        final = state.done >= state.total
+        if self.tty:
+            if not final and now - self._last < 0.2:
+                return
+            self.stream.write("\r\033[K" + state.line() + ("\n" if final else ""))
+        elif step != self._step or final:
+            self.stream.write(state.line() + "\n")
+        self._last, self._step = now, step
+        self.stream.flush()
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _set_path(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for key in keys[:-1]:
+        data = data.setdefault(key, {})
+    data[keys[-1]] = value
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    from .svd_model.curation.pipeline import CurationConfig
+    from .svd_model.errors import ConfigError
+
+    data: dict[str, Any] = {}
+    if args.config:
+        text = args.config
+        if not text.lstrip().startswith("{"):
+            try:
+                text = Path(text).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(f"--config {args.config!r}: cannot read it ({exc.strerror or exc})") from None
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"--config {args.config!r} is neither a JSON file nor JSON text: {exc}") from None
+    flags = {"clip_checkpoint": args.clip_checkpoint, "aesthetic_head": args.aesthetic_head,
+             "text_tower": args.text_tower, "tokenizer": args.tokenizer,
+             "write_clips": args.write_clips}
+    data.update({k: v for k, v in flags.items() if v is not None})
+    if args.captioner:
+        data["captioners"] = list(args.captioner)
+    if args.write_keyframes:
+        data["write_keyframes"] = True
+    if args.save_embeddings:
+        data["save_embeddings"] = True
+    if args.no_text:
+        data["text"] = False
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: write KEY=VALUE, e.g. split.min_duration=2.0")
+        _set_path(data, key.strip(), _parse_value(value.strip()))
+    return CurationConfig.from_dict(data)
+
+
+def _filter_and_report(out: Path, filters: list[str] | None, stdout: TextIO) -> int:
+    from .svd_model.curation.filtering import filter_manifest, load_rules, parse_rules
+    from .svd_model.curation.report import build_report
+
+    rules = parse_rules(filters) if filters else load_rules(out)
+    rules = parse_rules("svd") if rules is None else rules
+    result = filter_manifest(out, rules)
+    info = build_report(out, result)
+    print(info.summary(), file=stdout)
+    print(f"filtered manifest: {out / 'manifest_filtered.parquet'}\nreport: {info.path}", file=stdout)
+    return 0
+
+
+def cmd_curate(args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    from .svd_model.curation.engine import list_videos, run_curation
+
+    out_stream, err_stream = stdout or sys.stdout, stderr or sys.stderr
+    config = build_config(args)
+    videos = list_videos(args.input)
+    if not len(videos):
+        print(f"svd-lab: no video files in {args.input}", file=err_stream)
+        return 2
+    try:
+        summary = run_curation(videos, args.out, config, engine=args.engine, workers=args.workers,
+                               resume=args.resume, overwrite=args.overwrite, videos_per_part=args.part_size,
+                               progress=_Progress(err_stream, args.quiet))
+    except KeyboardInterrupt:
+        print(f"svd-lab: interrupted; finished videos are saved, continue with --resume --out {args.out}",
+              file=err_stream)
+        return 130
+    print(summary.text(), file=out_stream)
+    if args.no_report:
+        return 0
+    return _filter_and_report(Path(args.out), args.filter, out_stream)
+
+
+def cmd_report(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
+    return _filter_and_report(Path(args.dir), args.filter, stdout or sys.stdout)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register `curate` and `curate-report` on the `svd-lab` parser."""
+    p = sub.add_parser("curate", help="annotate, split, score and filter a folder of videos into a Parquet manifest")
+    p.add_argument("input", help="folder of videos (recursive) or a text file with one video path per line")
+    p.add_argument("--out", required=True, help="output folder: manifest/, clips, keyframes, report.html")
+    p.add_argument("--engine", default="local", choices=list(ENGINES),
+                   help="local: process pool (default); thread: threads; inline: one by one; ray: Ray Data")
+    p.add_argument("--workers", type=int, default=0, help="processes / threads / Ray CPUs (default: all cores)")
+    p.add_argument("--resume", action="store_true", help="continue a run in --out, skipping finished videos")
+    p.add_argument("--overwrite", action="store_true", help="delete the manifest already in --out and start again")
+    p.add_argument("--config", help="JSON file or JSON text with CurationConfig fields (nested: cut, motion, split)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config field, dotted for "
+                   "nested ones, e.g. split.min_duration=2 (repeatable; VALUE is JSON or a string)")
+    p.add_argument("--filter", action="append", metavar="RULE", help=FILTER_HELP)
+    p.add_argument("--clip-checkpoint", help="SVD checkpoint whose OpenCLIP image tower embeds keyframes")
+    p.add_argument("--aesthetic-head", help="aesthetic predictor head (.safetensors) on the CLIP embedding")
+    p.add_argument("--text-tower", help="OpenCLIP text tower (.safetensors) for caption-frame similarity")
+    p.add_argument("--tokenizer", help="tokenizer file for the text tower")
+    p.add_argument("--captioner", action="append", metavar="SPEC", help="local captioner, e.g. "
+                   "local-image:/models/blip or 'command:my_captioner --fast' (repeatable, one per kind: image, "
+                   "video, summary; none by default; nothing is downloaded)")
+    p.add_argument("--write-clips", choices=["none", "auto", "copy", "reencode"],
+                   help="write each clip as a file: copy (stream copy, keyframe-snapped), reencode (exact), auto")
+    p.add_argument("--write-keyframes", action="store_true", help="write the clips' keyframes as JPEG")
+    p.add_argument("--save-embeddings", action="store_true", help="save the CLIP embeddings (safetensors)")
+    p.add_argument("--no-text", action="store_true", help="skip the text-area score")
+    p.add_argument("--part-size", type=int, default=32, help="videos per manifest part file (default 32)")
+    p.add_argument("--no-report", action="store_true", help="skip the filter pass and the report")
+    p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.set_defaults(func=cmd_curate)
+
+    p = sub.add_parser("curate-report", help="re-run the filter pass on a curated folder and rebuild its report")
+    p.add_argument("dir", help="the --out folder of `svd-lab curate`")
+    p.add_argument("--filter", action="append", metavar="RULE", help=FILTER_HELP)
+    p.set_defaults(func=cmd_report)

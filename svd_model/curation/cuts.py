@@ -1,0 +1,430 @@
+"""Cascaded cut detection at three frame rates (SVD paper, section 3.1 and appendix C), streaming.
+
+Every decoded frame becomes a small image ``S_k`` (about 48 px wide; Y, U and V planes, float 0..255)
+and a colour histogram ``H_k`` (Y 16 bins, U/V 8). Per frame the detector keeps a few scalars: the change
+``d_l[k] = sum over Y, U, V of mean |S_k - S_{k-l}|`` and the histogram change ``h_l[k]`` for the lags it
+needs, and the mean and standard deviation of the luma. Each cascade level compares frames ``l`` apart,
+``l`` being the native rate divided by the level's rate; it is evaluated at every frame (every phase of
+the level's sampling grid), so a transition's alignment with the grid does not matter.
+
+* **Level 1 (native rate): hard cuts.** A frame whose change ``d_1[k]`` is a local maximum, above
+  ``min_change``, and ``threshold`` times above the local baseline (median of ``d_1`` over ``window_s``
+  on each side) is a candidate. A flash (<= ``flash_frames`` frames, then back) fails the persistence test:
+  the frames ``flash_frames`` before and after must still differ by ``persistence * d_1[k]``. A short
+  dissolve fails the concentration test: one frame must carry ``hard_concentration`` of the change seen
+  over ``flash_frames`` frames. Sustained camera motion raises the baseline, so it is not a cut. A cut
+  through a dark frame is reported as a fade.
+* **Levels 2 and 3 (default 6 fps and 1.5 fps): gradual transitions.** At a low rate a fade or a
+  cross-dissolve is a big change between two samples. Local maxima of ``d_l`` (or of the motion-robust
+  ``h_l``) that stand ``threshold`` times above their baseline (the lower of the medians on either side,
+  two lags away) are *proposals*, then confirmed and localised on the full-rate frames around them
+  (:mod:`.transitions`):
+
+  - fade: the darkest frame is below ``fade_black_level`` and well below both sides; the span is where
+    the mean luma falls towards it and rises after it;
+  - dissolve: the frames of the span are blends ``A + a_j (B - A)`` of the frames just before (A) and
+    after (B) it, with ``a_j`` rising: the blend residual is under ``max_blend_residual`` of ``|B - A|`` and
+    the steps along the span point towards B (``min_coherence``); or the contrast dips in the middle, as
+    it does when two unrelated pictures are mixed. A camera move is neither. A change carried by one
+    frame is a hard cut (found here when level 1 missed it, e.g. during fast motion).
+
+Each level sees only candidates that no finer level explains. Events closer than ``min_scene_s`` keep the
+higher score. Memory: a ring of the last few seconds of small images plus a few floats per frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ConfigError
+from .transitions import HIST_BINS, GrowingArray, dissolve_fit, fade_span, histograms, row_median
+
+logger = logging.getLogger(__name__)
+
+KINDS: tuple[str, ...] = ("hard", "fade", "dissolve")
+
+
+@dataclass(frozen=True)
+class LevelConfig:
+    """One cascade level: compare frames ``1 / fps`` apart (None = consecutive frames).
+
+    ``threshold``: change over the local baseline (an adaptive ratio, as PySceneDetect's
+    AdaptiveDetector); ``min_change``: the change the two frames must differ by at least, as the sum over
+    Y, U and V of the mean absolute difference (0..255 levels; a hard cut between unrelated shots is
+    typically 40-120, sensor noise 1-3).
+    """
+
+    fps: float | None
+    threshold: float
+    min_change: float
+
+
+@dataclass(frozen=True)
+class CutConfig:
+    """Cascade settings. Defaults were tuned on synthetic fades/dissolves and a broadcast sample.
+
+    Attributes:
+        levels: the cascade, finest first. Default: native rate (hard cuts), 6 fps, 1.5 fps.
+        feature_width: width of the small luma images the scores use (px, coded geometry).
+        luma_width: maximum width of the decoded luma thumbnails (integer stride of the Y plane).
+        window_s: seconds of baseline on each side of a candidate (levels 2/3 use at least 2 lags).
+        flash_frames: flashes up to this many frames are not cuts (persistence test span).
+        persistence: the change must persist at this fraction over ``flash_frames``.
+        hard_concentration: a hard cut carries at least this fraction of the change around it in one frame.
+        min_scene_s: events closer than this keep the higher score (also the shortest first shot).
+        max_transition_s: longest fade or dissolve localised (longer ones are clipped to it).
+        fade_black_level: the darkest frame of a fade has a mean luma at most this (0..255 Y, 16 = black).
+        max_blend_residual: a dissolve's frames differ from blends of its ends by at most this fraction
+            of the change between the ends.
+        min_coherence: a dissolve's steps (about 8 along the span) point along the change between its ends
+            (mean cosine weighted by step size); a camera move's do not.
+        max_contrast_dip: alternatively, a dissolve whose lowest luma contrast (std) in the span is at most
+            this fraction of its ends' (mixing unrelated pictures lowers contrast; about 0.7) is accepted
+            with up to twice the blend residual.
+        coarse: block size of the extra downscale used for the dissolve tests (tolerance to small motions).
+        min_hist_change: a histogram proposal needs at least this histogram change (0..1, half the L1
+            distance averaged over Y, U, V).
+        hist_floor: lowest baseline used in histogram ratios.
+        noise_floor: lowest baseline used in change ratios.
+    """
+
+    levels: tuple[LevelConfig, ...] = (
+        LevelConfig(None, 3.0, 8.0),
+        LevelConfig(6.0, 3.0, 12.0),
+        LevelConfig(1.5, 2.5, 14.0),
+    )
+    feature_width: int = 48
+    luma_width: int = 192
+    window_s: float = 0.5
+    flash_frames: int = 3
+    persistence: float = 0.5
+    hard_concentration: float = 0.6
+    min_scene_s: float = 0.3
+    max_transition_s: float = 2.5
+    fade_black_level: float = 40.0
+    max_blend_residual: float = 0.2
+    min_coherence: float = 0.75
+    max_contrast_dip: float = 0.85
+    coarse: int = 2
+    min_hist_change: float = 0.15
+    hist_floor: float = 0.02
+    noise_floor: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not self.levels:
+            raise ConfigError("CutConfig.levels must have at least one level")
+        for lv in self.levels:
+            if lv.fps is not None and not lv.fps > 0:
+                raise ConfigError(f"level fps must be positive or None (native), got {lv.fps!r}")
+            if lv.threshold <= 0 or lv.min_change < 0:
+                raise ConfigError(f"level threshold must be > 0 and min_change >= 0, got {lv!r}")
+        if self.feature_width < 8 or self.luma_width < self.feature_width:
+            raise ConfigError(f"need 8 <= feature_width <= luma_width, got {self.feature_width} and {self.luma_width}")
+        if self.flash_frames < 1 or not 0 < self.hard_concentration <= 1 or not 0 < self.persistence <= 1:
+            raise ConfigError("flash_frames >= 1, 0 < hard_concentration <= 1 and 0 < persistence <= 1 required")
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A shot boundary. ``frame``..``end_frame`` (inclusive) is the transition; for a hard cut both are the
+    first frame of the new shot. ``center`` is the first frame of the new shot for every kind (for a fade or
+    dissolve, the middle of the span). ``time`` is the pts (s) of ``frame``. ``score``: the adaptive ratio
+    of the level that found it; ``change``: the difference across it (see ``LevelConfig.min_change``);
+    ``level``: 1-based cascade level that proposed it."""
+
+    frame: int
+    time: float
+    kind: str
+    score: float
+    end_frame: int
+    level: int
+    change: float = 0.0
+
+    @property
+    def center(self) -> int:
+        return (self.frame + self.end_frame + 1) // 2
+
+
+@dataclass
+class _Event:
+    start: int
+    end: int
+    kind: str
+    score: float
+    level: int
+    change: float
+
+
+def level_lags(cfg: CutConfig, fps: float) -> list[int]:
+    """Frame distance each level compares (1 = consecutive frames)."""
+    return [1 if lv.fps is None or lv.fps >= fps else max(2, round(fps / lv.fps)) for lv in cfg.levels]
+
+
+@dataclass
+class CascadeDetector:
+    """Streaming cascade: :meth:`push` chunks of small YUV images, then :meth:`finish` for the cuts.
+
+    ``final_before`` tells how far events are final: no later event starts before it (motion sampling
+    relies on this).
+    """
+
+    cfg: CutConfig
+    fps: float
+    shape: tuple[int, int, int]  # small image (channels, height, width): Y or Y, U, V
+    ring_extra: int = 64
+    scan_every: int = 256  # frames gathered between scans (fewer, larger vectorised passes)
+    events: list[_Event] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        fps = max(self.fps, 1e-3)
+        self.lags = level_lags(self.cfg, fps)
+        self.flash = self.cfg.flash_frames
+        self.w1 = max(2, round(self.cfg.window_s * fps))
+        self.span_max = max(2, round(self.cfg.max_transition_s * fps))
+        self.min_scene = max(1, round(self.cfg.min_scene_s * fps))
+        slow = [lag for lag in self.lags if lag > 1]
+        self.s_max = max(slow, default=1)
+        self.series_lags = sorted({1, self.flash + 1, *self.lags})
+        self.diffs = {lag: GrowingArray() for lag in self.series_lags}
+        self.hdiffs = {lag: GrowingArray() for lag in slow}
+        self.mu, self.sd = GrowingArray(), GrowingArray()
+        self.lookahead = max([self.w1 + self.flash + 2] + [3 * s + max(self.w1, s) + self.span_max for s in slow])
+        self.lookback = self.s_max + 2 * self.span_max + 2
+        self.ring_size = self.lookahead + self.lookback + self.ring_extra + self.scan_every + 8
+        self.ring = np.zeros((self.ring_size, *self.shape), np.float32)  # (R C h w) small images
+        self.hist = np.zeros((self.ring_size, HIST_BINS), np.float32)  # (R bins)
+        self.tail = np.zeros((0, int(np.prod(self.shape))), np.float32)  # last frames, flat, for the lags
+        self.htail = np.zeros((0, HIST_BINS), np.float32)
+        self.n = 0
+        self.scanned = 0
+
+    # ------------------------------------------------------------------ input
+
+    def push(self, small: np.ndarray) -> None:
+        """Append ``small`` (c, C, h, w) float32 images (0..255, channel 0 = luma) of the next frames; scan
+        what is ready."""
+        c = len(small)
+        if c == 0:
+            return
+        idx = np.arange(self.n, self.n + c)
+        hist = histograms(small)
+        self.ring[idx % self.ring_size] = small
+        self.hist[idx % self.ring_size] = hist
+        luma = small[:, 0].reshape(c, -1)
+        self.mu.extend(luma.mean(1))
+        self.sd.extend(luma.std(1))
+        big = self.series_lags[-1]
+        ext = np.concatenate([self.tail, small.reshape(c, -1)])  # (t + c, P): the last frames, then these
+        hext = np.concatenate([self.htail, hist])
+        t = len(self.tail)
+        channels = small.shape[1]
+        for lag in self.series_lags:
+            out = np.full(c, np.nan, np.float32)
+            hout = np.full(c, np.nan, np.float32)
+            first = max(0, lag - t)  # frames of this chunk that have a frame ``lag`` before them
+            if first < c:
+                cur, prev = ext[t + first : t + c], ext[t + first - lag : t + c - lag]
+                # mean |YUV difference| * channels: the sum of the per-channel mean differences
+                out[first:] = np.abs(cur - prev).mean(1) * channels
+                hout[first:] = np.abs(hext[t + first : t + c] - hext[t + first - lag : t + c - lag]).sum(1) / (
+                    2 * channels
+                )
+            self.diffs[lag].extend(out)
+            if lag in self.hdiffs:
+                self.hdiffs[lag].extend(hout)
+        self.tail, self.htail = ext[-big:].copy(), hext[-big:].copy()
+        self.n += c
+        if self.n - self.lookahead - self.scanned >= self.scan_every:
+            self._scan(self.n - self.lookahead)
+
+    @property
+    def final_before(self) -> int:
+        """Frames before this index will not be inside any event found later."""
+        return max(0, self.scanned - self.lookback)
+
+    def finish(self, times: np.ndarray) -> list[Cut]:
+        """Scan the rest and return the merged cuts (``times``: pts s of every frame)."""
+        self._scan(self.n)
+        return self.cuts(times)
+
+    def pending(self) -> list[_Event]:
+        return sorted(self.events, key=lambda e: e.start)
+
+    # ------------------------------------------------------------------ scanning
+
+    def _scan(self, limit: int) -> None:
+        limit = min(limit, self.n)
+        if limit <= self.scanned:
+            return
+        lo, hi = self.scanned, limit
+        for level, (lag, lv) in enumerate(zip(self.lags, self.cfg.levels, strict=True), start=1):
+            if lag == 1:
+                self._scan_hard(lo, hi, lv, level)
+            else:
+                self._scan_gradual(lo, hi, lag, lv, level)
+        self.scanned = limit
+
+    def _candidates(
+        self, d: np.ndarray, lo: int, hi: int, lag: int, threshold: float, floor: float, minimum: float, sides: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Frames k in [lo, hi) where ``d`` is the first maximum within +-lag, >= ``minimum`` and >= ``threshold``
+        times its baseline: the median of ``d`` over ``window`` frames on each side beyond ``2 * lag`` (hard
+        cuts: beyond 0; ``sides``: the lower of the two sides' medians). Returns (indices, ratios)."""
+        n = self.n
+        with np.errstate(invalid="ignore"):
+            idx = np.nonzero(d[lo:hi] >= minimum)[0] + lo
+        if idx.size == 0:
+            return idx, np.zeros(0)
+        padded = np.concatenate([np.full(lag, np.nan, np.float32), d, np.full(lag, np.nan, np.float32)])
+        win = np.lib.stride_tricks.sliding_window_view(padded, lag)  # win[j] = d[j - lag : j]
+        exclude = 0 if lag == 1 else 2 * lag
+        w = self.w1 if lag == 1 else max(self.w1, lag)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            left = np.nanmax(win[idx], axis=1)  # max of d[k - lag : k]
+            right = np.nanmax(win[np.minimum(idx + 1 + lag, len(win) - 1)], axis=1)  # d[k + 1 : k + 1 + lag]
+            v = d[idx]
+            peak = ~(left >= v) & ~(right > v)
+            idx, v = idx[peak], v[peak]
+            if idx.size == 0:
+                return idx, np.zeros(0)
+
+            def side(offsets: np.ndarray) -> np.ndarray:
+                pos = idx[:, None] + offsets[None]
+                return np.where((pos >= 0) & (pos < n), d[np.clip(pos, 0, n - 1)], np.nan)
+
+            before, after = side(np.arange(-exclude - w, -exclude)), side(np.arange(exclude + 1, exclude + 1 + w))
+            if sides:
+                base = np.fmin(row_median(before), row_median(after))
+            else:
+                base = row_median(np.concatenate([before, after], axis=1))
+        base = np.maximum(np.nan_to_num(base, nan=0.0), floor)
+        ratio = v / base
+        keep = ratio >= threshold
+        return idx[keep], ratio[keep]
+
+    def _scan_hard(self, lo: int, hi: int, lv: LevelConfig, level: int) -> None:
+        d1 = self.diffs[1].view
+        dp = self.diffs[self.flash + 1].view
+        n, p = self.n, self.flash
+        idx, ratios = self._candidates(d1, max(lo, 1), hi, 1, lv.threshold, self.cfg.noise_floor, lv.min_change,
+                                       sides=False)  # fmt: skip
+        for k, ratio in zip(idx.tolist(), ratios.tolist(), strict=True):
+            v = float(d1[k])
+            around = [float(dp[j]) for j in (k + p, k) if j < n and j - p - 1 >= 0 and math.isfinite(dp[j])]
+            if around and min(around) < self.cfg.persistence * v:
+                continue  # a flash: the picture comes back
+            if around and v < self.cfg.hard_concentration * max(around):
+                continue  # a fast dissolve: leave it to the slower levels
+            event = None
+            if float(np.min(self.mu.view[max(0, k - p - 1) : k + p + 1])) <= self.cfg.fade_black_level:
+                event = self._fade(k - p - 1, k + p, *self._window(k, p))  # a quick fade through black
+            event = event or _Event(k, k, "hard", 0.0, 0, v)
+            event.score, event.level = ratio, level
+            self.events.append(event)
+
+    def _scan_gradual(self, lo: int, hi: int, lag: int, lv: LevelConfig, level: int) -> None:
+        cfg = self.cfg
+        pix = self._candidates(self.diffs[lag].view, lo, hi, lag, lv.threshold, cfg.noise_floor, lv.min_change, True)
+        hist = self._candidates(self.hdiffs[lag].view, lo, hi, lag, lv.threshold, cfg.hist_floor, cfg.min_hist_change,
+                                True)  # fmt: skip
+        found: dict[int, float] = {}
+        for idx, ratios in (pix, hist):
+            for k, r in zip(idx.tolist(), ratios.tolist(), strict=True):
+                found[k] = max(found.get(k, 0.0), r)
+        for k in sorted(found):
+            if any(e.start <= k + 1 and e.end >= k - lag - 1 for e in self.events):
+                continue  # a finer level (or an earlier proposal) already explains it
+            event = self._confirm(k, lag, lv)
+            if event is not None:
+                event.score, event.level = found[k], level
+                self.events.append(event)
+
+    # ------------------------------------------------------------------ confirmation on full-rate frames
+
+    def _window(self, k: int, lag: int) -> tuple[int, int]:
+        oldest = max(0, self.n - self.ring_size + 1)
+        return max(oldest, k - lag - self.span_max), min(self.n - 1, k + self.span_max)
+
+    def _confirm(self, k: int, lag: int, lv: LevelConfig) -> _Event | None:
+        lo_w, hi_w = self._window(k, lag)
+        fade = self._fade(k - lag, k, lo_w, hi_w)
+        if fade is not None:
+            return fade
+        event = self._dissolve(k, lag, lo_w, hi_w, lv)
+        if event is not None and not self._persists(event.start, event.end):
+            return None
+        return event
+
+    def _change(self, a: int, b: int) -> float:
+        """Mean |YUV difference| * channels between frames a and b (in the ring)."""
+        r = self.ring_size
+        return float(np.abs(self.ring[a % r] - self.ring[b % r]).mean()) * self.shape[0]
+
+    def _persists(self, a: int, b: int) -> bool:
+        """The picture after ``b`` differs from the one before ``a`` also ``flash_frames`` further out."""
+        p = self.cfg.flash_frames
+        lo_w, _ = self._window(a, 0)
+        hi_w = min(self.n - 1, b + 1 + p)
+        if a - 1 < lo_w or b + 1 > hi_w:
+            return True
+        change = self._change(a - 1, b + 1)
+        later, earlier = self._change(a - 1, hi_w), self._change(max(lo_w, a - 1 - p), b + 1)
+        return min(later, earlier) >= self.cfg.persistence * change
+
+    def _fade(self, lo: int, hi: int, lo_w: int, hi_w: int) -> _Event | None:
+        """A fade through a dark frame near [lo, hi]: its span, or None."""
+        mu = self.mu.view
+        found = fade_span(mu, lo, hi, lo_w, hi_w, self.cfg.fade_black_level)
+        if found is None:
+            return None
+        a, b, j = found
+        dark = float(mu[j])
+        level_a = float(mu[a - 1]) if a > lo_w else float(mu[a])
+        level_b = float(mu[b + 1]) if b < hi_w else float(mu[b])
+        if min(level_a, level_b) < max(self.cfg.fade_black_level + 8.0, 2.0 * dark) or (a == j == b):
+            return None  # one side is dark too: not a fade between two shots (or a fade at an end of the video)
+        return _Event(a, b, "fade", 0.0, 0, self._change(max(lo_w, a - 1), min(hi_w, b + 1)))
+
+    def _dissolve(self, k: int, lag: int, lo_w: int, hi_w: int, lv: LevelConfig) -> _Event | None:
+        """Localise the change between frames k - lag and k on full-rate frames; hard cut, dissolve or None."""
+        frames = self.ring[np.arange(lo_w, hi_w + 1) % self.ring_size]  # (W C h w)
+        fit = dissolve_fit(frames, self.sd.view, max(lo_w, k - lag), k, lo_w, self.span_max, self.cfg.coarse)
+        if fit is None:
+            return None
+        change = self._change(*fit.refs)
+        logger.debug("dissolve candidate %d..%d: residual %.3f coherence %.2f dip %.2f change %.1f", fit.first,
+                     fit.last, fit.residual, fit.coherence, fit.contrast_dip, change)  # fmt: skip
+        if change < lv.min_change or fit.last - fit.first + 1 > self.span_max:
+            return None
+        d1 = self.diffs[1].view
+        if fit.last <= fit.first or float(d1[fit.middle]) >= self.cfg.hard_concentration * change:
+            return _Event(fit.middle, fit.middle, "hard", 0.0, 0, change)  # one frame carries the change
+        blend = fit.residual <= self.cfg.max_blend_residual and fit.coherence >= self.cfg.min_coherence
+        dip = fit.contrast_dip <= self.cfg.max_contrast_dip and fit.residual <= 2 * self.cfg.max_blend_residual
+        if not (blend or dip):
+            return None
+        return _Event(fit.first, fit.last, "dissolve", 0.0, 0, change)
+
+    # ------------------------------------------------------------------ output
+
+    def cuts(self, times: np.ndarray) -> list[Cut]:
+        kept: list[_Event] = []
+        for e in sorted(self.events, key=lambda e: (e.start, -e.score)):
+            if e.start < self.min_scene:
+                continue
+            if kept and e.start - kept[-1].end - 1 < self.min_scene:
+                if e.score > kept[-1].score:
+                    kept[-1] = e
+                continue
+            kept.append(e)
+        out = []
+        for e in kept:
+            t = float(times[e.start]) if e.start < len(times) else float("nan")
+            out.append(Cut(e.start, t, e.kind, round(e.score, 4), e.end, e.level, round(e.change, 3)))
+        return out

@@ -1,0 +1,330 @@
+"""The curation manifest: one Parquet row per clip, written as append-only parts plus a completion log.
+
+Layout under the output folder ``OUT``::
+
+    OUT/manifest/part-<worker>-<seq>.parquet   rows of one or more finished videos (never rewritten)
+    OUT/manifest/_completed.jsonl              one JSON line per finished video: video_id, source, part, rows
+    OUT/manifest_filtered.parquet              every row with ``keep`` / ``drop_reason`` from the filter pass
+
+Crash safety (a run killed with SIGKILL at any moment loses nothing already logged and duplicates nothing):
+
+1. a part is written to ``.part-*.tmp``, fsynced, renamed into place, and the folder fsynced;
+2. only then are its videos' lines appended to the log (one ``write`` + fsync);
+3. a video counts as done only if its log line is complete (ends with a newline) and its part exists;
+4. readers take from each part only the rows of videos that the log names for that part, so a part whose
+   log lines were cut short contributes nothing extra; at restart, parts no log line names and temp
+   files are removed, and a torn last log line is truncated away.
+
+Paths in ``clip_path``, ``keyframe_paths`` and ``clip_embedding_path`` are relative to ``OUT`` (posix
+separators), so the folder can be moved; :func:`resolve` turns them into absolute paths. ``source`` is absolute.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..errors import InputError
+
+log = logging.getLogger(__name__)
+
+MANIFEST_DIR = "manifest"
+LOG_NAME = "_completed.jsonl"
+FILTERED_NAME = "manifest_filtered.parquet"
+SCHEMA_VERSION = "1"
+_PART_RE = re.compile(r"^part-(?P<worker>[A-Za-z0-9_]+)-(?P<seq>\d+)\.parquet$")
+
+#: Column -> (arrow type, meaning). The trainer reads clip_id, source, clip_path, start/end frame and time,
+#: fps, motion_score, motion_bucket_id, width, height and keep; do not rename those.
+COLUMNS: dict[str, tuple[pa.DataType, str]] = {
+    "clip_id": (pa.string(), "video_id + '_' + 4-digit clip index; '<video_id>_err' / '_none' for status rows"),
+    "video_id": (pa.string(), "hash of the source path relative to the input root, its size and mtime"),
+    "source": (pa.string(), "absolute path of the source video"),
+    "source_rel": (pa.string(), "source path relative to the input root (posix)"),
+    "clip_index": (pa.int32(), "0.. within the video; -1 on a status row"),
+    "status": (pa.string(), "'ok' (a clip), 'error' (the video failed) or 'empty' (no clip long enough)"),
+    "error": (pa.string(), "why the video failed or has no clip ('' when ok)"),
+    "start_frame": (pa.int64(), "first frame of the clip (source frame index)"),
+    "end_frame": (pa.int64(), "one past the last frame (exclusive)"),
+    "num_frames": (pa.int64(), "end_frame - start_frame"),
+    "start_time": (pa.float64(), "presentation time of start_frame, seconds"),
+    "end_time": (pa.float64(), "presentation time just after the last frame, seconds"),
+    "duration": (pa.float64(), "end_time - start_time"),
+    "fps": (pa.float64(), "source frame rate"),
+    "width": (pa.int32(), "display width (SAR and rotation applied)"),
+    "height": (pa.int32(), "display height"),
+    "sar": (pa.string(), "sample aspect ratio 'num:den'"),
+    "rotation": (pa.int32(), "display rotation in degrees (0/90/180/270)"),
+    "video_num_frames": (pa.int64(), "frames decoded from the whole source"),
+    "video_duration": (pa.float64(), "source duration, seconds"),
+    "cut_in": (pa.string(), "what starts the clip: 'start' (video start), 'hard', 'fade', 'split' (max length)"),
+    "cut_out": (pa.string(), "what ends the clip: 'end', 'hard', 'fade', 'split'"),
+    "cut_in_score": (pa.float64(), "detector score of the cut before the clip (null at the video start)"),
+    "cut_out_score": (pa.float64(), "detector score of the cut after the clip (null at the video end)"),
+    "motion_score": (pa.float64(), "mean optical-flow magnitude over the clip (SVD's motion score)"),
+    "motion_bucket_id": (pa.int32(), "SVD motion_bucket_id derived from motion_score"),
+    "text_area": (pa.float64(), "fraction of the frame covered by text (max over the keyframes); null if off"),
+    "clip_embedding_path": (pa.string(), "safetensors file (relative to OUT) holding tensor <clip_id>: (k, d)"),
+    "aesthetic": (pa.float64(), "aesthetic head score, mean over keyframes; null without a head"),
+    "clip_score": (pa.float64(), "CLIP image-caption cosine similarity; null without a text tower/caption"),
+    "caption_image": (pa.string(), "caption of the middle frame (image captioner)"),
+    "caption_video": (pa.string(), "caption of the clip (video captioner)"),
+    "caption_summary": (pa.string(), "summary of the two captions"),
+    "clip_path": (pa.string(), "written clip file relative to OUT ('' when clips are not written)"),
+    "keyframe_paths": (pa.list_(pa.string()), "written keyframe JPEGs relative to OUT (first, middle, last)"),
+    "keep": (pa.bool_(), "True when the clip passed the filter (always False for status rows)"),
+    "drop_reason": (pa.string(), "'; '-joined failed filter rules, or the status reason"),
+    "pipeline_version": (pa.string(), "curation code version"),
+    "config_hash": (pa.string(), "hash of the CurationConfig that produced the row"),
+    "extra": (pa.string(), "JSON object with further per-clip evidence (cut levels, motion spread, ...)"),
+}
+
+SCHEMA = pa.schema([pa.field(name, kind) for name, (kind, _) in COLUMNS.items()],
+                   metadata={"svd_lab_manifest": SCHEMA_VERSION,
+                             "paths": "clip_path, keyframe_paths, clip_embedding_path are relative to the output "
+                                      "folder; source is absolute"})
+
+#: The column names the trainer relies on.
+TRAINER_COLUMNS = ("clip_id", "source", "clip_path", "start_frame", "end_frame", "start_time", "end_time", "fps",
+                   "motion_score", "motion_bucket_id", "width", "height", "keep")
+
+
+def empty_row() -> dict[str, Any]:
+    """A row with every column present (None / [] / False defaults)."""
+    row: dict[str, Any] = dict.fromkeys(COLUMNS)
+    row.update(keyframe_paths=[], keep=False, drop_reason="", error="", clip_path="", extra="{}")
+    return row
+
+
+def to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """Rows (dicts; unknown keys rejected, missing keys null) -> a table with :data:`SCHEMA`."""
+    rows = list(rows)
+    for row in rows:
+        unknown = set(row) - set(COLUMNS)
+        if unknown:
+            raise InputError(f"manifest rows have unknown columns {sorted(unknown)}; known: {list(COLUMNS)}")
+    return pa.Table.from_pylist([{**empty_row(), **row} for row in rows], schema=SCHEMA)
+
+
+def resolve(out_dir: str | os.PathLike[str], rel: str | None) -> Path | None:
+    """A manifest path (relative to the output folder) as an absolute path; None for ''/None."""
+    if not rel:
+        return None
+    path = Path(rel)
+    return path if path.is_absolute() else Path(out_dir).absolute() / path
+
+
+# ------------------------------------------------------------------------------------- atomic files
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened; rename is still atomic there
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_table_atomic(table: pa.Table, path: str | os.PathLike[str]) -> Path:
+    """Write ``table`` to ``path`` via a temp file in the same folder, fsync, rename: readers never see half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    pq.write_table(table, tmp, compression="zstd")
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return path
+
+
+def write_text_atomic(text: str, path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return path
+
+
+# --------------------------------------------------------------------------------- completion log
+
+
+@dataclass(frozen=True)
+class Completed:
+    """One log line: a finished video, the part holding its rows, and how many rows it has."""
+
+    video_id: str
+    source: str
+    part: str
+    rows: int
+    status: str
+    time: float
+
+
+def read_log(manifest_dir: str | os.PathLike[str]) -> list[Completed]:
+    """Complete log lines in order (a torn last line, without its newline, is ignored)."""
+    path = Path(manifest_dir) / LOG_NAME
+    if not path.is_file():
+        return []
+    entries = []
+    data = path.read_bytes()
+    for line in data.split(b"\n")[:-1]:  # the piece after the last newline is torn or empty
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            entries.append(Completed(str(item["video_id"]), str(item["source"]), str(item["part"]),
+                                     int(item["rows"]), str(item.get("status", "ok")), float(item.get("time", 0))))
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring a malformed line in %s: %r", path, line[:200])
+    return entries
+
+
+def completed(manifest_dir: str | os.PathLike[str]) -> dict[str, Completed]:
+    """video_id -> its completion entry, for videos whose part file exists (the first entry wins)."""
+    manifest_dir = Path(manifest_dir)
+    done: dict[str, Completed] = {}
+    for entry in read_log(manifest_dir):
+        if entry.video_id not in done and (manifest_dir / entry.part).is_file():
+            done[entry.video_id] = entry
+    return done
+
+
+def _latest_per_source(entries: Iterable[Completed]) -> dict[str, Completed]:
+    """video_id -> entry, keeping per source only the video_id logged last (a changed file supersedes)."""
+    by_source: dict[str, Completed] = {}
+    for entry in entries:
+        by_source[entry.source] = entry
+    return {e.video_id: e for e in by_source.values()}
+
+
+def read_manifest(out_dir: str | os.PathLike[str], *, columns: list[str] | None = None) -> pa.Table:
+    """Every logged row of the run in ``out_dir`` (no duplicates), sorted by source and clip index.
+
+    When a source file changed between runs (new size/mtime, so a new video_id), only its latest rows count.
+    """
+    manifest_dir = Path(out_dir) / MANIFEST_DIR
+    if not manifest_dir.is_dir():
+        raise InputError(f"no curation manifest in {out_dir}: {manifest_dir} does not exist. Run `svd-lab curate "
+                         f"INPUT --out {out_dir}` first")
+    done = _latest_per_source(completed(manifest_dir).values())
+    by_part: dict[str, set[str]] = {}
+    for entry in done.values():
+        by_part.setdefault(entry.part, set()).add(entry.video_id)
+    tables = []
+    for part, video_ids in sorted(by_part.items()):
+        table = pq.read_table(manifest_dir / part, schema=SCHEMA)
+        mask = pc.is_in(table["video_id"], value_set=pa.array(sorted(video_ids), pa.string()))
+        tables.append(table.filter(mask))
+    table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+    if len(table):
+        table = table.sort_by([("source", "ascending"), ("clip_index", "ascending")])
+    return table.select(columns) if columns else table
+
+
+# -------------------------------------------------------------------------------------------- writer
+
+
+class ManifestWriter:
+    """Appends finished videos to ``OUT/manifest`` as parts + log lines; one writer per output folder.
+
+    ``add(video_id, source, rows)`` buffers a video; ``flush()`` writes the buffered videos as one part and
+    logs them. It flushes by itself every ``videos_per_part`` videos or ``flush_seconds`` seconds.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike[str], *, worker: str = "w0", videos_per_part: int = 32,
+                 flush_seconds: float = 30.0) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_]+", worker):
+            raise InputError(f"worker label {worker!r} must be letters, digits or '_'")
+        self.dir = Path(out_dir) / MANIFEST_DIR
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.worker = worker
+        self.videos_per_part = max(1, int(videos_per_part))
+        self.flush_seconds = float(flush_seconds)
+        self._pending: list[tuple[str, str, list[dict[str, Any]]]] = []
+        self._last_flush = time.monotonic()
+        self.recover()
+        seqs = [int(m["seq"]) for p in self.dir.iterdir() if (m := _PART_RE.match(p.name)) and m["worker"] == worker]
+        self._seq = max(seqs, default=-1) + 1
+        self.parts_written = 0
+        self.rows_written = 0
+
+    def recover(self) -> list[str]:
+        """Repair after a kill: truncate a torn last log line, delete temp files and parts no line names."""
+        log_path = self.dir / LOG_NAME
+        if log_path.is_file():
+            data = log_path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                with open(log_path, "rb+") as handle:
+                    handle.truncate(data.rfind(b"\n") + 1)
+                    os.fsync(handle.fileno())
+                log.warning("truncated a torn last line of %s (the run was killed while logging)", log_path)
+        named = {entry.part for entry in read_log(self.dir)}
+        removed = []
+        for path in self.dir.iterdir():
+            orphan = _PART_RE.match(path.name) and path.name not in named
+            if orphan or (path.name.startswith(".") and path.name.endswith(".tmp")):
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+        if removed:
+            log.info("removed %d unlogged part/temp file(s) in %s: %s", len(removed), self.dir, removed[:5])
+        return removed
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def add(self, video_id: str, source: str, rows: list[dict[str, Any]]) -> bool:
+        """Buffer one finished video; returns True when this call flushed a part."""
+        self._pending.append((video_id, source, rows))
+        due = time.monotonic() - self._last_flush >= self.flush_seconds
+        if len(self._pending) >= self.videos_per_part or due:
+            self.flush()
+            return True
+        return False
+
+    def flush(self) -> str | None:
+        """Write the buffered videos as one part, then log them; returns the part's file name."""
+        self._last_flush = time.monotonic()
+        if not self._pending:
+            return None
+        pending, self._pending = self._pending, []
+        name = f"part-{self.worker}-{self._seq:06d}.parquet"
+        self._seq += 1
+        table = to_table(row for _, _, rows in pending for row in rows)
+        write_table_atomic(table, self.dir / name)
+        now = time.time()
+        lines = "".join(json.dumps({"video_id": vid, "source": src, "part": name, "rows": len(rows),
+                                    "status": rows[0].get("status", "ok") if rows else "empty", "time": now}) + "\n"
+                        for vid, src, rows in pending)
+        with open(self.dir / LOG_NAME, "a", encoding="utf-8") as handle:
+            handle.write(lines)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.parts_written += 1
+        self.rows_written += len(table)
+        return name
+
+    def close(self) -> None:
+        self.flush()

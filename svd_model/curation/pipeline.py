@@ -1,0 +1,550 @@
+"""One video through the curation steps: annotate once (decode, cascaded cuts, motion), split into clips,
+then per clip motion score, text area, CLIP scores and captions on a few keyframes, optional clip /
+keyframe / embedding files; the result is a list of manifest rows.
+
+The steps are separate functions over :class:`ClipRecord` lists so the ComfyUI nodes can run them one at a
+time; :func:`curate_video` chains them for one file and never raises for a bad file: a video that fails
+becomes one ``status="error"`` row with the reason, a video without any clip one ``status="empty"`` row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, SVDError
+from . import annotate, clips, decode, motion
+from .annotate import VideoAnnotation
+from .clips import ClipSpan, SplitConfig
+from .cuts import CutConfig
+from .manifest import empty_row
+from .motion import MotionCalibration, MotionConfig
+
+log = logging.getLogger(__name__)
+
+PIPELINE_VERSION = "1"
+CLIP_MODES = ("none", "auto", "copy", "reencode")
+KEYFRAME_KINDS = ("first", "middle", "last")
+
+
+@dataclass(frozen=True)
+class CurationConfig:
+    """Everything that decides a manifest row's values (hashed into ``config_hash``).
+
+    cut / motion / split: the annotation and splitting settings (see cuts.py, motion.py, clips.py);
+    buckets: how motion scores map to SVD's motion_bucket_id.
+    text: compute the text-area ratio on the keyframes (``text_reduce`` combines them: max or mean).
+    clip_checkpoint: an SVD checkpoint whose OpenCLIP image tower embeds the keyframes ('' = no CLIP scores);
+    aesthetic_head / text_tower / tokenizer: user-supplied files for the aesthetic and caption-similarity scores.
+    captioners: captioner specs for captions.get_captioner, at most one per kind (image, video, summary);
+    () = no captions. Local models or programs only, never a download.
+    keyframes: which frames of a clip the scorers see; keyframe_max_side: their longest side (0 = full size).
+    write_clips: 'none', or write each clip as a file: 'copy' (stream copy, keyframe-snapped), 'reencode'
+    (frame-exact), 'auto'; write_keyframes: JPEGs of the keyframes; save_embeddings: the CLIP embeddings.
+    threads: decoder threads per video (1 for batch runs: one process per core scales better).
+    """
+
+    cut: CutConfig = field(default_factory=CutConfig)
+    motion: MotionConfig = field(default_factory=MotionConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    buckets: MotionCalibration = field(default_factory=MotionCalibration)
+    text: bool = True
+    text_reduce: str = "max"
+    clip_checkpoint: str = ""
+    aesthetic_head: str = ""
+    text_tower: str = ""
+    tokenizer: str = ""
+    captioners: tuple[str, ...] = ()
+    keyframes: tuple[str, ...] = KEYFRAME_KINDS
+    keyframe_max_side: int = 512
+    write_clips: str = "none"
+    write_keyframes: bool = False
+    save_embeddings: bool = False
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        if self.write_clips not in CLIP_MODES:
+            raise ConfigError(f"write_clips must be one of {CLIP_MODES}, got {self.write_clips!r}")
+        if self.text_reduce not in ("max", "mean"):
+            raise ConfigError(f"text_reduce must be 'max' or 'mean', got {self.text_reduce!r}")
+        bad = [k for k in self.keyframes if k not in KEYFRAME_KINDS]
+        if bad or not self.keyframes:
+            raise ConfigError(f"keyframes must be a non-empty subset of {KEYFRAME_KINDS}, got {self.keyframes!r}")
+        if self.keyframe_max_side < 0 or self.threads < 0:
+            raise ConfigError("keyframe_max_side and threads must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CurationConfig:
+        """Build from a (possibly partial, possibly nested) dict; unknown keys are a ConfigError."""
+        return _build(cls, data, "config")
+
+    def replace(self, **changes: Any) -> CurationConfig:
+        return dataclasses.replace(self, **changes)
+
+    def hash(self) -> str:
+        """Hash of what changes rows (not ``threads``), 12 hex digits."""
+        data = {k: v for k, v in self.to_dict().items() if k != "threads"}
+        return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def needs_keyframes(self) -> bool:
+        return bool(self.text or self.clip_checkpoint or self.captioners or self.write_keyframes)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Fraction):
+        return float(value)
+    return value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a JSON object, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ConfigError(f"unknown {where} key(s) {sorted(unknown)}; known: {sorted(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        spec = fields[name]
+        current = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
+        if dataclasses.is_dataclass(current):
+            value = _build(type(current), value, f"{where}.{name}")
+        elif isinstance(current, tuple) and isinstance(value, (list, tuple)):
+            kind = type(current[0]) if current and dataclasses.is_dataclass(current[0]) else None
+            value = tuple(_build(kind, v, f"{where}.{name}[{i}]") if kind and isinstance(v, dict) else
+                          tuple(v) if isinstance(v, list) else v for i, v in enumerate(value))
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"bad {where}: {exc}") from None
+
+
+# ------------------------------------------------------------------------------------------ identity
+
+
+@dataclass(frozen=True)
+class VideoRef:
+    """A source file: video_id = hash(path relative to the input root, size, mtime)."""
+
+    video_id: str
+    source: str  # absolute path
+    source_rel: str  # relative to the input root (posix), or absolute when outside it
+
+    @classmethod
+    def of(cls, path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> VideoRef:
+        path = Path(path).absolute()
+        rel = path.as_posix()
+        if root is not None:
+            try:
+                rel = path.relative_to(Path(root).absolute()).as_posix()
+            except ValueError:
+                pass
+        try:
+            st = path.stat()
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        digest = hashlib.sha1(f"{rel}\0{stamp}".encode()).hexdigest()[:16]
+        return cls(digest, str(path), rel)
+
+
+@dataclass
+class ClipRecord:
+    """One manifest row under construction, with what later steps need (the clip span and its video)."""
+
+    row: dict[str, Any]
+    span: ClipSpan | None = None
+    annotation: VideoAnnotation | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.row["status"] == "ok"
+
+
+def status_record(ref: VideoRef, status: str, reason: str, config_hash: str = "",
+                  annotation: VideoAnnotation | None = None) -> ClipRecord:
+    """The single row of a video that failed ('error') or yielded no clip ('empty')."""
+    row = empty_row()
+    row.update(clip_id=f"{ref.video_id}_{'err' if status == 'error' else 'none'}", video_id=ref.video_id,
+               source=ref.source, source_rel=ref.source_rel, clip_index=-1, status=status, error=reason,
+               keep=False, drop_reason=f"{status}: {reason}", pipeline_version=PIPELINE_VERSION,
+               config_hash=config_hash)
+    if annotation is not None:
+        row.update(_video_fields(annotation))
+    return ClipRecord(row, None, annotation)
+
+
+def error_text(exc: BaseException) -> str:
+    """A one-line reason: SVDErrors as they are (they name the problem), others with their type."""
+    text = " ".join(str(exc).split()) or "(no message)"
+    return text if isinstance(exc, SVDError) else f"{type(exc).__name__}: {text}"
+
+
+# ------------------------------------------------------------------------------------------ steps
+
+
+def _sar_text(sar: Any) -> str:
+    if sar is None:
+        return "1:1"
+    if isinstance(sar, (tuple, list)) and len(sar) == 2:
+        return f"{int(sar[0])}:{int(sar[1])}"
+    frac = Fraction(sar).limit_denominator(10_000)
+    return f"{frac.numerator}:{frac.denominator}"
+
+
+def _video_fields(ann: VideoAnnotation) -> dict[str, Any]:
+    return {"fps": float(ann.fps), "width": int(ann.width), "height": int(ann.height), "sar": _sar_text(ann.sar),
+            "rotation": int(ann.rotation), "video_num_frames": int(ann.num_frames),
+            "video_duration": float(ann.duration)}
+
+
+def _kind(value: Any, default: str) -> str:
+    if value is None:
+        return default
+    return str(getattr(value, "kind", value))
+
+
+def _score(kind: Any, value: Any) -> float | None:
+    """A cut's detector score; None where the clip is bounded by the video's ends or a length split."""
+    if value is None or _kind(kind, "start") in ("start", "end", "split"):
+        return None
+    value = float(getattr(value, "score", value))
+    return value if np.isfinite(value) else None
+
+
+def annotate_video(ref: VideoRef, config: CurationConfig) -> VideoAnnotation:
+    """Decode once: cuts, fades, motion. Raises InputError for files that are not usable videos."""
+    return annotate.annotate_video(ref.source, config.cut, config.motion, threads=config.threads)
+
+
+def split_records(ref: VideoRef, ann: VideoAnnotation, config: CurationConfig) -> list[ClipRecord]:
+    """Clip spans -> records with position, source and cut evidence filled in (an 'empty' record if none)."""
+    spans = clips.split_clips(ann, config.split)
+    chash = config.hash()
+    if not spans:
+        reason = (f"no clip: {ann.num_frames} frames ({ann.duration:.2f} s) with {len(ann.cuts)} cut(s) give no "
+                  "span inside the split limits (see split settings, e.g. the minimum clip length)")
+        return [status_record(ref, "empty", reason, chash, ann)]
+    records = []
+    video = _video_fields(ann)
+    extra = {"video_cuts": len(ann.cuts), "codec": ann.codec}
+    if ann.note:
+        extra["note"] = ann.note  # damaged file: only its decodable part was analysed
+    for span in spans:
+        row = empty_row()
+        row.update(video)
+        start, end = int(span.start_frame), int(span.end_frame)
+        row.update(
+            clip_id=f"{ref.video_id}_{int(span.index):04d}", video_id=ref.video_id, source=ref.source,
+            source_rel=ref.source_rel, clip_index=int(span.index), status="ok", start_frame=start, end_frame=end,
+            num_frames=end - start, start_time=float(span.start_time), end_time=float(span.end_time),
+            duration=float(span.end_time) - float(span.start_time), cut_in=_kind(span.cut_in, "start"),
+            cut_out=_kind(span.cut_out, "end"), cut_in_score=_score(span.cut_in, span.cut_in_score),
+            cut_out_score=_score(span.cut_out, span.cut_out_score), keep=True, pipeline_version=PIPELINE_VERSION,
+            config_hash=chash, extra=json.dumps(extra),
+        )
+        records.append(ClipRecord(row, span, ann))
+    return records
+
+
+def add_motion(records: Sequence[ClipRecord], calibration: MotionCalibration | None = None) -> None:
+    """motion_score (mean flow magnitude over the clip, display short sides per second) and SVD's
+    motion_bucket_id (127 when the clip has no flow sample)."""
+    for rec in records:
+        if rec.ok:
+            score = float(clips.clip_motion(rec.annotation, rec.span))
+            rec.row["motion_score"] = score if np.isfinite(score) else None  # NaN: no flow sample inside the clip
+            rec.row["motion_bucket_id"] = int(motion.motion_bucket_id(score, calibration))
+
+
+class KeyframeCache:
+    """Keyframes (RGB uint8 (H, W, 3) each) per clip id, decoded on first use."""
+
+    def __init__(self, config: CurationConfig) -> None:
+        self.which = tuple(config.keyframes)
+        self.max_side = config.keyframe_max_side or None
+        self._frames: dict[str, list[np.ndarray]] = {}
+
+    def get(self, rec: ClipRecord) -> list[np.ndarray]:
+        cid = rec.row["clip_id"]
+        if cid not in self._frames:
+            self._frames[cid] = list(clips.keyframes(rec.row["source"], rec.span, which=self.which,
+                                                     max_side=self.max_side))
+        return self._frames[cid]
+
+    def prefetch(self, records: Sequence[ClipRecord], threads: int = 1) -> None:
+        """Decode the keyframes of all ``records`` (clips of one video) in one sorted pass: the decoder seeks
+        only across long gaps instead of once per clip (sparse keyframes make every seek expensive)."""
+        todo = [r for r in records if r.ok and r.row["clip_id"] not in self._frames]
+        if not todo:
+            return
+        fields = {"first": "start_time", "middle": "middle_time", "last": "last_time"}
+        times = [float(getattr(r.span, fields[w])) for r in todo for w in self.which]
+        try:
+            source = todo[0].row["source"]
+            wanted, bridges = _bridged(times, clips.packet_index(source).keyframe_times)
+            frames = decode.read_frames_at(source, wanted, max_side=self.max_side, threads=threads)
+        except (SVDError, ValueError, OSError) as exc:  # per-clip reads in get() will say which clip fails
+            log.info("keyframe prefetch failed (%s); reading clip by clip", error_text(exc))
+            return
+        frames = [f for f, bridge in zip(frames, bridges, strict=False) if not bridge]
+        if len(frames) != len(times):
+            return
+        k = len(self.which)
+        for i, rec in enumerate(todo):
+            self._frames[rec.row["clip_id"]] = frames[i * k : (i + 1) * k]
+
+    def drop(self, clip_id: str) -> None:
+        self._frames.pop(clip_id, None)
+
+
+def _bridged(times: Sequence[float], keyframes: np.ndarray, gap: float = 1.5) -> tuple[list[float], list[bool]]:
+    """``times`` plus extra times every ``gap`` s across long gaps that hold no source keyframe, so
+    decode.read_frames_at (which seeks across gaps over 2 s) decodes on instead of seeking back to the same
+    keyframe. Returns (times, is_bridge) in the order of ``times`` with the bridges inserted."""
+    out, flags = [], []
+    for i, t in enumerate(times):
+        if i and t - times[i - 1] > 2.0 and t > times[i - 1]:
+            prev = times[i - 1]
+            if not np.any((keyframes > prev) & (keyframes <= t)):
+                extra = np.arange(prev + gap, t - 0.5 * gap, gap)
+                out += extra.tolist()
+                flags += [True] * len(extra)
+        out.append(t)
+        flags.append(False)
+    return out, flags
+
+
+def _note(rec: ClipRecord, step: str, exc: BaseException) -> None:
+    """A failed optional step: the score stays null, the row says why (status stays 'ok')."""
+    text = f"{step}: {error_text(exc)}"
+    rec.row["error"] = f"{rec.row['error']}; {text}" if rec.row["error"] else text
+    log.warning("%s clip %s: %s", rec.row["source"], rec.row["clip_id"], text)
+
+
+def add_text(records: Sequence[ClipRecord], cache: KeyframeCache, config: CurationConfig) -> None:
+    """text_area: fraction of the frame covered by detected text on the keyframes (max or mean)."""
+    from . import text
+
+    for rec in records:
+        if rec.ok:
+            try:
+                rec.row["text_area"] = float(text.clip_text_score(cache.get(rec), reduce=config.text_reduce))
+            except (SVDError, ValueError, OSError) as exc:
+                _note(rec, "text", exc)
+
+
+@dataclass
+class Models:
+    """The loaded optional models: a ClipScorer (None when not configured) and the captioners."""
+
+    scorer: Any = None
+    captioners: tuple[Any, ...] = ()
+
+
+_MODELS: dict[tuple[str, ...], Models] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def get_models(config: CurationConfig) -> Models:
+    """Load (once per process) the CLIP scorer and the captioners the config names; never downloads."""
+    key = (config.clip_checkpoint, config.aesthetic_head, config.text_tower, config.tokenizer, *config.captioners)
+    with _MODELS_LOCK:  # thread engine: load once, not once per thread
+        return _MODELS[key] if key in _MODELS else _load_models(config, key)
+
+
+def _load_models(config: CurationConfig, key: tuple[str, ...]) -> Models:
+    models = Models()
+    if config.clip_checkpoint:
+        from .clip_scores import ClipScorer
+
+        models.scorer = ClipScorer.from_checkpoint(
+            config.clip_checkpoint, aesthetic_head=config.aesthetic_head or None,
+            text_tower=config.text_tower or None, tokenizer=config.tokenizer or None)
+    elif config.aesthetic_head or config.text_tower:
+        log.warning("aesthetic_head / text_tower need clip_checkpoint (the image tower): CLIP scores skipped")
+    if config.captioners:
+        from .captions import get_captioner
+
+        models.captioners = tuple(c for c in map(get_captioner, config.captioners) if c is not None)
+    _MODELS[key] = models
+    return models
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):
+        value = value.detach().float().cpu().numpy()
+    return np.asarray(value, dtype=np.float32)
+
+
+def score_records(records: Sequence[ClipRecord], cache: KeyframeCache, config: CurationConfig,
+                  out_dir: str | os.PathLike[str], models: Models) -> None:
+    """Captions (image captioners see the middle keyframe), then CLIP embeddings, aesthetic (mean over the
+    keyframes) and caption similarity (mean over keyframes and captions); embeddings optionally to
+    embeddings/<video_id>.safetensors."""
+    embeddings: dict[str, np.ndarray] = {}
+    for rec in records:
+        if not rec.ok:
+            continue
+        if models.captioners:
+            from .captions import caption_clip
+
+            try:
+                found = caption_clip(cache.get(rec), models.captioners)
+                rec.row.update(caption_image=found.image, caption_video=found.video, caption_summary=found.summary)
+            except (SVDError, ValueError, OSError, RuntimeError) as exc:
+                _note(rec, "captions", exc)
+        scorer = models.scorer
+        if scorer is None:
+            continue
+        try:
+            emb = scorer.embed(cache.get(rec))  # (k, d)
+            if scorer.has_aesthetic:
+                rec.row["aesthetic"] = float(_as_numpy(scorer.aesthetic(emb)).mean())
+            texts = [rec.row[k] for k in ("caption_image", "caption_video", "caption_summary") if rec.row[k]]
+            if scorer.has_text and texts:
+                rec.row["clip_score"] = float(_as_numpy(scorer.similarity(emb, texts)).mean())
+            if config.save_embeddings:
+                embeddings[rec.row["clip_id"]] = _as_numpy(emb).astype(np.float16)
+        except (SVDError, ValueError, OSError, RuntimeError) as exc:
+            _note(rec, "clip scores", exc)
+    if embeddings:
+        from safetensors.numpy import save_file
+
+        vid = records[0].row["video_id"]
+        rel = f"embeddings/{vid}.safetensors"
+        target = Path(out_dir) / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        save_file(embeddings, str(tmp))
+        os.replace(tmp, target)
+        for rec in records:
+            if rec.row["clip_id"] in embeddings:
+                rec.row["clip_embedding_path"] = rel
+
+
+def write_files(records: Sequence[ClipRecord], cache: KeyframeCache, config: CurationConfig,
+                out_dir: str | os.PathLike[str]) -> None:
+    """Clip files (clips/<video_id>/<clip_id>.mp4) and keyframe JPEGs (keyframes/<video_id>/...)."""
+    from PIL import Image
+
+    out = Path(out_dir)
+    index = None
+    for rec in records:
+        if not rec.ok:
+            continue
+        if config.write_clips != "none" and index is None:
+            index = clips.packet_index(rec.row["source"])  # one demux per video, shared by its clips
+        vid, cid = rec.row["video_id"], rec.row["clip_id"]
+        if config.write_keyframes:
+            try:
+                paths = []
+                for kind, frame in zip(config.keyframes, cache.get(rec), strict=False):
+                    rel = f"keyframes/{vid}/{cid}_{kind}.jpg"
+                    target = out / rel
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = target.with_name(f".{target.name}.tmp")
+                    Image.fromarray(frame).save(tmp, format="JPEG", quality=88)
+                    os.replace(tmp, target)
+                    paths.append(rel)
+                rec.row["keyframe_paths"] = paths
+            except (SVDError, ValueError, OSError) as exc:
+                _note(rec, "keyframes", exc)
+        if config.write_clips != "none":
+            _write_clip(rec, config, out, index)
+
+
+def _write_clip(rec: ClipRecord, config: CurationConfig, out: Path, index: Any) -> None:
+    """clips/<video_id>/<clip_id>.mp4 (mkv/mov kept for stream copies). A copied clip starts and ends on
+    source keyframes, so it can be shorter than the analysed span: the row then describes the written
+    frames and ``extra.analysed_frames`` keeps the span the scores were computed on."""
+    suffix = Path(rec.row["source"]).suffix.lower()
+    suffix = suffix if config.write_clips != "reencode" and suffix in (".mp4", ".mkv", ".mov") else ".mp4"
+    rel = f"clips/{rec.row['video_id']}/{rec.row['clip_id']}{suffix}"
+    try:
+        res = clips.write_clip(rec.row["source"], rec.span, out / rel, mode=config.write_clips,
+                               min_seconds=config.split.min_seconds, index=index)
+    except (SVDError, ValueError, OSError) as exc:
+        _note(rec, "clip file", exc)
+        return
+    row = rec.row
+    row["clip_path"] = rel
+    if (res.start_frame, res.end_frame) != (row["start_frame"], row["end_frame"]):
+        extra = json.loads(row["extra"])
+        extra["analysed_frames"] = [row["start_frame"], row["end_frame"]]
+        row.update(extra=json.dumps(extra), start_frame=res.start_frame, end_frame=res.end_frame,
+                   num_frames=res.end_frame - res.start_frame, start_time=res.start_time, end_time=res.end_time,
+                   duration=res.end_time - res.start_time)
+    extra = json.loads(row["extra"])
+    extra["clip_mode"] = res.mode
+    row["extra"] = json.dumps(extra)
+
+
+# ----------------------------------------------------------------------------------------- one video
+
+
+@dataclass
+class VideoResult:
+    """What one video produced: its rows and how long it took (frames = frames decoded)."""
+
+    video_id: str
+    source: str
+    rows: list[dict[str, Any]]
+    seconds: float = 0.0
+    frames: int = 0
+
+    @property
+    def status(self) -> str:
+        return self.rows[0]["status"] if self.rows else "empty"
+
+    @property
+    def clips(self) -> int:
+        return sum(1 for r in self.rows if r["status"] == "ok")
+
+
+def curate_video(path: str | os.PathLike[str], root: str | os.PathLike[str] | None, config: CurationConfig,
+                 out_dir: str | os.PathLike[str], models: Any = None) -> VideoResult:
+    """Every step for one file; never raises for a bad file (SVDError, OSError, ValueError, ...)."""
+    start = time.perf_counter()
+    ref = VideoRef.of(path, root)
+    frames = 0
+    try:
+        ann = annotate_video(ref, config)
+        frames = int(ann.num_frames)
+        records = split_records(ref, ann, config)
+        add_motion(records, config.buckets)
+        if any(r.ok for r in records):
+            cache = KeyframeCache(config)
+            if config.needs_keyframes:
+                cache.prefetch(records, threads=config.threads)
+            if config.text:
+                add_text(records, cache, config)
+            score_records(records, cache, config, out_dir, models if models is not None else get_models(config))
+            write_files(records, cache, config, out_dir)
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - one bad file must never stop the run
+        log.info("%s: %s", ref.source, error_text(exc))
+        records = [status_record(ref, "error", error_text(exc), config.hash())]
+    return VideoResult(ref.video_id, ref.source, [r.row for r in records], time.perf_counter() - start, frames)

@@ -1,0 +1,325 @@
+"""The curation engine on real (tiny, synthetic) videos: bad inputs become rows, engines agree, interruption
+and SIGKILL at any moment resume with no lost and no duplicated rows, the CLI, a worker crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from comfyui_svd_lab.cli import main
+from comfyui_svd_lab.svd_model.curation import engine, manifest
+from comfyui_svd_lab.svd_model.curation.engine import list_videos, run_curation
+from comfyui_svd_lab.svd_model.curation.pipeline import CurationConfig, VideoRef, curate_video
+from comfyui_svd_lab.svd_model.curation.synthetic import make_video
+from comfyui_svd_lab.svd_model.errors import ConfigError
+from comfyui_svd_lab.svd_model.videoio import probe_video
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = (128, 72)
+#: Fast settings for tests: text detection on, keyframes small.
+CONFIG = CurationConfig.from_dict({"keyframe_max_side": 128, "split": {"min_seconds": 0.5}})
+
+
+def _audio_only(path: Path) -> None:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        stream.layout = "mono"
+        for i in range(10):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+def _huge(path: Path) -> None:
+    """Three frames 17000 px wide (MJPEG): beyond what curation accepts."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mjpeg", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 17000, 16, "yuvj420p"
+        for i in range(3):
+            frame = av.VideoFrame.from_ndarray(np.zeros((16, 17000, 3), np.uint8), format="rgb24")
+            frame = frame.reformat(format="yuvj420p")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    """Six good synthetic videos (cuts, fades, motion, one rotated, one with text) in a folder tree."""
+    root = tmp_path_factory.mktemp("videos")
+    (root / "sub").mkdir()
+    specs = [
+        ("a.mp4", {"shots": (40, 40), "motion": (2.0, 0.0)}),
+        ("b.mp4", {"shots": (30, 30, 30), "transitions": ("fade", "hard"), "motion": (1.0, 3.0, 0.5)}),
+        ("c.mkv", {"shots": (50,), "motion": (4.0,), "text": (True,)}),
+        ("sub/d.mp4", {"shots": (35, 35), "transitions": ("dissolve",), "motion": (0.0, 2.0)}),
+        ("sub/e.mov", {"shots": (40, 30), "rotation": 90, "sar": Fraction(4, 3)}),
+        ("sub/f.mp4", {"shots": (25, 45), "motion": (6.0, 1.0)}),
+    ]
+    for i, (name, kw) in enumerate(specs):
+        make_video(root / name, size=SIZE, seed=i, gop=10, **kw)
+    (root / "notes.txt").write_text("not a video, skipped by extension")
+    return root
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory, videos) -> Path:
+    """A list file naming bad inputs next to one good video."""
+    root = tmp_path_factory.mktemp("bad")
+    (root / "empty.mp4").write_bytes(b"")
+    (root / "garbage.mp4").write_bytes(os.urandom(5000))
+    data = (videos / "a.mp4").read_bytes()
+    (root / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    _audio_only(root / "audio.m4a")
+    (root / "text.txt").write_text("hello")
+    _huge(root / "huge.mkv")
+    listing = ["empty.mp4", "garbage.mp4", "truncated.mp4", "audio.m4a", "text.txt", "missing.mp4", "huge.mkv",
+               str(videos / "sub" / "e.mov")]
+    (root / "list.txt").write_text("# inputs\n" + "\n".join(listing) + "\n")
+    return root / "list.txt"
+
+
+def rows_by_clip(table: pa.Table) -> dict[str, dict]:
+    ids = table["clip_id"].to_pylist()
+    assert len(ids) == len(set(ids)), "duplicated rows"
+    return {r["clip_id"]: r for r in table.to_pylist()}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, videos) -> dict[str, dict]:
+    """An uninterrupted in-process run: the rows every other run must reproduce."""
+    out = tmp_path_factory.mktemp("ref")
+    summary = run_curation(videos, out, CONFIG, engine="inline", videos_per_part=4)
+    assert summary.videos == 6 and summary.errors == 0 and summary.clips >= 10
+    return rows_by_clip(manifest.read_manifest(out))
+
+
+def test_folder_listing_and_identity(videos):
+    listed = list_videos(videos)
+    assert [p.relative_to(videos).as_posix() for p in listed.paths] == ["a.mp4", "b.mp4", "c.mkv", "sub/d.mp4",
+                                                                       "sub/e.mov", "sub/f.mp4"]
+    assert dict(listed.ignored) == {".txt": 1}
+    ref = VideoRef.of(videos / "sub" / "d.mp4", videos)
+    assert ref.source_rel == "sub/d.mp4" and ref == VideoRef.of(videos / "sub" / "d.mp4", videos)
+    assert ref.video_id != VideoRef.of(videos / "sub" / "d.mp4", videos / "sub").video_id  # relative path counts
+
+
+def test_rows_carry_clip_positions_scores_and_video_metadata(reference, videos):
+    rows = list(reference.values())
+    assert {r["status"] for r in rows} == {"ok"}
+    for r in rows:
+        assert r["clip_id"] == f"{r['video_id']}_{r['clip_index']:04d}"
+        assert r["num_frames"] == r["end_frame"] - r["start_frame"] > 0
+        assert r["end_time"] > r["start_time"] and r["duration"] == pytest.approx(r["end_time"] - r["start_time"])
+        assert r["fps"] == 25.0 and r["motion_bucket_id"] is not None and r["text_area"] is not None
+        assert r["keep"] and r["config_hash"] == CONFIG.hash()
+    rotated = [r for r in rows if r["source_rel"] == "sub/e.mov"]
+    assert rotated and all((r["width"], r["height"], r["rotation"]) == (72, 171, 90) for r in rotated)
+    assert {r["sar"] for r in rotated} == {"4:3"}
+    static = [r["motion_score"] for r in rows if r["source_rel"] == "sub/d.mp4" and r["clip_index"] == 0]
+    moving = [r["motion_score"] for r in rows if r["source_rel"] == "sub/f.mp4" and r["clip_index"] == 0]
+    assert static[0] < moving[0]
+    texty = max(r["text_area"] for r in rows if r["source_rel"] == "c.mkv")
+    assert texty > max(r["text_area"] for r in rows if r["source_rel"] == "a.mp4")
+
+
+def test_bad_inputs_become_rows_with_reasons(bad, tmp_path):
+    summary = run_curation(bad, tmp_path, CONFIG, engine="thread", workers=2, videos_per_part=3)
+    table = manifest.read_manifest(tmp_path)
+    by_file = {}
+    for r in table.to_pylist():
+        by_file.setdefault(Path(r["source"]).name, []).append(r)
+    assert set(by_file) == {"empty.mp4", "garbage.mp4", "truncated.mp4", "audio.m4a", "text.txt", "missing.mp4",
+                            "huge.mkv", "e.mov"}
+    for name in ("empty.mp4", "garbage.mp4", "audio.m4a", "text.txt", "missing.mp4", "huge.mkv"):
+        (row,) = by_file[name]
+        assert row["status"] == "error" and row["error"] and not row["keep"], name
+        assert row["clip_id"] == f"{row['video_id']}_err" and row["drop_reason"].startswith("error: ")
+    assert "audio" in by_file["audio.m4a"][0]["error"] and "too large" in by_file["huge.mkv"][0]["error"]
+    assert "not found" in by_file["missing.mp4"][0]["error"] or "exist" in by_file["missing.mp4"][0]["error"]
+    assert by_file["truncated.mp4"][0]["status"] in ("ok", "error", "empty")  # decodable part or a reason
+    assert all(r["status"] == "ok" for r in by_file["e.mov"])
+    assert summary.videos == 8 and summary.errors >= 6
+
+
+def test_engines_agree_and_a_stopped_run_resumes(videos, reference, tmp_path):
+    out = tmp_path / "threads"
+    assert rows_by_clip(_run(videos, out, engine="thread", workers=2)) == reference
+    seen = []
+
+    def stop_after_two(state):
+        seen.append(state.done)
+        if state.done == 2:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        run_curation(videos, out, CONFIG, engine="inline", videos_per_part=5, progress=stop_after_two)
+    assert len(manifest.completed(out / "manifest")) == 2  # flushed although the part was not full
+    with pytest.raises(ConfigError, match="already holds a curation manifest"):
+        run_curation(videos, out, CONFIG, engine="inline")
+    with pytest.raises(ConfigError, match="another configuration"):
+        run_curation(videos, out, CONFIG.replace(keyframe_max_side=96), engine="inline", resume=True)
+    summary = run_curation(videos, out, CONFIG, engine="inline", resume=True)
+    assert (summary.skipped, summary.videos) == (2, 4)
+    assert rows_by_clip(manifest.read_manifest(out)) == reference
+
+
+def _run(videos: Path, out: Path, **kw) -> pa.Table:
+    run_curation(videos, out, CONFIG, **kw)
+    return manifest.read_manifest(out)
+
+
+def _curate_cmd(videos: Path, out: Path, *extra: str, engine_name: str = "local") -> list[str]:
+    return [sys.executable, "-m", "comfyui_svd_lab.cli", "curate", str(videos), "--out", str(out), "--engine",
+            engine_name, "--workers", "2", "--part-size", "1", "--no-report", "--quiet",
+            "--config", json.dumps(CONFIG.to_dict()), *extra]
+
+
+def _start_and_kill(cmd: list[str], out: Path, after: int) -> int:
+    """Start the CLI and SIGKILL its process group once `after` videos are logged (0: once the run has
+    written its config, i.e. very early, before any worker exists). Returns the videos logged by then."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    mdir, started = out / "manifest", out / engine.CONFIG_NAME
+    try:
+        deadline = time.monotonic() + 90
+        while proc.poll() is None and time.monotonic() < deadline:
+            if (after == 0 and started.is_file()) or (after and len(manifest.read_log(mdir)) >= after):
+                os.killpg(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.002)
+    finally:
+        proc.wait(timeout=30)
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL, "the run ended by itself before the kill"
+    return len(manifest.read_log(mdir))
+
+
+def test_sigkill_at_any_moment_then_resume_loses_and_duplicates_nothing(videos, reference, tmp_path):
+    out = tmp_path / "killed"
+    logged = [_start_and_kill(_curate_cmd(videos, out), out, 0)]  # very early: config written, no video yet
+    logged.append(_start_and_kill(_curate_cmd(videos, out, "--resume", engine_name="thread"), out, 1))  # 1st video
+    logged.append(_start_and_kill(_curate_cmd(videos, out, "--resume"), out, logged[1] + 2))  # mid-run again
+    assert logged[0] == 0 and 1 <= logged[1] < logged[2] < 6, logged  # every kill hit an unfinished run
+    done = subprocess.run(_curate_cmd(videos, out, "--resume", engine_name="thread"), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"{6 - logged[2]} video(s) curated ({logged[2]} already done)" in done.stdout
+    assert rows_by_clip(manifest.read_manifest(out)) == reference
+    entries = manifest.read_log(out / "manifest")
+    assert len({e.video_id for e in entries}) == len(entries) == 6  # each video logged exactly once
+    names = {p.name for p in (out / "manifest").iterdir()}
+    assert names == {manifest.LOG_NAME} | {e.part for e in entries}  # no orphan parts or temp files left
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    ray = pytest.importorskip("ray", reason="the ray engine needs ray[data] (pip install -e .[test])")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
+
+
+def test_ray_engine_writes_the_same_manifest_and_resumes(ray_cluster, videos, reference, tmp_path):
+    out = tmp_path / "ray"
+    assert rows_by_clip(_run(videos, out, engine="ray", workers=2, videos_per_part=2)) == reference
+    assert {e.part.split("-")[1] for e in manifest.read_log(out / "manifest")} == {"ray"}
+    summary = run_curation(videos, out, CONFIG, engine="ray", resume=True)
+    assert (summary.videos, summary.skipped) == (0, 6)
+
+
+def crash_on_b(path: str, root: str):
+    """A worker function that kills its process on b.mp4 (stands in for a decoder crash)."""
+    if Path(path).name == "b.mp4":
+        os._exit(3)
+    return engine._work(path, root)
+
+
+def test_a_crashing_worker_costs_only_its_video(videos, reference, tmp_path):
+    jobs = list_videos(videos).paths
+    results = list(engine._run_processes(jobs, videos, CONFIG, tmp_path, 2, work=crash_on_b))
+    by_source = {Path(r.source).name: r for r in results}
+    assert len(results) == 6 and set(by_source) == {"a.mp4", "b.mp4", "c.mkv", "d.mp4", "e.mov", "f.mp4"}
+    assert by_source["b.mp4"].status == "error" and "died" in by_source["b.mp4"].rows[0]["error"]
+    rows = {r["clip_id"]: r for res in results if res.status == "ok" for r in res.rows}
+    assert rows == {k: v for k, v in reference.items() if not v["source"].endswith("b.mp4")}
+
+
+def test_cli_curate_and_report(videos, tmp_path, capsys):
+    out = tmp_path / "cli"
+    argv = ["curate", str(videos), "--out", str(out), "--engine", "inline", "--filter", "motion_score:bottom=0.5",
+            "--write-keyframes", "--write-clips", "auto", "--set", "keyframe_max_side=64",
+            "--set", "split.min_seconds=0.5", "--quiet"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "6 video(s) curated" in printed and "report.html" in printed
+    filtered = pq.read_table(out / manifest.FILTERED_NAME).to_pylist()
+    kept = [r for r in filtered if r["keep"]]
+    assert 0 < len(kept) < len(filtered) and all("motion_score" in r["drop_reason"] for r in filtered
+                                                   if not r["keep"])
+    assert all((out / p).is_file() for r in filtered for p in r["keyframe_paths"]) and filtered[0]["keyframe_paths"]
+    for r in filtered:  # clip files hold exactly the frames the row names (copies snap to keyframes)
+        info = probe_video(out / r["clip_path"], count_frames=True)
+        assert info.frame_count == r["num_frames"] and (info.width, info.height) == (r["width"], r["height"])
+    modes = {json.loads(r["extra"])["clip_mode"] for r in filtered}
+    assert modes <= {"copy", "reencode"} and "copy" in modes
+    assert main(["curate", str(videos), "--out", str(out), "--engine", "inline", "--quiet"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["curate-report", str(out), "--filter", "none"]) == 0
+    assert all(r["keep"] for r in pq.read_table(out / manifest.FILTERED_NAME).to_pylist())
+    assert main(["curate-report", str(out)]) == 0  # no --filter: the last rules (none) again
+    assert all(r["keep"] for r in pq.read_table(out / manifest.FILTERED_NAME).to_pylist())
+    capsys.readouterr()
+    assert main(["curate", str(videos), "--out", str(tmp_path / "x"), "--set", "nope=1"]) == 2
+    assert "unknown config key" in capsys.readouterr().err
+
+
+def test_clip_scores_captions_and_embeddings(videos, tmp_path):
+    """CLIP image tower (an open_clip-format file), a user aesthetic head and a local command captioner."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from comfyui_svd_lab.svd_model.config import ImageEncoderConfig
+    from comfyui_svd_lab.svd_model.curation.clip_scores import load_aesthetic_head
+    from comfyui_svd_lab.svd_model.nn.image_encoder import OpenCLIPVisionTower
+
+    torch.manual_seed(0)
+    tower = OpenCLIPVisionTower(ImageEncoderConfig(width=64, layers=2, mlp_width=128, embed_dim=32, head_width=64))
+    save_file({f"visual.{k}": v.contiguous() for k, v in tower.state_dict().items()}, tmp_path / "clip.safetensors")
+    save_file({"fc.weight": torch.randn(1, 32), "fc.bias": torch.tensor([5.0])}, tmp_path / "head.safetensors")
+    config = CONFIG.replace(text=False, clip_checkpoint=str(tmp_path / "clip.safetensors"), save_embeddings=True,
+                            aesthetic_head=str(tmp_path / "head.safetensors"),
+                            captioners=("command:/bin/sh -c 'echo a synthetic scene' sh",))
+    jobs = engine.VideoList(videos, (videos / "a.mp4", videos / "c.mkv"))
+    run_curation(jobs, tmp_path / "out", config, engine="inline")
+    rows = manifest.read_manifest(tmp_path / "out").to_pylist()
+    head = load_aesthetic_head(tmp_path / "head.safetensors")
+    assert len(rows) >= 3
+    for r in rows:
+        assert r["status"] == "ok" and r["caption_image"] == "a synthetic scene" and r["caption_video"] is None
+        assert r["clip_score"] is None  # no text tower given: skipped, not failed
+        emb = load_file(tmp_path / "out" / r["clip_embedding_path"])[r["clip_id"]]
+        assert emb.shape == (3, 32)  # first, middle, last keyframe
+        assert r["aesthetic"] == pytest.approx(head(emb.float()).mean().item(), abs=1e-2)
+    assert len({r["aesthetic"] for r in rows}) == len(rows)
+
+
+def test_one_video_function_never_raises(tmp_path):
+    result = curate_video(tmp_path / "nothing.mp4", tmp_path, CONFIG, tmp_path)
+    assert result.status == "error" and len(result.rows) == 1 and result.clips == 0

@@ -1,0 +1,290 @@
+"""Curation decode, motion, clip splitting/writing, keyframes, timestamps and bad inputs.
+
+Every video is synthetic (``svd_model.curation.synthetic.make_video``) and made in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from comfyui_svd_lab.svd_model.curation import decode as decode_mod
+from comfyui_svd_lab.svd_model.curation.annotate import VideoAnnotation, annotate_video
+from comfyui_svd_lab.svd_model.curation.clips import (
+    ClipSpan,
+    SplitConfig,
+    clip_motion,
+    keyframes,
+    packet_index,
+    split_clips,
+    write_clip,
+)
+from comfyui_svd_lab.svd_model.curation.cuts import Cut
+from comfyui_svd_lab.svd_model.curation.decode import read_frames_at, sample_indices, stream_luma
+from comfyui_svd_lab.svd_model.curation.motion import MotionCalibration, motion_bucket_id, to_paper_units
+from comfyui_svd_lab.svd_model.curation.synthetic import make_video
+from comfyui_svd_lab.svd_model.errors import ConfigError, InputError
+from comfyui_svd_lab.svd_model.videoio import probe_video, read_video
+
+
+@pytest.fixture(scope="module")
+def three_shots(tmp_path_factory: pytest.TempPathFactory):
+    """Static, slow and fast shots separated by hard cuts; SAR 16:11; keyframes every 20 frames."""
+    path = tmp_path_factory.mktemp("video") / "three.mp4"
+    truth = make_video(path, shots=(70, 80, 70), motion=(0.0, 1.0, 4.0), gop=20, sar=Fraction(16, 11), seed=3)
+    return path, truth, annotate_video(path)
+
+
+@pytest.fixture(scope="module")
+def three_shots_rgb(three_shots) -> np.ndarray:
+    """The reference decode of ``three_shots``: float32 (t, H, W, 3) display RGB from videoio.read_video."""
+    return read_video(three_shots[0])[0].numpy()
+
+
+# ----------------------------------------------------------------------------------------------- synthetic + decode
+
+
+def test_synthetic_video_matches_its_truth(three_shots):
+    path, truth, ann = three_shots
+    info = probe_video(path, count_frames=True)
+    assert info.frame_count == truth.num_frames == ann.num_frames == 220
+    assert truth.shots == ((0, 70), (70, 150), (150, 220)) and truth.cuts == (70, 150)
+    index = packet_index(path)
+    assert np.allclose(index.keyframe_times * truth.fps, truth.keyframes)
+    a = make_video(path.with_name("a.mp4"), shots=(8, 8), transitions=("dissolve",), transition_frames=4, seed=3)
+    b = make_video(path.with_name("b.mp4"), shots=(8, 8), transitions=("dissolve",), transition_frames=4, seed=3)
+    assert a == b  # the rendering is deterministic (libx264's output is not always bit-identical between runs)
+    la, lb = (np.stack([f.luma for f in stream_luma(path.with_name(n))]).astype(np.float32) for n in ("a.mp4", "b.mp4"))
+    assert np.abs(la - lb).mean() < 1.0
+    assert a.transitions == ((8, 11, "dissolve"),) and a.cuts == (10,) and a.shots == ((0, 8), (12, 20))
+
+
+def test_stream_luma_strides_the_y_plane(three_shots):
+    path, truth, _ = three_shots
+    frames = list(stream_luma(path, max_width=100))
+    assert len(frames) == truth.num_frames
+    assert [f.index for f in frames] == list(range(truth.num_frames))
+    assert frames[0].luma.dtype == np.uint8 and frames[0].luma.shape == (45, 80)  # 320x180 coded, stride 4
+    part = list(stream_luma(path, max_width=100, start_time=2.0, end_time=3.0))
+    assert [f.index for f in part] == list(range(50, 75))
+    assert np.array_equal(part[0].luma, frames[50].luma)
+
+
+def test_read_frames_at_returns_the_frame_shown_at_each_time(three_shots, three_shots_rgb):
+    path, truth, _ = three_shots
+    frames = three_shots_rgb
+    times = [5.0, 0.0, 2.8, 2.76, 100.0, 1.0]  # out of order, past the end
+    got = read_frames_at(path, times)
+    for t, img in zip(times, got, strict=True):
+        k = min(truth.num_frames - 1, round(t * truth.fps))
+        assert img.shape == frames[k].shape  # SAR applied: 465x180
+        assert np.abs(img.astype(np.float32) / 255 - frames[k]).mean() < 0.01, t
+    small = read_frames_at(path, [1.0], max_side=100)[0]
+    assert max(small.shape[:2]) == 100
+
+
+def test_variable_frame_rate_timestamps(tmp_path):
+    rng = np.random.default_rng(0)
+    steps = rng.choice([1 / 50, 1 / 25, 1 / 12.5], size=79)
+    stamps = np.concatenate([[0.0], np.cumsum(steps)])
+    truth = make_video(tmp_path / "vfr.mkv", shots=(40, 40), timestamps=stamps.tolist(), seed=5)
+    ann = annotate_video(tmp_path / "vfr.mkv")
+    assert ann.num_frames == 80
+    assert np.allclose(ann.frame_times - ann.frame_times[0], stamps, atol=1.5e-3)
+    assert [c.frame for c in ann.cuts] == [40] and abs(ann.cuts[0].time - stamps[40]) < 1.5e-3
+    times = [f.time for f in stream_luma(tmp_path / "vfr.mkv")]
+    assert np.allclose(times, ann.frame_times)
+    idx = sample_indices(ann.frame_times, 2.0)
+    assert np.all(np.abs(ann.frame_times[idx] - (ann.frame_times[0] + np.arange(len(idx)) / 2.0)) <= 0.041)
+    assert truth.times == tuple(stamps.tolist())
+
+
+def test_sample_indices_on_a_regular_grid():
+    times = np.arange(100) / 25.0
+    assert sample_indices(times, 2.0).tolist() == [0, 12, 25, 37, 50, 62, 75, 87]
+    assert sample_indices(times, 100.0).tolist() == list(range(100))  # finer than the frames: each once
+    assert sample_indices(np.zeros(0), 2.0).size == 0
+
+
+# ----------------------------------------------------------------------------------------------- motion
+
+
+def test_motion_orders_static_slow_fast_and_is_calibrated(three_shots):
+    path, truth, ann = three_shots
+    spans = split_clips(ann, SplitConfig(min_seconds=1.0, max_seconds=0, trim_frames=0))
+    assert [(s.start_frame, s.end_frame) for s in spans] == [(0, 70), (70, 150), (150, 220)]
+    static, slow, fast = (clip_motion(ann, s) for s in spans)
+    assert static < slow < fast
+    # 4 px/frame pan at 25 fps; display short side 180 px; the pan direction is stretched by the SAR (<= 16/11).
+    # Dense flow reads low on the flat parts of the picture (as the paper's mean magnitude does).
+    expected = 4 * 25 / 180
+    assert expected * 0.6 < fast < expected * 16 / 11 * 1.15, fast
+    assert static < 0.02
+    assert to_paper_units(1.0) == 8.0
+
+
+def test_motion_pairs_never_cross_a_cut_and_restart_at_it(three_shots):
+    _, truth, ann = three_shots
+    pairs = ann.motion_frames
+    assert len(pairs) == len(ann.motion_times) == len(ann.motion_magnitudes) > 0
+    for cut in ann.cuts:
+        assert not np.any((pairs[:, 0] < cut.frame) & (pairs[:, 1] >= cut.frame))
+        assert cut.frame in pairs[:, 0]  # sampling restarts on the new shot's first frame
+    gaps = np.diff(ann.frame_times[pairs], axis=1)[:, 0]
+    assert np.allclose(gaps, 0.5, atol=0.021)  # 2 fps: 12 or 13 frames at 25 fps
+
+
+def test_motion_bucket_mapping():
+    assert motion_bucket_id(0.08) == 127
+    assert motion_bucket_id(0.16) == 159 and motion_bucket_id(0.04) == 95
+    assert motion_bucket_id(0.0) == 0 and motion_bucket_id(100.0) == 255 and motion_bucket_id(math.nan) == 127
+    values = [motion_bucket_id(s) for s in np.geomspace(1e-4, 10, 50)]
+    assert values == sorted(values)
+    scores = np.random.default_rng(0).lognormal(-3, 1, 1000)
+    cal = MotionCalibration.from_scores(scores)
+    assert motion_bucket_id(float(np.median(scores)), cal) == 127
+    assert motion_bucket_id(float(np.percentile(scores, 95)), cal) == 239
+    with pytest.raises(InputError):
+        MotionCalibration.from_scores([0.1])
+
+
+# ----------------------------------------------------------------------------------------------- clips
+
+
+def _annotation(n: int, fps: float, cuts: list[Cut]) -> VideoAnnotation:
+    times = np.arange(n) / fps
+    empty = np.zeros(0)
+    return VideoAnnotation(
+        path=Path("x.mp4"), fps=fps, num_frames=n, duration=n / fps, width=64, height=64, coded_width=64,
+        coded_height=64, sar=Fraction(1), rotation=0, frame_times=times, cuts=tuple(cuts), motion_times=empty,
+        motion_magnitudes=empty, motion_frames=np.zeros((0, 2), np.int64),
+    )  # fmt: skip
+
+
+def test_split_clips_rules():
+    cuts = [
+        Cut(100, 4.0, "hard", 9.0, 100, 1),
+        Cut(150, 6.0, "dissolve", 5.0, 161, 2),
+        Cut(600, 24.0, "fade", 4.0, 620, 3),
+    ]
+    ann = _annotation(700, 25.0, cuts)
+    spans = split_clips(ann, SplitConfig(min_seconds=2.0, max_seconds=8.0, trim_frames=2))
+    got = [(s.start_frame, s.end_frame, s.cut_in, s.cut_out) for s in spans]
+    # shot 0: 0..98 (trimmed at the cut); shot 1 (102..148) is 1.84 s: dropped; shot 2: 164..598 = 17.4 s ->
+    # 3 pieces; shot 3: 623..700
+    assert got == [
+        (0, 98, "start", "hard"),
+        (164, 309, "dissolve", "split"),
+        (309, 453, "split", "split"),
+        (453, 598, "split", "fade"),
+        (623, 700, "fade", "end"),
+    ]
+    assert [s.index for s in spans] == list(range(5))
+    assert spans[0].cut_out_score == 9.0 and spans[1].cut_in_score == 5.0 and spans[1].cut_out_score == 0.0
+    assert all(s.duration <= 8.0 + 1e-9 and s.duration >= 2.0 for s in spans)
+    assert spans[-1].end_time == pytest.approx(28.0) and spans[0].last_time == pytest.approx(97 / 25)
+    whole = split_clips(ann, SplitConfig(min_seconds=0.0, max_seconds=0.0, trim_frames=0))
+    assert [(s.start_frame, s.end_frame) for s in whole] == [(0, 100), (100, 150), (162, 600), (621, 700)]
+    with pytest.raises(ConfigError):
+        SplitConfig(min_seconds=5, max_seconds=2)
+
+
+def test_write_clip_copy_snaps_to_keyframes_and_reencode_is_exact(three_shots, tmp_path):
+    path, truth, ann = three_shots
+    span = split_clips(ann, SplitConfig(min_seconds=1.0, max_seconds=0, trim_frames=2))[1]  # frames 72..148
+    assert (span.start_frame, span.end_frame) == (72, 148)
+    index = packet_index(path)
+    copy = write_clip(path, span, tmp_path / "copy.mp4", mode="copy", index=index)
+    assert (copy.mode, copy.start_frame, copy.end_frame) == ("copy", 80, 140)  # keyframes every 20 frames
+    assert span.start_frame <= copy.start_frame and copy.end_frame <= span.end_frame  # never crosses the cuts
+    info = probe_video(copy.path, count_frames=True)
+    assert info.frame_count == copy.num_frames == 60 and info.sar == Fraction(16, 11) and info.width == 465
+    src = np.stack([f.luma for f in stream_luma(path)][80:140])
+    out = np.stack([f.luma for f in stream_luma(copy.path)])
+    assert np.array_equal(src, out)  # stream copy: bit-identical frames
+    exact = write_clip(path, span, tmp_path / "exact.mp4", mode="reencode", index=index, preset="ultrafast")
+    assert (exact.mode, exact.start_frame, exact.end_frame) == ("reencode", 72, 148)
+    info = probe_video(exact.path, count_frames=True)
+    assert info.frame_count == 76 and info.sar == Fraction(16, 11)
+    src = np.stack([f.luma for f in stream_luma(path)][72:148]).astype(np.float32)
+    out = np.stack([f.luma for f in stream_luma(exact.path)]).astype(np.float32)
+    assert np.abs(src - out).mean() < 3.0
+    assert write_clip(path, span, tmp_path / "auto.mp4", index=index, min_seconds=2.0).mode == "copy"  # 2.4 s
+    assert write_clip(path, span, tmp_path / "auto2.mp4", index=index, min_seconds=2.5).mode == "reencode"
+    short = ClipSpan(0, 82, 98, 82 / 25, 98 / 25, "split", "split", 0.0, 0.0, 90 / 25, 97 / 25)
+    with pytest.raises(InputError, match="GOP"):
+        write_clip(path, short, tmp_path / "none.mp4", mode="copy", index=index)
+    with pytest.raises(ConfigError):
+        write_clip(path, span, tmp_path / "bad.mp4", mode="fast")
+
+
+def test_write_clip_keeps_rotation(tmp_path):
+    make_video(tmp_path / "rot.mp4", shots=(60,), rotation=90, gop=10, seed=2)
+    ann = annotate_video(tmp_path / "rot.mp4", motion=None)
+    span = split_clips(ann, SplitConfig(min_seconds=0.5, trim_frames=0))[0]
+    for mode in ("copy", "reencode"):
+        res = write_clip(tmp_path / "rot.mp4", span, tmp_path / f"{mode}.mp4", mode=mode, preset="ultrafast")
+        info = probe_video(res.path)
+        assert info.rotation == 90 and (info.width, info.height) == (180, 320), mode
+
+
+def test_keyframes_first_middle_last(three_shots, three_shots_rgb):
+    path, truth, ann = three_shots
+    span = split_clips(ann, SplitConfig(min_seconds=1.0, max_seconds=0, trim_frames=0))[2]  # 150..220
+    frames = three_shots_rgb
+    got = keyframes(path, span)
+    assert len(got) == 3 and got[0].dtype == np.uint8 and got[0].shape == (180, 465, 3)
+    for img, k in zip(got, (150, 184, 219), strict=True):
+        assert np.abs(img.astype(np.float32) / 255 - frames[k]).mean() < 0.01
+    assert keyframes(path, span, which=("middle",), max_side=64)[0].shape == (25, 64, 3)
+    with pytest.raises(ConfigError):
+        keyframes(path, span, which=("centre",))
+
+
+# ----------------------------------------------------------------------------------------------- bad input
+
+
+def test_bad_inputs_raise_input_error(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        annotate_video(tmp_path / "missing.mp4")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(InputError, match="empty"):
+        annotate_video(tmp_path / "empty.mp4")
+    (tmp_path / "junk.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(InputError):
+        annotate_video(tmp_path / "junk.mp4")
+    with av.open(str(tmp_path / "audio.wav"), "w") as out:  # audio only
+        stream = out.add_stream("pcm_s16le", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 8000
+        out.mux(stream.encode(frame))
+    with pytest.raises(InputError, match="no video stream"):
+        annotate_video(tmp_path / "audio.wav")
+
+
+def test_truncated_file_annotates_the_decodable_part(tmp_path):
+    truth = make_video(tmp_path / "whole.mkv", shots=(60, 60), seed=8)
+    data = (tmp_path / "whole.mkv").read_bytes()
+    (tmp_path / "cut.mkv").write_bytes(data[: int(len(data) * 0.7)])
+    ann = annotate_video(tmp_path / "cut.mkv")
+    assert 40 < ann.num_frames < truth.num_frames
+    assert ann.truncated and "truncated" in ann.note
+    assert [c.frame for c in ann.cuts] == [60]
+    mp4 = make_video(tmp_path / "whole.mp4", shots=(30,), seed=8)  # moov atom at the end: nothing to decode
+    assert mp4.num_frames == 30
+    data = (tmp_path / "whole.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="corrupt or truncated|cannot open"):
+        annotate_video(tmp_path / "cut.mp4")
+
+
+def test_oversized_video_is_refused(tmp_path, monkeypatch):
+    make_video(tmp_path / "v.mp4", shots=(5,), seed=1)
+    monkeypatch.setattr(decode_mod, "MAX_SIDE", 256)
+    with pytest.raises(InputError, match="too large"):
+        annotate_video(tmp_path / "v.mp4")
