@@ -4,6 +4,9 @@
   svd-lab image-to-video [--checkpoint PATH] [--image IMG] [--output-dir DIR] [...]
   svd-lab make-tiny-checkpoint PATH [--family svd|sv3d_u|sv3d_p]
   svd-lab info CHECKPOINT
+  svd-lab curate INPUT --out DIR [...]      (see curate_cli.py)
+  svd-lab curate-report DIR [--filter RULE ...]
+  svd-lab train CONFIG [--nproc N] [--set KEY=VALUE ...]   (see train_cli.py)
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     sets = list(args.set or [])
     with tempfile.TemporaryDirectory() as tmp:
         if args.tiny_if_missing:
-            from .jobs import missing_checkpoints, tiny_overrides
+            from .jobs import missing_checkpoints, tiny_families, tiny_name, tiny_overrides
             from .svd_model.tiny import write_tiny_checkpoint
 
             try:
@@ -95,6 +98,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
             missing = missing_checkpoints(prompt)
             if missing:
                 tiny = write_tiny_checkpoint(Path(tmp) / "tiny-random-svd.safetensors")
+                for family in tiny_families(prompt):  # SV3D loaders get SV3D-shaped stand-ins
+                    if tiny_name(tiny.name, family) != tiny.name:
+                        write_tiny_checkpoint(Path(tmp) / tiny_name(tiny.name, family), family)
                 bridge.configure(models_dirs=[*bridge.model_dirs(), tmp])
                 sets += tiny_overrides(prompt, tiny.name)
                 print(f"NOTE: {', '.join(missing)} not found in {', '.join(map(str, bridge.model_dirs()[:-1]))}: "
@@ -140,6 +146,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="detect a checkpoint's variant and architecture")
     p.add_argument("checkpoint")
     p.set_defaults(func=_cmd_info)
+
+    from .curate_cli import add_commands
+
+    add_commands(sub)
+
+    from .train_cli import add_commands as add_train_commands
+
+    add_train_commands(sub)
     return parser
 
 

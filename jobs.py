@@ -117,6 +117,10 @@ TINY_RUN = {
     "SVDLab_PrepareObjectImage": {"size": 128},
     "SVDLab_OrbitConditioning": {"size": 128},
     "SVDLab_ExtendVideo": {"frames": 6, "steps": 8},
+    "SVDLab_DatasetFromManifest": {"frames": 3, "width": 64, "height": 64},
+    "SVDLab_DatasetFromFolder": {"frames": 3, "width": 64, "height": 64},
+    "SVDLab_Train": {"steps": 2, "validate_every": 0, "save_every": 0, "gradient_checkpointing": False,
+                     "lora_rank": 4},
 }
 
 

@@ -1,7 +1,8 @@
 """Regenerate example_workflows/: the UI-format workflows (ComfyUI templates), their API-format twins
 in example_workflows/api/, and the small synthetic inputs they use (example_workflows/inputs/).
 
-    python scripts/build_examples.py
+    python scripts/build_examples.py            # everything
+    python scripts/build_examples.py NAME ...   # only these WORKFLOWS entries (e.g. training/svd_curate_and_finetune)
 
 The API format is written by hand below; the UI format is derived from it with the node classes'
 INPUT_TYPES (widgets_values in declaration order, links, a simple left-to-right layout).
@@ -51,6 +52,63 @@ def write_inputs() -> None:
     write_video(frames, ROOT / "inputs" / VIDEO, fps=8, quality=60)
 
 
+CURATION_FOLDER = "svd_lab_curation_example"
+
+
+def write_curation_inputs() -> None:
+    """A few tiny synthetic videos (hard cuts, a fade, motion, text) for the curation example."""
+    from comfyui_svd_lab.svd_model.curation.synthetic import make_video
+
+    folder = ROOT / "inputs" / CURATION_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    specs = [
+        ("pan_and_cut.mp4", {"shots": (62, 58), "motion": (2.5, 0.5)}),
+        ("fade_and_static.mp4", {"shots": (58, 62), "transitions": ("fade",), "motion": (0.0, 1.5)}),
+        ("caption_text.mp4", {"shots": (70,), "motion": (3.0,), "text": (True,)}),
+    ]
+    for i, (name, spec) in enumerate(specs):
+        make_video(folder / name, size=(192, 108), seed=10 + i, gop=25, crf=30, **spec)
+
+
+def curate_folder() -> dict:
+    return {
+        "1": {"class_type": "SVDLab_LoadVideoFolder", "inputs": {
+            "folder": CURATION_FOLDER, "extensions": "mp4,mov,mkv,webm", "limit": 0}},
+        "2": {"class_type": "SVDLab_CurateFolder", "inputs": {
+            "videos": ["1", 0], "output_name": "SVDLab/curation", "if_exists": "overwrite", "workers": 0,
+            "text_score": True, "clip_checkpoint": "none", "write_clips": "none", "write_keyframes": True,
+            "rules": "motion_score:bottom=0.25, text_area:max=0.07", "settings": ""}},
+    }
+
+
+def curate_and_finetune() -> dict:
+    """Curate the example folder (no CLIP, no captions), train a LoRA on the kept clips with each clip's measured
+    fps and motion bucket as conditioning, save the merged model. Small sizes and few steps: a quick demo."""
+    return {
+        "1": loader("svd_xt.safetensors"),
+        "2": {"class_type": "SVDLab_LoadVideoFolder", "inputs": {
+            "folder": CURATION_FOLDER, "extensions": "mp4,mov,mkv,webm", "limit": 0}},
+        "3": {"class_type": "SVDLab_CurateFolder", "inputs": {
+            "videos": ["2", 0], "output_name": "SVDLab/curation_finetune", "if_exists": "overwrite", "workers": 0,
+            "text_score": True, "clip_checkpoint": "none", "write_clips": "none", "write_keyframes": False,
+            "rules": "motion_score:bottom=0.25, text_area:max=0.07", "settings": ""}},
+        "4": {"class_type": "SVDLab_DatasetFromManifest", "inputs": {
+            "manifest": "", "frames": 8, "fps": 7.0, "width": 256, "height": 128, "windows_per_clip": 1, "seed": 0,
+            "buckets": "", "only_kept": True, "curated": ["3", 0]}},
+        "5": {"class_type": "SVDLab_BuildLatentCache", "inputs": {
+            "model": ["1", 0], "dataset": ["4", 0], "cache_name": "", "cond_aug_mode": "exact", "storage": "fp16",
+            "rebuild": False}},
+        "6": {"class_type": "SVDLab_Train", "inputs": {
+            "model": ["1", 0], "cache": ["5", 0], "method": "lora", "trainable": "temporal",
+            "mode": "image_to_video", "steps": 30, "learning_rate": 1e-4, "lora_rank": 8, "lora_alpha": 0.0,
+            "batch_size": 1, "grad_accum": 1, "precision": "auto", "gradient_checkpointing": True,
+            "ema_decay": 0.0, "save_every": 0, "validate_every": 0, "seed": 0,
+            "run_name": "svd_curate_and_finetune", "resume": False, "extra_config": ""}},
+        "7": {"class_type": "SVDLab_SaveFinetuned", "inputs": {
+            "model": ["6", 0], "filename_prefix": "SVDLab/curate_and_finetune", "dtype": "fp16"}},
+    }
+
+
 def loader(ckpt: str) -> dict:
     return {"class_type": "SVDLab_CheckpointLoader",
             "inputs": {"ckpt_name": ckpt, "dtype": "auto", "variant": "auto", "offload": "none"}}
@@ -90,6 +148,104 @@ def video_to_video() -> dict:
                                                         "overlap": 2}},
         "7": {"class_type": "SVDLab_SaveVideo", "inputs": {"images": ["6", 0], "fps": 7.0, "format": "mp4",
                                                            "quality": 85, "filename_prefix": "SVDLab/v2v"}},
+    }
+
+
+OBJECT = "svd_lab_object.png"
+
+
+def object_rgba(size: int = 512) -> np.ndarray:
+    """A synthetic object for the orbit examples: a shaded ball on a small stand, RGBA uint8 (H, W, 4) with a
+    transparent background."""
+    y, x = (np.mgrid[0:size, 0:size].astype(np.float32) + 0.5) / size * 2 - 1  # [-1, 1], y down
+    ball = (x**2 + (y + 0.1) ** 2) < 0.42**2
+    nz = np.sqrt(np.clip(0.42**2 - x**2 - (y + 0.1) ** 2, 0, None)) / 0.42
+    light = np.clip(0.35 * (-x / 0.42) + 0.45 * (-(y + 0.1) / 0.42) + 0.8 * nz, 0, 1)[..., None]
+    rgb = np.where(ball[..., None], light * np.array([0.95, 0.45, 0.2]) + 0.05, 0.0)
+    stand = (np.abs(x) < 0.3) & (y > 0.3) & (y < 0.55)
+    rgb = np.where(stand[..., None], np.array([0.35, 0.35, 0.4]) * (1.1 - 0.3 * (y[..., None] - 0.3)), rgb)
+    alpha = (ball | stand).astype(np.float32)[..., None]
+    return (np.clip(np.concatenate([rgb, alpha], -1), 0, 1) * 255).astype(np.uint8)
+
+
+def write_object_input() -> None:
+    from PIL import Image
+
+    Image.fromarray(object_rgba(), "RGBA").save(ROOT / "inputs" / OBJECT, optimize=True)
+
+
+def orbit(ckpt: str, preset: str, prefix: str) -> dict:
+    """SV3D orbit: object image -> square, centred -> cameras -> conditioning -> sampler (auto = triangle
+    guidance) -> decode -> video, plus the camera list as JSON."""
+    return {
+        "1": loader(ckpt),
+        "2": {"class_type": "SVDLab_LoadImage", "inputs": {"image": OBJECT, "path": ""}},
+        "3": {"class_type": "SVDLab_PrepareObjectImage", "inputs": {"image": ["2", 0], "size": 576,
+                                                                    "object_ratio": 0.0, "mask_marks": "background"}},
+        "4": {"class_type": "SVDLab_OrbitCameras", "inputs": {
+            "preset": preset, "frames": 21, "elevation": 10.0, "seed": 23, "elevations": "", "azimuths": ""}},
+        "5": {"class_type": "SVDLab_OrbitConditioning", "inputs": {
+            "model": ["1", 0], "image": ["3", 0], "cameras": ["4", 0], "size": 576, "seed": 23}},
+        "6": {"class_type": "SVDLab_Sampler", "inputs": {
+            "model": ["1", 0], "conditioning": ["5", 0], "sampler": "euler", "schedule": "karras", "steps": 50,
+            "min_cfg": 1.0, "max_cfg": 2.5, "guidance": "auto", "seed": 23, "denoise": 1.0}},
+        "7": {"class_type": "SVDLab_Decode", "inputs": {"model": ["1", 0], "latent": ["6", 0], "chunk_size": 14,
+                                                        "overlap": 0}},
+        "8": {"class_type": "SVDLab_SaveVideo", "inputs": {"images": ["7", 0], "fps": 10.0, "format": "mp4",
+                                                           "quality": 85, "filename_prefix": prefix}},
+        "9": {"class_type": "SVDLab_SaveCameras", "inputs": {"cameras": ["4", 0],
+                                                             "filename_prefix": f"{prefix}_cameras"}},
+    }
+
+
+def extend_loop() -> dict:
+    """SVD-XT image to video, then 2 more segments and a loop back to the first frame."""
+    prompt = image_to_video("svd_xt.safetensors", 25, 30, 1.5, 3.0, "SVDLab/svd_xt_extended")
+    prompt["7"] = {"class_type": "SVDLab_ExtendVideo", "inputs": {
+        "model": ["1", 0], "images": ["5", 0], "segments": 2, "frames": 25, "overlap": 1, "fps": 7,
+        "motion_bucket_id": 127, "cond_aug": 0.02, "seed": 24, "steps": 30, "min_cfg": 1.5, "max_cfg": 3.0,
+        "drift_correction": True, "loop": True, "per_segment": ""}}
+    prompt["6"]["inputs"]["images"] = ["7", 0]
+    return prompt
+
+
+END_IMAGE = "svd_lab_example_end.png"
+
+
+def write_keyframe_input() -> None:
+    """The last keyframe of the keyframe-interpolation example: the example landscape, panned."""
+    from PIL import Image
+
+    Image.fromarray(scene(1024, 576, shift=0.08)).save(ROOT / "inputs" / END_IMAGE, optimize=True)
+
+
+def flow_interpolation() -> dict:
+    """The example video (8 fps) at x2 with optical-flow interpolation (no model)."""
+    return {
+        "1": {"class_type": "SVDLab_LoadVideo", "inputs": {
+            "video": VIDEO, "frame_cap": 0, "skip_first": 0, "every_nth": 1, "target_fps": 0.0, "width": 0,
+            "height": 0, "resize_mode": "cover", "path": ""}},
+        "2": {"class_type": "SVDLab_FlowInterpolate", "inputs": {
+            "images": ["1", 0], "factor": 2.0, "target_fps": 0.0, "source_fps": ["1", 1], "flow": "dis_medium",
+            "flow_max_side": 640}},
+        "3": {"class_type": "SVDLab_SaveVideo", "inputs": {"images": ["2", 0], "fps": 16.0, "format": "mp4",
+                                                           "quality": 85, "filename_prefix": "SVDLab/flow_x2"}},
+    }
+
+
+def keyframe_interpolation() -> dict:
+    """SVD-XT in-betweening from a first and a last image (time-reversal fusion on a stock checkpoint)."""
+    return {
+        "1": loader("svd_xt.safetensors"),
+        "2": {"class_type": "SVDLab_LoadImage", "inputs": {"image": IMAGE, "path": ""}},
+        "3": {"class_type": "SVDLab_LoadImage", "inputs": {"image": END_IMAGE, "path": ""}},
+        "4": {"class_type": "SVDLab_KeyframeInterpolate", "inputs": {
+            "model": ["1", 0], "first": ["2", 0], "last": ["3", 0], "width": 1024, "height": 576, "frames": 25,
+            "steps": 30, "min_cfg": 1.5, "max_cfg": 3.0, "guidance": "linear", "fps": 7, "motion_bucket_id": 127,
+            "cond_aug": 0.02, "seed": 23, "method": "auto", "renoise": 0, "chunk_size": 14, "overlap": 2}},
+        "5": {"class_type": "SVDLab_SaveVideo", "inputs": {
+            "images": ["4", 0], "fps": 7.0, "format": "mp4", "quality": 85,
+            "filename_prefix": "SVDLab/svd_xt_keyframes"}},
     }
 
 
@@ -147,18 +303,43 @@ WORKFLOWS = {
     "svd_image_to_video": image_to_video("svd.safetensors", 14, 25, 1.0, 2.5, "SVDLab/svd"),
     "svd_xt_image_to_video": image_to_video("svd_xt.safetensors", 25, 30, 1.5, 3.0, "SVDLab/svd_xt"),
     "svd_xt_video_to_video": video_to_video(),
+    "sv3d_u_orbit": orbit("sv3d_u.safetensors", "static", "SVDLab/sv3d_u_orbit"),
+    "sv3d_p_dynamic_orbit": orbit("sv3d_p.safetensors", "dynamic", "SVDLab/sv3d_p_dynamic_orbit"),
+    "svd_xt_extend_loop": extend_loop(),
+    "curate_folder": curate_folder(),
+    "flow_interpolation_x2": flow_interpolation(),
+    "svd_xt_keyframe_interpolation": keyframe_interpolation(),
+    "training/svd_curate_and_finetune": curate_and_finetune(),  # a "folder/" prefix: written to that subfolder
 }
 
 
-def main() -> None:
-    write_inputs()
-    (ROOT / "api").mkdir(parents=True, exist_ok=True)
+def write_workflow(name: str, prompt: dict) -> None:
+    """ROOT/<name>.json (UI format) and ROOT/api/<name>.json; a name "sub/stem" goes to ROOT/sub and ROOT/sub/api."""
+    folder, _, stem = name.rpartition("/")
+    base = ROOT / folder
+    (base / "api").mkdir(parents=True, exist_ok=True)
+    for node in prompt.values():
+        node["_meta"] = {"title": node["class_type"]}
+    (base / "api" / f"{stem}.json").write_text(json.dumps(prompt, indent=1) + "\n")
+    (base / f"{stem}.json").write_text(json.dumps(to_ui(prompt), indent=1) + "\n")
+
+
+def main(names: list[str] | None = None) -> None:
+    """Everything; with `names` (WORKFLOWS keys) only those workflows, inputs untouched."""
+    if not names:
+        write_inputs()
+        write_keyframe_input()
+        write_object_input()
+        write_curation_inputs()
+    unknown = sorted(set(names or ()) - set(WORKFLOWS))
+    if unknown:
+        raise SystemExit(f"unknown workflow(s) {unknown}; known: {sorted(WORKFLOWS)}")
     for name, prompt in WORKFLOWS.items():
-        for node in prompt.values():
-            node["_meta"] = {"title": node["class_type"]}
-        (ROOT / "api" / f"{name}.json").write_text(json.dumps(prompt, indent=1) + "\n")
-        (ROOT / f"{name}.json").write_text(json.dumps(to_ui(prompt), indent=1) + "\n")
+        if not names or name in names:
+            write_workflow(name, prompt)
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(sys.argv[1:])

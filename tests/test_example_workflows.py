@@ -9,26 +9,41 @@ import pytest
 
 from comfyui_svd_lab import NODE_CLASS_MAPPINGS
 from comfyui_svd_lab.cli import main
-from comfyui_svd_lab.jobs import tiny_overrides
+from comfyui_svd_lab.jobs import tiny_name, tiny_overrides
 from comfyui_svd_lab.nodes import bridge
+from comfyui_svd_lab.svd_model.config import Family
 from comfyui_svd_lab.svd_model.tiny import write_tiny_checkpoint
 from comfyui_svd_lab.svd_model.videoio import probe_video
 from comfyui_svd_lab.workflow import apply_overrides, execute, load_workflow, validate
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
 UI_FILES = sorted(EXAMPLES.glob("*.json"))
+CURATION_FILES = [p for p in UI_FILES if p.stem.startswith("curate")]  # no model; checked by their own test
+VIDEO_FILES = [p for p in UI_FILES if p not in CURATION_FILES]
 SMALL = {  # the tiny model at a size and step count that keeps the suite fast
     "SVDLab_ImageToVideoConditioning": {"width": 64, "height": 48, "frames": 3},
     "SVDLab_Sampler": {"steps": 2},
     "SVDLab_LoadVideo": {"frame_cap": 3, "width": 64, "height": 48},
     "SVDLab_Decode": {"chunk_size": 2, "overlap": 1},
+    "SVDLab_OrbitCameras": {"frames": 3},
+    "SVDLab_PrepareObjectImage": {"size": 64},
+    "SVDLab_OrbitConditioning": {"size": 64},
+    "SVDLab_ExtendVideo": {"frames": 3, "steps": 2},
+    "SVDLab_KeyframeInterpolate": {"width": 64, "height": 48, "frames": 3, "steps": 2, "chunk_size": 2, "overlap": 1},
 }
+#: (frames, width, height) of the saved video under SMALL where it is not (3, 64, 48). Extend: 3 frames + 2
+#: segments x (3 - 1 overlap) + a loop transition of 3 frames without its 2 keyframes.
+#: Flow x2: 3 loaded frames -> 5.
+EXPECTED = {"sv3d_u_orbit": (3, 64, 64), "sv3d_p_dynamic_orbit": (3, 64, 64), "svd_xt_extend_loop": (8, 64, 48),
+            "flow_interpolation_x2": (5, 64, 48)}
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
     write_tiny_checkpoint(folder / "tiny.safetensors", seed=4)
+    for family in (Family.SV3D_U, Family.SV3D_P):  # what tiny_overrides points SV3D loaders at
+        write_tiny_checkpoint(folder / tiny_name("tiny.safetensors", family), family, seed=4)
     return folder
 
 
@@ -54,7 +69,7 @@ def test_ui_file_converts_to_its_api_twin(path):
     assert {n["class_type"] for n in api_prompt.values()} <= set(NODE_CLASS_MAPPINGS)  # this pack's nodes only
 
 
-@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", VIDEO_FILES, ids=lambda p: p.stem)
 def test_example_runs_headless_on_tiny_checkpoint(path, configured):
     prompt, ui_workflow = load_workflow(path, NODE_CLASS_MAPPINGS)
     prompt = apply_overrides(prompt, tiny_overrides(prompt, "tiny.safetensors", SMALL), NODE_CLASS_MAPPINGS)
@@ -64,9 +79,24 @@ def test_example_runs_headless_on_tiny_checkpoint(path, configured):
     assert len(saved) == 1
     video = configured / saved[0]["subfolder"] / saved[0]["filename"]
     info = probe_video(video, count_frames=True)
-    assert info.frame_count == 3 and (info.width, info.height) == (64, 48)
+    assert (info.frame_count, info.width, info.height) == EXPECTED.get(path.stem, (3, 64, 48))
     fps = next(n["inputs"]["fps"] for n in prompt.values() if n["class_type"] == "SVDLab_SaveVideo")
     assert float(info.fps) == pytest.approx(fps)
+
+
+@pytest.mark.parametrize("path", CURATION_FILES, ids=lambda p: p.stem)
+def test_curation_example_runs_headless(path, configured):
+    from comfyui_svd_lab.svd_model.curation.manifest import read_manifest
+
+    prompt, ui_workflow = load_workflow(path, NODE_CLASS_MAPPINGS)
+    assert validate(prompt, NODE_CLASS_MAPPINGS) == []
+    results = execute(prompt, NODE_CLASS_MAPPINGS, ui_workflow=ui_workflow)
+    reports = [item for r in results.values() for item in r.ui.get("svdlab_report", [])]
+    assert len(reports) == 1 and reports[0]["filename"] == "report.html"
+    out = configured / reports[0]["subfolder"]
+    rows = read_manifest(out).to_pylist()
+    assert rows and all(r["status"] == "ok" for r in rows)
+    assert {Path(r["source"]).parent.name for r in rows} == {"svd_lab_curation_example"}
 
 
 def test_cli_run_reports_every_problem_and_runs_nothing(tmp_path, capsys):

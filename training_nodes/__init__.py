@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..nodes import collect
 
-_MODULES: tuple[str, ...] = ()
+_MODULES: tuple[str, ...] = ("curation_nodes", "train_nodes")
 
 NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = collect(__name__, _MODULES)
 

@@ -1,0 +1,301 @@
+"""Latent and embedding cache: safetensors shards keyed by clip window, so the VAE and the image encoder can
+leave memory while the UNet trains.
+
+Layout of a cache folder::
+
+    index.json                  format, settings fingerprint, status ("building" / "complete"), entries
+    shard-00000.safetensors     per window key K:  K/moments (T, 2z, h, w)   VAE posterior [mean | logvar]
+                                                   K/crossattn (2, d)        CLIP embedding of first, last frame
+                                                   K/cond_frames (2, 3, H, W)  clean first/last frame ("exact")
+                                                   K/concat (A, 2, z, h, w), K/cond_aug (A,)            ("cached")
+
+Latents: the first-stage posterior's moments are stored, not a sample, so every step draws a fresh posterior
+sample ``mean + exp(logvar / 2) * eps`` (times 0.18215) as sgm's ``encode_first_stage`` does for training.
+
+Noise augmentation of the conditioning frame. The reference adds ``cond_aug * N(0, I)`` to the conditioning
+frame's *pixels* and encodes that with the conditioner's VAE encoder (posterior mean, unscaled), drawing a new
+``cond_aug`` (log-normal) and new noise every step. The encoder is not linear, so a cached latent of the clean
+frame cannot be augmented exactly. Two choices (``cache.cond_aug_mode``):
+
+- ``"exact"`` (default): the clean first and last frame are cached as pixels (fp16, the clip's size); every step
+  draws cond_aug and the pixel noise and runs the conditioner's encoder on the augmented frame, exactly as the
+  reference. The first-stage VAE and the image encoder leave memory; the conditioner's encoder (one frame per
+  clip, no gradient; ~34 M parameters at full size) stays on the training device.
+- ``"cached"``: ``aug_draws`` augmented encodings are made while caching (each with its own log-normal
+  cond_aug); every step picks one of them at random and conditions on its cond_aug. No VAE is needed during
+  training. Deviation from the reference: the augmentation noise comes from a finite set of ``aug_draws``
+  draws per clip, not a fresh draw per step.
+
+Both always cache the first *and* the last frame, so one cache serves the image-to-video and the keyframe
+(first + last frame) modes. Building is resumable: shards are written atomically and the index lists only
+finished shards; a rebuild with other settings is refused unless asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..checkpoint import CheckpointReader, save_checkpoint
+from ..errors import ConfigError, InputError
+from ..loader import SVDBundle
+from ..nn.image_encoder import encode_image
+from .config import CacheConfig, ObjectiveConfig
+from .data import VideoDataset, Window, read_window
+from .state import atomic_write_text, seed_from
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = "svd_lab.latent_cache.v1"
+INDEX = "index.json"
+STORAGE = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    key: str
+    shard: str
+    clip_id: str
+    fps_id: int
+    motion_bucket_id: int
+    width: int
+    height: int
+    num_frames: int
+
+
+@dataclass
+class CacheItem:
+    """One cached window, as float32 tensors on the CPU."""
+
+    entry: CacheEntry
+    moments: Tensor  # (T, 2z, h, w) posterior [mean | logvar]
+    crossattn: Tensor  # (2, d) CLIP embeddings of the first and the last frame
+    cond_frames: Tensor | None  # (2, 3, H, W) in [-1, 1] ("exact")
+    concat: Tensor | None  # (A, 2, z, h, w) augmented conditioner latents ("cached")
+    cond_aug: Tensor | None  # (A,)
+
+
+def model_fingerprint(bundle: SVDBundle) -> str:
+    """A short hash of the encoder weights the cache depends on (first stage / conditioner VAE, CLIP)."""
+    model = bundle.model
+    digest = hashlib.sha1()
+    for module in (model.first_stage.encoder, model.cond_vae.encoder, model.image_encoder):
+        if module is None:
+            continue
+        for _, p in list(module.named_parameters())[:4]:
+            digest.update(p.detach().reshape(-1)[:4096].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def settings_fingerprint(dataset: VideoDataset, config: CacheConfig, objective: ObjectiveConfig, bundle_fp: str,
+                         seed: int) -> str:
+    settings = {"data": asdict(dataset.config), "dtype": config.dtype, "mode": config.cond_aug_mode, "model": bundle_fp}
+    if config.cond_aug_mode == "cached":
+        settings.update(aug_draws=config.aug_draws, aug=(objective.cond_aug_mean, objective.cond_aug_std), seed=seed)
+    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class LatentCache:
+    """A built cache folder: entries (one per window) and lazy, memory-mapped access to their tensors."""
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.dir = Path(directory)
+        index = self.dir / INDEX
+        if not index.is_file():
+            raise InputError(f"no latent cache in {self.dir} ({INDEX} missing): build it first "
+                             "(SVD Lab Build Latent Cache, or `svd-lab train` builds it)")
+        try:
+            meta = json.loads(index.read_text())
+        except ValueError as exc:
+            raise InputError(f"{index} is damaged ({exc}); rebuild the cache") from None
+        if meta.get("format") != CACHE_FORMAT:
+            raise InputError(f"{index} has format {meta.get('format')!r}, expected {CACHE_FORMAT!r}; rebuild it")
+        self.meta = meta
+        self.entries = [CacheEntry(**e) for e in meta["entries"]]
+        self._readers: dict[str, CheckpointReader] = {}
+
+    @property
+    def complete(self) -> bool:
+        return self.meta.get("status") == "complete"
+
+    @property
+    def cond_aug_mode(self) -> str:
+        return self.meta["cond_aug_mode"]
+
+    @property
+    def num_frames(self) -> int:
+        return int(self.meta["num_frames"])
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def groups(self) -> dict[tuple[int, int], list[int]]:
+        """(width, height) -> indices of the entries of that size (a batch takes one size)."""
+        out: dict[tuple[int, int], list[int]] = {}
+        for i, e in enumerate(self.entries):
+            out.setdefault((e.width, e.height), []).append(i)
+        return out
+
+    def _reader(self, shard: str) -> CheckpointReader:
+        if shard not in self._readers:
+            self._readers[shard] = CheckpointReader(self.dir / shard)
+        return self._readers[shard]
+
+    def item(self, index: int) -> CacheItem:
+        entry = self.entries[index]
+        reader = self._reader(entry.shard)
+
+        def get(name: str) -> Tensor | None:
+            key = f"{entry.key}/{name}"
+            return reader[key].float() if key in reader else None
+
+        return CacheItem(entry, get("moments"), get("crossattn"), get("cond_frames"), get("concat"),
+                         get("cond_aug"))
+
+    def describe(self) -> str:
+        sizes = ", ".join(f"{len(v)} at {w}x{h}" for (w, h), v in sorted(self.groups().items()))
+        return (f"latent cache {self.dir}: {len(self)} windows of {self.num_frames} frames ({sizes}), "
+                f"noise augmentation {self.cond_aug_mode}, {self.meta['dtype']}")
+
+
+# ------------------------------------------------------------------------------------------------ building
+
+
+def move_module(module: nn.Module, device: torch.device) -> None:
+    """module.to(device), skipped when already there; weights loaded under torch.inference_mode (ComfyUI runs
+    every node in it) are moved inside it too, since their data cannot be replaced outside."""
+    first = next(module.parameters(), None)
+    if first is None or first.device == torch.device(device):
+        return
+    with torch.inference_mode(first.is_inference()):
+        module.to(device)
+
+
+@contextlib.contextmanager
+def _moved(modules: list[nn.Module | None], device: torch.device) -> Iterator[None]:
+    """Move modules to `device` for the block, then back to where each was."""
+    homes = [(m, next(m.parameters()).device) for m in modules if m is not None]
+    for m, _ in homes:
+        move_module(m, device)
+    try:
+        yield
+    finally:
+        for m, home in homes:
+            move_module(m, home)
+
+
+def latent_vae(bundle: SVDBundle) -> nn.Module:
+    """The VAE whose posterior the diffusion latents come from (the first stage; SV3D: the conditioner's)."""
+    model = bundle.model
+    return model.first_stage if model.first_stage.encoder is not None else model.cond_vae
+
+
+@torch.no_grad()
+def encode_window(bundle: SVDBundle, window: Window, frames: Tensor, config: CacheConfig,
+                  objective: ObjectiveConfig, seed: int, device: torch.device) -> dict[str, Tensor]:
+    """The cache tensors of one window; frames (T, 3, H, W) in [-1, 1]."""
+    model, store = bundle.model, STORAGE[config.dtype]
+    vae = latent_vae(bundle)
+    moments = torch.cat([vae.encode_moments(chunk.to(device, vae.dtype)).float().cpu()
+                         for chunk in frames.split(config.encode_frames)])  # (T, 2z, h, w)
+    ends = frames[[0, -1]]  # (2, 3, H, W)
+    tower = model.image_encoder
+    crossattn = encode_image(tower, ends.to(device, tower.dtype)).float().cpu()  # (2, d)
+    out = {"moments": moments.to(store), "crossattn": crossattn}
+    if config.cond_aug_mode == "exact":
+        out["cond_frames"] = ends.to(store)
+        return out
+    gen = torch.Generator().manual_seed(seed_from(seed, "cond_aug", window.key))
+    augs = torch.exp(objective.cond_aug_mean + objective.cond_aug_std * torch.randn(config.aug_draws, generator=gen))
+    concat = []
+    for aug in augs:
+        noisy = ends + aug * torch.randn(ends.shape, generator=gen)
+        concat.append(model.cond_vae.encode_mode(noisy.to(device, model.cond_vae.dtype)).float().cpu())
+    out["concat"] = torch.stack(concat).to(store)  # (A, 2, z, h, w)
+    out["cond_aug"] = augs.float()
+    return out
+
+
+def _write_index(directory: Path, meta: dict, entries: list[CacheEntry], status: str) -> None:
+    body = {**meta, "status": status, "entries": [asdict(e) for e in entries]}
+    atomic_write_text(directory / INDEX, json.dumps(body, indent=1))
+
+
+def build_cache(bundle: SVDBundle, dataset: VideoDataset, directory: str | os.PathLike, config: CacheConfig,
+                objective: ObjectiveConfig, *, seed: int = 0, device: torch.device | str | None = None,
+                rebuild: bool = False, callback: Callable[[int, int], None] | None = None) -> LatentCache:
+    """Encode every window of `dataset` into `directory` (resumable). callback(done, total) after each window.
+
+    A folder built with other settings (data, storage, augmentation mode, encoder weights) is refused unless
+    `rebuild`, which deletes its shards first.
+    """
+    directory = Path(directory)
+    device = torch.device(device) if device is not None else bundle.device
+    fingerprint = settings_fingerprint(dataset, config, objective, model_fingerprint(bundle), seed)
+    meta = {"format": CACHE_FORMAT, "fingerprint": fingerprint, "num_frames": dataset.config.num_frames,
+            "cond_aug_mode": config.cond_aug_mode, "dtype": config.dtype, "source": bundle.source,
+            "latent_channels": bundle.config.first_stage.z_channels}
+    done: list[CacheEntry] = []
+    if (directory / INDEX).is_file():
+        old = LatentCache(directory)
+        if old.meta.get("fingerprint") == fingerprint and not rebuild:
+            done = [e for e in old.entries if (directory / e.shard).is_file()]
+            if old.complete and len(done) == len(dataset.windows):
+                log.info("latent cache %s is complete and up to date", directory)
+                return old
+        elif not rebuild:
+            raise ConfigError(f"the latent cache in {directory} was built with other settings (data, storage, "
+                              "augmentation mode or model weights); choose another cache folder or rebuild it")
+        else:
+            for path in directory.glob("shard-*.safetensors"):
+                path.unlink()
+            done = []
+    directory.mkdir(parents=True, exist_ok=True)
+    have = {e.key for e in done}
+    todo = [w for w in dataset.windows if w.key not in have]
+    shard_no = len({e.shard for e in done})
+    total = len(dataset.windows)
+    model = bundle.model
+    vae = latent_vae(bundle)
+    parts = [vae.encoder, vae.quant_conv, model.image_encoder]
+    if config.cond_aug_mode == "cached":
+        parts += [model.cond_vae.encoder, model.cond_vae.quant_conv]
+    pending: dict[str, Tensor] = {}
+    pending_entries: list[CacheEntry] = []
+
+    def flush() -> None:
+        nonlocal shard_no, pending, pending_entries
+        if not pending_entries:
+            return
+        name = f"shard-{shard_no:05d}.safetensors"
+        save_checkpoint(directory / name, pending, {"svd_lab.cache": CACHE_FORMAT})
+        done.extend(CacheEntry(**{**asdict(e), "shard": name}) for e in pending_entries)
+        _write_index(directory, meta, done, "building")
+        shard_no, pending, pending_entries = shard_no + 1, {}, []
+
+    with _moved(parts, device):
+        for window in todo:
+            frames = read_window(window)  # (T, 3, H, W)
+            for name, tensor in encode_window(bundle, window, frames, config, objective, seed, device).items():
+                pending[f"{window.key}/{name}"] = tensor.contiguous()
+            w, h = window.size
+            pending_entries.append(CacheEntry(window.key, "", window.clip.clip_id, window.fps_id,
+                                              window.motion_bucket_id, w, h, len(window.indices)))
+            if len(pending_entries) >= config.shard_clips:
+                flush()
+            if callback is not None:
+                callback(len(done) + len(pending_entries), total)
+        flush()
+    _write_index(directory, meta, done, "complete")
+    cache = LatentCache(directory)
+    log.info("%s", cache.describe())
+    return cache

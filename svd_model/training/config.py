@@ -1,0 +1,346 @@
+"""Typed, frozen configuration of a finetuning run, loaded from JSON or TOML with unknown-key errors.
+
+    config = load_config("run.toml", overrides=["optim.lr=3e-5", "steps=2000"])
+
+Sections (each a frozen dataclass; a TOML table / JSON object of the same name):
+
+- ``data``: where the clips come from (curation manifest or a folder), frames, fps, size, buckets.
+- ``cache``: the latent/embedding cache (folder, storage dtype, how noise augmentation is cached).
+- ``objective``: EDM noise distribution, conditioning augmentation and dropout, loss.
+- ``lora``: rank, alpha, dropout, extra target patterns (method "lora").
+- ``optim``: optimizer, learning rate, warmup and schedule, clipping, accumulation.
+- ``validation``: the validation video (image, seed, steps, guidance).
+
+Defaults are the paper's image-to-video finetune where it states them (log sigma ~ N(0.7, 1.6^2) at 320x576,
+conditioning augmentation log sigma ~ N(-3, 0.5^2); its 576x1024 stage used P_mean 1.0), and SVD_Xtend's
+conventions where it does not (10 % conditioning dropout).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+MODES = ("image_to_video", "keyframes")
+TRAINABLE = ("temporal", "spatial", "all")
+METHODS = ("lora", "full")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+SIGMA_PER = ("clip", "frame")
+COND_AUG_MODES = ("exact", "cached")
+STORAGE_DTYPES = ("fp16", "bf16", "fp32")
+OPTIMIZERS = ("adamw", "adamw8bit")
+SCHEDULES = ("constant", "cosine", "linear")
+
+
+def _choice(value: str, choices: tuple[str, ...], name: str) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} = {value!r} is not one of {list(choices)}")
+
+
+def _positive(value: float, name: str, *, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Clips and how frames are taken from them."""
+
+    manifest: str = ""  # curation output folder (OUT) or a (filtered) manifest .parquet file
+    folder: str = ""  # or: a folder of video clips (no measured motion: motion_bucket_id below)
+    num_frames: int = 14  # T frames per training clip
+    fps: float = 7.0  # frames are sampled at this rate (0 = the clip's own); fps_id = round(fps) - 1
+    width: int = 1024
+    height: int = 576
+    buckets: tuple[tuple[int, int], ...] = ()  # more (width, height) sizes; a clip takes the nearest aspect
+    windows_per_clip: int = 1  # frame windows cached per clip (spread over the clip)
+    motion_bucket_id: int = 127  # folder clips only; manifest clips use their measured value
+    only_kept: bool = True  # manifest rows with keep = False are skipped
+    seed: int = 0  # frame-window placement
+
+    def __post_init__(self) -> None:
+        if self.manifest and self.folder:
+            raise ConfigError("data.manifest and data.folder are both set; choose one source of clips")
+        if self.num_frames < 2:
+            raise ConfigError(f"data.num_frames must be >= 2 (a video), got {self.num_frames}")
+        _positive(self.fps, "data.fps", allow_zero=True)
+        for w, h in ((self.width, self.height), *self.buckets):
+            if w <= 0 or h <= 0 or w % 64 or h % 64:
+                raise ConfigError(f"size {w}x{h} is not a positive multiple of 64 (the model's size multiple)")
+        if self.windows_per_clip < 1:
+            raise ConfigError(f"data.windows_per_clip must be >= 1, got {self.windows_per_clip}")
+        if not 0 <= self.motion_bucket_id <= 1023:
+            raise ConfigError(f"data.motion_bucket_id must be in 0..1023, got {self.motion_bucket_id}")
+
+    @property
+    def sizes(self) -> tuple[tuple[int, int], ...]:
+        """Every training size (width, height), the main one first."""
+        return tuple(dict.fromkeys(((self.width, self.height), *self.buckets)))
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """The latent cache. ``cond_aug_mode`` (see ``cache.py``): "exact" caches the conditioning frames' pixels
+    and encodes the noise-augmented frame every step with the (small) conditioner VAE encoder, as the reference;
+    "cached" stores ``aug_draws`` pre-encoded augmentations per clip so no VAE stays in memory."""
+
+    dir: str = ""  # default: <output_dir>/cache
+    dtype: str = "fp16"  # storage dtype of the latent moments and conditioning frames
+    cond_aug_mode: str = "exact"
+    aug_draws: int = 4
+    shard_clips: int = 32  # clip windows per safetensors shard
+    encode_frames: int = 8  # frames per VAE encoder call while building
+
+    def __post_init__(self) -> None:
+        _choice(self.dtype, STORAGE_DTYPES, "cache.dtype")
+        _choice(self.cond_aug_mode, COND_AUG_MODES, "cache.cond_aug_mode")
+        for name in ("aug_draws", "shard_clips", "encode_frames"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"cache.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """EDM training objective (sgm StandardDiffusionLoss + EDMSampling + VWeighting)."""
+
+    p_mean: float = 0.7  # log sigma ~ N(p_mean, p_std^2); the paper's 576x1024 stage used 1.0
+    p_std: float = 1.6
+    sigma_per: str = "clip"  # "clip": frames share one sigma (as at sampling); "frame": the reference's
+    cond_aug_mean: float = -3.0  # log cond_aug ~ N(mean, std^2): noise added to the conditioning frame
+    cond_aug_std: float = 0.5
+    cond_dropout: float = 0.1  # probability of zeroing image embedding and concat latent together (CFG)
+    loss: str = "l2"
+
+    def __post_init__(self) -> None:
+        _choice(self.sigma_per, SIGMA_PER, "objective.sigma_per")
+        _choice(self.loss, ("l2", "l1"), "objective.loss")
+        _positive(self.p_std, "objective.p_std", allow_zero=True)
+        _positive(self.cond_aug_std, "objective.cond_aug_std", allow_zero=True)
+        if not 0.0 <= self.cond_dropout < 1.0:
+            raise ConfigError(f"objective.cond_dropout must be in [0, 1), got {self.cond_dropout}")
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    rank: int = 16
+    alpha: float = 0.0  # 0 = rank (scale 1)
+    dropout: float = 0.0
+    patterns: tuple[str, ...] = ()  # extra module-name patterns (the LoRA module's syntax)
+
+    def __post_init__(self) -> None:
+        if self.rank < 1:
+            raise ConfigError(f"lora.rank must be >= 1, got {self.rank}")
+        _positive(self.alpha, "lora.alpha", allow_zero=True)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    optimizer: str = "adamw"  # "adamw8bit" needs bitsandbytes
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 1e-2
+    warmup_steps: int = 0  # linear warmup from 0
+    schedule: str = "constant"  # after warmup: constant, cosine or linear decay to min_lr_ratio * lr
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0  # max gradient norm (0 = no clipping)
+    grad_accum: int = 1  # micro-batches per optimizer step
+
+    def __post_init__(self) -> None:
+        _choice(self.optimizer, OPTIMIZERS, "optim.optimizer")
+        _choice(self.schedule, SCHEDULES, "optim.schedule")
+        _positive(self.lr, "optim.lr")
+        _positive(self.grad_clip, "optim.grad_clip", allow_zero=True)
+        if self.warmup_steps < 0 or self.grad_accum < 1:
+            raise ConfigError("optim.warmup_steps must be >= 0 and optim.grad_accum >= 1")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    every: int = 0  # steps between validation videos (0 = none)
+    image: str = ""  # conditioning image file ("" = the first cached clip's conditioning)
+    seed: int = 23
+    steps: int = 25
+    min_cfg: float = 1.0
+    max_cfg: float = 2.5
+    cond_aug: float = 0.02
+    format: str = "webp"
+
+    def __post_init__(self) -> None:
+        if self.every < 0 or self.steps < 1:
+            raise ConfigError("validation.every must be >= 0 and validation.steps >= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    checkpoint: str = ""  # base model: official single-file .safetensors or diffusers folder
+    output_dir: str = "output/svd-lab-train"
+    mode: str = "image_to_video"  # or "keyframes": first and last frame condition (interpolation model)
+    method: str = "lora"  # "lora" or "full" (the selected weights themselves)
+    trainable: str = "temporal"  # which layers train: temporal (default), spatial or all
+    patterns: tuple[str, ...] = ()  # method "full": extra module-name patterns that also train
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 1  # clips per process per micro-batch (global batch = batch_size * processes)
+    precision: str = "auto"  # autocast dtype; weights being trained stay fp32. auto: bf16 on CUDA, fp32 on CPU
+    gradient_checkpointing: bool = True
+    ema_decay: float = 0.0  # 0 = no EMA; else e.g. 0.999 (warmed up: min(decay, (1 + n) / (10 + n)))
+    seed: int = 0
+    device: str = "auto"
+    save_every: int = 500  # steps between training-state checkpoints (0 = only at the end / interruption)
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    resume: str = "auto"  # "auto" (latest in output_dir), "none", or a checkpoint path
+    save_dtype: str = "fp16"  # dtype of the saved full model / LoRA
+    data: DataConfig = field(default_factory=DataConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+    def __post_init__(self) -> None:
+        _choice(self.mode, MODES, "mode")
+        _choice(self.method, METHODS, "method")
+        _choice(self.trainable, TRAINABLE, "trainable")
+        _choice(self.precision, PRECISIONS, "precision")
+        _choice(self.save_dtype, STORAGE_DTYPES, "save_dtype")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError(f"steps and batch_size must be >= 1, got {self.steps} and {self.batch_size}")
+        if self.save_every < 0 or self.keep_checkpoints < 1 or self.log_every < 1:
+            raise ConfigError("save_every must be >= 0, keep_checkpoints and log_every >= 1")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.cache.dir) if self.cache.dir else Path(self.output_dir) / "cache"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    """Coerce a JSON/TOML value to the annotated type (lists -> tuples, ints -> floats), else ConfigError."""
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a table/object, got {type(value).__name__}")
+        return _build(hint, value, where + ".")
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _convert(value, option, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where} = {value!r} has the wrong type (expected {hint})")
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{where} must have {len(args)} entries, got {value!r}")
+        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if hint is str and isinstance(value, str):
+        return value
+    if hint is type(None) and value is None:
+        return None
+    raise ConfigError(f"{where} = {value!r} has the wrong type (expected {getattr(hint, '__name__', hint)})")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls)]
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown config key '{prefix}{key}'{hint} (known in this section: {', '.join(known)})")
+    return cls(**{k: _convert(v, hints[k], prefix + k) for k, v in values.items()})
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """A TrainConfig from nested dicts; unknown keys and wrong types raise ConfigError naming the key."""
+    return _build(TrainConfig, values)
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+    node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """"optim.lr=3e-5" -> ("optim.lr", 3e-05): the value is parsed as JSON, else kept as a string."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"training config not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            return tomllib.loads(text)
+        data = json.loads(text)
+    except (ValueError, ImportError) as exc:
+        raise ConfigError(f"cannot parse {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object at the top level")
+    return data
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tuple[str, ...] = (),
+                base: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a .toml or .json file (or start from `base`), apply "a.b=value" overrides, validate.
+
+    Relative data/cache/output paths stay relative to the working directory.
+    """
+    values = read_config_file(path) if path is not None else {}
+    values = {**(base or {}), **values}
+    for text in overrides:
+        _set_path(values, *parse_override(text))
+    return config_from_dict(values)

@@ -1,0 +1,404 @@
+"""A whole finetuning run: cache, training copy of the UNet, resume, the step loop, checkpoints, validation
+videos, loss log and plot, and the exported LoRA / full model. Used by ``svd-lab train`` and the trainer node.
+
+Output folder (``config.output_dir``)::
+
+    config.json                  the resolved configuration
+    cache/                       the latent cache (unless cache.dir points elsewhere)
+    checkpoints/state-stepNNNNNNN.safetensors   training state (resume), the newest keep_checkpoints kept
+    loss.jsonl, loss.png         loss log and plot
+    validation/stepNNNNNNN.webp  validation videos
+    lora.safetensors | model.safetensors        the result (ComfyUI LoRA keys / official single-file layout)
+
+The keyframe mode trains the interpolation model kind (first and last frame latents in the concat channels);
+its input convolution always trains in full (its new channels start at zero) and the result is always a full
+model, because a LoRA cannot carry the changed input width.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..checkpoint import save_checkpoint
+from ..conditioning import Cond, vector_conditioning
+from ..config import Family
+from ..detect import FIRST_STAGE_PREFIX, cond_vae_prefix
+from ..errors import ConfigError, InputError
+from ..loader import DTYPES, SVDBundle, load_bundle
+from ..model import SVDModel
+from ..nn.image_encoder import encode_image
+from ..nn.unet import VideoUNet
+from ..pipelines.decode import decode_latents
+from ..pipelines.image_to_video import VideoParams, sample_video
+from ..videoio import write_video
+from . import lora as lora_mod
+from .cache import LatentCache, _moved, build_cache
+from .config import TrainConfig
+from .data import make_dataset
+from .distributed import DistInfo, barrier, broadcast_text, resolve_device, wrap_ddp
+from .loop import NonFiniteLossError, StepStats, Trainer, autocast_dtype
+from .report import LossLog, save_plot
+from .state import latest_checkpoint, load_state, prune_checkpoints, restore_rng, save_state, state_path
+from .targets import set_trainable
+
+log = logging.getLogger(__name__)
+
+#: Config fields a resumed run must share with the checkpoint (others may change, e.g. steps or lr).
+RESUME_KEYS = ("mode", "method", "trainable", "patterns", "lora", "seed", "batch_size")
+
+
+@dataclass
+class TrainResult:
+    step: int  # optimizer steps done
+    unet: nn.Module  # the trained UNet (EMA weights when EMA is on; LoRA adapters injected for method lora)
+    weights_path: Path | None  # lora.safetensors / model.safetensors (rank 0)
+    state_path: Path | None  # the newest training-state checkpoint
+    log_path: Path
+    plot_path: Path | None
+    records: list[dict] = field(default_factory=list)
+    validation: list[Path] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StepEvent:
+    stats: StepStats
+    total: int
+    log: LossLog
+
+
+# -------------------------------------------------------------------------------------------- building
+
+
+def ensure_cache(config: TrainConfig, bundle: SVDBundle, dist: DistInfo,
+                 callback: Callable[[int, int], None] | None = None) -> LatentCache:
+    """Open the cache named by the config; rank 0 builds or completes it first when needed."""
+    directory = config.cache_dir
+    if dist.is_main:
+        try:
+            cache = LatentCache(directory)
+            ready = cache.complete and not (config.data.manifest or config.data.folder)
+        except InputError:
+            ready = False
+        if not ready:
+            build_cache(bundle, make_dataset(config.data), directory, config.cache, config.objective,
+                        seed=config.seed, device=dist.device, callback=callback)
+    barrier(dist)
+    cache = LatentCache(directory)
+    if not cache.complete:
+        raise InputError(f"the latent cache in {directory} is incomplete (a build was interrupted); build it again")
+    return cache
+
+
+def expand_keyframes(bundle: SVDBundle, unet: VideoUNet) -> VideoUNet:
+    """The keyframe-interpolation kind of `unet` (12 input channels; the new ones start at zero), in place."""
+    from ..pipelines.keyframes import expand_to_keyframe_model
+
+    shell = view_bundle(bundle, unet).model
+    return expand_to_keyframe_model(shell).unet
+
+
+def training_unet(bundle: SVDBundle, config: TrainConfig, device: torch.device) -> tuple[VideoUNet, list[str]]:
+    """A float32 copy of the bundle's UNet on `device` with the trained parameters selected (the bundle's own
+    UNet is not modified). Returns (unet, LoRA layer paths or [])."""
+    base = bundle.model.unet
+    with torch.device("meta"):
+        unet = VideoUNet(base.config)
+    unet.load_state_dict({k: v.detach().to(device, torch.float32, copy=True) for k, v in base.state_dict().items()},
+                         assign=True)
+    keyframes = config.mode == "keyframes"
+    if keyframes and not unet.config.concat_keyframes:
+        unet = expand_keyframes(bundle, unet)
+    elif not keyframes and unet.config.concat_keyframes:
+        raise ConfigError("this is a keyframe-interpolation model (12 input channels): train it with mode "
+                          "'keyframes', or start image-to-video training from an image-to-video model")
+    paths: list[str] = []
+    if config.method == "lora":
+        gen = torch.Generator().manual_seed(config.seed)
+        paths = lora_mod.inject_lora(unet, rank=config.lora.rank, alpha=config.lora.alpha or None,
+                                     preset=config.trainable, patterns=config.lora.patterns,
+                                     dropout=config.lora.dropout, generator=gen)
+    else:
+        set_trainable(unet, config.trainable, config.patterns)
+    if keyframes:
+        unet.input_blocks[0][0].requires_grad_(True)
+    unet.gradient_checkpointing = config.gradient_checkpointing
+    return unet.train(), paths
+
+
+def view_bundle(bundle: SVDBundle, unet: nn.Module) -> SVDBundle:
+    """A bundle sharing the VAEs and image encoder of `bundle` with `unet` as its UNet (nothing is copied)."""
+    model_config = dataclasses.replace(bundle.config, unet=unet.config)
+    with torch.device("meta"):
+        model = SVDModel(model_config)
+    model.unet, model.first_stage = unet, bundle.model.first_stage
+    model.cond_vae, model.image_encoder = bundle.model.cond_vae, bundle.model.image_encoder
+    return SVDBundle(model=model, variant=bundle.variant, source=bundle.source)
+
+
+# ------------------------------------------------------------------------------------------- validation
+
+
+@dataclass(frozen=True)
+class ValidationCond:
+    cond: Cond
+    params: VideoParams
+
+
+def resize_cover(frames: Tensor, width: int, height: int) -> Tensor:
+    """(n, 3, H, W) -> (n, 3, height, width): scale to cover, centre-crop (antialiased bilinear)."""
+    h, w = frames.shape[-2:]
+    if (h, w) == (height, width):
+        return frames
+    scale = max(width / w, height / h)
+    sh, sw = max(height, round(h * scale)), max(width, round(w * scale))
+    resized = torch.nn.functional.interpolate(frames, size=(sh, sw), mode="bilinear", antialias=True)
+    top, left = (sh - height) // 2, (sw - width) // 2
+    return resized[..., top:top + height, left:left + width].clamp(-1, 1)
+
+
+@torch.no_grad()
+def validation_cond(bundle: SVDBundle, cache: LatentCache, config: TrainConfig, device: torch.device,
+                    image: Tensor | None = None) -> ValidationCond:
+    """The fixed conditioning of the validation videos: `image` (1, 3, H, W) in [-1, 1] (or validation.image),
+    else the first cached clip's conditioning (its fps and motion bucket; cached clean frame or augmentation)."""
+    val, keyframes = config.validation, config.mode == "keyframes"
+    first = cache.item(0)
+    e = first.entry
+    gen = torch.Generator().manual_seed(val.seed)
+    cond_vae = bundle.model.cond_vae
+    if image is None and val.image:
+        from ..videoio import read_image
+
+        image = read_image(val.image).permute(0, 3, 1, 2) * 2 - 1  # (1, 3, H, W)
+    if image is not None:
+        frames = resize_cover(image.float(), e.width, e.height).expand(2 if keyframes else 1, -1, -1, -1)
+        tower = bundle.model.image_encoder
+        with _moved([tower], device):
+            crossattn = encode_image(tower, frames[:1].to(device, tower.dtype))
+        crossattn, aug = crossattn.float().cpu(), val.cond_aug
+    elif first.cond_frames is not None:
+        frames, crossattn, aug = first.cond_frames[: 2 if keyframes else 1], first.crossattn[:1], val.cond_aug
+    else:
+        frames, crossattn, aug = None, first.crossattn[:1], float(first.cond_aug[0])
+        concat = first.concat[0, : 2 if keyframes else 1].flatten(0, 1)[None]  # (1, k z, h, w)
+    if frames is not None:
+        noisy = frames + aug * torch.randn(frames.shape, generator=gen)
+        with _moved([cond_vae.encoder, cond_vae.quant_conv], device):
+            concat = cond_vae.encode_mode(noisy.to(device, cond_vae.dtype)).float().cpu()  # (k, z, h, w)
+        concat = concat.reshape(1, -1, *concat.shape[-2:])  # (1, k z, h, w)
+    t = cache.num_frames
+    vector = vector_conditioning(Family.SVD, {"fps_id": e.fps_id, "motion_bucket_id": e.motion_bucket_id,
+                                              "cond_aug": aug}, 1, t)
+    params = VideoParams(num_frames=t, width=e.width, height=e.height, fps=e.fps_id + 1,
+                         motion_bucket_id=e.motion_bucket_id, cond_aug=aug, steps=val.steps, min_cfg=val.min_cfg,
+                         max_cfg=val.max_cfg)
+    return ValidationCond(Cond(crossattn.reshape(1, 1, -1), concat, vector.float()), params)
+
+
+@torch.no_grad()
+def validation_video(bundle: SVDBundle, unet: nn.Module, val: ValidationCond, path: Path, config: TrainConfig,
+                     device: torch.device) -> Path:
+    """Sample and decode one video from the fixed conditioning and seed; write it to `path`."""
+    view = view_bundle(bundle, unet)
+    was_training = unet.training
+    unet.eval()
+    amp = autocast_dtype(config.precision, device)
+    try:
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            latents = sample_video(view, val.cond, val.cond.unconditional(), val.params,
+                                   generator=torch.Generator().manual_seed(config.validation.seed))
+        with _moved([bundle.model.first_stage], device):
+            frames = decode_latents(view, latents.float())[0]  # (t, 3, H, W)
+    finally:
+        unet.train(was_training)
+    pixels = ((frames.clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1)  # (t, H, W, 3) in [0, 1]
+    return write_video(pixels, path, fps=max(1, val.params.fps), format=config.validation.format)
+
+
+# ----------------------------------------------------------------------------------------------- export
+
+
+@torch.no_grad()
+def export_result(bundle: SVDBundle, unet: nn.Module, lora_paths: list[str], config: TrainConfig, step: int,
+                  out: Path) -> Path:
+    """Write lora.safetensors (ComfyUI keys) or model.safetensors (official layout) into `out`."""
+    dtype = DTYPES[config.save_dtype]
+    meta = {"svd_lab.train.mode": config.mode, "svd_lab.train.steps": str(step),
+            "svd_lab.train.config": json.dumps(config.to_dict(), default=str)}
+    if config.method == "lora" and config.mode != "keyframes":
+        state = lora_mod.lora_state_dict(unet, dtype=dtype)
+        metadata = lora_mod.lora_metadata(
+            rank=config.lora.rank, alpha=config.lora.alpha or config.lora.rank, preset=config.trainable,
+            patterns=config.lora.patterns, modules=len(lora_paths), steps=step,
+            base_model_hash=lora_mod.base_model_hash(bundle.model.unet), extra=meta)
+        return lora_mod.save_lora(out / "lora.safetensors", state, metadata=metadata)
+    with torch.device("meta"):
+        export = VideoUNet(unet.config)
+    export.load_state_dict({k: v.detach() for k, v in merged_state(unet).items()}, assign=True)
+    return save_model(view_bundle(bundle, export), out / "model.safetensors", config.save_dtype, meta)
+
+
+@torch.no_grad()
+def trained_bundle(bundle: SVDBundle, unet: nn.Module, device: torch.device) -> SVDBundle:
+    """A new bundle whose UNet is the trained one (LoRA merged) in the base model's dtype on `device`; the
+    VAEs and image encoder are shared with `bundle`, which is not modified."""
+    with torch.device("meta"):
+        plain = VideoUNet(unet.config)
+    plain.load_state_dict({k: v.detach().to(device, bundle.dtype, copy=True) for k, v in merged_state(unet).items()},
+                          assign=True)
+    return view_bundle(bundle, plain.eval().requires_grad_(False))
+
+
+def training_bytes(bundle: SVDBundle) -> int:
+    """A floor for the device memory a run needs: the fp32 training copy of the UNet plus as much again."""
+    return 2 * 4 * sum(p.numel() for p in bundle.model.unet.parameters())
+
+
+def save_model(bundle: SVDBundle, path: str | Path, dtype: str = "fp16",
+               metadata: dict[str, str] | None = None) -> Path:
+    """Save in the official single-file layout with the UNet and image encoder cast to `dtype` (fp16 / bf16 /
+    fp32); the VAEs keep their dtype (the reference runs them in fp32)."""
+    cast = DTYPES[dtype]
+    vae_prefixes = (FIRST_STAGE_PREFIX, cond_vae_prefix(bundle.family))
+    state = {}
+    for prefix, module in bundle.model.components():
+        for key, value in module.state_dict().items():
+            keep = prefix in vae_prefixes or not value.is_floating_point()
+            state[prefix + key] = value.detach() if keep else value.detach().to(cast)
+    meta = {"format": "pt", "svd_lab.family": bundle.family.value, "svd_lab.variant": bundle.variant,
+            **(metadata or {})}
+    return save_checkpoint(path, state, meta)
+
+
+def merged_state(unet: nn.Module) -> dict[str, Tensor]:
+    """The UNet's plain state dict with any LoRA folded in (the training copy itself is not changed)."""
+    if not lora_mod.lora_parameters(unet):
+        return unet.state_dict()
+    state = {k: v for k, v in unet.state_dict().items() if ".lora_" not in k}
+    for path, module in unet.named_modules():
+        if isinstance(module, lora_mod.LoRALayer):
+            state[f"{path}.weight"] = (module.weight.float() + module.delta_weight()).to(module.weight.dtype)
+    return state
+
+
+# ------------------------------------------------------------------------------------------------- run
+
+
+def _check_resume(saved: dict, config: TrainConfig) -> None:
+    current = json.loads(json.dumps(config.to_dict(), default=str))
+    diff = [k for k in RESUME_KEYS if saved["config"].get(k) != current.get(k)]
+    if diff:
+        raise ConfigError(f"cannot resume from {saved['path']}: it was trained with other {diff} "
+                          f"({ {k: saved['config'].get(k) for k in diff} }); use resume 'none' or the same settings")
+
+
+def run_training(config: TrainConfig, *, bundle: SVDBundle | None = None, cache: LatentCache | None = None,
+                 dist: DistInfo | None = None, on_step: Callable[[StepEvent], None] | None = None,
+                 validation_image: Tensor | None = None,
+                 on_cache: Callable[[int, int], None] | None = None) -> TrainResult:
+    """Train as configured; see the module docstring. `on_step` runs after every step on rank 0 and may raise
+    to interrupt (a checkpoint of the finished steps is written first, then the exception propagates)."""
+    dist = dist or DistInfo(device=resolve_device(config.device))
+    device, out = dist.device, Path(config.output_dir)
+    ckpt_dir = out / "checkpoints"
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1, default=str))
+    if bundle is None:
+        if not config.checkpoint:
+            raise ConfigError("no base model: set checkpoint to an SVD .safetensors file or diffusers folder")
+        # Held on the CPU (the trained copy goes to the device in fp32); fp16 halves host memory when training on
+        # a GPU (the image encoder then runs in fp16 there, as the reference's autocast does).
+        bundle = load_bundle(config.checkpoint, device="cpu",
+                             dtype=torch.float16 if device.type == "cuda" else torch.float32)
+    if bundle.family is not Family.SVD:
+        raise ConfigError(f"finetuning supports SVD-family (image-to-video) models, not {bundle.family.value}")
+    cache = cache or ensure_cache(config, bundle, dist, on_cache)
+    unet, lora_paths = training_unet(bundle, config, device)
+    params = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
+    log.info("training %d tensors (%.2f M parameters) of %s with %s on %s", len(params),
+             sum(p.numel() for _, p in params) / 1e6, config.trainable, config.method, device)
+    cond_vae = bundle.model.cond_vae if cache.cond_aug_mode == "exact" else None
+    moved = [cond_vae.encoder, cond_vae.quant_conv] if cond_vae is not None else []
+    loss_log = LossLog(out / "loss.jsonl" if dist.is_main else None)
+    result = TrainResult(0, unet, None, None, out / "loss.jsonl", None)
+    with _moved(moved, device):
+        trainer = Trainer(config, wrap_ddp(unet, dist), params, cache, dist=dist,
+                          scale_factor=bundle.config.scale_factor, cond_vae=cond_vae)
+        resume = None if config.resume == "none" else (
+            str(latest_checkpoint(ckpt_dir) or "") if config.resume == "auto" else config.resume)
+        resume = broadcast_text(resume, dist)
+        start = 0
+        if resume:
+            saved = load_state(resume)
+            _check_resume(saved, config)
+            if saved["extra"].get("world_size", dist.world_size) != dist.world_size:
+                log.warning("resuming a %s-process run on %d processes: the global batch and the data order "
+                            "change from here on", saved["extra"]["world_size"], dist.world_size)
+            trainer.load(saved)
+            restore_rng(saved["rng_tensors"], saved["rng_info"])
+            start = saved["step"]
+            result.state_path = Path(resume)
+            log.info("resumed from %s at step %d", resume, start)
+        if dist.is_main:
+            loss_log.truncate_after(start)
+        val = None
+        if dist.is_main and config.validation.every:
+            val = validation_cond(bundle, cache, config, device, validation_image)
+
+        def save(step: int) -> None:
+            nonlocal saving
+            if dist.is_main:
+                saving = True
+                result.state_path = save_state(state_path(ckpt_dir, step), step=step, config=config.to_dict(),
+                                               extra={"world_size": dist.world_size}, **trainer.state())
+                prune_checkpoints(ckpt_dir, config.keep_checkpoints)
+                saving = False
+
+        step, saved_step, consistent, saving = start, start, True, False
+        try:
+            while step < config.steps:
+                consistent = False
+                stats = trainer.step(step)
+                step, consistent = stats.step, True
+                if dist.is_main and (step % config.log_every == 0 or step == config.steps):
+                    loss_log.append({"step": step, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm,
+                                     "sigma_mean": stats.sigma_mean, "seconds": round(stats.seconds, 4)})
+                if config.save_every and step % config.save_every == 0 and step < config.steps:
+                    save(step)
+                    saved_step = step
+                if val is not None and step % config.validation.every == 0:
+                    path = out / "validation" / f"step{step:07d}.{config.validation.format}"
+                    with trainer.ema.applied() if trainer.ema else contextlib.nullcontext():
+                        result.validation.append(validation_video(bundle, unet, val, path, config, device))
+                barrier(dist)
+                if on_step is not None and dist.is_main:
+                    on_step(StepEvent(stats, config.steps, loss_log))
+        except NonFiniteLossError:
+            log.error("stopped at step %d on a non-finite loss; last checkpoint: %s", step, result.state_path)
+            raise
+        except BaseException:
+            if consistent and not saving and step > saved_step:
+                log.warning("interrupted after step %d: writing a checkpoint to resume from", step)
+                save(step)
+            raise
+        if step > saved_step or result.state_path is None:
+            save(step)
+        barrier(dist)
+    result.step, result.records = step, list(loss_log.records)
+    if dist.is_main:
+        result.plot_path = save_plot(loss_log, out / "loss.png")
+        if trainer.ema is not None:
+            trainer.ema.copy_to_params()  # the returned model and the export use the EMA weights
+        result.weights_path = export_result(bundle, unet, lora_paths, config, step, out)
+    return result
+
