@@ -94,7 +94,7 @@ def build_config(args: argparse.Namespace) -> Any:
     for item in args.set or []:
         key, sep, value = item.partition("=")
         if not sep:
-            raise ConfigError(f"--set {item!r}: write KEY=VALUE, e.g. split.min_duration=2.0")
+            raise ConfigError(f"--set {item!r}: write KEY=VALUE, e.g. split.min_seconds=2.0")
         _set_path(data, key.strip(), _parse_value(value.strip()))
     return CurationConfig.from_dict(data)
 
@@ -151,7 +151,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="delete the manifest already in --out and start again")
     p.add_argument("--config", help="JSON file or JSON text with CurationConfig fields (nested: cut, motion, split)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one config field, dotted for "
-                   "nested ones, e.g. split.min_duration=2 (repeatable; VALUE is JSON or a string)")
+                   "nested ones, e.g. split.min_seconds=2 (repeatable; VALUE is JSON or a string)")
     p.add_argument("--filter", action="append", metavar="RULE", help=FILTER_HELP)
     p.add_argument("--clip-checkpoint", help="SVD checkpoint whose OpenCLIP image tower embeds keyframes")
     p.add_argument("--aesthetic-head", help="aesthetic predictor head (.safetensors) on the CLIP embedding")

@@ -5,6 +5,10 @@
     cond, uncond = encode_condition(bundle, image, params, generator=gen)   # image (1, 3, H, W) in [-1, 1]
     latents = sample_video(bundle, cond, uncond, params, generator=gen, callback=print)
     frames = decode_latents(bundle, latents, chunk_size=8)                  # (1, t, 3, H, W) in [-1, 1]
+
+Beyond one clip: ``orbit_video`` (SV3D, cameras from ``orbit_cameras``), ``interpolate_keyframes`` (first and
+last frame), ``extend_video`` (more segments, drift-corrected). Curation and training live in
+``svd_model.curation`` and ``svd_model.training`` (they need OpenCV / pyarrow, so they are not imported here).
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ from torch import Tensor
 
 from .loader import SVDBundle, load_bundle, save_bundle
 from .pipelines.decode import decode_latents, encode_frames
+from .pipelines.extend import extend_video
 from .pipelines.image_to_video import VideoParams, encode_condition, sample_video
+from .pipelines.keyframes import interpolate_keyframes
+from .pipelines.multiview import orbit_cameras, orbit_video
 from .sampling import StepInfo
 
 __all__ = [
@@ -26,8 +33,12 @@ __all__ = [
     "decode_latents",
     "encode_condition",
     "encode_frames",
+    "extend_video",
     "image_to_video",
+    "interpolate_keyframes",
     "load_bundle",
+    "orbit_cameras",
+    "orbit_video",
     "sample_video",
     "save_bundle",
 ]

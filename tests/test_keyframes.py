@@ -184,3 +184,11 @@ def test_node_returns_frames_that_start_and_end_with_the_keyframes(bundle):
     assert "smaller than chunk_size" in KeyframeInterpolate.VALIDATE_INPUTS(W, H, T, 2, 2)
     with pytest.raises(InputError, match="different aspect ratios"):
         node.interpolate(bundle, first, torch.rand(1, H, H, 3), **args)
+
+
+def test_image_to_video_node_refuses_a_keyframe_checkpoint_with_a_pointer(keyframe_bundle):
+    from comfyui_svd_lab.nodes.video_nodes import ImageToVideoConditioning
+
+    image = torch.rand(1, 64, 64, 3)
+    with pytest.raises(InputError, match="keyframe-interpolation checkpoint.*Keyframe Interpolate"):
+        ImageToVideoConditioning().encode(keyframe_bundle, image, 64, 64, 3, 7, 127, 0.02, 0)
