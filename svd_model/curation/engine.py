@@ -19,11 +19,11 @@ the finished videos are flushed, so the manifest stays resumable.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dataclasses
 import json
 import logging
 import multiprocessing
 import os
-import pickle
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
@@ -31,6 +31,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ..errors import ConfigError, InputError, SVDError
 from .manifest import FILTERED_NAME, MANIFEST_DIR, ManifestWriter, completed, write_text_atomic
@@ -160,7 +162,21 @@ def _ray_map(item: dict[str, Any], *, config: dict[str, Any], out_dir: str) -> d
     if "config" not in _WORKER:
         _init_worker(config, out_dir)
     result = _work(item["path"], item["root"])
-    return {"video_id": result.video_id, "payload": pickle.dumps(result)}
+    return {"video_id": result.video_id, "payload": _to_json(result)}
+
+
+def _to_json(result: VideoResult) -> str:
+    """A VideoResult as JSON text (plain data between Ray workers and the driver: nothing is unpickled)."""
+    def plain(value: Any) -> Any:
+        if isinstance(value, np.generic):
+            return value.item()
+        raise TypeError(f"manifest value of type {type(value).__name__} is not plain data")
+
+    return json.dumps(dataclasses.asdict(result), default=plain)
+
+
+def _from_json(text: str) -> VideoResult:
+    return VideoResult(**json.loads(text))
 
 
 def _crashed(path: Path, root: Path, config: CurationConfig, why: str) -> VideoResult:
@@ -293,7 +309,7 @@ def _run_ray(jobs: Sequence[Path], root: Path, config: CurationConfig, out: Path
     fn = functools.partial(_ray_map, config=config.to_dict(), out_dir=str(out))
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 50_000))).map(fn, num_cpus=1)
     for row in dataset.iter_rows():
-        yield pickle.loads(row["payload"])
+        yield _from_json(row["payload"])
 
 
 _ENGINES: dict[str, Callable[..., Iterator[VideoResult]]] = {
