@@ -14,7 +14,6 @@ import logging
 import mmap
 import os
 import struct
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .errors import CheckpointError
+from .fsutil import replace_atomic
 
 log = logging.getLogger(__name__)
 
@@ -202,21 +202,16 @@ def save_checkpoint(
         offset += nbytes
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the data section starts 8-byte aligned
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             f.write(struct.pack("<Q", len(raw)))
             f.write(raw)
             for t in state_dict.values():
                 if t.numel():
                     data = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
                     f.write(memoryview(data.numpy()))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    replace_atomic(path, write)
     log.info("saved %d tensors (%.1f MB) to %s", len(state_dict), (offset + len(raw) + 8) / 1e6, path)
     return path

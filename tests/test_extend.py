@@ -8,6 +8,7 @@ import types
 
 import pytest
 import torch
+from train_support import one_thread_fixture
 
 from comfyui_svd_lab.nodes import NODE_CLASS_MAPPINGS, bridge
 from comfyui_svd_lab.svd_model.colour import lab_stats, srgb_to_lab
@@ -29,14 +30,9 @@ H, W, F = 32, 48, 3  # tiny segments: 3 frames at 48x32
 KEYFRAMES = "comfyui_svd_lab.svd_model.pipelines.keyframes"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is several times faster than two on a loaded machine (and changes no
-    assertion: every comparison is between runs with the same setting)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: Tiny models: one intra-op thread is several times faster than two on a loaded machine (and changes no
+#: assertion: every comparison is between runs with the same setting).
+_one_thread = one_thread_fixture()
 
 
 @pytest.fixture(scope="module")

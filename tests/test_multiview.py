@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from train_support import one_thread_fixture
 
 from comfyui_svd_lab.nodes import NODE_CLASS_MAPPINGS, bridge
 from comfyui_svd_lab.nodes import video_nodes as video_nodes_module
@@ -34,14 +35,9 @@ from comfyui_svd_lab.svd_model.tiny import write_tiny_checkpoint
 S, T = 32, 3  # tiny orbit: 32x32, 3 views
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is several times faster than two on a loaded machine (and changes no
-    assertion: every comparison is between runs with the same setting)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+#: Tiny models: one intra-op thread is several times faster than two on a loaded machine (and changes no
+#: assertion: every comparison is between runs with the same setting).
+_one_thread = one_thread_fixture()
 
 
 def node(node_id: str):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -10,11 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from train_support import FRAMES, SIZE, clip_frames, train_config, write_clips, write_micro_checkpoint
+from train_support import FRAMES, SIZE, clip_frames, micro_setup, one_thread_fixture, train_config
 
 from comfyui_svd_lab.svd_model.errors import ConfigError, InputError
-from comfyui_svd_lab.svd_model.loader import load_bundle
-from comfyui_svd_lab.svd_model.training.cache import LatentCache, build_cache
+from comfyui_svd_lab.svd_model.training.cache import LatentCache, StaleCacheError, build_cache
 from comfyui_svd_lab.svd_model.training.config import CacheConfig, DataConfig, config_from_dict, load_config
 from comfyui_svd_lab.svd_model.training.data import (
     load_manifest,
@@ -27,21 +27,12 @@ from comfyui_svd_lab.svd_model.training.data import (
 from comfyui_svd_lab.svd_model.training.loop import BatchPlan, make_batch
 from comfyui_svd_lab.svd_model.videoio import read_video, write_video
 
-
-@pytest.fixture(autouse=True)
-def torch_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+_one_thread = one_thread_fixture()
 
 
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    ckpt = write_micro_checkpoint(root / "micro.safetensors")
-    write_clips(root / "clips", count=3)
-    return root, ckpt, load_bundle(ckpt)
+    return micro_setup(tmp_path_factory.mktemp("data"), clips=3, cache=False)[:3]
 
 
 def manifest_rows(root, clips):
@@ -188,6 +179,49 @@ def test_cache_contents_resume_and_settings_guard(micro, tmp_path):
     assert torch.allclose(item.moments.chunk(2, 1)[0], mean, atol=1e-5)  # the posterior, not a sample
     with pytest.raises(ConfigError, match="built with other settings"):
         build_cache(bundle, dataset, tmp_path / "c", CacheConfig(dtype="fp16"), cfg.objective)
+
+
+def test_a_cache_of_a_recurated_manifest_is_refused_or_rebuilt_never_reused(micro, tmp_path):
+    """The manifest at the same path re-curated: other clips of the same count, more clips, a re-measured motion
+    bucket. Each is refused naming what differs, leaving the cache as it was; rebuild replaces it, and the result
+    equals a cache built fresh from that dataset."""
+    root, _, bundle = micro
+    rows = [dict(r, clip_path="") for r in manifest_rows(root, root / "clips")[:4]]  # v0_0000, v0_0001, v2_0000
+    manifest = tmp_path / "manifest.parquet"
+    cfg = train_config(tmp_path, "x.safetensors", data__manifest=str(manifest))
+    settings = CacheConfig(dtype="fp32", shard_clips=1)
+
+    def curate(keep: set[str], **changes: dict):
+        table = [dict(r, keep=r["clip_id"] in keep, **changes.get(r["clip_id"], {})) for r in rows]
+        pq.write_table(pa.Table.from_pylist(table), manifest)
+        return make_dataset(cfg.data)
+
+    def keys(cache):
+        return sorted(e.key for e in cache.entries)
+
+    cache = build_cache(bundle, curate({"v0_0000", "v0_0001"}), tmp_path / "c", settings, cfg.objective)
+    encoded: list[int] = []
+    cases = [({"v0_0000", "v2_0000"}, {}, r"1 new \(e.g. v2_0000\), 1 gone \(e.g. v0_0001\)"),  # same count
+             ({"v0_0000", "v0_0001", "v2_0000"}, {}, r"differ from the dataset's: 1 new \(e.g. v0_0001\) \("),
+             ({"v0_0000", "v0_0001", "v2_0000"}, {"v2_0000": {"motion_bucket_id": 7}}, r"1 changed \(e.g. v2_0000\)")]
+    for keep, changes, difference in cases:
+        before = keys(cache)
+        dataset = curate(keep, **changes)
+        with pytest.raises(StaleCacheError, match=difference):
+            build_cache(bundle, dataset, tmp_path / "c", settings, cfg.objective)
+        assert keys(LatentCache(tmp_path / "c")) == before  # refused: nothing deleted, nothing added
+        cache = build_cache(bundle, dataset, tmp_path / "c", settings, cfg.objective, rebuild=True)
+        assert cache.complete and keys(cache) == sorted(w.key for w in dataset.windows) == sorted(keep)
+        again = build_cache(bundle, dataset, tmp_path / "c", settings, cfg.objective,
+                            callback=lambda done, total: encoded.append(done))
+        assert keys(again) == keys(cache) and encoded == []  # now up to date: reused without encoding
+    assert {e.key: e.motion_bucket_id for e in cache.entries} == {"v0_0000": 40, "v0_0001": 200, "v2_0000": 7}
+    fresh = build_cache(bundle, dataset, tmp_path / "fresh", settings, cfg.objective)
+    for i, entry in enumerate(cache.entries):
+        twin = fresh.item(next(j for j, e in enumerate(fresh.entries) if e.key == entry.key))
+        assert twin.entry == dataclasses.replace(cache.item(i).entry, shard=twin.entry.shard)
+        assert torch.equal(cache.item(i).moments, twin.moments) and torch.equal(cache.item(i).cond_frames,
+                                                                                twin.cond_frames)
 
 
 def test_cached_and_exact_augmentation_condition_on_the_frame(micro, tmp_path):

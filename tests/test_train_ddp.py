@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from train_support import train_config, write_clips, write_micro_checkpoint
+from train_support import micro_files, one_thread_fixture, train_config
 
 from comfyui_svd_lab.svd_model.loader import load_bundle
 from comfyui_svd_lab.svd_model.training.report import read_log
@@ -18,11 +18,11 @@ from comfyui_svd_lab.svd_model.training.state import latest_checkpoint, load_sta
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="torch.distributed with the gloo backend is not available")
+_one_thread = one_thread_fixture()  # the one-process run; torchrun starts its workers with OMP_NUM_THREADS=1
 
 
 def test_two_gloo_processes_equal_one_process_with_the_doubled_batch(tmp_path):
-    ckpt = write_micro_checkpoint(tmp_path / "micro.safetensors")
-    write_clips(tmp_path / "clips", count=4)
+    ckpt = micro_files(tmp_path, clips=4)
     bundle = load_bundle(ckpt)
     base = {k: v.clone() for k, v in bundle.model.unet.state_dict().items()}
     # Adam's eps well above the gradients' rounding noise: updates then follow the gradients linearly, so the
@@ -30,13 +30,8 @@ def test_two_gloo_processes_equal_one_process_with_the_doubled_batch(tmp_path):
     # all-reduce's rounding to ~1 % of a step).
     common = {"steps": 3, "method": "full", "ema_decay": 0.9, "objective__cond_dropout": 0.3, "optim__eps": 1e-3,
               "cache__dir": str(tmp_path / "cache")}
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        one = run_training(train_config(tmp_path / "one", ckpt, tmp_path / "clips", batch_size=2, **common),
-                           bundle=bundle)
-    finally:
-        torch.set_num_threads(previous)
+    one = run_training(train_config(tmp_path / "one", ckpt, tmp_path / "clips", batch_size=2, **common),
+                       bundle=bundle)
     two = train_config(tmp_path / "two", ckpt, tmp_path / "clips", batch_size=1, **common)
     (tmp_path / "two.json").write_text(json.dumps(two.to_dict()))
     run = subprocess.run([sys.executable, "-m", "comfyui_svd_lab.cli", "train", str(tmp_path / "two.json"),
@@ -63,8 +58,7 @@ def test_cli_print_config_cache_only_and_bad_config(tmp_path, capsys):
 
     assert main(["train", "--print-config"]) == 0
     assert json.loads(capsys.readouterr().out)["objective"]["p_mean"] == 0.7
-    ckpt = write_micro_checkpoint(tmp_path / "micro.safetensors")
-    write_clips(tmp_path / "clips", count=1)
+    ckpt = micro_files(tmp_path, clips=1)
     config = train_config(tmp_path, ckpt, tmp_path / "clips")
     (tmp_path / "run.json").write_text(json.dumps(config.to_dict()))
     assert main(["train", str(tmp_path / "run.json"), "--cache-only"]) == 0

@@ -11,13 +11,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
-from train_support import write_micro_checkpoint
+from train_support import micro_files, one_thread_fixture
 
 from comfyui_svd_lab import NODE_CLASS_MAPPINGS
 from comfyui_svd_lab.jobs import TINY_RUN, tiny_overrides
 from comfyui_svd_lab.nodes import bridge
 from comfyui_svd_lab.svd_model.errors import InputError
 from comfyui_svd_lab.svd_model.loader import load_bundle
+from comfyui_svd_lab.svd_model.training.cache import StaleCacheError
 from comfyui_svd_lab.svd_model.training.lora import load_lora
 from comfyui_svd_lab.svd_model.training.lora_keys import apply_lora
 from comfyui_svd_lab.svd_model.training.report import read_log
@@ -31,19 +32,12 @@ SMALL = ["4.frames=3", "4.width=64", "4.height=64", "5.storage=fp32", "6.steps=2
          "6.gradient_checkpointing=false", "6.lora_rank=4", "6.learning_rate=0.001", "7.dtype=fp32"]
 
 
-@pytest.fixture(autouse=True)
-def torch_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+_one_thread = one_thread_fixture()
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("train_example_models")
-    write_micro_checkpoint(folder / "micro.safetensors")
-    return folder
+    return micro_files(tmp_path_factory.mktemp("train_example")).parent
 
 
 @pytest.fixture
@@ -160,17 +154,26 @@ def test_tiny_run_shrinks_both_training_examples():
         assert train["steps"] <= 4 and train["validate_every"] == 0
 
 
-def test_recurated_manifest_gets_a_fresh_cache(models, configured):
-    """Same manifest path, other clips kept (new filter rules): the auto-named cache must not be the old one."""
+def test_recurated_manifest_rebuilds_the_unnamed_cache_and_is_refused_by_a_named_one(models, configured):
+    """Same manifest path, other clips kept (new filter rules): the auto-named cache is rebuilt in place with the
+    new clips; a named cache refuses them (naming what differs) unless rebuild is on."""
     folder = Path(__file__).resolve().parents[1] / "example_workflows" / "inputs" / "svd_lab_curation_example"
     videos, _ = NODE_CLASS_MAPPINGS["SVDLab_LoadVideoFolder"]().load(str(folder), "mp4", 2)
     bundle = load_bundle(models / "micro.safetensors")
-    caches = []
+    node = train_nodes.BuildLatentCache()
+    caches, datasets = [], []
     for if_exists, rules in (("overwrite", "none"), ("resume", "motion_score:bottom=0.5")):
         curated = NODE_CLASS_MAPPINGS["SVDLab_CurateFolder"]().curate(
             videos, "recurated", if_exists, 1, False, "none", "none", False, rules, "")["result"][0]
         dataset, _ = train_nodes.DatasetFromManifest().load("", 3, 8.0, 64, 64, 1, 0, "", True, curated=curated)
-        cache, _ = train_nodes.BuildLatentCache().build(bundle, dataset, "", "cached", "fp32", False)
+        cache, _ = node.build(bundle, dataset, "", "exact", "fp32", False)
         assert sorted(e.key for e in cache.entries) == sorted(w.key for w in dataset.windows)
         caches.append(cache)
-    assert len(caches[1].entries) < len(caches[0].entries) and caches[0].dir != caches[1].dir
+        datasets.append(dataset)
+    assert len(caches[1].entries) < len(caches[0].entries) and caches[0].dir == caches[1].dir
+    named, _ = node.build(bundle, datasets[0], "named", "exact", "fp32", False)
+    assert named.dir == configured / "SVDLab" / "cache" / "named"
+    with pytest.raises(StaleCacheError, match=r"frame windows differ from the dataset's: \d+ gone.*rebuild = true"):
+        node.build(bundle, datasets[1], "named", "exact", "fp32", False)
+    rebuilt, _ = node.build(bundle, datasets[1], "named", "exact", "fp32", True)
+    assert rebuilt.dir == named.dir and [e.key for e in rebuilt.entries] == [e.key for e in caches[1].entries]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from train_support import FRAMES, train_config, write_clips, write_micro_checkpoint
+from train_support import FRAMES, micro_setup, one_thread_fixture, train_config
 
 from comfyui_svd_lab.svd_model.checkpoint import CheckpointReader
 from comfyui_svd_lab.svd_model.loader import load_bundle
@@ -22,22 +22,12 @@ OVERFIT_FACTOR = 1.4
 OVERFIT_STEPS = 25
 
 
-@pytest.fixture(autouse=True)
-def torch_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+_one_thread = one_thread_fixture()
 
 
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
-    root = tmp_path_factory.mktemp("loop")
-    ckpt = write_micro_checkpoint(root / "micro.safetensors")
-    write_clips(root / "clips", count=2)
-    bundle = load_bundle(ckpt)
-    cache = ensure_cache(train_config(root, ckpt, root / "clips"), bundle, DistInfo())
-    return root, ckpt, bundle, cache
+    return micro_setup(tmp_path_factory.mktemp("loop"), clips=2)
 
 
 def test_micro_model_overfits_two_clips(micro, tmp_path):

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from train_support import write_clips, write_micro_checkpoint
+from train_support import micro_files, one_thread_fixture
 
 from comfyui_svd_lab import NODE_CLASS_MAPPINGS
 from comfyui_svd_lab.nodes import bridge
@@ -31,19 +31,13 @@ TINY_RUN = {"SVDLab_DatasetFromFolder": {"frames": 3, "fps": 8.0, "width": 64, "
             "SVDLab_SaveFinetuned": {"dtype": "fp32"}}
 
 
-@pytest.fixture(autouse=True)
-def torch_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+_one_thread = one_thread_fixture()
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("train_nodes")
-    write_micro_checkpoint(root / "models" / "micro.safetensors")
-    write_clips(root / "clips", count=2)
+    micro_files(root, clips=2)
     return root
 
 

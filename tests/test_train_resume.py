@@ -8,14 +8,12 @@ import random
 import numpy as np
 import pytest
 import torch
-from train_support import train_config, write_clips, write_micro_checkpoint
+from train_support import micro_setup, one_thread_fixture, train_config, write_micro_checkpoint
 
 from comfyui_svd_lab.svd_model import checkpoint as checkpoint_mod
 from comfyui_svd_lab.svd_model.errors import CheckpointError, ConfigError
-from comfyui_svd_lab.svd_model.loader import load_bundle
-from comfyui_svd_lab.svd_model.training.distributed import DistInfo
 from comfyui_svd_lab.svd_model.training.report import read_log
-from comfyui_svd_lab.svd_model.training.run import ensure_cache, run_training
+from comfyui_svd_lab.svd_model.training.run import run_training
 from comfyui_svd_lab.svd_model.training.state import (
     capture_rng,
     latest_checkpoint,
@@ -31,22 +29,12 @@ RANDOM = {"ema_decay": 0.9, "objective__cond_dropout": 0.5, "lora__dropout": 0.2
           "optim__schedule": "cosine"}
 
 
-@pytest.fixture(autouse=True)
-def torch_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+_one_thread = one_thread_fixture()
 
 
 @pytest.fixture(scope="module")
 def micro(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume")
-    ckpt = write_micro_checkpoint(root / "micro.safetensors")
-    write_clips(root / "clips", count=3)
-    bundle = load_bundle(ckpt)
-    cache = ensure_cache(train_config(root, ckpt, root / "clips"), bundle, DistInfo())
-    return root, ckpt, bundle, cache
+    return micro_setup(tmp_path_factory.mktemp("resume"), clips=3)
 
 
 class Stop(Exception):

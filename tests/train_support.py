@@ -1,22 +1,27 @@
-"""Shared helpers of the finetuning tests: a micro model (tiny VAE/CLIP, one-level UNet), synthetic clips, configs.
+"""Shared helpers of the finetuning tests: a micro model (tiny VAE/CLIP, one-level UNet), synthetic clips, configs,
+the micro setup most training test modules start from, and the one-thread fixture of the tiny-model tests.
 
-Training tests run single-threaded (``torch_threads`` fixture): the micro model is overhead-bound, and on a
-shared 2-core machine one thread is several times faster than two.
+Tests of tiny models run single-threaded (``_one_thread = one_thread_fixture()`` in the module): the models are
+overhead-bound, and on a shared 2-core machine one thread is several times faster than two.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
+import pytest
 import torch
 
-from comfyui_svd_lab.svd_model.loader import save_bundle
+from comfyui_svd_lab.svd_model.loader import SVDBundle, load_bundle, save_bundle
 from comfyui_svd_lab.svd_model.model import SVDModel
 from comfyui_svd_lab.svd_model.tiny import randomize, tiny_config
+from comfyui_svd_lab.svd_model.training.cache import LatentCache
 from comfyui_svd_lab.svd_model.training.config import config_from_dict
+from comfyui_svd_lab.svd_model.training.distributed import DistInfo
+from comfyui_svd_lab.svd_model.training.run import ensure_cache
 from comfyui_svd_lab.svd_model.videoio import write_video
 
 SIZE = 64  # pixels; latents 8x8
@@ -75,3 +80,40 @@ def train_config(root: Path, checkpoint: Path, clips: Path | None = None, **over
             node = node.setdefault(part, {})
         node[leaf] = value
     return config_from_dict(values)
+
+
+def one_thread_fixture(scope: str = "module"):
+    """An autouse fixture running the tests of a module (scope) on one intra-op thread; assign it in the module,
+    e.g. ``_one_thread = one_thread_fixture()``. Module scope also covers the module's own module fixtures."""
+
+    @pytest.fixture(autouse=True, scope=scope)
+    def one_thread():
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        yield
+        torch.set_num_threads(before)
+
+    return one_thread
+
+
+class Micro(NamedTuple):
+    root: Path
+    checkpoint: Path  # root/models/micro.safetensors
+    bundle: SVDBundle
+    cache: LatentCache | None  # built from root/clips with train_config(root, ...)'s cache settings
+
+
+def micro_files(root: Path, clips: int = 0) -> Path:
+    """The micro checkpoint in root/models (returned) and `clips` synthetic clips in root/clips."""
+    checkpoint = write_micro_checkpoint(root / "models" / "micro.safetensors")
+    if clips:
+        write_clips(root / "clips", count=clips)
+    return checkpoint
+
+
+def micro_setup(root: Path, clips: int, *, cache: bool = True) -> Micro:
+    """micro_files, the loaded micro model and (with `cache`) the latent cache of the clips in root/cache."""
+    checkpoint = micro_files(root, clips)
+    bundle = load_bundle(checkpoint)
+    built = ensure_cache(train_config(root, checkpoint, root / "clips"), bundle, DistInfo()) if cache else None
+    return Micro(root, checkpoint, bundle, built)

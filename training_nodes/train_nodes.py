@@ -193,23 +193,26 @@ class BuildLatentCache:
             "model": (SVDLAB_MODEL, {"tooltip": "The model to finetune (its VAE and image encoder encode)."}),
             "dataset": (SVDLAB_DATASET, {"tooltip": "From SVD Lab Dataset From Manifest / Folder."}),
             "cache_name": ("STRING", {"default": "", "tooltip": (
-                "Folder under output/SVDLab/cache ('' = named after the dataset and model), or an absolute path.")}),
+                "Folder under output/SVDLab/cache, or an absolute path. '' = named after the dataset settings and "
+                "model, and rebuilt by itself when the clips change (e.g. a re-curated manifest).")}),
             "cond_aug_mode": (list(COND_AUG_MODES), {"default": "exact", "tooltip": (
                 "exact: the conditioning frame is augmented and encoded every step, as the reference (keeps the "
                 "small conditioner encoder loaded). cached: a few augmentations are encoded now (no VAE while "
                 "training).")}),
             "storage": (list(STORAGE_DTYPES), {"default": "fp16", "tooltip": "Storage precision of the latents."}),
-            "rebuild": ("BOOLEAN", {"default": False, "tooltip": "Delete and rebuild a cache made with other "
-                                                                 "settings."}),
+            "rebuild": ("BOOLEAN", {"default": False, "tooltip": (
+                "Replace a named cache that holds other clips or was made with other settings (off: that is an "
+                "error). An up-to-date cache is always reused.")}),
         }}
 
     def build(self, model: SVDBundle, dataset: VideoDataset, cache_name: str, cond_aug_mode: str, storage: str,
               rebuild: bool) -> tuple[LatentCache, str]:
-        # the windows too: a re-curated manifest at the same path (other clips kept) gets its own cache
-        windows = [(w.key, w.indices, w.size, w.fps_id, w.motion_bucket_id) for w in dataset.windows]
-        key = json.dumps([asdict(dataset.config), model.source, cond_aug_mode, storage, windows], default=str)
+        key = json.dumps([asdict(dataset.config), model.source, cond_aug_mode, storage], default=str)
         name = cache_name.strip() or f"cache_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
         directory = Path(name) if Path(name).is_absolute() else bridge.folder("output") / "SVDLab" / "cache" / name
+        # build_cache refuses a folder holding other windows or settings; the unnamed folder is this node's own,
+        # so a stale one (a re-curated manifest at the same path) is replaced instead
+        rebuild = rebuild or not cache_name.strip()
         config = config_from_dict({"cache": {"dir": str(directory), "cond_aug_mode": cond_aug_mode,
                                              "dtype": storage}})
         bar = bridge.Progress(len(dataset.windows))

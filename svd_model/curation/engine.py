@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, InputError, SVDError
-from .manifest import FILTERED_NAME, MANIFEST_DIR, ManifestWriter, completed, write_text_atomic
+from ..fsutil import write_text_atomic
+from .manifest import FILTERED_NAME, MANIFEST_DIR, ManifestWriter, completed
 from .pipeline import CurationConfig, VideoRef, VideoResult, curate_video, error_text, status_record
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,8 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import ConfigError
-from .manifest import COLUMNS, FILTERED_NAME, read_manifest, write_table_atomic, write_text_atomic
+from ..fsutil import write_text_atomic
+from .manifest import COLUMNS, FILTERED_NAME, read_manifest, write_table_atomic
 
 log = logging.getLogger(__name__)
 

@@ -36,6 +36,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import InputError
+from ..fsutil import replace_atomic
+from ..fsutil import write_text_atomic as write_text_atomic  # re-exported: the curation modules use it
 
 log = logging.getLogger(__name__)
 
@@ -128,43 +130,9 @@ def resolve(out_dir: str | os.PathLike[str], rel: str | None) -> Path | None:
 # ------------------------------------------------------------------------------------- atomic files
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened; rename is still atomic there
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_table_atomic(table: pa.Table, path: str | os.PathLike[str]) -> Path:
     """Write ``table`` to ``path`` via a temp file in the same folder, fsync, rename: readers never see half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    return path
-
-
-def write_text_atomic(text: str, path: str | os.PathLike[str]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-    return path
+    return replace_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
 
 
 # --------------------------------------------------------------------------------- completion log

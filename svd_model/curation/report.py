@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ..fsutil import write_text_atomic
 from .filtering import FILTER_JSON, SCORES, FilterResult, Threshold, apply_filters
-from .manifest import FILTERED_NAME, read_manifest, resolve, write_text_atomic
+from .manifest import FILTERED_NAME, read_manifest, resolve
 
 log = logging.getLogger(__name__)
 

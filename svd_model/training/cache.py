@@ -3,7 +3,8 @@ leave memory while the UNet trains.
 
 Layout of a cache folder::
 
-    index.json                  format, settings fingerprint, status ("building" / "complete"), entries
+    index.json                  format, settings fingerprint, window signatures, status ("building" /
+                                "complete"), entries (the finished windows)
     shard-00000.safetensors     per window key K:  K/moments (T, 2z, h, w)   VAE posterior [mean | logvar]
                                                    K/crossattn (2, d)        CLIP embedding of first, last frame
                                                    K/cond_frames (2, 3, H, W)  clean first/last frame ("exact")
@@ -28,7 +29,10 @@ frame cannot be augmented exactly. Two choices (``cache.cond_aug_mode``):
 
 Both always cache the first *and* the last frame, so one cache serves the image-to-video and the keyframe
 (first + last frame) modes. Building is resumable: shards are written atomically and the index lists only
-finished shards; a rebuild with other settings is refused unless asked for.
+finished shards. The index records what each window's tensors depend on (clip id, frame indices, size, fps_id,
+motion bucket, the clip file's size and time): a folder whose windows or settings differ from the dataset's (a
+re-curated manifest, other data settings, another model) is refused with a :class:`StaleCacheError`, or replaced
+when a rebuild is asked for, never reused or mixed with new windows.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Iterator
+import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -47,16 +52,18 @@ from torch import Tensor, nn
 
 from ..checkpoint import CheckpointReader, save_checkpoint
 from ..errors import ConfigError, InputError
+from ..fsutil import write_text_atomic
 from ..loader import SVDBundle
 from ..nn.image_encoder import encode_image
 from .config import CacheConfig, ObjectiveConfig
 from .data import VideoDataset, Window, read_window
-from .state import atomic_write_text, seed_from
+from .state import seed_from
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = "svd_lab.latent_cache.v1"
 INDEX = "index.json"
+_SHARD = re.compile(r"shard-(\d+)\.safetensors")
 STORAGE = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -96,12 +103,42 @@ def model_fingerprint(bundle: SVDBundle) -> str:
     return digest.hexdigest()[:16]
 
 
-def settings_fingerprint(dataset: VideoDataset, config: CacheConfig, objective: ObjectiveConfig, bundle_fp: str,
-                         seed: int) -> str:
-    settings = {"data": asdict(dataset.config), "dtype": config.dtype, "mode": config.cond_aug_mode, "model": bundle_fp}
+def settings_fingerprint(config: CacheConfig, objective: ObjectiveConfig, bundle_fp: str, seed: int) -> str:
+    """A short hash of the settings the cached tensors depend on besides the windows (see window_signatures)."""
+    settings = {"dtype": config.dtype, "mode": config.cond_aug_mode, "model": bundle_fp}
     if config.cond_aug_mode == "cached":
         settings.update(aug_draws=config.aug_draws, aug=(objective.cond_aug_mean, objective.cond_aug_std), seed=seed)
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def window_signatures(dataset: VideoDataset) -> dict[str, str]:
+    """Window key -> a short hash of what its cached tensors depend on: the clip id, the frame indices taken, the
+    size, fps_id and motion bucket, and the clip file's size and modification time (a file replaced in place)."""
+    files: dict[Path, tuple[int, int] | None] = {}
+    out: dict[str, str] = {}
+    for w in dataset.windows:
+        path = w.clip.path
+        if path not in files:
+            try:
+                stat = path.stat()
+                files[path] = (stat.st_size, stat.st_mtime_ns)
+            except OSError:
+                files[path] = None
+        parts = (w.clip.clip_id, w.indices, w.size, w.fps_id, w.motion_bucket_id, files[path])
+        out[w.key] = hashlib.sha1(repr(parts).encode()).hexdigest()[:12]
+    return out
+
+
+def windows_difference(cached: Mapping[str, str], planned: Mapping[str, str]) -> str:
+    """'' when both map the same windows to the same signatures, else what differs, e.g. '2 new (e.g. a),
+    1 gone (e.g. b)'."""
+    kinds = {"new": [k for k in planned if k not in cached], "gone": [k for k in cached if k not in planned],
+             "changed": [k for k in planned if k in cached and cached[k] != planned[k]]}
+    return ", ".join(f"{len(keys)} {kind} (e.g. {keys[0]})" for kind, keys in kinds.items() if keys)
+
+
+class StaleCacheError(ConfigError):
+    """A cache folder holds other windows than the dataset plans, or was built with other settings."""
 
 
 class LatentCache:
@@ -227,7 +264,44 @@ def encode_window(bundle: SVDBundle, window: Window, frames: Tensor, config: Cac
 
 def _write_index(directory: Path, meta: dict, entries: list[CacheEntry], status: str) -> None:
     body = {**meta, "status": status, "entries": [asdict(e) for e in entries]}
-    atomic_write_text(directory / INDEX, json.dumps(body, indent=1))
+    write_text_atomic(json.dumps(body, indent=1), directory / INDEX)
+
+
+def _mismatch(meta: Mapping, fingerprint: str, planned: Mapping[str, str]) -> str:
+    """Why a cache with index `meta` cannot serve these settings and windows ('' when it can)."""
+    if meta.get("fingerprint") != fingerprint:
+        return "it was built with other settings (storage dtype, augmentation mode or model weights)"
+    if "windows" not in meta:
+        return "its index does not record its frame windows (built by an older version)"
+    diff = windows_difference(meta["windows"], planned)
+    if not diff:
+        return ""
+    return f"its frame windows differ from the dataset's: {diff} (re-curated clips or other data settings)"
+
+
+def _reusable(directory: Path, fingerprint: str, planned: Mapping[str, str], rebuild: bool) -> LatentCache | None:
+    """The cache in `directory` when it matches (possibly incomplete); None when there is none or, with
+    `rebuild`, when a stale one was cleared. A stale one without `rebuild` raises StaleCacheError."""
+    if not (directory / INDEX).is_file():
+        return None
+    try:
+        old = LatentCache(directory)
+        reason = _mismatch(old.meta, fingerprint, planned)
+    except InputError as exc:  # a damaged index or another format
+        if not rebuild:
+            raise
+        old, reason = None, str(exc)
+    if not reason:
+        return old
+    if not rebuild:
+        raise StaleCacheError(f"the latent cache in {directory} does not fit this dataset: {reason}. Rebuild it "
+                              "(rebuild = true on SVD Lab Build Latent Cache; for `svd-lab train` delete the "
+                              "folder) or use another cache name / cache.dir")
+    log.warning("rebuilding the latent cache in %s: %s", directory, reason)
+    (directory / INDEX).unlink()  # first: an interrupted clear leaves no index naming missing shards
+    for path in directory.glob("shard-*.safetensors"):
+        path.unlink()
+    return None
 
 
 def build_cache(bundle: SVDBundle, dataset: VideoDataset, directory: str | os.PathLike, config: CacheConfig,
@@ -235,34 +309,29 @@ def build_cache(bundle: SVDBundle, dataset: VideoDataset, directory: str | os.Pa
                 rebuild: bool = False, callback: Callable[[int, int], None] | None = None) -> LatentCache:
     """Encode every window of `dataset` into `directory` (resumable). callback(done, total) after each window.
 
-    A folder built with other settings (data, storage, augmentation mode, encoder weights) is refused unless
-    `rebuild`, which deletes its shards first.
+    A folder built with other settings (storage, augmentation mode, encoder weights) or holding other windows
+    (clips added, removed or changed; other frames, sizes, fps or motion buckets) raises StaleCacheError, or with
+    `rebuild` is cleared and built again. A matching complete cache is returned as it is (`rebuild` or not).
     """
     directory = Path(directory)
     device = torch.device(device) if device is not None else bundle.device
-    fingerprint = settings_fingerprint(dataset, config, objective, model_fingerprint(bundle), seed)
+    fingerprint = settings_fingerprint(config, objective, model_fingerprint(bundle), seed)
+    planned = window_signatures(dataset)
     meta = {"format": CACHE_FORMAT, "fingerprint": fingerprint, "num_frames": dataset.config.num_frames,
             "cond_aug_mode": config.cond_aug_mode, "dtype": config.dtype, "source": bundle.source,
-            "latent_channels": bundle.config.first_stage.z_channels}
+            "latent_channels": bundle.config.first_stage.z_channels, "windows": planned}
     done: list[CacheEntry] = []
-    if (directory / INDEX).is_file():
-        old = LatentCache(directory)
-        if old.meta.get("fingerprint") == fingerprint and not rebuild:
-            done = [e for e in old.entries if (directory / e.shard).is_file()]
-            if old.complete and len(done) == len(dataset.windows):
-                log.info("latent cache %s is complete and up to date", directory)
-                return old
-        elif not rebuild:
-            raise ConfigError(f"the latent cache in {directory} was built with other settings (data, storage, "
-                              "augmentation mode or model weights); choose another cache folder or rebuild it")
-        else:
-            for path in directory.glob("shard-*.safetensors"):
-                path.unlink()
-            done = []
+    old = _reusable(directory, fingerprint, planned, rebuild)
+    if old is not None:
+        done = [e for e in old.entries if (directory / e.shard).is_file()]
+        if old.complete and len(done) == len(planned):
+            log.info("latent cache %s is complete and up to date", directory)
+            return old
     directory.mkdir(parents=True, exist_ok=True)
     have = {e.key for e in done}
     todo = [w for w in dataset.windows if w.key not in have]
-    shard_no = len({e.shard for e in done})
+    # after the highest shard on disk: a shard the index lost (or still names) is never overwritten
+    shard_no = 1 + max((int(m[1]) for p in directory.iterdir() if (m := _SHARD.fullmatch(p.name))), default=-1)
     total = len(dataset.windows)
     model = bundle.model
     vae = latent_vae(bundle)

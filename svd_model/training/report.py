@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..fsutil import replace_atomic
+
 log = logging.getLogger(__name__)
 
 
@@ -111,9 +113,4 @@ def image_array(image: Image.Image) -> np.ndarray:
 
 
 def save_plot(log_: LossLog, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    plot_losses(*log_.series()).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+    return replace_atomic(path, lambda tmp: plot_losses(*log_.series()).save(tmp, format="PNG"))

@@ -39,19 +39,6 @@ def seed_from(*parts: object) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write text via a temp file in the same folder + fsync + rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    return path
-
-
 def state_path(directory: str | os.PathLike, step: int) -> Path:
     return Path(directory) / f"state-step{step:07d}.safetensors"
 
