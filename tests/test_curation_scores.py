@@ -22,7 +22,6 @@ from comfyui_svd_lab.svd_model.curation.clip_scores import AestheticHead, ClipSc
 from comfyui_svd_lab.svd_model.curation.text import (
     ClassicTextConfig,
     ClassicTextDetector,
-    DnnTextDetector,
     TextDetector,
     boxes_area_ratio,
     clip_text_score,
@@ -30,6 +29,7 @@ from comfyui_svd_lab.svd_model.curation.text import (
     merge_boxes,
     text_area_ratio,
 )
+from comfyui_svd_lab.svd_model.curation.text_dnn import DnnTextDetector
 from comfyui_svd_lab.svd_model.errors import CheckpointError, ConfigError, InputError
 from comfyui_svd_lab.svd_model.loader import load_bundle
 from comfyui_svd_lab.svd_model.nn.image_encoder import encode_image

@@ -25,11 +25,14 @@ from comfyui_svd_lab.svd_model.curation.clips import (
     write_clip,
 )
 from comfyui_svd_lab.svd_model.curation.cuts import Cut
-from comfyui_svd_lab.svd_model.curation.decode import read_frames_at, sample_indices, stream_luma
+from comfyui_svd_lab.svd_model.curation.decode import DecodeStats, read_frames_at, sample_indices, stream_luma
 from comfyui_svd_lab.svd_model.curation.motion import MotionCalibration, motion_bucket_id, to_paper_units
 from comfyui_svd_lab.svd_model.curation.synthetic import make_video
 from comfyui_svd_lab.svd_model.errors import ConfigError, InputError
 from comfyui_svd_lab.svd_model.videoio import probe_video, read_video
+from conftest import SHARED
+
+SHARED_VIDEO = SHARED / "data" / "issue-195-aspect-ratio.mp4"  # 25 fps, keyframes up to 5.2 s apart
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +89,52 @@ def test_read_frames_at_returns_the_frame_shown_at_each_time(three_shots, three_
         assert np.abs(img.astype(np.float32) / 255 - frames[k]).mean() < 0.01, t
     small = read_frames_at(path, [1.0], max_side=100)[0]
     assert max(small.shape[:2]) == 100
+
+
+def _frames_needed(pts: np.ndarray, keys: np.ndarray, times: list[float]) -> int:
+    """Frames a decoder must output to show the frame at each of ``times``: from the keyframe at or before the
+    wanted frame through the frame after it (which shows that no later frame is due at t), each counted once."""
+    need: set[int] = set()
+    for t in times:
+        want = int(np.searchsorted(pts, t + 1e-6, side="right")) - 1
+        key = int(np.searchsorted(pts, keys[keys <= pts[want]][-1]))
+        need.update(range(key, min(want + 2, len(pts))))
+    return len(need)
+
+
+@pytest.mark.parametrize("source", ["long_gop", "shared"])
+def test_read_frames_at_decodes_each_stretch_once(source, tmp_path, monkeypatch):
+    """First / middle / last frames of several clips, all in one call (the pipeline's prefetch) and clip by clip:
+    the decoder seeks only to a keyframe past what it has decoded, so nothing is decoded twice even where the
+    requested times are seconds apart inside one long GOP."""
+    if source == "shared":
+        if not SHARED_VIDEO.is_file():
+            pytest.skip(f"shared test video {SHARED_VIDEO} is absent")
+        path = SHARED_VIDEO
+    else:
+        path = tmp_path / "long_gop.mp4"
+        make_video(path, shots=(150, 150, 150), size=(64, 48), gop=200, seed=7)  # keyframes 8 s apart
+    index = packet_index(path)
+    pts, keys = index.times, index.keyframe_times
+    edges = np.linspace(0, len(pts), 4 if source == "long_gop" else 7).round().astype(int)
+    times = [float(pts[i]) for a, b in zip(edges[:-1], edges[1:], strict=True) for i in (a, (a + b - 1) // 2, b - 1)]
+    assert max(np.diff(times)) > 2.0  # gaps the decoder used to cross by seeking back to the same keyframe
+    results = []
+    for batch in [times] + [times[i : i + 3] for i in range(0, len(times), 3)]:
+        stats = DecodeStats()
+        got = read_frames_at(path, batch, max_side=64, stats=stats)
+        assert len(got) == len(batch) and 0 < stats.frames <= _frames_needed(pts, keys, batch), batch
+        results.append(got)
+    assert all(np.array_equal(a, b) for a, b in zip(results[0], [f for r in results[1:] for f in r], strict=True))
+    for t, img in list(zip(times, results[0], strict=True))[:: 1 if source == "long_gop" else 6]:
+        alone = read_frames_at(path, [t], max_side=64)[0]  # a single time: one seek straight to its keyframe
+        assert np.abs(alone.astype(np.float32) - img).mean() < 0.5, t
+    if source == "long_gop":  # packets without timestamps: the seek rule falls back to gaps of over 2 s
+        monkeypatch.setattr(decode_mod._SeekProbe, "landing", lambda self, ticks: None)
+        stats = DecodeStats()
+        assert all(np.array_equal(a, b) for a, b in zip(read_frames_at(path, times, max_side=64, stats=stats),
+                                                        results[0], strict=True))
+        assert stats.seeks > 1
 
 
 def test_variable_frame_rate_timestamps(tmp_path):

@@ -3,8 +3,10 @@ then per clip motion score, text area, CLIP scores and captions on a few keyfram
 keyframe / embedding files; the result is a list of manifest rows.
 
 The steps are separate functions over :class:`ClipRecord` lists so the ComfyUI nodes can run them one at a
-time; :func:`curate_video` chains them for one file and never raises for a bad file: a video that fails
-becomes one ``status="error"`` row with the reason, a video without any clip one ``status="empty"`` row.
+time: here the config, the records, annotation, splitting, motion and the keyframe cache; the keyframe
+scores and the file outputs are in scoring.py. :func:`curate_video` chains them for one file and never
+raises for a bad file: a video that fails becomes one ``status="error"`` row with the reason, a video
+without any clip one ``status="empty"`` row.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import hashlib
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -295,20 +296,17 @@ class KeyframeCache:
 
     def prefetch(self, records: Sequence[ClipRecord], threads: int = 1) -> None:
         """Decode the keyframes of all ``records`` (clips of one video) in one sorted pass: the decoder seeks
-        only across long gaps instead of once per clip (sparse keyframes make every seek expensive)."""
+        only where that skips frames, so no stretch between two source keyframes is decoded twice."""
         todo = [r for r in records if r.ok and r.row["clip_id"] not in self._frames]
         if not todo:
             return
         fields = {"first": "start_time", "middle": "middle_time", "last": "last_time"}
         times = [float(getattr(r.span, fields[w])) for r in todo for w in self.which]
         try:
-            source = todo[0].row["source"]
-            wanted, bridges = _bridged(times, clips.packet_index(source).keyframe_times)
-            frames = decode.read_frames_at(source, wanted, max_side=self.max_side, threads=threads)
+            frames = decode.read_frames_at(todo[0].row["source"], times, max_side=self.max_side, threads=threads)
         except (SVDError, ValueError, OSError) as exc:  # per-clip reads in get() will say which clip fails
             log.info("keyframe prefetch failed (%s); reading clip by clip", error_text(exc))
             return
-        frames = [f for f, bridge in zip(frames, bridges, strict=False) if not bridge]
         if len(frames) != len(times):
             return
         k = len(self.which)
@@ -317,188 +315,6 @@ class KeyframeCache:
 
     def drop(self, clip_id: str) -> None:
         self._frames.pop(clip_id, None)
-
-
-def _bridged(times: Sequence[float], keyframes: np.ndarray, gap: float = 1.5) -> tuple[list[float], list[bool]]:
-    """``times`` plus extra times every ``gap`` s across long gaps that hold no source keyframe, so
-    decode.read_frames_at (which seeks across gaps over 2 s) decodes on instead of seeking back to the same
-    keyframe. Returns (times, is_bridge) in the order of ``times`` with the bridges inserted."""
-    out, flags = [], []
-    for i, t in enumerate(times):
-        if i and t - times[i - 1] > 2.0 and t > times[i - 1]:
-            prev = times[i - 1]
-            if not np.any((keyframes > prev) & (keyframes <= t)):
-                extra = np.arange(prev + gap, t - 0.5 * gap, gap)
-                out += extra.tolist()
-                flags += [True] * len(extra)
-        out.append(t)
-        flags.append(False)
-    return out, flags
-
-
-def _note(rec: ClipRecord, step: str, exc: BaseException) -> None:
-    """A failed optional step: the score stays null, the row says why (status stays 'ok')."""
-    text = f"{step}: {error_text(exc)}"
-    rec.row["error"] = f"{rec.row['error']}; {text}" if rec.row["error"] else text
-    log.warning("%s clip %s: %s", rec.row["source"], rec.row["clip_id"], text)
-
-
-def add_text(records: Sequence[ClipRecord], cache: KeyframeCache, config: CurationConfig) -> None:
-    """text_area: fraction of the frame covered by detected text on the keyframes (max or mean)."""
-    from . import text
-
-    for rec in records:
-        if rec.ok:
-            try:
-                rec.row["text_area"] = float(text.clip_text_score(cache.get(rec), reduce=config.text_reduce))
-            except (SVDError, ValueError, OSError) as exc:
-                _note(rec, "text", exc)
-
-
-@dataclass
-class Models:
-    """The loaded optional models: a ClipScorer (None when not configured) and the captioners."""
-
-    scorer: Any = None
-    captioners: tuple[Any, ...] = ()
-
-
-_MODELS: dict[tuple[str, ...], Models] = {}
-_MODELS_LOCK = threading.Lock()
-
-
-def get_models(config: CurationConfig) -> Models:
-    """Load (once per process) the CLIP scorer and the captioners the config names; never downloads."""
-    key = (config.clip_checkpoint, config.aesthetic_head, config.text_tower, config.tokenizer, *config.captioners)
-    with _MODELS_LOCK:  # thread engine: load once, not once per thread
-        return _MODELS[key] if key in _MODELS else _load_models(config, key)
-
-
-def _load_models(config: CurationConfig, key: tuple[str, ...]) -> Models:
-    models = Models()
-    if config.clip_checkpoint:
-        from .clip_scores import ClipScorer
-
-        models.scorer = ClipScorer.from_checkpoint(
-            config.clip_checkpoint, aesthetic_head=config.aesthetic_head or None,
-            text_tower=config.text_tower or None, tokenizer=config.tokenizer or None)
-    elif config.aesthetic_head or config.text_tower:
-        log.warning("aesthetic_head / text_tower need clip_checkpoint (the image tower): CLIP scores skipped")
-    if config.captioners:
-        from .captions import get_captioner
-
-        models.captioners = tuple(c for c in map(get_captioner, config.captioners) if c is not None)
-    _MODELS[key] = models
-    return models
-
-
-def _as_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):
-        value = value.detach().float().cpu().numpy()
-    return np.asarray(value, dtype=np.float32)
-
-
-def score_records(records: Sequence[ClipRecord], cache: KeyframeCache, config: CurationConfig,
-                  out_dir: str | os.PathLike[str], models: Models) -> None:
-    """Captions (image captioners see the middle keyframe), then CLIP embeddings, aesthetic (mean over the
-    keyframes) and caption similarity (mean over keyframes and captions); embeddings optionally to
-    embeddings/<video_id>.safetensors."""
-    embeddings: dict[str, np.ndarray] = {}
-    for rec in records:
-        if not rec.ok:
-            continue
-        if models.captioners:
-            from .captions import caption_clip
-
-            try:
-                found = caption_clip(cache.get(rec), models.captioners)
-                rec.row.update(caption_image=found.image, caption_video=found.video, caption_summary=found.summary)
-            except (SVDError, ValueError, OSError, RuntimeError) as exc:
-                _note(rec, "captions", exc)
-        scorer = models.scorer
-        if scorer is None:
-            continue
-        try:
-            emb = scorer.embed(cache.get(rec))  # (k, d)
-            if scorer.has_aesthetic:
-                rec.row["aesthetic"] = float(_as_numpy(scorer.aesthetic(emb)).mean())
-            texts = [rec.row[k] for k in ("caption_image", "caption_video", "caption_summary") if rec.row[k]]
-            if scorer.has_text and texts:
-                rec.row["clip_score"] = float(_as_numpy(scorer.similarity(emb, texts)).mean())
-            if config.save_embeddings:
-                embeddings[rec.row["clip_id"]] = _as_numpy(emb).astype(np.float16)
-        except (SVDError, ValueError, OSError, RuntimeError) as exc:
-            _note(rec, "clip scores", exc)
-    if embeddings:
-        from safetensors.numpy import save_file
-
-        vid = records[0].row["video_id"]
-        rel = f"embeddings/{vid}.safetensors"
-        target = Path(out_dir) / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        save_file(embeddings, str(tmp))
-        os.replace(tmp, target)
-        for rec in records:
-            if rec.row["clip_id"] in embeddings:
-                rec.row["clip_embedding_path"] = rel
-
-
-def write_files(records: Sequence[ClipRecord], cache: KeyframeCache, config: CurationConfig,
-                out_dir: str | os.PathLike[str]) -> None:
-    """Clip files (clips/<video_id>/<clip_id>.mp4) and keyframe JPEGs (keyframes/<video_id>/...)."""
-    from PIL import Image
-
-    out = Path(out_dir)
-    index = None
-    for rec in records:
-        if not rec.ok:
-            continue
-        if config.write_clips != "none" and index is None:
-            index = clips.packet_index(rec.row["source"])  # one demux per video, shared by its clips
-        vid, cid = rec.row["video_id"], rec.row["clip_id"]
-        if config.write_keyframes:
-            try:
-                paths = []
-                for kind, frame in zip(config.keyframes, cache.get(rec), strict=False):
-                    rel = f"keyframes/{vid}/{cid}_{kind}.jpg"
-                    target = out / rel
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = target.with_name(f".{target.name}.tmp")
-                    Image.fromarray(frame).save(tmp, format="JPEG", quality=88)
-                    os.replace(tmp, target)
-                    paths.append(rel)
-                rec.row["keyframe_paths"] = paths
-            except (SVDError, ValueError, OSError) as exc:
-                _note(rec, "keyframes", exc)
-        if config.write_clips != "none":
-            _write_clip(rec, config, out, index)
-
-
-def _write_clip(rec: ClipRecord, config: CurationConfig, out: Path, index: Any) -> None:
-    """clips/<video_id>/<clip_id>.mp4 (mkv/mov kept for stream copies). A copied clip starts and ends on
-    source keyframes, so it can be shorter than the analysed span: the row then describes the written
-    frames and ``extra.analysed_frames`` keeps the span the scores were computed on."""
-    suffix = Path(rec.row["source"]).suffix.lower()
-    suffix = suffix if config.write_clips != "reencode" and suffix in (".mp4", ".mkv", ".mov") else ".mp4"
-    rel = f"clips/{rec.row['video_id']}/{rec.row['clip_id']}{suffix}"
-    try:
-        res = clips.write_clip(rec.row["source"], rec.span, out / rel, mode=config.write_clips,
-                               min_seconds=config.split.min_seconds, index=index)
-    except (SVDError, ValueError, OSError) as exc:
-        _note(rec, "clip file", exc)
-        return
-    row = rec.row
-    row["clip_path"] = rel
-    if (res.start_frame, res.end_frame) != (row["start_frame"], row["end_frame"]):
-        extra = json.loads(row["extra"])
-        extra["analysed_frames"] = [row["start_frame"], row["end_frame"]]
-        row.update(extra=json.dumps(extra), start_frame=res.start_frame, end_frame=res.end_frame,
-                   num_frames=res.end_frame - res.start_frame, start_time=res.start_time, end_time=res.end_time,
-                   duration=res.end_time - res.start_time)
-    extra = json.loads(row["extra"])
-    extra["clip_mode"] = res.mode
-    row["extra"] = json.dumps(extra)
 
 
 # ----------------------------------------------------------------------------------------- one video
@@ -526,6 +342,8 @@ class VideoResult:
 def curate_video(path: str | os.PathLike[str], root: str | os.PathLike[str] | None, config: CurationConfig,
                  out_dir: str | os.PathLike[str], models: Any = None) -> VideoResult:
     """Every step for one file; never raises for a bad file (SVDError, OSError, ValueError, ...)."""
+    from . import scoring  # it builds on this module's records
+
     start = time.perf_counter()
     ref = VideoRef.of(path, root)
     frames = 0
@@ -539,9 +357,10 @@ def curate_video(path: str | os.PathLike[str], root: str | os.PathLike[str] | No
             if config.needs_keyframes:
                 cache.prefetch(records, threads=config.threads)
             if config.text:
-                add_text(records, cache, config)
-            score_records(records, cache, config, out_dir, models if models is not None else get_models(config))
-            write_files(records, cache, config, out_dir)
+                scoring.add_text(records, cache, config)
+            models = models if models is not None else scoring.get_models(config)
+            scoring.score_records(records, cache, config, out_dir, models)
+            scoring.write_files(records, cache, config, out_dir)
     except (KeyboardInterrupt, SystemExit, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - one bad file must never stop the run

@@ -1,0 +1,170 @@
+"""What the curation nodes share: the custom types they pass (``SVDLAB_VIDEO_LIST`` is
+:class:`~..svd_model.curation.engine.VideoList`; ``SVDLAB_VIDEO_ANNOTATIONS`` :class:`Annotations`,
+``SVDLAB_CLIPS`` :class:`ClipSet`, ``SVDLAB_MANIFEST`` :class:`Manifest`), input specs used by several nodes,
+the V1 base :class:`CurationNode`, and helpers for validation, output folders and the report's UI payload.
+Not a node module: it defines no nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ..nodes import bridge
+from ..svd_model.curation import pipeline
+from ..svd_model.curation.pipeline import ClipRecord, CurationConfig, KeyframeCache, VideoRef
+from ..svd_model.curation.report import build_report
+from ..svd_model.errors import ConfigError
+
+CATEGORY = "SVD Lab/curation"
+VIDEO_LIST, ANNOTATIONS, CLIPS, MANIFEST = ("SVDLAB_VIDEO_LIST", "SVDLAB_VIDEO_ANNOTATIONS", "SVDLAB_CLIPS",
+                                            "SVDLAB_MANIFEST")
+IF_EXISTS = ["resume", "overwrite", "error"]
+CLIP_FILES = list(pipeline.CLIP_MODES)
+DEFAULT_FOLDER = "svd_lab_curation_example"
+
+Input = tuple[Any, dict[str, Any]]  # (type or choices, options) of one widget / socket
+VIDEOS_INPUT: Input = (VIDEO_LIST, {"tooltip": "From Load Video Folder."})
+OUTPUT_NAME_INPUT: Input = ("STRING", {"default": "SVDLab/curation", "tooltip": "Folder inside the output folder."})
+WRITE_CLIPS_INPUT: Input = (CLIP_FILES, {"default": "none", "tooltip": (
+    "Also write each clip as a file: copy (stream copy, snapped to keyframes), reencode (exact), auto.")})
+WRITE_KEYFRAMES_INPUT: Input = ("BOOLEAN", {"default": False, "tooltip": "Also write the keyframes as JPEG."})
+RULES_INPUT: Input = ("STRING", {"default": "svd", "multiline": True, "tooltip": (
+    "Filter rules SCORE:MODE=VALUE separated by commas or lines: MODE min/max (absolute) or bottom/top (fraction "
+    "of all clips), e.g. motion_score:bottom=0.25, text_area:max=0.07. Presets: svd, none.")})
+
+
+@dataclass(frozen=True)
+class Annotations:
+    """SVDLAB_VIDEO_ANNOTATIONS: per video its ref and annotation, or the reason it failed."""
+
+    root: Path
+    items: tuple[tuple[VideoRef, Any, str], ...]  # (ref, VideoAnnotation | None, error)
+    config: CurationConfig
+
+
+@dataclass(frozen=True)
+class ClipSet:
+    """SVDLAB_CLIPS: clip records (and status rows of failed videos), the config, a shared keyframe cache."""
+
+    records: tuple[ClipRecord, ...]
+    config: CurationConfig
+    cache: KeyframeCache
+    filter_json: str = ""
+
+    def copy(self, **changes: Any) -> ClipSet:
+        """New records (row dicts copied) so a step never alters what an upstream node returned."""
+        records = tuple(ClipRecord(dict(r.row), r.span, r.annotation) for r in self.records)
+        return replace(self, records=records, **changes)
+
+    @property
+    def ok(self) -> list[ClipRecord]:
+        return [r for r in self.records if r.ok]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """SVDLAB_MANIFEST: a curated output folder (manifest/, manifest_filtered.parquet, report.html)."""
+
+    out_dir: Path
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def parse_settings(text: str, what: str) -> dict[str, Any]:
+    """A settings widget's JSON object ('' = {}); ConfigError naming ``what`` otherwise."""
+    if not text.strip():
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{what} must be JSON (e.g. {{\"min_scene_s\": 0.5}}), got {text!r}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} must be a JSON object, got {text!r}")
+    return data
+
+
+def config_problem(check: Callable[[str], object], value: str | None) -> str | None:
+    """For VALIDATE_INPUTS: the ConfigError message of ``check(value)``; None when it passes or the value is
+    not known yet (None: the input is linked)."""
+    if value is None:
+        return None
+    try:
+        check(value)
+    except ConfigError as exc:
+        return str(exc)
+    return None
+
+
+def json_problem(text: str | None, what: str) -> str | None:
+    return config_problem(lambda t: parse_settings(t, what), text)
+
+
+def file_problem(value: str | None, what: str) -> str | None:
+    if value and not Path(value).is_file():
+        return f"{what} file not found: {value!r}"
+    return None
+
+
+def declare_outputs(*outputs: tuple[str, str, str]) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """``(type, name, tooltip)`` per output -> ``RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS``."""
+    types, names, tooltips = zip(*outputs, strict=True)
+    return types, names, tooltips
+
+
+def resolve_folder(folder: str) -> Path | None:
+    """An absolute folder, or one relative to the working directory, ComfyUI's input folder or the pack's
+    example inputs."""
+    if not folder:
+        return None
+    candidates = [Path(folder)] if Path(folder).is_absolute() else [
+        Path(folder), bridge.folder("input") / folder, bridge.PACK_INPUTS / folder]
+    return next((c for c in candidates if c.exists()), None)
+
+
+def output_folder(name: str) -> Path:
+    """``name`` inside ComfyUI's output folder; absolute names and ``..`` are refused."""
+    rel = Path(name)
+    if not name.strip() or rel.is_absolute() or ".." in rel.parts:
+        raise ConfigError(f"output name {name!r} must be a relative folder name inside the output folder")
+    return bridge.folder("output") / rel
+
+
+def report_ui(out: Path, result: Any, head: str = "") -> tuple[dict[str, list], str]:
+    """Build ``out``/report.html (``result``: a fresh filter pass or None); returns the node's UI payload (the
+    summary and a link to the report) and the summary, after ``head`` when given."""
+    info = build_report(out, result)
+    text = f"{head}\n{info.summary()}" if head else info.summary()
+    ui: dict[str, list] = {"text": [text]}
+    if info.path is not None:
+        base = bridge.folder("output").absolute()
+        sub = os.path.relpath(info.path.parent.absolute(), base).replace(os.sep, "/")
+        ui["svdlab_report"] = [{"filename": info.path.name, "subfolder": "" if sub == "." else sub,
+                                "type": "output", "fullpath": str(info.path)}]
+    return ui, text
+
+
+class CurationNode:
+    """Shared V1 parts: the category, and ``INPUT_TYPES`` from ``REQUIRED``, in widget order (saved UI workflows
+    list widget values by position). A choice list known only at run time is given as a function."""
+
+    CATEGORY = CATEGORY
+    REQUIRED: dict[str, Input] = {}
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {name: (kind() if callable(kind) else kind, dict(opts))
+                             for name, (kind, opts) in cls.REQUIRED.items()}}
+
+
+def checkpoint_choices() -> list[str]:
+    return bridge.list_checkpoints()
+
+
+def checkpoint_choices_or_none() -> list[str]:
+    return ["none", *bridge.list_checkpoints()]
