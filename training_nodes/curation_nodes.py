@@ -17,6 +17,7 @@ from ..svd_model.curation import filtering, manifest, pipeline, scoring
 from ..svd_model.curation.engine import VIDEO_EXTENSIONS, list_videos, prepare_output, run_curation
 from ..svd_model.curation.pipeline import ClipRecord, CurationConfig, KeyframeCache, VideoRef
 from ..svd_model.errors import ConfigError, InputError
+from ..svd_model.fsutil import write_text_atomic
 from .curation_base import (
     ANNOTATIONS,
     CLIPS,
@@ -321,7 +322,7 @@ class WriteManifest(CurationNode):
             writer.add(vid, rows[0]["source"], rows)
         writer.close()
         manifest.write_table_atomic(manifest.to_table(r.row for r in records), out / manifest.FILTERED_NAME)
-        manifest.write_text_atomic(clips.filter_json or "{}", out / filtering.FILTER_JSON)
+        write_text_atomic(clips.filter_json or "{}", out / filtering.FILTER_JSON)
         text = f"{len(records)} rows ({len([r for r in records if r.ok])} clips) written to {out}"
         return {"ui": {"text": [text]}, "result": (Manifest(out), str(out))}
 

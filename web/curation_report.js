@@ -6,6 +6,7 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const NODES = new Set(["SVDLab_CurationReport", "SVDLab_CurateFolder"]);
+const MIN_HEIGHT = 220; // px in graph space: about 10 summary lines and the button
 
 function viewUrl(file) {
   const q = new URLSearchParams({ filename: file.filename, subfolder: file.subfolder || "", type: file.type || "output" });
@@ -15,22 +16,28 @@ function viewUrl(file) {
 async function openReport(file) {
   const response = await fetch(viewUrl(file));
   if (!response.ok) throw new Error(`report not found (${response.status})`);
-  const blob = new Blob([await response.text()], { type: "text/html" });
-  window.open(URL.createObjectURL(blob), "_blank");
+  const url = URL.createObjectURL(new Blob([await response.text()], { type: "text/html" }));
+  window.open(url, "_blank");
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
 }
 
 function showSummary(node, output) {
   const text = (output?.text || []).join("\n");
   const file = (output?.svdlab_report || [])[0];
   if (!node.svdlabBox) {
+    // The frontend sizes the widget's wrapper; the summary scrolls inside it and the button stays below.
     const box = document.createElement("div");
-    box.style.cssText = "font:12px monospace;white-space:pre-wrap;overflow:auto;padding:4px;color:var(--fg-color)";
+    box.style.cssText = "display:flex;flex-direction:column;gap:6px;height:100%;box-sizing:border-box;padding:4px;"
+      + "font:12px monospace;color:var(--fg-color)";
     const summary = document.createElement("div");
+    summary.style.cssText = "flex:1;min-height:0;overflow:auto;white-space:pre-wrap;overflow-wrap:anywhere";
     const button = document.createElement("button");
     button.textContent = "Open report";
-    button.style.cssText = "margin-top:6px";
+    button.style.cssText = "flex:none;align-self:flex-start";
     box.append(summary, button);
-    node.addDOMWidget("svdlab_report", "svdlab_report", box, { serialize: false, hideOnZoom: false });
+    const widget = node.addDOMWidget("svdlab_report", "svdlab_report", box, { serialize: false, hideOnZoom: false,
+      getMinHeight: () => MIN_HEIGHT });
+    widget.serialize = false; // keep it out of the saved widgets_values (options.serialize covers the prompt only)
     node.svdlabBox = { summary, button };
   }
   node.svdlabBox.summary.textContent = text || "(no summary)";

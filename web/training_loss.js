@@ -46,8 +46,11 @@ app.registerExtension({
         const canvas = document.createElement("canvas");
         canvas.width = 360;
         canvas.height = 180;
-        canvas.style.cssText = "width:100%;background:var(--comfy-input-bg)";
-        this.addDOMWidget("svdlab_loss", "svdlab_loss", canvas, { serialize: false, hideOnZoom: false });
+        // Fills the wrapper the frontend sizes, keeping the chart's 2:1 aspect.
+        canvas.style.cssText = "width:100%;height:100%;object-fit:contain;background:var(--comfy-input-bg)";
+        const widget = this.addDOMWidget("svdlab_loss", "svdlab_loss", canvas, { serialize: false, hideOnZoom: false,
+          getMinHeight: () => 200 });
+        widget.serialize = false; // not saved in widgets_values
         this.svdlabLoss = canvas;
       }
       draw(this.svdlabLoss, data.steps || [], data.loss || []);

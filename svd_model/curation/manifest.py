@@ -37,7 +37,6 @@ import pyarrow.parquet as pq
 
 from ..errors import InputError
 from ..fsutil import replace_atomic
-from ..fsutil import write_text_atomic as write_text_atomic  # re-exported: the curation modules use it
 
 log = logging.getLogger(__name__)
 
