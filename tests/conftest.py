@@ -11,6 +11,19 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 DEFAULT_GOLDEN = SHARED / "reference" / "golden_tiny"
 REFERENCE = SHARED / "reference"
+#: Node input overrides that run the example workflows on a tiny model at a size and step count that keeps the
+#: suite fast (tests/test_example_workflows.py, tests/test_comfyui_server.py).
+SMALL_RUN = {
+    "SVDLab_ImageToVideoConditioning": {"width": 64, "height": 48, "frames": 3},
+    "SVDLab_Sampler": {"steps": 2},
+    "SVDLab_LoadVideo": {"frame_cap": 3, "width": 64, "height": 48},
+    "SVDLab_Decode": {"chunk_size": 2, "overlap": 1},
+    "SVDLab_OrbitCameras": {"frames": 3},
+    "SVDLab_PrepareObjectImage": {"size": 64},
+    "SVDLab_OrbitConditioning": {"size": 64},
+    "SVDLab_ExtendVideo": {"frames": 3, "steps": 2},
+    "SVDLab_KeyframeInterpolate": {"width": 64, "height": 48, "frames": 3, "steps": 2, "chunk_size": 2, "overlap": 1},
+}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

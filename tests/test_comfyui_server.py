@@ -27,6 +27,7 @@ from comfyui_svd_lab.jobs import TINY_RUN, tiny_name, tiny_overrides
 from comfyui_svd_lab.svd_model.config import Family
 from comfyui_svd_lab.svd_model.tiny import write_tiny_checkpoint
 from comfyui_svd_lab.workflow import apply_overrides, load_workflow
+from conftest import SMALL_RUN
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "example_workflows"
@@ -37,17 +38,7 @@ pytestmark = pytest.mark.skipif(not COMFYUI, reason="set COMFYUI_PATH to a Comfy
 WORKFLOWS = sorted(p.relative_to(EXAMPLES).with_suffix("").as_posix()
                    for p in [*EXAMPLES.glob("*.json"), *EXAMPLES.glob("training/*.json")])
 #: Training sizes from the CLI's tiny stand-in; generation smaller still (as in test_example_workflows).
-SMALL = {**TINY_RUN,
-         "SVDLab_ImageToVideoConditioning": {"width": 64, "height": 48, "frames": 3},
-         "SVDLab_Sampler": {"steps": 2},
-         "SVDLab_LoadVideo": {"frame_cap": 3, "width": 64, "height": 48},
-         "SVDLab_Decode": {"chunk_size": 2, "overlap": 1},
-         "SVDLab_OrbitCameras": {"frames": 3},
-         "SVDLab_PrepareObjectImage": {"size": 64},
-         "SVDLab_OrbitConditioning": {"size": 64},
-         "SVDLab_ExtendVideo": {"frames": 3, "steps": 2},
-         "SVDLab_KeyframeInterpolate": {"width": 64, "height": 48, "frames": 3, "steps": 2, "chunk_size": 2,
-                                        "overlap": 1}}
+SMALL = {**TINY_RUN, **SMALL_RUN}
 #: (frames, width, height) of the saved video under SMALL where it is not (3, 64, 48) (see test_example_workflows).
 EXPECTED = {"sv3d_u_orbit": (3, 64, 64), "sv3d_p_dynamic_orbit": (3, 64, 64), "svd_xt_extend_loop": (8, 64, 48),
             "flow_interpolation_x2": (5, 64, 48)}

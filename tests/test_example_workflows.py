@@ -15,22 +15,12 @@ from comfyui_svd_lab.svd_model.config import Family
 from comfyui_svd_lab.svd_model.tiny import write_tiny_checkpoint
 from comfyui_svd_lab.svd_model.videoio import probe_video
 from comfyui_svd_lab.workflow import apply_overrides, execute, load_workflow, validate
+from conftest import SMALL_RUN as SMALL
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
 UI_FILES = sorted(EXAMPLES.glob("*.json"))
 CURATION_FILES = [p for p in UI_FILES if p.stem.startswith("curate")]  # no model; checked by their own test
 VIDEO_FILES = [p for p in UI_FILES if p not in CURATION_FILES]
-SMALL = {  # the tiny model at a size and step count that keeps the suite fast
-    "SVDLab_ImageToVideoConditioning": {"width": 64, "height": 48, "frames": 3},
-    "SVDLab_Sampler": {"steps": 2},
-    "SVDLab_LoadVideo": {"frame_cap": 3, "width": 64, "height": 48},
-    "SVDLab_Decode": {"chunk_size": 2, "overlap": 1},
-    "SVDLab_OrbitCameras": {"frames": 3},
-    "SVDLab_PrepareObjectImage": {"size": 64},
-    "SVDLab_OrbitConditioning": {"size": 64},
-    "SVDLab_ExtendVideo": {"frames": 3, "steps": 2},
-    "SVDLab_KeyframeInterpolate": {"width": 64, "height": 48, "frames": 3, "steps": 2, "chunk_size": 2, "overlap": 1},
-}
 #: (frames, width, height) of the saved video under SMALL where it is not (3, 64, 48). Extend: 3 frames + 2
 #: segments x (3 - 1 overlap) + a loop transition of 3 frames without its 2 keyframes.
 #: Flow x2: 3 loaded frames -> 5.
