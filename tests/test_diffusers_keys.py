@@ -377,7 +377,7 @@ def test_inconsistent_unet_layout_raises() -> None:
 
 def test_tiny_model_round_trip() -> None:
     """The package's own tiny model (official layout) survives sgm -> diffusers -> sgm."""
-    tiny = pytest.importorskip("comfyui_svd_lab.svd_model.tiny")
+    from comfyui_svd_lab.svd_model import tiny
     sd = tiny.make_tiny_model().official_state_dict()
     parts = {
         prefix: {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}

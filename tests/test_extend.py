@@ -3,9 +3,6 @@ node), progress per segment, interruption, drift correction wiring, the loop pat
 
 from __future__ import annotations
 
-import sys
-import types
-
 import pytest
 import torch
 from train_support import one_thread_fixture
@@ -13,8 +10,9 @@ from train_support import one_thread_fixture
 from comfyui_svd_lab.nodes import NODE_CLASS_MAPPINGS, bridge
 from comfyui_svd_lab.svd_model.colour import lab_stats, srgb_to_lab
 from comfyui_svd_lab.svd_model.config import Family
-from comfyui_svd_lab.svd_model.errors import ConfigError, InputError
+from comfyui_svd_lab.svd_model.errors import InputError
 from comfyui_svd_lab.svd_model.loader import load_bundle
+from comfyui_svd_lab.svd_model.pipelines import keyframes
 from comfyui_svd_lab.svd_model.pipelines.extend import (
     Segment,
     build_segments,
@@ -27,7 +25,6 @@ from comfyui_svd_lab.svd_model.tiny import write_tiny_checkpoint
 from comfyui_svd_lab.workflow import progress
 
 H, W, F = 32, 48, 3  # tiny segments: 3 frames at 48x32
-KEYFRAMES = "comfyui_svd_lab.svd_model.pipelines.keyframes"
 
 
 #: Tiny models: one intra-op thread is several times faster than two on a loaded machine (and changes no
@@ -184,9 +181,7 @@ def test_loop_closes_the_video_through_keyframe_interpolation(bundle, monkeypatc
         calls.append((first.clone(), last.clone(), params.num_frames))
         return torch.zeros(first.shape[0], params.num_frames, 4, H // 8, W // 8)
 
-    fake = types.ModuleType(KEYFRAMES)
-    fake.interpolate_keyframes = fake_interpolate
-    monkeypatch.setitem(sys.modules, KEYFRAMES, fake)
+    monkeypatch.setattr(keyframes, "interpolate_keyframes", fake_interpolate)
     reports = []
     loop_params = _params(num_frames=5)
     out = extend_video(bundle, _clip(2), _segments(1), loop=True, loop_params=loop_params,
@@ -201,14 +196,7 @@ def test_loop_closes_the_video_through_keyframe_interpolation(bundle, monkeypatc
         extend_video(bundle, _clip(2), [], loop=True, loop_params=_params(num_frames=2))
 
 
-def test_loop_without_keyframe_interpolation_says_so(bundle, monkeypatch):
-    monkeypatch.setitem(sys.modules, KEYFRAMES, None)  # import fails
-    with pytest.raises(ConfigError, match="loop=True needs keyframe interpolation"):
-        extend_video(bundle, _clip(2), [], loop=True, loop_params=_params())
-
-
 def test_loop_with_the_real_keyframe_interpolation(bundle):
-    pytest.importorskip(KEYFRAMES, reason="svd_model/pipelines/keyframes.py (keyframe interpolation) not present yet")
     clip = _clip(2)
     out = extend_video(bundle, clip, _segments(1), loop=True, loop_params=_params(num_frames=4))
     assert out.shape == (1, extended_length(2, [F], 1, loop_frames=4), 3, H, W)

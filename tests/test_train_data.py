@@ -76,7 +76,7 @@ def test_manifest_clips_use_measured_values_and_read_the_right_frames(micro):
 
 
 def test_manifest_folder_layout_reads_completed_parts(micro):
-    manifest = pytest.importorskip("comfyui_svd_lab.svd_model.curation.manifest")
+    from comfyui_svd_lab.svd_model.curation import manifest
     root, _, _ = micro
     out = root / "curated"
     writer = manifest.ManifestWriter(out)

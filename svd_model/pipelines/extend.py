@@ -29,6 +29,7 @@ from ..config import Family
 from ..errors import ConfigError, InputError, ShapeError
 from ..loader import SVDBundle
 from ..sampling import StepInfo
+from . import keyframes
 from .decode import decode_latents
 from .image_to_video import VideoParams, encode_condition, sample_video
 
@@ -190,10 +191,5 @@ def loop_transition(
     interpolation; frames 0 and f - 1 reproduce the two keyframes."""
     if params.num_frames < 3:
         raise InputError(f"a loop transition needs at least 3 frames (2 are the keyframes), got {params.num_frames}")
-    try:
-        from .keyframes import interpolate_keyframes
-    except ImportError as exc:
-        raise ConfigError(f"loop=True needs keyframe interpolation (svd_model/pipelines/keyframes.py), which is "
-                          f"not available: {exc}") from None
-    latents = interpolate_keyframes(bundle, last, first, params, generator=generator, callback=callback)
+    latents = keyframes.interpolate_keyframes(bundle, last, first, params, generator=generator, callback=callback)
     return _decode(bundle, latents, decode_chunk)[0]
