@@ -187,7 +187,7 @@ class OrbitConditioning:
         with bridge.on_device(model):
             cond, uncond = orbit_condition(model, frame, cameras, params, generator=adapters.generator(seed))
         conditioning = VideoConditioning(adapters.cond_to_cpu(cond), adapters.cond_to_cpu(uncond), params,
-                                         (size, size), model.variant)
+                                         (size, size), model.variant, input_view=frame.detach().cpu())
         latent = adapters.empty_latent(cameras.num_frames, size, size, model.config.unet.out_channels)
         camera_note = "cameras ignored (fixed orbit)" if model.variant == "sv3d_u" else "camera per frame"
         info = (f"{model.variant} orbit: {cameras.num_frames} frames at {size}x{size}, {cameras.preset} orbit, "

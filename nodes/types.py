@@ -34,6 +34,8 @@ class VideoConditioning:
         uses it when its guidance widget is "auto".
     frame_size: (width, height) of the conditioning frame, equal to (params.width, params.height).
     variant: the sampling variant of the model that encoded it (for messages).
+    input_view: SV3D orbits only: the conditioning frame (1, 3, H, W) in [-1, 1], on CPU. The reference writes it
+        over the orbit's last frame (the orbit ends where it started); SVDLab_Decode does so when linked.
     """
 
     cond: Cond
@@ -41,6 +43,7 @@ class VideoConditioning:
     params: VideoParams
     frame_size: tuple[int, int]
     variant: str
+    input_view: Any = None  # torch.Tensor | None (nodes/ other than adapters and bridge import no torch)
 
     @property
     def num_frames(self) -> int:

@@ -13,6 +13,7 @@ from ..svd_model.guidance import FRAME_GUIDANCE
 from ..svd_model.loader import SVDBundle
 from ..svd_model.pipelines.decode import decode_latents, encode_frames
 from ..svd_model.pipelines.image_to_video import MAX_FRAMES, VideoParams, encode_condition, sample_video
+from ..svd_model.pipelines.multiview import with_input_view
 from ..svd_model.sampling import SAMPLERS
 from ..svd_model.schedules import SCHEDULES
 from . import adapters, bridge
@@ -175,6 +176,10 @@ class Decode:
                 "Frames decoded at once (the reference uses 14): more needs more memory, fewer seams.")}),
             "overlap": ("INT", {"default": 2, "min": 0, "max": 8, "tooltip": (
                 "Frames shared by consecutive chunks, cross-faded (0 = exactly the reference's decoding).")}),
+        }, "optional": {
+            "conditioning": (SVDLAB_CONDITIONING, {"tooltip": (
+                "Optional. From SVD Lab Orbit Conditioning: the orbit's last frame becomes the input view, as the "
+                "reference writes SV3D orbits (the orbit ends where it started). Ignored for image-to-video.")}),
         }}
 
     @classmethod
@@ -186,11 +191,19 @@ class Decode:
             return f"overlap ({overlap}) must be smaller than chunk_size ({chunk_size})"
         return True
 
-    def decode(self, model: SVDBundle, latent: dict, chunk_size: int, overlap: int) -> tuple[Any]:
+    def decode(self, model: SVDBundle, latent: dict, chunk_size: int, overlap: int,
+               conditioning: VideoConditioning | None = None) -> tuple[Any]:
         latents = adapters.comfy_to_latents(latent, model.config.unet.out_channels)
         with bridge.on_device(model):
             frames = decode_latents(model, latents, chunk_size=chunk_size, overlap=overlap,
                                     callback=bridge.chunk_callback(latents.shape[1]))
+        view = conditioning.input_view if conditioning is not None else None
+        if view is not None:
+            if tuple(view.shape[-2:]) != tuple(frames.shape[-2:]) or frames.shape[0] != 1:
+                raise InputError(f"the conditioning's input view is {view.shape[-1]}x{view.shape[-2]}, the decoded "
+                                 f"frames {frames.shape[-1]}x{frames.shape[-2]}: link the conditioning that made "
+                                 "this latent")
+            frames = with_input_view(frames, view)
         return (adapters.video_to_images(frames),)
 
 

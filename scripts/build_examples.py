@@ -190,7 +190,7 @@ def orbit(ckpt: str, preset: str, prefix: str) -> dict:
             "model": ["1", 0], "conditioning": ["5", 0], "sampler": "euler", "schedule": "karras", "steps": 50,
             "min_cfg": 1.0, "max_cfg": 2.5, "guidance": "auto", "seed": 23, "denoise": 1.0}},
         "7": {"class_type": "SVDLab_Decode", "inputs": {"model": ["1", 0], "latent": ["6", 0], "chunk_size": 14,
-                                                        "overlap": 0}},
+                                                        "overlap": 0, "conditioning": ["5", 0]}},
         "8": {"class_type": "SVDLab_SaveVideo", "inputs": {"images": ["7", 0], "fps": 10.0, "format": "mp4",
                                                            "quality": 85, "filename_prefix": prefix}},
         "9": {"class_type": "SVDLab_SaveCameras", "inputs": {"cameras": ["4", 0],

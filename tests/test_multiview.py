@@ -257,6 +257,10 @@ def test_orbit_nodes_end_to_end(models, tmp_path):
         sampled = node("SVDLab_Sampler").sample(model, cond, "euler", "karras", 2, 1.0, 2.5, "auto", 0, 1.0)[0]
         frames = node("SVDLab_Decode").decode(model, sampled, 14, 0)[0]
         assert frames.shape == (T, S, S, 3) and 0 <= frames.min() and frames.max() <= 1
+        pasted = node("SVDLab_Decode").decode(model, sampled, 14, 0, cond)[0]  # the reference's input view at the end
+        assert torch.equal(pasted[:-1], frames[:-1]) and not torch.equal(pasted[-1], frames[-1])
+        view = (cond.input_view[0].permute(1, 2, 0) + 1) / 2  # the prepared image at the orbit's size
+        assert cond.input_view.shape == (1, 3, S, S) and torch.allclose(pasted[-1], view, atol=1e-6)
         saved = node("SVDLab_SaveCameras").save(cams, "orbits/run")
         path = tmp_path / "out" / saved["ui"]["text"][0]
         assert json.loads(path.read_text())["frames"][1]["elevation_deg"] == 10.0
