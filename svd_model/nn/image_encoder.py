@@ -24,13 +24,13 @@ from torch import Tensor, nn
 
 from ..config import ImageEncoderConfig
 from ..errors import InputError, ShapeError
+from .clip_transformer import LN_EPS, SelfAttention, Transformer
 
 #: CLIP normalisation constants (open_clip OPENAI_DATASET_MEAN / STD), per RGB channel.
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
 #: LayerNorm epsilon of every open_clip LayerNorm (torch default).
-LN_EPS = 1e-5
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -146,66 +146,6 @@ def preprocess(image: Tensor, size: int = 224) -> Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-class _SelfAttention(nn.Module):
-    """nn.MultiheadAttention's parameter layout (packed q, k, v in-projection) computed with SDPA."""
-
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))  # rows: q, k, v
-        self.in_proj_bias = nn.Parameter(torch.empty(3 * width))
-        self.out_proj = nn.Linear(width, width)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """x: (n, L, width) -> (n, L, width)."""
-        n, length, width = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (n, L, 3*width)
-        qkv = qkv.view(n, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)  # (3, n, h, L, d)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (n, h, L, d)
-        out = out.transpose(1, 2).reshape(n, length, width)  # (n, L, width)
-        return self.out_proj(out)
-
-
-class _MLP(nn.Module):
-    def __init__(self, width: int, mlp_width: int) -> None:
-        super().__init__()
-        self.c_fc = nn.Linear(width, mlp_width)
-        self.gelu = nn.GELU()  # exact (erf) GELU
-        self.c_proj = nn.Linear(mlp_width, width)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """x: (n, L, width) -> (n, L, width)."""
-        return self.c_proj(self.gelu(self.c_fc(x)))
-
-
-class _ResidualAttentionBlock(nn.Module):
-    """Pre-LN transformer block (open_clip ``ResidualAttentionBlock`` without layer scale)."""
-
-    def __init__(self, width: int, heads: int, mlp_width: int) -> None:
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(width, eps=LN_EPS)
-        self.attn = _SelfAttention(width, heads)
-        self.ln_2 = nn.LayerNorm(width, eps=LN_EPS)
-        self.mlp = _MLP(width, mlp_width)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """x: (n, L, width) -> (n, L, width)."""
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
-
-
-class _Transformer(nn.Module):
-    def __init__(self, width: int, layers: int, heads: int, mlp_width: int) -> None:
-        super().__init__()
-        self.resblocks = nn.ModuleList(_ResidualAttentionBlock(width, heads, mlp_width) for _ in range(layers))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """x: (n, L, width) -> (n, L, width)."""
-        for block in self.resblocks:
-            x = block(x)
-        return x
-
-
 class OpenCLIPVisionTower(nn.Module):
     """open_clip ``VisionTransformer`` with CLS pooling; state-dict keys = checkpoint keys after the prefix
     ``conditioner.embedders.0.open_clip.model.visual.``.
@@ -225,7 +165,7 @@ class OpenCLIPVisionTower(nn.Module):
         self.class_embedding = nn.Parameter(torch.empty(width))  # (width,)
         self.positional_embedding = nn.Parameter(torch.empty(grid * grid + 1, width))  # (1 + grid^2, width)
         self.ln_pre = nn.LayerNorm(width, eps=LN_EPS)
-        self.transformer = _Transformer(width, config.layers, config.heads, config.mlp_width)
+        self.transformer = Transformer(width, config.layers, config.heads, config.mlp_width)
         self.ln_post = nn.LayerNorm(width, eps=LN_EPS)
         self.proj = nn.Parameter(torch.empty(width, config.embed_dim))  # (width, embed_dim)
         self.reset_parameters()
@@ -240,7 +180,7 @@ class OpenCLIPVisionTower(nn.Module):
         nn.init.normal_(self.proj, std=scale)
         nn.init.normal_(self.conv1.weight, std=1.0 / math.sqrt(3 * self.config.patch_size**2))
         for module in self.modules():
-            if isinstance(module, _SelfAttention):
+            if isinstance(module, SelfAttention):
                 nn.init.normal_(module.in_proj_weight, std=scale)
                 nn.init.zeros_(module.in_proj_bias)
 

@@ -24,16 +24,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checkpoint import CheckpointReader
 from ..errors import CheckpointError, ConfigError, InputError, ShapeError
+from .clip_transformer import ACTIVATIONS, LN_EPS, SelfAttention, Transformer
 
 log = logging.getLogger(__name__)
-
-LN_EPS = 1e-5  # torch's LayerNorm default, as open_clip
-
 
 @dataclass(frozen=True)
 class TextEncoderConfig:
@@ -51,71 +48,12 @@ class TextEncoderConfig:
     def __post_init__(self) -> None:
         if self.width % self.head_width:
             raise ConfigError(f"text width {self.width} is not a multiple of head_width {self.head_width}")
-        if self.activation not in ("gelu", "quick_gelu"):
+        if self.activation not in ACTIVATIONS:
             raise ConfigError(f"unknown activation {self.activation!r}; choose from gelu, quick_gelu")
 
     @property
     def heads(self) -> int:
         return self.width // self.head_width
-
-
-class _CausalSelfAttention(nn.Module):
-    """nn.MultiheadAttention's parameter layout (packed q, k, v), causal SDPA."""
-
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))  # rows: q, k, v
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
-        self.out_proj = nn.Linear(width, width)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """x: (n, L, width) -> (n, L, width); position i attends to positions <= i only."""
-        n, length, width = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (n, L, 3*width)
-        qkv = qkv.view(n, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)  # (3, n, h, L, d)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], is_causal=True)  # (n, h, L, d)
-        return self.out_proj(out.transpose(1, 2).reshape(n, length, width))
-
-
-class _QuickGELU(nn.Module):
-    def forward(self, x: Tensor) -> Tensor:
-        return x * torch.sigmoid(1.702 * x)
-
-
-class _MLP(nn.Module):
-    def __init__(self, width: int, mlp_width: int, activation: str) -> None:
-        super().__init__()
-        self.c_fc = nn.Linear(width, mlp_width)
-        self.gelu = nn.GELU() if activation == "gelu" else _QuickGELU()
-        self.c_proj = nn.Linear(mlp_width, width)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.c_proj(self.gelu(self.c_fc(x)))
-
-
-class _Block(nn.Module):
-    def __init__(self, config: TextEncoderConfig) -> None:
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(config.width, eps=LN_EPS)
-        self.attn = _CausalSelfAttention(config.width, config.heads)
-        self.ln_2 = nn.LayerNorm(config.width, eps=LN_EPS)
-        self.mlp = _MLP(config.width, config.mlp_width, config.activation)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
-
-
-class _Transformer(nn.Module):
-    def __init__(self, config: TextEncoderConfig) -> None:
-        super().__init__()
-        self.resblocks = nn.ModuleList(_Block(config) for _ in range(config.layers))
-
-    def forward(self, x: Tensor) -> Tensor:
-        for block in self.resblocks:
-            x = block(x)
-        return x
 
 
 class OpenCLIPTextTower(nn.Module):
@@ -127,7 +65,8 @@ class OpenCLIPTextTower(nn.Module):
         self.eot_token = config.vocab_size - 1 if eot_token is None else eot_token  # CLIP: <|endoftext|> is last
         self.token_embedding = nn.Embedding(config.vocab_size, config.width)
         self.positional_embedding = nn.Parameter(torch.empty(config.context_length, config.width))
-        self.transformer = _Transformer(config)
+        self.transformer = Transformer(config.width, config.layers, config.heads, config.mlp_width, causal=True,
+                                       activation=config.activation)
         self.ln_final = nn.LayerNorm(config.width, eps=LN_EPS)
         self.text_projection = nn.Parameter(torch.empty(config.width, config.embed_dim))
         self.reset_parameters()
@@ -140,7 +79,7 @@ class OpenCLIPTextTower(nn.Module):
         nn.init.normal_(self.positional_embedding, std=0.01)
         nn.init.normal_(self.text_projection, std=width**-0.5)
         for module in self.modules():
-            if isinstance(module, _CausalSelfAttention):
+            if isinstance(module, SelfAttention):
                 nn.init.normal_(module.in_proj_weight, std=width**-0.5)
 
     @property
