@@ -1,44 +1,11 @@
 """svd_model: Stable Video Diffusion (SVD, SVD-XT, SV3D) in plain PyTorch. No ComfyUI, no diffusers.
 
-The public API lives in :mod:`svd_model.api` and is re-exported here.
+The public API lives in :mod:`svd_model.api` (its ``__all__`` is the one list of it) and is re-exported here,
+with the error types.
 """
 
-from .api import (
-    StepInfo,
-    SVDBundle,
-    VideoParams,
-    decode_latents,
-    encode_condition,
-    encode_frames,
-    extend_video,
-    image_to_video,
-    interpolate_keyframes,
-    load_bundle,
-    orbit_cameras,
-    orbit_video,
-    sample_video,
-    save_bundle,
-)
+from . import api
+from .api import *  # noqa: F403
 from .errors import CheckpointError, ConfigError, InputError, ShapeError, SVDError
 
-__all__ = [
-    "CheckpointError",
-    "ConfigError",
-    "InputError",
-    "SVDBundle",
-    "SVDError",
-    "ShapeError",
-    "StepInfo",
-    "VideoParams",
-    "decode_latents",
-    "encode_condition",
-    "encode_frames",
-    "extend_video",
-    "image_to_video",
-    "interpolate_keyframes",
-    "load_bundle",
-    "orbit_cameras",
-    "orbit_video",
-    "sample_video",
-    "save_bundle",
-]
+__all__ = [*api.__all__, "CheckpointError", "ConfigError", "InputError", "SVDError", "ShapeError"]
