@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from comfyui_svd_lab.svd_model.curation import decode as decode_mod
+from comfyui_svd_lab.svd_model.curation import frames_at as frames_at_mod
 from comfyui_svd_lab.svd_model.curation.annotate import VideoAnnotation, annotate_video
 from comfyui_svd_lab.svd_model.curation.clips import (
     ClipSpan,
@@ -25,7 +26,8 @@ from comfyui_svd_lab.svd_model.curation.clips import (
     write_clip,
 )
 from comfyui_svd_lab.svd_model.curation.cuts import Cut
-from comfyui_svd_lab.svd_model.curation.decode import DecodeStats, read_frames_at, sample_indices, stream_luma
+from comfyui_svd_lab.svd_model.curation.decode import DecodeStats, sample_indices, stream_luma
+from comfyui_svd_lab.svd_model.curation.frames_at import read_frames_at
 from comfyui_svd_lab.svd_model.curation.motion import MotionCalibration, motion_bucket_id, to_paper_units
 from comfyui_svd_lab.svd_model.curation.synthetic import make_video
 from comfyui_svd_lab.svd_model.errors import ConfigError, InputError
@@ -130,7 +132,7 @@ def test_read_frames_at_decodes_each_stretch_once(source, tmp_path, monkeypatch)
         alone = read_frames_at(path, [t], max_side=64)[0]  # a single time: one seek straight to its keyframe
         assert np.abs(alone.astype(np.float32) - img).mean() < 0.5, t
     if source == "long_gop":  # packets without timestamps: the seek rule falls back to gaps of over 2 s
-        monkeypatch.setattr(decode_mod._SeekProbe, "landing", lambda self, ticks: None)
+        monkeypatch.setattr(frames_at_mod._SeekProbe, "landing", lambda self, ticks: None)
         stats = DecodeStats()
         assert all(np.array_equal(a, b) for a, b in zip(read_frames_at(path, times, max_side=64, stats=stats),
                                                         results[0], strict=True))

@@ -28,7 +28,8 @@ import numpy as np
 from ..errors import ConfigError, InputError
 from ..videoio_probe import open_container, pick_video_stream
 from .annotate import VideoAnnotation
-from .decode import open_info, read_frames_at
+from .decode import open_info
+from .frames_at import read_frames_at
 
 logger = logging.getLogger(__name__)
 

@@ -3,9 +3,7 @@
 * :func:`stream_luma` yields every decoded frame's luma (Y plane) subsampled by an integer stride with numpy
   (no swscale colour conversion or scaling, which costs as much as decoding itself), with its presentation
   time from the frame's pts (correct for variable frame rates). Memory stays at one chunk of thumbnails.
-* :func:`read_frames_at` decodes the frames shown at given times as display-corrected RGB (the pixel aspect
-  ratio stretched out, the container rotation applied), optionally resized; it seeks only where that skips
-  frames (a keyframe lies between the last decoded frame and the next time), so nothing decodes twice.
+* :func:`.frames_at.read_frames_at` (its own module) decodes the frames shown at given times as RGB.
 * :func:`sample_indices` resamples a video's frames to a lower rate by timestamps.
 
 Luma thumbnails are in *coded* geometry (not stretched by the SAR, not rotated); :class:`LumaGeometry`
@@ -14,7 +12,7 @@ must be independent of resolution and pixel shape.
 
 ``fast=True`` sets FFmpeg's ``skip_loop_filter=all`` (H.264/HEVC decoders skip deblocking): 20-40% faster
 decoding, slightly blockier pixels, irrelevant for cut and motion analysis on thumbnails. RGB frames from
-:func:`read_frames_at` always decode exactly.
+:func:`.frames_at.read_frames_at` always decode exactly.
 """
 
 from __future__ import annotations
@@ -22,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from os import PathLike
@@ -122,7 +120,7 @@ def luma_geometry(info: VideoInfo, max_width: int) -> LumaGeometry:
     return LumaGeometry(stride, (w, h), (dw / w, dh / h), (info.width, info.height))
 
 
-def _configure(stream: av.video.stream.VideoStream, threads: int, fast: bool) -> None:
+def configure_stream(stream: av.video.stream.VideoStream, threads: int, fast: bool) -> None:
     if threads == 1:
         stream.thread_count = 1
     else:
@@ -217,7 +215,7 @@ def luma_chunks(
         stream = pick_video_stream(container)
         if stream is None:  # pragma: no cover - open_info checked
             return
-        _configure(stream, threads, fast)
+        configure_stream(stream, threads, fast)
         tb = float(stream.time_base or Fraction(1, 1))
         fps = float(info.fps)
         if start_time:
@@ -225,7 +223,7 @@ def luma_chunks(
         lo = -math.inf if start_time is None else start_time - 0.25 / fps
         hi = math.inf if end_time is None else end_time - 0.25 / fps
         n = 0
-        for frame in _frames(container, stream, stats):
+        for frame in decoded_frames(container, stream, stats):
             stamp = frame.pts
             t = stamp * tb if stamp is not None else stats.frames / fps
             stats.frames += 1
@@ -260,7 +258,9 @@ def luma_chunks(
         container.close()
 
 
-def _frames(container: av.container.InputContainer, stream, stats: DecodeStats) -> Iterator[av.VideoFrame]:
+def decoded_frames(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, stats: DecodeStats
+) -> Iterator[av.VideoFrame]:
     """Decoded frames; undecodable packets are skipped and counted; a demuxer failure ends the stream.
 
     PyAV's own decode loop runs until the first error (it is the fastest); from there on packets are
@@ -365,123 +365,6 @@ def _first_pts(info: VideoInfo) -> float:
         return float(stream.start_time or 0) * tb
     finally:
         container.close()
-
-
-# ----------------------------------------------------------------------------------------------- RGB at times
-
-
-def _rgb(frame: av.VideoFrame, info: VideoInfo, max_side: int | None) -> np.ndarray:
-    """Display-corrected uint8 (H, W, 3): SAR stretched out, rotation applied, long side <= max_side."""
-    dw, dh = (info.height, info.width) if info.rotation % 180 else (info.width, info.height)  # unrotated display
-    if max_side and max(dw, dh) > max_side:
-        s = max_side / max(dw, dh)
-        dw, dh = max(1, round(dw * s)), max(1, round(dh * s))
-    shrink = dw <= frame.width and dh <= frame.height
-    arr = frame.to_ndarray(format="rgb24", width=dw, height=dh, interpolation="AREA" if shrink else "BICUBIC")
-    if info.rotation:
-        arr = np.rot90(arr, info.rotation // 90)  # (h w 3) counter-clockwise
-    return np.ascontiguousarray(arr)
-
-
-class _SeekProbe:
-    """Where a backward seek to a time would land: the pts (stream ticks) of the first packet after seeking a
-    second, demux-only container (nothing is decoded), so the decoding container keeps its position. Opened
-    on first use; None where the packets carry no timestamps or the demuxer fails."""
-
-    def __init__(self, path: PathLike[str] | str, stream_index: int) -> None:
-        self.path, self.stream_index = path, stream_index
-        self._container: av.container.InputContainer | None = None
-
-    def landing(self, ticks: int) -> int | None:
-        if self._container is None:
-            self._container = open_container(self.path)
-        stream = self._container.streams[self.stream_index]
-        try:
-            self._container.seek(max(0, ticks), stream=stream, backward=True)
-            for packet in self._container.demux(stream):
-                stamp = packet.pts if packet.pts is not None else packet.dts
-                if stamp is not None:
-                    return int(stamp)
-        except av.FFmpegError:
-            pass
-        return None
-
-    def close(self) -> None:
-        if self._container is not None:
-            self._container.close()
-
-
-def read_frames_at(
-    path: str | PathLike[str],
-    times: Sequence[float],
-    *,
-    max_side: int | None = None,
-    threads: int = 0,
-    stats: DecodeStats | None = None,
-) -> list[np.ndarray]:
-    """RGB uint8 ``(H, W, 3)`` frames shown at each of ``times`` (pts seconds), in the order given.
-
-    The frame shown at ``t`` is the last one whose pts is <= ``t`` (plus a quarter frame of tolerance);
-    a time before the first frame gives the first frame, after the last gives the last. Frames are display
-    corrected (SAR, rotation) and scaled so the long side is at most ``max_side`` (None = display size).
-    Times are served in increasing order; the decoder seeks only where the keyframe a seek would land on
-    lies after the last decoded frame, else it decodes forward, so no frame is decoded twice however sparse
-    the keyframes. ``stats`` (optional) receives the count of decoded frames and seeks.
-    """
-    if not len(times):
-        return []
-    info = open_info(path)
-    order = sorted(range(len(times)), key=lambda i: float(times[i]))
-    out: list[np.ndarray | None] = [None] * len(times)
-    eps = 0.25 / float(info.fps)
-    stats = stats if stats is not None else DecodeStats()
-    container = open_container(info.path)
-    probe: _SeekProbe | None = None
-    try:
-        stream = pick_video_stream(container)
-        _configure(stream, threads, fast=False)
-        tb = float(stream.time_base or 1)
-        probe = _SeekProbe(info.path, stream.index)
-        frames: Iterator[av.VideoFrame] | None = None
-        cur: tuple[float, av.VideoFrame] | None = None  # last frame with pts <= the current time
-        nxt: tuple[float, av.VideoFrame] | None = None  # decoded look-ahead frame (pts > the current time)
-        for i in order:
-            t = float(times[i])
-            target = math.floor((t + eps) / tb)  # pts ticks of the latest frame that counts as shown at t
-            if frames is None or _seek_ahead(probe, target, tb, t, nxt or cur, eps):
-                container.seek(max(0, target), stream=stream, backward=True)
-                frames, cur, nxt = _frames(container, stream, stats), None, None
-                stats.seeks += 1
-            while nxt is None or nxt[0] <= t + eps:
-                if nxt is not None:
-                    cur, nxt = nxt, None
-                frame = next(frames, None)
-                if frame is None:
-                    break  # end of stream: the last frame holds
-                stats.frames += 1
-                ft = frame.pts * tb if frame.pts is not None else (cur[0] if cur else 0.0) + 1 / float(info.fps)
-                nxt = (ft, frame)
-            chosen = cur or nxt  # before the first frame: the first frame
-            if chosen is None:
-                raise InputError(f"no decodable frame near t={t:.3f}s in {info.path}")
-            out[i] = _rgb(chosen[1], info, max_side)
-    finally:
-        container.close()
-        if probe is not None:
-            probe.close()
-    return [a for a in out if a is not None]
-
-
-def _seek_ahead(probe: _SeekProbe, target: int, tb: float, t: float, last: tuple[float, av.VideoFrame] | None,
-                eps: float) -> bool:
-    """Seek rather than decode forward: the keyframe a seek to ``target`` lands on is after the last decoded
-    frame ``last`` (time, frame). Without timestamps to tell, seek across gaps of over 2 s as a fallback."""
-    if last is None or last[0] > t + eps:
-        return False  # the answer is already decoded (or the stream ended)
-    landing = probe.landing(target)
-    if landing is None:
-        return t > last[0] + 2.0
-    return landing * tb > last[0] + 1e-6
 
 
 def sample_indices(

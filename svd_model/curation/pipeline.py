@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, SVDError
-from . import annotate, clips, decode, motion
+from . import annotate, clips, frames_at, motion
 from .annotate import VideoAnnotation
 from .clips import ClipSpan, SplitConfig
 from .cuts import CutConfig
@@ -303,7 +303,7 @@ class KeyframeCache:
         fields = {"first": "start_time", "middle": "middle_time", "last": "last_time"}
         times = [float(getattr(r.span, fields[w])) for r in todo for w in self.which]
         try:
-            frames = decode.read_frames_at(todo[0].row["source"], times, max_side=self.max_side, threads=threads)
+            frames = frames_at.read_frames_at(todo[0].row["source"], times, max_side=self.max_side, threads=threads)
         except (SVDError, ValueError, OSError) as exc:  # per-clip reads in get() will say which clip fails
             log.info("keyframe prefetch failed (%s); reading clip by clip", error_text(exc))
             return

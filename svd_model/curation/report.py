@@ -132,7 +132,7 @@ def _thumbnail(out_dir: Path, row: dict[str, Any], max_side: int = 160) -> str |
 
 
 def _decode_middle(row: dict[str, Any]) -> np.ndarray:
-    from .decode import read_frames_at
+    from .frames_at import read_frames_at
 
     return read_frames_at(row["source"], [(row["start_time"] + row["end_time"]) / 2], max_side=320)[0]
 

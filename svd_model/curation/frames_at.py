@@ -1,0 +1,133 @@
+"""Exact frames at given times for curation (keyframes, report thumbnails): display-corrected RGB (the pixel
+aspect ratio stretched out, the container rotation applied), optionally resized. :func:`read_frames_at` seeks only
+where that skips frames (a keyframe lies between the last decoded frame and the next time), so nothing decodes
+twice however sparse the keyframes. The analysis decode (luma thumbnails) is :mod:`.decode`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from os import PathLike
+
+import av
+import numpy as np
+
+from ..errors import InputError
+from ..videoio import VideoInfo
+from ..videoio_probe import open_container, pick_video_stream
+from .decode import DecodeStats, configure_stream, decoded_frames, open_info
+
+
+def _rgb(frame: av.VideoFrame, info: VideoInfo, max_side: int | None) -> np.ndarray:
+    """Display-corrected uint8 (H, W, 3): SAR stretched out, rotation applied, long side <= max_side."""
+    dw, dh = (info.height, info.width) if info.rotation % 180 else (info.width, info.height)  # unrotated display
+    if max_side and max(dw, dh) > max_side:
+        s = max_side / max(dw, dh)
+        dw, dh = max(1, round(dw * s)), max(1, round(dh * s))
+    shrink = dw <= frame.width and dh <= frame.height
+    arr = frame.to_ndarray(format="rgb24", width=dw, height=dh, interpolation="AREA" if shrink else "BICUBIC")
+    if info.rotation:
+        arr = np.rot90(arr, info.rotation // 90)  # (h w 3) counter-clockwise
+    return np.ascontiguousarray(arr)
+
+
+class _SeekProbe:
+    """Where a backward seek to a time would land: the pts (stream ticks) of the first packet after seeking a
+    second, demux-only container (nothing is decoded), so the decoding container keeps its position. Opened
+    on first use; None where the packets carry no timestamps or the demuxer fails."""
+
+    def __init__(self, path: PathLike[str] | str, stream_index: int) -> None:
+        self.path, self.stream_index = path, stream_index
+        self._container: av.container.InputContainer | None = None
+
+    def landing(self, ticks: int) -> int | None:
+        if self._container is None:
+            self._container = open_container(self.path)
+        stream = self._container.streams[self.stream_index]
+        try:
+            self._container.seek(max(0, ticks), stream=stream, backward=True)
+            for packet in self._container.demux(stream):
+                stamp = packet.pts if packet.pts is not None else packet.dts
+                if stamp is not None:
+                    return int(stamp)
+        except av.FFmpegError:
+            pass
+        return None
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+
+
+def read_frames_at(
+    path: str | PathLike[str],
+    times: Sequence[float],
+    *,
+    max_side: int | None = None,
+    threads: int = 0,
+    stats: DecodeStats | None = None,
+) -> list[np.ndarray]:
+    """RGB uint8 ``(H, W, 3)`` frames shown at each of ``times`` (pts seconds), in the order given.
+
+    The frame shown at ``t`` is the last one whose pts is <= ``t`` (plus a quarter frame of tolerance);
+    a time before the first frame gives the first frame, after the last gives the last. Frames are display
+    corrected (SAR, rotation) and scaled so the long side is at most ``max_side`` (None = display size).
+    Times are served in increasing order; the decoder seeks only where the keyframe a seek would land on
+    lies after the last decoded frame, else it decodes forward, so no frame is decoded twice however sparse
+    the keyframes. ``stats`` (optional) receives the count of decoded frames and seeks.
+    """
+    if not len(times):
+        return []
+    info = open_info(path)
+    order = sorted(range(len(times)), key=lambda i: float(times[i]))
+    out: list[np.ndarray | None] = [None] * len(times)
+    eps = 0.25 / float(info.fps)
+    stats = stats if stats is not None else DecodeStats()
+    container = open_container(info.path)
+    probe: _SeekProbe | None = None
+    try:
+        stream = pick_video_stream(container)
+        configure_stream(stream, threads, fast=False)
+        tb = float(stream.time_base or 1)
+        probe = _SeekProbe(info.path, stream.index)
+        frames: Iterator[av.VideoFrame] | None = None
+        cur: tuple[float, av.VideoFrame] | None = None  # last frame with pts <= the current time
+        nxt: tuple[float, av.VideoFrame] | None = None  # decoded look-ahead frame (pts > the current time)
+        for i in order:
+            t = float(times[i])
+            target = math.floor((t + eps) / tb)  # pts ticks of the latest frame that counts as shown at t
+            if frames is None or _seek_ahead(probe, target, tb, t, nxt or cur, eps):
+                container.seek(max(0, target), stream=stream, backward=True)
+                frames, cur, nxt = decoded_frames(container, stream, stats), None, None
+                stats.seeks += 1
+            while nxt is None or nxt[0] <= t + eps:
+                if nxt is not None:
+                    cur, nxt = nxt, None
+                frame = next(frames, None)
+                if frame is None:
+                    break  # end of stream: the last frame holds
+                stats.frames += 1
+                ft = frame.pts * tb if frame.pts is not None else (cur[0] if cur else 0.0) + 1 / float(info.fps)
+                nxt = (ft, frame)
+            chosen = cur or nxt  # before the first frame: the first frame
+            if chosen is None:
+                raise InputError(f"no decodable frame near t={t:.3f}s in {info.path}")
+            out[i] = _rgb(chosen[1], info, max_side)
+    finally:
+        container.close()
+        if probe is not None:
+            probe.close()
+    return [a for a in out if a is not None]
+
+
+def _seek_ahead(probe: _SeekProbe, target: int, tb: float, t: float, last: tuple[float, av.VideoFrame] | None,
+                eps: float) -> bool:
+    """Seek rather than decode forward: the keyframe a seek to ``target`` lands on is after the last decoded
+    frame ``last`` (time, frame). Without timestamps to tell, seek across gaps of over 2 s as a fallback."""
+    if last is None or last[0] > t + eps:
+        return False  # the answer is already decoded (or the stream ended)
+    landing = probe.landing(target)
+    if landing is None:
+        return t > last[0] + 2.0
+    return landing * tb > last[0] + 1e-6
