@@ -101,6 +101,7 @@ def build_config(args: argparse.Namespace) -> Any:
 
 def _filter_and_report(out: Path, filters: list[str] | None, stdout: TextIO) -> int:
     from .svd_model.curation.filtering import filter_manifest, load_rules, parse_rules
+    from .svd_model.curation.manifest import FILTERED_NAME
     from .svd_model.curation.report import build_report
 
     rules = parse_rules(filters) if filters else load_rules(out)
@@ -108,7 +109,7 @@ def _filter_and_report(out: Path, filters: list[str] | None, stdout: TextIO) -> 
     result = filter_manifest(out, rules)
     info = build_report(out, result)
     print(info.summary(), file=stdout)
-    print(f"filtered manifest: {out / 'manifest_filtered.parquet'}\nreport: {info.path}", file=stdout)
+    print(f"filtered manifest: {out / FILTERED_NAME}\nreport: {info.path}", file=stdout)
     return 0
 
 

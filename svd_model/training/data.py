@@ -90,11 +90,11 @@ def _manifest_table(path: Path):  # -> pyarrow.Table, root folder for relative c
     import pyarrow.parquet as pq
 
     if path.is_dir():
-        filtered = path / "manifest_filtered.parquet"
+        from ..curation.manifest import FILTERED_NAME, read_manifest
+
+        filtered = path / FILTERED_NAME
         if filtered.is_file():
             return pq.read_table(filtered), path
-        from ..curation.manifest import read_manifest
-
         return read_manifest(path), path
     if path.suffix.lower() != ".parquet" or not path.is_file():
         raise InputError(f"manifest {path} not found: give the curation output folder or a .parquet manifest file")
