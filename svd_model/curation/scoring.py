@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SVDError
+from ..fsutil import replace_atomic
 from . import clips
 from .pipeline import ClipRecord, CurationConfig, KeyframeCache, error_text
 
@@ -123,11 +124,7 @@ def score_records(records: Sequence[ClipRecord], cache: KeyframeCache, config: C
 
         vid = records[0].row["video_id"]
         rel = f"embeddings/{vid}.safetensors"
-        target = Path(out_dir) / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        save_file(embeddings, str(tmp))
-        os.replace(tmp, target)
+        replace_atomic(Path(out_dir) / rel, lambda tmp: save_file(embeddings, str(tmp)))
         for rec in records:
             if rec.row["clip_id"] in embeddings:
                 rec.row["clip_embedding_path"] = rel
@@ -151,11 +148,8 @@ def write_files(records: Sequence[ClipRecord], cache: KeyframeCache, config: Cur
                 paths = []
                 for kind, frame in zip(config.keyframes, cache.get(rec), strict=False):
                     rel = f"keyframes/{vid}/{cid}_{kind}.jpg"
-                    target = out / rel
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = target.with_name(f".{target.name}.tmp")
-                    Image.fromarray(frame).save(tmp, format="JPEG", quality=88)
-                    os.replace(tmp, target)
+                    image = Image.fromarray(frame)
+                    replace_atomic(out / rel, lambda tmp, image=image: image.save(tmp, format="JPEG", quality=88))
                     paths.append(rel)
                 rec.row["keyframe_paths"] = paths
             except (SVDError, ValueError, OSError) as exc:
