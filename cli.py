@@ -87,8 +87,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     sets = list(args.set or [])
     with tempfile.TemporaryDirectory() as tmp:
         if args.tiny_if_missing:
-            from .jobs import missing_checkpoints, tiny_families, tiny_name, tiny_overrides
-            from .svd_model.tiny import write_tiny_checkpoint
+            from .jobs import missing_checkpoints, tiny_families, tiny_overrides, write_tiny_stand_ins
 
             try:
                 loaded, _ = load_workflow(args.workflow, NODE_CLASS_MAPPINGS)
@@ -97,10 +96,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 prompt = {}  # run_workflow_cli reports the problem
             missing = missing_checkpoints(prompt)
             if missing:
-                tiny = write_tiny_checkpoint(Path(tmp) / "tiny-random-svd.safetensors")
-                for family in tiny_families(prompt):  # SV3D loaders get SV3D-shaped stand-ins
-                    if tiny_name(tiny.name, family) != tiny.name:
-                        write_tiny_checkpoint(Path(tmp) / tiny_name(tiny.name, family), family)
+                # SV3D loaders get SV3D-shaped stand-ins
+                tiny = write_tiny_stand_ins(tmp, "tiny-random-svd.safetensors", tiny_families(prompt))
                 bridge.configure(models_dirs=[*bridge.model_dirs(), tmp])
                 sets += tiny_overrides(prompt, tiny.name)
                 print(f"NOTE: {', '.join(missing)} not found in {', '.join(map(str, bridge.model_dirs()[:-1]))}: "

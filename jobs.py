@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -142,6 +143,15 @@ def tiny_families(prompt: dict) -> set[Family]:
     """Families the workflow's checkpoint loaders ask for (from their checkpoint names)."""
     return {checkpoint_family(n["inputs"].get("ckpt_name", "")) for n in prompt.values()
             if n.get("class_type") == "SVDLab_CheckpointLoader"}
+
+
+def write_tiny_stand_ins(folder: str | Path, name: str, families: Iterable[Family] = (), seed: int = 0) -> Path:
+    """Write the tiny SVD stand-in `folder/name` and, for each SV3D family in `families`, its :func:`tiny_name`
+    twin (what :func:`tiny_overrides` points SV3D loaders at). Returns the SVD file."""
+    svd = write_tiny_checkpoint(Path(folder) / name, seed=seed)
+    for family in set(families) - {Family.SVD}:
+        write_tiny_checkpoint(Path(folder) / tiny_name(name, family), family, seed=seed)
+    return svd
 
 
 def tiny_overrides(prompt: dict, ckpt_name: str, sizes: dict[str, dict[str, object]] = TINY_RUN) -> list[str]:

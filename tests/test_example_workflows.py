@@ -9,10 +9,9 @@ import pytest
 
 from comfyui_svd_lab import NODE_CLASS_MAPPINGS
 from comfyui_svd_lab.cli import main
-from comfyui_svd_lab.jobs import tiny_name, tiny_overrides
+from comfyui_svd_lab.jobs import tiny_overrides, write_tiny_stand_ins
 from comfyui_svd_lab.nodes import bridge
 from comfyui_svd_lab.svd_model.config import Family
-from comfyui_svd_lab.svd_model.tiny import write_tiny_checkpoint
 from comfyui_svd_lab.svd_model.videoio import probe_video
 from comfyui_svd_lab.workflow import apply_overrides, execute, load_workflow, validate
 from conftest import SMALL_RUN as SMALL
@@ -31,9 +30,7 @@ EXPECTED = {"sv3d_u_orbit": (3, 64, 64), "sv3d_p_dynamic_orbit": (3, 64, 64), "s
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     folder = tmp_path_factory.mktemp("models")
-    write_tiny_checkpoint(folder / "tiny.safetensors", seed=4)
-    for family in (Family.SV3D_U, Family.SV3D_P):  # what tiny_overrides points SV3D loaders at
-        write_tiny_checkpoint(folder / tiny_name("tiny.safetensors", family), family, seed=4)
+    write_tiny_stand_ins(folder, "tiny.safetensors", Family, seed=4)
     return folder
 
 
