@@ -19,7 +19,7 @@ from ..svd_model.pipelines.extend import (
 from ..svd_model.pipelines.image_to_video import MAX_FRAMES, VideoParams
 from ..svd_model.sampling import StepInfo
 from . import adapters, bridge
-from .types import MAX_SEED, SVDLAB_MODEL, range_problem
+from .types import MAX_SEED, SVDLAB_MODEL, number_problem
 from .video_nodes import XT
 
 log = logging.getLogger(__name__)
@@ -82,11 +82,12 @@ class ExtendVideo:
 
     @classmethod
     def VALIDATE_INPUTS(cls, segments: int | None, frames: int | None, overlap: int | None,
-                        per_segment: str | None = "") -> bool | str:
-        for name, value in (("segments", segments), ("frames", frames), ("overlap", overlap)):
-            problem = range_problem(cls, name, value)
-            if problem:
-                return problem
+                        per_segment: str | None = "", cond_aug: float | None = None, min_cfg: float | None = None,
+                        max_cfg: float | None = None) -> bool | str:
+        problem = number_problem(cls, segments=segments, frames=frames, overlap=overlap, cond_aug=cond_aug,
+                                 min_cfg=min_cfg, max_cfg=max_cfg)
+        if problem:
+            return problem
         if frames and overlap is not None and frames <= overlap:
             return f"frames ({frames}) must exceed overlap ({overlap}) for a segment to add anything"
         if per_segment and segments is not None:

@@ -13,7 +13,7 @@ from ..svd_model.pipelines.flow_interp import FLOW_METHODS, FlowSettings, interp
 from ..svd_model.pipelines.image_to_video import MAX_FRAMES, VideoParams
 from ..svd_model.pipelines.keyframes import KEYFRAME_METHODS, decode_keyframe_video, interpolate_keyframes
 from . import adapters, bridge
-from .types import MAX_SIZE, range_problem
+from .types import MAX_SIZE, number_problem, range_problem
 from .video_nodes import MODEL_INPUT, SEED, XT
 
 log = logging.getLogger(__name__)
@@ -124,12 +124,12 @@ class KeyframeInterpolate:
 
     @classmethod
     def VALIDATE_INPUTS(cls, width: int | None, height: int | None, frames: int | None, chunk_size: int | None,
-                        overlap: int | None) -> bool | str:
-        for name, value in (("width", width), ("height", height), ("frames", frames), ("chunk_size", chunk_size),
-                            ("overlap", overlap)):
-            problem = range_problem(cls, name, value)
-            if problem:
-                return problem
+                        overlap: int | None, min_cfg: float | None = None, max_cfg: float | None = None,
+                        cond_aug: float | None = None) -> bool | str:
+        problem = number_problem(cls, width=width, height=height, frames=frames, chunk_size=chunk_size,
+                                 overlap=overlap, min_cfg=min_cfg, max_cfg=max_cfg, cond_aug=cond_aug)
+        if problem:
+            return problem
         for name, value in (("width", width), ("height", height)):
             if value is not None and value % 8:
                 return f"{name} = {value} is not a multiple of 8; official SVD models need multiples of 64"

@@ -106,8 +106,8 @@ class LoadVideo:
 
     @classmethod
     def VALIDATE_INPUTS(cls, video: str | None, width: int | None, height: int | None,
-                        path: str | None = "") -> bool | str:
-        problem = _file_problem(video, path, "video")
+                        path: str | None = "", target_fps: float | None = None) -> bool | str:
+        problem = range_problem(cls, "target_fps", target_fps) or _file_problem(video, path, "video")
         problem = problem or range_problem(cls, "width", width) or range_problem(cls, "height", height)
         if problem is None and width is not None and height is not None and (width == 0) != (height == 0):
             problem = f"set both width and height, or leave both 0 to keep the size (got {width}x{height})"
@@ -149,6 +149,10 @@ class SaveVideo:
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, fps: float | None = None) -> bool | str:
+        return range_problem(cls, "fps", fps) or True
+
     def save(self, images: Any, fps: float, format: str, quality: int, filename_prefix: str,
              prompt: Any = None, extra_pnginfo: Any = None) -> dict[str, Any]:
         return _write(images, fps, format, quality, filename_prefix, "output", _metadata(prompt, extra_pnginfo))
@@ -167,6 +171,10 @@ class PreviewVideo:
         required = {k: v for k, v in types["required"].items() if k != "filename_prefix"}
         required["format"] = (FORMATS, {**required["format"][1], "default": "webp"})
         return {"required": required, "hidden": types["hidden"]}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, fps: float | None = None) -> bool | str:
+        return range_problem(cls, "fps", fps) or True
 
     def preview(self, images: Any, fps: float, format: str, quality: int, prompt: Any = None,
                 extra_pnginfo: Any = None) -> dict[str, Any]:

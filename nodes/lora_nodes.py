@@ -20,7 +20,7 @@ from ..svd_model.training.lora import (
     validate_lora,
 )
 from . import bridge
-from .types import SVDLAB_MODEL
+from .types import SVDLAB_MODEL, range_problem
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,8 @@ class LoraLoader:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, lora_name: str | None) -> bool | str:
-        return _missing(lora_name)
+    def VALIDATE_INPUTS(cls, lora_name: str | None, strength: float | None = None) -> bool | str:
+        return range_problem(cls, "strength", strength) or _missing(lora_name)
 
     def load(self, model: Any, lora_name: str, strength: float) -> tuple[Any, str]:
         state, meta = load_lora(bridge.resolve_lora(lora_name))
@@ -175,7 +175,10 @@ class LoraConvert:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, lora_name: str | None, filename: str | None) -> bool | str:
+    def VALIDATE_INPUTS(cls, lora_name: str | None, filename: str | None, alpha: float | None = None) -> bool | str:
+        problem = range_problem(cls, "alpha", alpha)
+        if problem:
+            return problem
         if filename and (Path(filename).name != filename or filename in (".", "..")):
             return f"filename {filename!r} must be a plain file name (no folders)"
         return _missing(lora_name)

@@ -33,6 +33,7 @@ from .types import (
     SVDLAB_CONDITIONING,
     SVDLAB_MODEL,
     VideoConditioning,
+    number_problem,
     range_problem,
 )
 
@@ -83,8 +84,8 @@ class OrbitCamerasNode:
 
     @classmethod
     def VALIDATE_INPUTS(cls, preset: str | None, frames: int | None, elevations: str | None,
-                        azimuths: str | None) -> bool | str:
-        problem = range_problem(cls, "frames", frames)
+                        azimuths: str | None, elevation: float | None = None) -> bool | str:
+        problem = number_problem(cls, frames=frames, elevation=elevation)
         if problem:
             return problem
         if preset is not None and preset not in ORBIT_PRESETS:  # declared here, so ComfyUI skips its own check
@@ -129,6 +130,10 @@ class PrepareObjectImage:
                     "What the mask's 1s are: background (Load Image's MASK = 1 - alpha) or object.")}),
             },
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, object_ratio: float | None = None) -> bool | str:
+        return range_problem(cls, "object_ratio", object_ratio) or True
 
     def prepare(self, image: Any, size: int, object_ratio: float, mask: Any = None,
                 mask_marks: str = "background") -> tuple[Any]:

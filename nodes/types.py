@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,19 +51,44 @@ class VideoConditioning:
         return self.params.num_frames
 
 
+def _widget_options(node: type, name: str) -> dict[str, Any]:
+    """The options dict of input ``name`` in ``node.INPUT_TYPES()`` (required or optional)."""
+    types = node.INPUT_TYPES()
+    spec = {**types.get("required", {}), **types.get("optional", {})}[name]
+    return spec[1] if len(spec) > 1 else {}
+
+
 def range_problem(node: type, name: str, value: Any) -> str | None:
-    """Re-apply a widget's min/max from ``node.INPUT_TYPES()``.
+    """Re-apply a widget's min/max from ``node.INPUT_TYPES()``, and refuse NaN and infinities.
 
     ComfyUI skips its own range check for every input that VALIDATE_INPUTS declares, so a node that
-    declares a numeric input must check the range itself. Returns a message, or None when in range.
+    declares a numeric input must check the range itself. NaN passes every comparison (and JSON's ``NaN`` /
+    ``Infinity`` parse in Python), so a non-finite number is refused before the range is compared.
+    Returns a message naming the input, or None when the value is fine.
     Linked inputs arrive as None at validation time and are not checked.
     """
     if value is None:
         return None
-    spec = {**node.INPUT_TYPES().get("required", {}), **node.INPUT_TYPES().get("optional", {})}[name]
-    opts = spec[1] if len(spec) > 1 else {}
+    opts = _widget_options(node, name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"input '{name}' must be a number, got {value!r:.60}"
+    if not math.isfinite(value):
+        return f"input '{name}' must be a finite number, got {value}"
     if "min" in opts and value < opts["min"]:
         return f"{name} = {value} is below the minimum {opts['min']}"
     if "max" in opts and value > opts["max"]:
         return f"{name} = {value} is above the maximum {opts['max']}"
+    return None
+
+
+def number_problem(node: type, **values: Any) -> str | None:
+    """The first :func:`range_problem` of the named numeric widget values (INT or FLOAT), or None.
+
+    For VALIDATE_INPUTS: ``number_problem(cls, cfg=cfg, denoise=denoise)`` checks each value is a finite
+    number within its widget's min/max (None, a linked input, is skipped).
+    """
+    for name, value in values.items():
+        problem = range_problem(node, name, value)
+        if problem:
+            return problem
     return None

@@ -17,7 +17,15 @@ from ..svd_model.pipelines.multiview import with_input_view
 from ..svd_model.sampling import SAMPLERS
 from ..svd_model.schedules import SCHEDULES
 from . import adapters, bridge
-from .types import MAX_SEED, MAX_SIZE, SVDLAB_CONDITIONING, SVDLAB_MODEL, VideoConditioning, range_problem
+from .types import (
+    MAX_SEED,
+    MAX_SIZE,
+    SVDLAB_CONDITIONING,
+    SVDLAB_MODEL,
+    VideoConditioning,
+    number_problem,
+    range_problem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +72,10 @@ class ImageToVideoConditioning:
         }}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, width: int | None, height: int | None) -> bool | str:
+    def VALIDATE_INPUTS(cls, width: int | None, height: int | None, cond_aug: float | None = None) -> bool | str:
+        problem = range_problem(cls, "cond_aug", cond_aug)
+        if problem:
+            return problem
         for name, value in (("width", width), ("height", height)):
             problem = range_problem(cls, name, value)
             if problem:
@@ -138,6 +149,11 @@ class Sampler:
                 "latent": ("LATENT", {"tooltip": "Start video for denoise < 1 (SVD Lab Encode Frames)."}),
             },
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, min_cfg: float | None = None, max_cfg: float | None = None,
+                        denoise: float | None = None) -> bool | str:
+        return number_problem(cls, min_cfg=min_cfg, max_cfg=max_cfg, denoise=denoise) or True
 
     def sample(self, model: SVDBundle, conditioning: VideoConditioning, sampler: str, schedule: str, steps: int,
                min_cfg: float, max_cfg: float, guidance: str, seed: int, denoise: float,

@@ -17,6 +17,7 @@ and its inner frames are appended, so the video ends where it started.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -67,9 +68,11 @@ def parse_segment_overrides(text: str, segments: int) -> list[dict[str, float | 
                                  f"{', '.join(SEGMENT_KEYS)} (e.g. 'motion_bucket_id=180 seed=7')")
             try:
                 number = float(value)
-                out[i][key] = int(number) if key in _INT_KEYS else number
             except ValueError:
                 raise InputError(f"segment {i + 1}: {key}={value!r} is not a number") from None
+            if not math.isfinite(number):
+                raise InputError(f"segment {i + 1}: {key}={value!r} is not a finite number")
+            out[i][key] = int(number) if key in _INT_KEYS else number
             if key in _INT_KEYS and number != int(number):
                 raise InputError(f"segment {i + 1}: {key} must be a whole number, got {value}")
     return out
