@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from ..nodes import adapters, bridge
-from ..nodes.types import MAX_SEED, MAX_SIZE, SVDLAB_MODEL
+from ..nodes.types import MAX_SEED, MAX_SIZE, SVDLAB_MODEL, number_problem, range_problem
 from ..svd_model.errors import ConfigError, InputError
 from ..svd_model.loader import SVDBundle
 from ..svd_model.training.cache import LatentCache, build_cache, move_module
@@ -109,6 +109,10 @@ class DatasetFromManifest:
     def IS_CHANGED(cls, manifest: str, **_: Any) -> str:
         return _stamp(manifest)  # a linked `curated` changes with its curation node, which ComfyUI tracks
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, fps: float | None = None) -> bool | str:
+        return range_problem(cls, "fps", fps) or True
+
     def load(self, manifest: str, frames: int, fps: float, width: int, height: int, windows_per_clip: int,
              seed: int, buckets: str, only_kept: bool, curated: Any = None) -> tuple[VideoDataset, str]:
         sizes = parse_buckets(buckets)
@@ -154,6 +158,10 @@ class DatasetFromFolder:
     @classmethod
     def IS_CHANGED(cls, folder: str, **_: Any) -> str:
         return _stamp(folder)
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, fps: float | None = None) -> bool | str:
+        return range_problem(cls, "fps", fps) or True
 
     def load(self, folder: str, frames: int, fps: float, width: int, height: int, windows_per_clip: int,
              seed: int, motion_bucket_id: int) -> tuple[VideoDataset, str]:
@@ -279,6 +287,11 @@ class Train:
                 "JSON object with further settings, e.g. {\"objective\": {\"p_mean\": 1.0}, \"optim\": "
                 "{\"warmup_steps\": 100}} (see `svd-lab train --print-config`).")}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, learning_rate: float | None = None, lora_alpha: float | None = None,
+                        ema_decay: float | None = None) -> bool | str:
+        return number_problem(cls, learning_rate=learning_rate, lora_alpha=lora_alpha, ema_decay=ema_decay) or True
 
     def train(self, model: SVDBundle, cache: LatentCache, validation_image: Any = None, extra_config: str = "",
               **widgets: Any) -> dict[str, Any]:
