@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..nodes import bridge
+from ..nodes.types import number_problem
 from ..svd_model.curation import filtering, manifest, pipeline, scoring
 from ..svd_model.curation.engine import VIDEO_EXTENSIONS, list_videos, prepare_output, run_curation
 from ..svd_model.curation.pipeline import ClipRecord, CurationConfig, KeyframeCache, VideoRef
@@ -111,8 +112,10 @@ class AnnotateVideos(CurationNode):
     }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, cut_settings: str | None) -> bool | str:
-        return json_problem(cut_settings, "cut_settings") or True
+    def VALIDATE_INPUTS(cls, cut_settings: str | None, min_scene_s: float | None = None,
+                        motion_fps: float | None = None) -> bool | str:
+        problem = number_problem(cls, min_scene_s=min_scene_s, motion_fps=motion_fps)
+        return problem or json_problem(cut_settings, "cut_settings") or True
 
     def annotate(self, videos: Any, min_scene_s: float, motion_fps: float, cut_settings: str) -> tuple[Annotations]:
         config = CurationConfig.from_dict({"cut": {**parse_settings(cut_settings, "cut_settings"),
