@@ -1,12 +1,16 @@
 """`svd-lab`: the pack's command line (no ComfyUI server needed).
 
-  svd-lab run WORKFLOW.json [--set NODE_ID.INPUT=VALUE ...] [--output-dir DIR] [--models-dir DIR] [--tiny-if-missing]
+  svd-lab run WORKFLOW.json [--set NODE_ID.INPUT=VALUE ...] [--output-dir DIR] [--input-dir DIR] [--models-dir DIR]
+              [--allow-any-path] [--tiny-if-missing]
   svd-lab image-to-video [--checkpoint PATH] [--image IMG] [--output-dir DIR] [...]
   svd-lab make-tiny-checkpoint PATH [--family svd|sv3d_u|sv3d_p]
   svd-lab info CHECKPOINT
   svd-lab curate INPUT --out DIR [...]      (see curate_cli.py)
   svd-lab curate-report DIR [--filter RULE ...]
   svd-lab train CONFIG [--nproc N] [--set KEY=VALUE ...]   (see train_cli.py)
+
+Bad input (a malformed workflow, checkpoint or config, a missing file) is one error on stderr and exit code 2,
+never a traceback (``--debug`` or ``SVD_LAB_DEBUG=1`` shows it); a closed stdout (``| head``) ends quietly.
 """
 
 from __future__ import annotations
@@ -15,11 +19,13 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger("svd_lab")
 
 CHECKPOINT_ENV = "SVD_LAB_CHECKPOINT"
+DEBUG_ENV = "SVD_LAB_DEBUG"
 
 
 def _find_checkpoint(arg: str | None) -> Path | None:
@@ -27,7 +33,9 @@ def _find_checkpoint(arg: str | None) -> Path | None:
         if candidate:
             path = Path(candidate)
             if not path.exists():
-                raise SystemExit(f"svd-lab: checkpoint not found: {path}")
+                from .svd_model.errors import InputError
+
+                raise InputError(f"checkpoint not found: {path}")
             return path
     return None
 
@@ -83,7 +91,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .nodes import bridge
     from .workflow import WorkflowError, apply_overrides, load_workflow, run_workflow_cli
 
-    bridge.configure(models_dirs=args.models_dir or None, output_dir=args.output_dir)
+    # --allow-any-path is passed only when given, so the bridge keyword is needed only by runs that ask for it
+    opt_in = {"allow_any_path": True} if args.allow_any_path else {}
+    bridge.configure(models_dirs=args.models_dir or None, output_dir=args.output_dir, input_dir=args.input_dir,
+                     **opt_in)
     sets = list(args.set or [])
     with tempfile.TemporaryDirectory() as tmp:
         if args.tiny_if_missing:
@@ -109,6 +120,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="svd-lab", description="Stable Video Diffusion tools (comfyui-svd-lab)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log INFO messages")
+    parser.add_argument("--debug", action="store_true", help=f"show the traceback of errors (or set {DEBUG_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run a workflow JSON (UI or API format) of this pack's nodes without a server")
@@ -117,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="where output nodes write (default: $SVD_LAB_OUTPUT or ./output)")
     p.add_argument("--models-dir", action="append", help="checkpoint folder (repeatable; default: $SVD_LAB_MODELS "
                    "or ./models/svd)")
+    p.add_argument("--input-dir", help="the input folder loaders read from (default: ./input)")
+    p.add_argument("--allow-any-path", action="store_true", help="let the workflow read and write files anywhere "
+                   "this user can (your own absolute paths); without it, only the input, output, temp and model "
+                   "folders are allowed")
     p.add_argument("--tiny-if-missing", action="store_true", help="when a named checkpoint is missing, run on a tiny "
                    "random-weight model at reduced size instead (a demo that the whole graph runs)")
     p.set_defaults(func=_cmd_run)
@@ -155,15 +171,55 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `svd-lab` console script: the exit code (2 for bad input, shown as one line)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    from .svd_model.errors import SVDError
+    return guarded(args.func, args, "svd-lab", debug=args.debug)
 
+
+def guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace, prog: str, *,
+            debug: bool = False) -> int:
+    """``func(args)`` with the CLI's error policy: bad input (the package's errors, workflow errors, OS errors
+    about the user's files) is one line on stderr and exit 2; Ctrl-C exit 130; a closed stdout (``| head``) ends
+    quietly with 141. ``debug`` (or ``$SVD_LAB_DEBUG``) lets errors raise with their traceback."""
+    from .svd_model.errors import SVDError
+    from .workflow.errors import WorkflowError
+
+    debug = debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:
-        return args.func(args)
-    except SVDError as exc:
-        print(f"svd-lab: error: {exc}", file=sys.stderr)
+        code = func(args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        _discard_stdout()
+        return 141
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except (SVDError, WorkflowError, OSError) as exc:
+        if debug:
+            raise
+        print(f"{prog}: error: {_message(exc)}", file=sys.stderr)
         return 2
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        text = f"{exc.filename}: {exc.strerror}"
+    return text if len(text) <= 2000 else f"{text[:2000]}… ({len(text)} characters)"
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not report the closed pipe again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # stdout is not a real file (captured in tests)
+        pass
 
 
 if __name__ == "__main__":

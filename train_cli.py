@@ -129,13 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    from .svd_model.errors import SVDError
+    from .cli import guarded
 
-    try:
-        return cmd_train(args)
-    except SVDError as exc:
-        print(f"svd-lab train: error: {exc}", file=sys.stderr)
-        return 2
+    return guarded(cmd_train, args, "svd-lab train")
 
 
 if __name__ == "__main__":

@@ -440,10 +440,10 @@ def test_ui_link_objects_and_prompt_body_and_api_file(tmp_path):
 @pytest.mark.parametrize(("data", "words"), [
     ([1, 2], "must be a JSON object"),
     ({"a": 1}, "not a ComfyUI workflow"),
-    ({"1": {"class_type": "Number", "inputs": [1]}}, "\"inputs\" must be an object"),
-    ({"1": n("Number", value=1), "2": {"type": "Show"}}, "node 2: expected an object with a string \"class_type\""),
+    ({"1": {"class_type": "Number", "inputs": [1]}}, "API workflow: 1.inputs must be an object"),
+    ({"1": n("Number", value=1), "2": {"type": "Show"}}, "2.class_type must be a non-empty string"),
     ({"nodes": {}, "links": []}, "\"nodes\" must be a list"),
-    ({"nodes": [{"id": 1}], "links": []}, "nodes[0] needs"),
+    ({"nodes": [{"id": 1}], "links": []}, "UI workflow: nodes[0].type must be a non-empty string"),
     ({"nodes": [], "links": [[1, 2]]}, "links[0] must be"),
     ({"nodes": [{"id": 1, "type": "1234abcd-0000-0000-0000-000000000000"}], "links": [],
       "definitions": {"subgraphs": [{"id": "1234abcd-0000-0000-0000-000000000000"}]}}, "subgraph"),
@@ -458,7 +458,7 @@ def test_malformed_json_and_missing_file(tmp_path):
     bad.write_text('{"1": {"class_type": "Number",\n "inputs": }}')
     with pytest.raises(WorkflowError, match="not valid JSON: .* line 2"):
         load_workflow(bad)
-    with pytest.raises(WorkflowError, match="cannot read workflow"):
+    with pytest.raises(WorkflowError, match="workflow not found: .*missing.json"):
         load_workflow(tmp_path / "missing.json")
     with pytest.raises(WorkflowError, match="needs the node registry"):
         load_workflow(ui([], []))

@@ -19,13 +19,15 @@ Subgraphs and legacy group nodes are not expanded: unpack them in ComfyUI or sav
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from ..svd_model.errors import ConfigError
+from ..svd_model.jsonfile import check_value_depth, read_json_file, shorten
 from .errors import WorkflowError
+from .schema import api_problems, raise_if_any, ui_problems
 from .spec import CONTROL_VALUES, InputSpec, Registry, input_specs
 
 log = logging.getLogger(__name__)
@@ -44,17 +46,25 @@ def load_workflow(source: str | Path | Mapping, registry: Registry | None = None
     a ``/prompt`` request body ``{"prompt": {...}, "extra_data": {...}}``, or UI format (``nodes`` and ``links``,
     converted with ``registry``'s INPUT_TYPES). Raises WorkflowError for unreadable or malformed input.
     """
-    data = _read(source) if isinstance(source, (str, Path)) else source
+    if isinstance(source, (str, Path)):
+        data = _read(source)
+    else:
+        data = source
+        try:
+            check_value_depth(data, "the workflow")
+        except ConfigError as exc:
+            raise WorkflowError(str(exc)) from None
     if not isinstance(data, Mapping):
         raise WorkflowError(f"a workflow must be a JSON object, got {type(data).__name__}")
-    if "nodes" in data and "links" in data:
+    if "nodes" in data and not (isinstance(data["nodes"], Mapping) and "class_type" in data["nodes"]):
         if registry is None:
             raise WorkflowError("converting a UI-format workflow needs the node registry (NODE_CLASS_MAPPINGS)")
         ui = copy.deepcopy(dict(data))
         return ui_to_api(ui, registry), ui
     if isinstance(data.get("prompt"), Mapping) and "class_type" not in data["prompt"]:
-        extra = data.get("extra_data") or {}
-        ui = (extra.get("extra_pnginfo") or {}).get("workflow") if isinstance(extra, Mapping) else None
+        extra = data.get("extra_data")
+        pnginfo = extra.get("extra_pnginfo") if isinstance(extra, Mapping) else None
+        ui = pnginfo.get("workflow") if isinstance(pnginfo, Mapping) else None
         return check_api(data["prompt"]), ui if isinstance(ui, dict) else None
     if any(isinstance(v, Mapping) and "class_type" in v for v in data.values()):
         return check_api(data), None
@@ -63,37 +73,25 @@ def load_workflow(source: str | Path | Mapping, registry: Registry | None = None
 
 
 def _read(path: str | Path) -> Any:
-    path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise WorkflowError(f"cannot read workflow {path}: {exc.strerror or exc}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise WorkflowError(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        return read_json_file(path, what="workflow")
+    except ConfigError as exc:
+        raise WorkflowError(str(exc)) from None
 
 
 def check_api(prompt: Mapping) -> dict:
-    """A deep copy of an API-format prompt with string ids; WorkflowError if a node entry is malformed."""
+    """A deep copy of an API-format prompt with string ids; WorkflowError naming the JSON path of each problem."""
     if not prompt:
         raise WorkflowError("the workflow has no nodes")
-    out: dict[str, dict] = {}
-    for key, node in prompt.items():
-        if not isinstance(node, Mapping) or not isinstance(node.get("class_type"), str):
-            raise WorkflowError(f"node {key}: expected an object with a string \"class_type\", got {node!r:.80}")
-        inputs = node.get("inputs", {})
-        if not isinstance(inputs, Mapping):
-            raise WorkflowError(f"node {key} ({node['class_type']}): \"inputs\" must be an object, "
-                                f"got {type(inputs).__name__}")
-        out[str(key)] = copy.deepcopy({**node, "inputs": dict(inputs)})
-    return out
+    raise_if_any("API workflow", api_problems(prompt))
+    return {str(key): copy.deepcopy({**node, "inputs": dict(node.get("inputs", {}))}) for key, node in prompt.items()}
 
 
 def ui_to_api(ui: Mapping, registry: Registry) -> dict:
     """Convert a UI-format workflow (as saved by the ComfyUI editor) to an API-format prompt."""
+    raise_if_any("UI workflow", ui_problems(ui))
     nodes = _node_table(ui)
-    links = _link_table(ui.get("links"))
+    links = _link_table(ui["links"])
     _reject_subgraphs(ui, nodes)
     prompt: dict[str, dict] = {}
     for nid, node in nodes.items():
@@ -113,36 +111,23 @@ def ui_to_api(ui: Mapping, registry: Registry) -> dict:
 
 
 def _node_table(ui: Mapping) -> dict[str, dict]:
-    raw = ui.get("nodes")
-    if not isinstance(raw, list):
-        raise WorkflowError(f"UI workflow: \"nodes\" must be a list, got {type(raw).__name__}")
-    nodes: dict[str, dict] = {}
-    for i, node in enumerate(raw):
-        if not isinstance(node, Mapping) or "id" not in node or not isinstance(node.get("type"), str):
-            raise WorkflowError(f"UI workflow: nodes[{i}] needs an \"id\" and a string \"type\", got {node!r:.80}")
-        nodes[str(node["id"])] = dict(node)
-    return nodes
+    """node id (as a string) -> node; the shapes were checked by ``schema.ui_problems``."""
+    return {str(node["id"]): dict(node) for node in ui["nodes"]}
 
 
-def _link_table(raw: Any) -> dict[Any, tuple[str, int, Any]]:
+def _link_table(raw: list) -> dict[int, tuple[str, int, Any]]:
     """link id -> (source node id, source slot, type); links are ``[id, src, slot, dst, dst_slot, type]`` or objects."""
-    if not isinstance(raw, list):
-        raise WorkflowError(f"UI workflow: \"links\" must be a list, got {type(raw).__name__}")
-    table: dict[Any, tuple[str, int, Any]] = {}
-    for i, link in enumerate(raw):
-        if isinstance(link, Mapping) and {"id", "origin_id", "origin_slot"} <= set(link):
+    table: dict[int, tuple[str, int, Any]] = {}
+    for link in raw:
+        if isinstance(link, Mapping):
             table[link["id"]] = (str(link["origin_id"]), link["origin_slot"], link.get("type"))
-        elif isinstance(link, (list, tuple)) and len(link) >= 5:
-            table[link[0]] = (str(link[1]), link[2], link[5] if len(link) > 5 else None)
         else:
-            raise WorkflowError(f"UI workflow: links[{i}] must be [id, src, src_slot, dst, dst_slot, type], "
-                                f"got {link!r:.80}")
+            table[link[0]] = (str(link[1]), link[2], link[5] if len(link) > 5 else None)
     return table
 
 
 def _reject_subgraphs(ui: Mapping, nodes: dict[str, dict]) -> None:
-    definitions = ui.get("definitions") if isinstance(ui.get("definitions"), Mapping) else {}
-    subgraphs = {sg.get("id") for sg in definitions.get("subgraphs") or [] if isinstance(sg, Mapping)}
+    subgraphs = {sg["id"] for sg in (ui.get("definitions") or {}).get("subgraphs") or []}
     for nid, node in nodes.items():
         kind = node["type"]
         if kind in subgraphs or kind.startswith(("workflow>", "workflow/")):
@@ -162,7 +147,7 @@ def _widget_inputs(nid: str, node: Mapping, widgets: list[InputSpec]) -> dict[st
     if isinstance(values, Mapping):
         return {s.name: _wrap(values[s.name]) for s in widgets if s.name in values}
     if not isinstance(values, list):
-        raise WorkflowError(f"node {nid} ({node['type']}): widgets_values must be a list, got {values!r:.80}")
+        raise WorkflowError(f"node {nid} ({node['type']}): widgets_values must be a list, got {shorten(values)}")
     out: dict[str, Any] = {}
     pos = 0
     uploads = sum(extra == "upload" for spec in widgets for extra in spec.widget_extras)

@@ -11,7 +11,8 @@ from .spec import as_link
 def id_key(node_id: str) -> tuple:
     """Sort key: numeric ids numerically ("2" < "10"), then anything else ("5:3" subgraph ids) as text."""
     parts = str(node_id).replace(":", ".").split(".")
-    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts)
+    # ASCII digits only ("³" is a digit int() refuses), and few of them (int() refuses 4300 digits)
+    return tuple((0, int(p), "") if p.isascii() and p.isdigit() and len(p) < 40 else (1, 0, p) for p in parts)
 
 
 def sorted_ids(ids: Iterable[str]) -> list[str]:

@@ -10,11 +10,12 @@ are left to ``validate``, so every problem is reported together.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from ..svd_model.errors import ConfigError
+from ..svd_model.jsonfile import parse_json, shorten
 from .errors import WorkflowError
 from .graph import sorted_ids
 from .spec import InputSpec, Registry, as_link, input_specs
@@ -44,15 +45,18 @@ def apply_overrides(prompt: Mapping[str, Any], sets: Iterable[str], registry: Re
 def _apply_one(prompt: dict, text: str, registry: Registry) -> tuple[str, str, Any]:
     nid, name, raw = split_override(text)
     node = prompt.get(nid)
+    shown = _arg(text)
     if not isinstance(node, dict):
-        raise WorkflowError(f"--set {text}: no node {nid} in the workflow (its nodes: {', '.join(sorted_ids(prompt))})")
+        ids = sorted_ids(prompt)
+        listed = ", ".join(ids[:20]) + (", ..." if len(ids) > 20 else "")
+        raise WorkflowError(f"--set {shown}: no node {_arg(nid)} in the workflow (its nodes: {listed})")
     class_type = node.get("class_type")
-    cls = registry.get(class_type)
+    cls = registry.get(class_type) if isinstance(class_type, str) else None
     if cls is None:
-        raise WorkflowError(f"--set {text}: node {nid} has the unknown type '{class_type}'")
+        raise WorkflowError(f"--set {shown}: node {nid} has the unknown type {shorten(class_type)}")
     specs = {k: s for k, s in input_specs(cls).items() if s.section != "hidden"}
     if name not in specs:
-        raise WorkflowError(f"--set {text}: node {nid} ({class_type}) has no input '{name}' "
+        raise WorkflowError(f"--set {shown}: node {nid} ({class_type}) has no input '{_arg(name)}' "
                             f"(its inputs: {', '.join(specs) or 'none'})")
     value = parse_value(specs[name], raw)
     inputs = node.setdefault("inputs", {})
@@ -67,7 +71,7 @@ def split_override(text: str) -> tuple[str, str, str]:
     key, eq, raw = text.partition("=")
     nid, dot, name = key.strip().partition(".")
     if not eq or not dot or not nid or not name.strip():
-        raise WorkflowError(f"--set {text}: expected NODE_ID.INPUT=VALUE, e.g. 3.seed=42")
+        raise WorkflowError(f"--set {_arg(text)}: expected NODE_ID.INPUT=VALUE, e.g. 3.seed=42")
     return nid, name.strip(), raw
 
 
@@ -80,16 +84,21 @@ def parse_value(spec: InputSpec, raw: str) -> Any:
         if spec.type == "FLOAT":
             return float(text)
     except ValueError:
-        raise WorkflowError(f"input '{spec.name}' expects {spec.type}, got {raw!r}") from None
+        raise WorkflowError(f"input '{spec.name}' expects {spec.type}, got {shorten(raw)}") from None
     if spec.type == "BOOLEAN":
         if text.lower() in _TRUE | _FALSE:
             return text.lower() in _TRUE
-        raise WorkflowError(f"input '{spec.name}' expects BOOLEAN (true/false), got {raw!r}")
+        raise WorkflowError(f"input '{spec.name}' expects BOOLEAN (true/false), got {shorten(raw)}")
     if spec.type == "STRING":
         return raw
     if spec.type == "COMBO":
         return next((c for c in spec.choices or () if not isinstance(c, str) and str(c) == text), raw)
     try:
-        return json.loads(text)
-    except ValueError:
+        return parse_json(text, f"--set value for '{spec.name}'")
+    except ConfigError:
         return raw
+
+
+def _arg(text: str, limit: int = 80) -> str:
+    """A command-line argument as shown in a message: cut to ``limit`` characters."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"

@@ -39,7 +39,11 @@ def run_workflow_cli(path: str | Path, sets: Iterable[str] | None, output_dir: s
             print(f"  {problem}", file=err)
         return 2
     out_dir = Path(output_dir) if output_dir is not None else runtime.output_directory()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"svd-lab: error: cannot create the output folder {out_dir}: {exc.strerror or exc}", file=err)
+        return 2
     try:
         results = execute(prompt, registry, progress=TextProgress(err), ui_workflow=ui_workflow, output_dir=out_dir)
     except NodeExecutionError as exc:

@@ -129,7 +129,10 @@ def coerce(spec: InputSpec, value: Any) -> tuple[bool, Any]:
     if spec.type == "FLOAT":
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False, value
-        return True, float(value)
+        try:
+            return True, float(value)
+        except OverflowError:  # an int beyond the float range
+            return False, value
     if spec.type == "STRING":
         return isinstance(value, str), value
     if spec.type == "BOOLEAN":

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..svd_model.jsonfile import shorten
 from .errors import WorkflowError
 from .graph import find_cycles, sorted_ids
 from .spec import (
@@ -46,6 +49,11 @@ NOT_IN_CHOICES = "not_in_choices"
 WRONG_TYPE = "wrong_type"
 CUSTOM_VALIDATION = "custom_validation"
 NO_OUTPUT = "no_output"
+NOT_FINITE = "not_finite"
+TOO_LONG = "too_long"
+
+MAX_STRING = 64 * 1024  # characters of one STRING input
+MAX_MESSAGE = 300  # characters shown of a VALIDATE_INPUTS message or exception
 
 
 @dataclass(frozen=True)
@@ -59,11 +67,11 @@ class Problem:
     class_type: str | None = None
 
     def __str__(self) -> str:
-        where = "workflow" if self.node_id is None else f"node {self.node_id}"
+        where = "workflow" if self.node_id is None else f"node {_name(self.node_id)}"
         if self.node_id is not None and self.class_type:
-            where += f" ({self.class_type})"
+            where += f" ({_name(self.class_type)})"
         if self.input is not None:
-            where += f" input '{self.input}'"
+            where += f" input '{_name(self.input)}'"
         return f"{where}: {self.message}"
 
 
@@ -94,12 +102,13 @@ def _check_node(nid: str, node: Any, prompt: Mapping, registry: Registry) -> lis
     class_type = _class_type(node)
     if class_type is None or not isinstance(node.get("inputs", {}), Mapping):
         return [Problem(nid, None, INVALID_NODE, "expected an object with a string \"class_type\" and an "
-                        f"\"inputs\" object, got {node!r:.80}")]
+                        f"\"inputs\" object, got {shorten(node)}")]
     cls = registry.get(class_type)
     if cls is None:
         close = difflib.get_close_matches(class_type, list(registry), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        return [Problem(nid, None, UNKNOWN_NODE_TYPE, f"unknown node type '{class_type}'{hint}", class_type)]
+        return [Problem(nid, None, UNKNOWN_NODE_TYPE, f"unknown node type {shorten(class_type)}{hint}",
+                        shorten(class_type, 60))]
     try:
         specs = input_specs(cls)
     except WorkflowError as exc:
@@ -124,8 +133,8 @@ def _check_node(nid: str, node: Any, prompt: Mapping, registry: Registry) -> lis
     for name in inputs:
         if name not in specs or specs[name].section == "hidden":
             declared = ", ".join(s.name for s in specs.values() if s.section != "hidden") or "none"
-            problems.append(Problem(nid, name, EXTRA_INPUT, f"{class_type} has no input '{name}' (its inputs: "
-                                    f"{declared})", class_type))
+            problems.append(Problem(nid, name, EXTRA_INPUT, f"{class_type} has no input '{_name(name)}' (its "
+                                    f"inputs: {declared})", class_type))
     if (names or takes_kwargs) and not names & {p.input for p in problems}:
         problems += _custom_validation(nid, class_type, cls, specs, inputs, prompt, registry)
     return problems
@@ -150,26 +159,40 @@ def _check_link(spec: InputSpec, link: tuple[str, int], prompt: Mapping, registr
 
 
 def _check_constant(spec: InputSpec, raw: Any, skip_limits: bool) -> list[tuple[str, str]]:
+    if isinstance(raw, list):
+        return [(WRONG_TYPE, f"a list is a link and must be [node_id, output_index], got {shorten(raw)} (a list "
+                 "constant is written {\"__value__\": [...]})")]
     value = unwrap(raw)
     if spec.type not in WIDGET_TYPES:
         members = {t.strip() for t in spec.type.split(",")}
         if "*" in members or members & WIDGET_TYPES:
             return []
-        return [(WRONG_TYPE, f"expects a link from a {spec.type} output, got the constant {value!r:.60}")]
+        return [(WRONG_TYPE, f"expects a link from a {spec.type} output, got the constant {shorten(value)}")]
+    if spec.type in ("INT", "FLOAT") and isinstance(value, float) and not math.isfinite(value):
+        return [(NOT_FINITE, f"value {value} is not a finite number (NaN and infinity are refused)")]
+    if spec.type == "FLOAT" and _is_number(value) and abs(value) > sys.float_info.max:
+        return [(OUT_OF_RANGE, f"value {shorten(value)} is too large for a FLOAT")]
+    if spec.type == "STRING" and isinstance(value, str) and len(value) > MAX_STRING:
+        return [(TOO_LONG, f"a text of {len(value)} characters is longer than the limit of {MAX_STRING} "
+                 f"(starts {shorten(value[:40])})")]
     ok, value = coerce(spec, value)
     if not ok:
-        return [(WRONG_TYPE, f"expects {spec.type}, got {type(value).__name__} {value!r:.60}")]
+        return [(WRONG_TYPE, f"expects {spec.type}, got {type(value).__name__} {shorten(value)}")]
     if skip_limits:
         return []
     low, high = spec.options.get("min"), spec.options.get("max")
     if spec.type in ("INT", "FLOAT") and low is not None and value < low:
-        return [(OUT_OF_RANGE, f"value {value} is below the minimum {low}")]
+        return [(OUT_OF_RANGE, f"value {shorten(value)} is below the minimum {low}")]
     if spec.type in ("INT", "FLOAT") and high is not None and value > high:
-        return [(OUT_OF_RANGE, f"value {value} is above the maximum {high}")]
+        return [(OUT_OF_RANGE, f"value {shorten(value)} is above the maximum {high}")]
     if spec.type == "COMBO" and spec.choices is not None and value not in spec.choices:
-        shown = ", ".join(repr(c) for c in spec.choices[:12]) + (", ..." if len(spec.choices) > 12 else "")
-        return [(NOT_IN_CHOICES, f"value {value!r} is not one of the choices: {shown or '(none available)'}")]
+        shown = ", ".join(shorten(c, 40) for c in spec.choices[:12]) + (", ..." if len(spec.choices) > 12 else "")
+        return [(NOT_IN_CHOICES, f"value {shorten(value)} is not one of the choices: {shown or '(none available)'}")]
     return []
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _custom_validation_args(cls: type) -> tuple[set[str], bool]:
@@ -206,9 +229,20 @@ def _custom_validation(nid: str, class_type: str, cls: type, specs: dict[str, In
     try:
         result = cls.VALIDATE_INPUTS(**kwargs)
     except Exception as exc:  # report it like a failed check; the run must not start
-        return [Problem(nid, where, CUSTOM_VALIDATION, f"VALIDATE_INPUTS raised {type(exc).__name__}: {exc}",
-                        class_type)]
+        return [Problem(nid, where, CUSTOM_VALIDATION, f"VALIDATE_INPUTS raised {type(exc).__name__}: "
+                        f"{_clip(str(exc))}", class_type)]
     if result is True:
         return []
-    message = result if isinstance(result, str) else f"VALIDATE_INPUTS returned {result!r}"
+    message = _clip(result) if isinstance(result, str) else f"VALIDATE_INPUTS returned {shorten(result)}"
     return [Problem(nid, where, CUSTOM_VALIDATION, message, class_type)]
+
+
+def _clip(text: str) -> str:
+    """A node's message cut to MAX_MESSAGE characters (it may quote a huge value)."""
+    return text if len(text) <= MAX_MESSAGE else f"{text[:MAX_MESSAGE]}… ({len(text)} characters)"
+
+
+def _name(text: str, limit: int = 60) -> str:
+    """A node id, class or input name as shown in a message: cut to ``limit`` characters."""
+    text = str(text)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
