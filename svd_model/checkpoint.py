@@ -1,10 +1,12 @@
 """Reading and writing single-file ``.safetensors`` checkpoints without unpickling or double copies.
 
-Reading parses the safetensors header itself (so a wrong or truncated file gets a specific error)
-and memory-maps the data: a tensor of the requested dtype on the CPU is a zero-copy view of the
-file; a converted or moved tensor is copied and the file pages it came from are released at once,
-so a load never holds two copies of the weights. Writing streams one tensor at a time into a
-temporary file next to the target, then renames it (an interrupted save leaves the old file intact).
+Reading validates the file with the ``safetensors`` library (header length, UTF-8 JSON, dtypes, shapes,
+byte ranges that neither overlap nor leave gaps and cover the file exactly); a file it refuses is
+explained by :mod:`.checkpoint_diagnose` in specific words (file, tensor, expected, found). The data is
+memory-mapped: a tensor of the requested dtype on the CPU is a zero-copy view of the file; a converted
+or moved tensor is copied and the file pages it came from are released at once, so a load never holds
+two copies of the weights. Writing streams one tensor at a time into a temporary file next to the
+target, then renames it (an interrupted save leaves the old file intact).
 """
 
 from __future__ import annotations
@@ -13,14 +15,17 @@ import json
 import logging
 import mmap
 import os
+import stat
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
+from .checkpoint_diagnose import MAX_HEADER, diagnose, parse_header, short
 from .errors import CheckpointError
 from .fsutil import replace_atomic
 
@@ -31,6 +36,8 @@ _DTYPES: dict[str, torch.dtype] = {
     "F32": torch.float32,
     "F16": torch.float16,
     "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
     "I64": torch.int64,
     "I32": torch.int32,
     "I16": torch.int16,
@@ -39,8 +46,12 @@ _DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
 }
 _NAMES = {v: k for k, v in _DTYPES.items()}
-_MAX_HEADER = 100 * 1024 * 1024
 _PAGE = mmap.PAGESIZE
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The safetensors name of a torch dtype (F32, BF16, F8_E4M3, ...), or torch's own name."""
+    return _NAMES.get(dtype, str(dtype).removeprefix("torch."))
 
 
 @dataclass(frozen=True)
@@ -66,66 +77,104 @@ def _sniff_format(head: bytes) -> str | None:
     return None
 
 
-def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
-    """Parse a safetensors header: ({key: TensorInfo}, metadata, byte offset of the data section).
+def _stat_file(path: Path) -> int:
+    """The size of a regular file; a CheckpointError for a missing path, a folder or a device/FIFO."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {path.name}") from None
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path.name} cannot be read ({exc.strerror or exc})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise CheckpointError(f"{path.name} is a folder, not a .safetensors file")
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{path.name} is not a regular file (a device, socket or FIFO?): not a .safetensors file")
+    return st.st_size
 
-    Raises CheckpointError naming the problem for a missing, non-safetensors or truncated file.
+
+def _read_prefix(path: Path, size: int) -> tuple[int, bytes]:
+    """(header length, header bytes) after the checks that need no JSON: size, length field, known formats."""
+    if size == 0:
+        raise CheckpointError(f"{path.name} is empty (0 bytes): not a .safetensors file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path.name} is {size} bytes long: too short to be a .safetensors file")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER or n + 8 > size:
+                kind = _sniff_format(head)
+                if kind:
+                    raise CheckpointError(
+                        f"{path.name} is {kind}, not .safetensors. Weights load from safetensors only (pickles "
+                        "can run code); convert the file with a trusted tool first."
+                    )
+                raise CheckpointError(
+                    f"{path.name} is not a .safetensors file (header length field says {n} bytes, file has {size})"
+                    if n > MAX_HEADER
+                    else f"{path.name} is truncated: its header needs {n + 8} bytes, the file has {size}"
+                )
+            raw = f.read(n)
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path.name} cannot be read ({exc.strerror or exc})") from None
+    if len(raw) < n:
+        raise CheckpointError(f"{path.name} changed while being read (its header is shorter than {n} bytes)")
+    return n, raw
+
+
+def _library_check(path: Path, raw: bytes, size: int) -> tuple[dict[str, tuple[str, tuple[int, ...]]], dict[str, str]]:
+    """Validate with the safetensors library: ({key: (dtype name, shape)}, metadata), or a specific error."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+            entries = {}
+            for key in f.keys():
+                piece = f.get_slice(key)
+                entries[key] = (str(piece.get_dtype()), tuple(int(d) for d in piece.get_shape()))
+    except SafetensorError as exc:
+        detail = str(exc).removeprefix("Error while deserializing header: ")
+        raise CheckpointError(diagnose(path.name, raw, size, detail) or f"{path.name} is not a valid .safetensors "
+                              f"file: {short(detail, 300)}") from None
+    except OSError as exc:
+        raise CheckpointError(f"checkpoint {path.name} cannot be read ({exc.strerror or exc})") from None
+    return entries, dict(metadata)
+
+
+def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
+    """Validate a safetensors file and read its table: ({key: TensorInfo}, metadata, byte offset of the data).
+
+    Raises CheckpointError naming the file and the problem for anything but a well-formed safetensors file
+    whose dtypes this pack can read (F8_E4M3 and F8_E5M2 included: they are upcast when loaded).
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise CheckpointError(f"{path} is {size} bytes long: too short to be a .safetensors file")
-        (n,) = struct.unpack("<Q", head)
-        if n > _MAX_HEADER or n + 8 > size:
-            kind = _sniff_format(head)
-            if kind:
-                raise CheckpointError(
-                    f"{path} is {kind}, not .safetensors. Weights load from safetensors only (pickles can "
-                    "run code); convert the file with a trusted tool first."
-                )
-            raise CheckpointError(
-                f"{path} is not a .safetensors file (header length field says {n} bytes, file has {size})"
-                if n > _MAX_HEADER
-                else f"{path} is truncated: its header needs {n + 8} bytes, the file has {size}"
-            )
-        raw = f.read(n)
+    size = _stat_file(path)
+    n, raw = _read_prefix(path, size)
+    entries, metadata = _library_check(path, raw, size)
+    # The library has validated the layout; read the offsets from the same (now known-good) JSON.
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not a .safetensors file: its header is not JSON ({exc})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path} is not a .safetensors file: the header is not a JSON object")
-    metadata = header.pop("__metadata__", None) or {}
-    data_start = 8 + n
-    infos: dict[str, TensorInfo] = {}
-    data_end = 0
-    for key, entry in header.items():
-        try:
-            dtype = _DTYPES[entry["dtype"]]
-            shape = tuple(int(s) for s in entry["shape"])
-            start, end = (int(o) for o in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: malformed header entry for {key!r}: {entry!r}") from None
-        numel = 1
-        for s in shape:
-            numel *= s
-        if end - start != numel * dtype.itemsize:
-            raise CheckpointError(
-                f"{path}: tensor {key!r} {list(shape)} {entry['dtype']} should take {numel * dtype.itemsize} "
-                f"bytes, the header gives {end - start}"
-            )
-        infos[key] = TensorInfo(dtype, shape, start, end)
-        data_end = max(data_end, end)
-    if data_start + data_end > size:
+        table = parse_header(raw)
+    except (ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{path.name}: its header cannot be read ({short(str(exc), 120)})") from None
+    if table.duplicates:
         raise CheckpointError(
-            f"{path} is truncated: the header describes {data_start + data_end} bytes, the file has {size} "
-            f"({data_start + data_end - size} missing). Download or copy it again."
+            f"{path.name}: the header names tensor {short(table.duplicates[0])} more than once (a damaged or "
+            "hand-edited file)"
         )
-    return infos, dict(metadata), data_start
+    table.pop("__metadata__", None)
+    if set(table) != set(entries):
+        raise CheckpointError(f"{path.name}: the safetensors library and the JSON header disagree on the tensor names")
+    infos: dict[str, TensorInfo] = {}
+    for key in table:  # the file's order
+        name, shape = entries[key]
+        dtype = _DTYPES.get(name)
+        if dtype is None:
+            raise CheckpointError(
+                f"{path.name}: tensor {short(key)} has dtype {name}: dtype {name} is not supported yet "
+                f"(supported: {', '.join(_DTYPES)})"
+            )
+        start, end = (int(o) for o in table[key]["data_offsets"])
+        infos[key] = TensorInfo(dtype, shape, start, end)
+    return infos, metadata, 8 + n
 
 
 class CheckpointReader(Mapping[str, Tensor]):
@@ -138,10 +187,15 @@ class CheckpointReader(Mapping[str, Tensor]):
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.infos, self.metadata, self._data_start = read_header(self.path)
-        with open(self.path, "rb") as f:
-            size = self.path.stat().st_size
-            # Copy-on-write private mapping: tensors are writable views, the file is never modified.
-            self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) if size else None
+        needed = self._data_start + max((i.end for i in self.infos.values()), default=0)
+        try:
+            with open(self.path, "rb") as f:
+                # Copy-on-write private mapping: tensors are writable views, the file is never modified.
+                self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {self.path.name} cannot be memory-mapped ({exc})") from None
+        if len(self._mmap) < needed:
+            raise CheckpointError(f"{self.path.name} changed while being read: it is shorter than its header says")
 
     def __getitem__(self, key: str) -> Tensor:
         info = self.infos[key]

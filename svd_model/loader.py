@@ -2,13 +2,17 @@
 
 Loading builds the networks on the meta device and assigns memory-mapped tensors into them, so a
 checkpoint in the requested dtype is never copied; converted tensors are copied one at a time and
-their file pages released (peak memory ~ one copy of the weights).
+their file pages released (peak memory ~ one copy of the weights). Every file is validated by the
+safetensors library (:mod:`.checkpoint`); the loader adds what only the model knows: every weight is
+floating point, every key and shape is the one the architecture inferred from the file needs, and no
+weight is NaN or Inf (one cheap sum per tensor as it is materialised; ``allow_non_finite`` overrides).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,16 +21,18 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .checkpoint import CheckpointReader, save_checkpoint
+from .checkpoint import CheckpointReader, dtype_name, save_checkpoint
+from .checkpoint_diagnose import short
 from .config import VARIANT_FAMILY, Family, ModelConfig, SamplingDefaults, sampling_defaults
 from .detect import FIRST_STAGE_PREFIX, cond_vae_prefix, guess_variant, infer_config, is_ignored_key
 from .diffusers_keys import diffusers_pipeline_to_sgm
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, SVDError
 from .model import SVDModel, check_keys
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_CHUNK = 1 << 24  # elements per step of the exact NaN/Inf count
 
 
 @dataclass
@@ -101,13 +107,29 @@ def _component_file(folder: Path, names: tuple[str, ...]) -> Path:
     raise CheckpointError(f"{folder} has none of {', '.join(names)} (diffusers-format folder expected)")
 
 
+def _index_shards(index: Path) -> list[str]:
+    """The shard file names of a sharded component's index: plain names of files beside the index."""
+    where = f"{index.parent.name}/{index.name}"
+    try:
+        weight_map = json.loads(index.read_bytes().decode("utf-8-sig"))["weight_map"]
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{where} is not a readable shard index ({type(exc).__name__}): expected JSON with a "
+                              "'weight_map' object") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{where}: 'weight_map' must map tensor names to shard file names")
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:
+        if shard in ("", ".", "..") or "/" in shard or "\\" in shard or "\0" in shard:
+            raise CheckpointError(f"{where}: shard {short(shard)} is not a file name beside the index")
+    return shards
+
+
 def _read_component(folder: Path, stem: str) -> dict[str, Tensor]:
     """A diffusers component: single file, fp16 variant, or sharded index."""
     index = next((folder / n for n in (f"{stem}.safetensors.index.json", f"{stem}.fp16.safetensors.index.json")
                   if (folder / n).is_file()), None)
     if index is not None:
-        weight_map = json.loads(index.read_text())["weight_map"]
-        readers = [CheckpointReader(folder / shard) for shard in sorted(set(weight_map.values()))]
+        readers = [CheckpointReader(folder / shard) for shard in _index_shards(index)]
     else:
         readers = [CheckpointReader(_component_file(folder, (f"{stem}.safetensors", f"{stem}.fp16.safetensors")))]
     return {k: r[k] for r in readers for k in r}
@@ -125,6 +147,126 @@ def _open_diffusers(path: Path) -> dict[str, Tensor]:
     return diffusers_pipeline_to_sgm(parts["unet"], parts["vae"], parts["image_encoder"])
 
 
+@dataclass(frozen=True)
+class CheckedCheckpoint:
+    """A checkpoint that passed every check that needs no weight values: file format (the safetensors
+    library), dtypes, and keys and shapes against the architecture inferred from the file."""
+
+    path: Path
+    tensors: Mapping[str, Tensor]
+    config: ModelConfig
+    model: SVDModel  # on the meta device
+    needed: tuple[str, ...]
+    ignored: tuple[str, ...]
+    dtypes: dict[str, torch.dtype]
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return dict(self.tensors.metadata) if isinstance(self.tensors, CheckpointReader) else {}
+
+
+def _table(tensors: Mapping[str, Tensor]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    if isinstance(tensors, CheckpointReader):
+        return {k: (i.shape, i.dtype) for k, i in tensors.infos.items()}
+    return {k: (tuple(t.shape), t.dtype) for k, t in tensors.items()}
+
+
+def _named(name: str, exc: Exception) -> CheckpointError:
+    """A CheckpointError whose message starts with the file's name."""
+    message = str(exc)
+    return CheckpointError(message if message.startswith(name) else f"{name}: {message}")
+
+
+def _architecture(name: str, shapes: Mapping[str, tuple[int, ...]]) -> tuple[ModelConfig, SVDModel]:
+    """The config inferred from the shapes and the model built from it on the meta device."""
+    try:
+        config = infer_config(shapes)
+    except CheckpointError as exc:
+        raise _named(name, exc) from None
+    except ConfigError as exc:
+        raise CheckpointError(f"{name}: the architecture read from its tensor shapes is not valid: {exc}") from None
+    try:
+        with torch.device("meta"):
+            model = SVDModel(config)
+    except (SVDError, ValueError, RuntimeError, ZeroDivisionError) as exc:
+        raise CheckpointError(
+            f"{name}: the architecture read from its tensor shapes cannot be built ({short(str(exc), 200)})"
+        ) from None
+    return config, model
+
+
+def _check_weights(name: str, table: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
+                   expected: Mapping[str, tuple[int, ...]]) -> None:
+    """Weights are floating point; a tensor with the right element count but another layout is named."""
+    for key, shape in expected.items():
+        if key not in table:
+            continue
+        found, dtype = table[key]
+        if not dtype.is_floating_point:
+            raise CheckpointError(
+                f"{name}: tensor {short(key)} is {dtype_name(dtype)}, expected a floating-point dtype (F32, F16, BF16, "
+                "F8_E4M3, F8_E5M2): a weight stored as integers or booleans means a damaged or mislabelled file"
+            )
+        if tuple(found) != tuple(shape) and math.prod(found) == math.prod(shape):
+            raise CheckpointError(
+                f"{name}: tensor {short(key)} has shape {list(found)}, the model inferred from the file needs "
+                f"{list(shape)}: the same number of elements in another layout (a transposed or reshaped weight)"
+            )
+
+
+def check_checkpoint(path: str | os.PathLike) -> CheckedCheckpoint:
+    """Open a single-file checkpoint or a diffusers folder and run every check that needs no weight values.
+
+    Raises CheckpointError naming the file and the first problem (format, dtype, missing/renamed/unexpected
+    key, shape). ``svd-lab info`` and :func:`load_bundle` both go through it.
+    """
+    path = Path(path)
+    tensors = _open(path)
+    table = _table(tensors)
+    shapes = {k: shape for k, (shape, _) in table.items()}
+    config, model = _architecture(path.name, shapes)
+    ignored = tuple(k for k in shapes if is_ignored_key(k))
+    needed = {k: s for k, s in shapes.items() if not is_ignored_key(k)}
+    expected = model.official_shapes()
+    _check_weights(path.name, table, expected)
+    try:
+        check_keys(expected, needed)
+    except CheckpointError as exc:
+        raise _named(path.name, exc) from None
+    return CheckedCheckpoint(path, tensors, config, model, tuple(needed), ignored,
+                             {k: dtype for k, (_, dtype) in table.items()})
+
+
+def _quick_sum(t: Tensor) -> Tensor:
+    """One reduction per tensor (no temporary copy): finite when every element is (or the sum overflowed)."""
+    if t.dtype.itemsize == 1:  # fp8: no reductions on every device; fp16 holds every fp8 value
+        t = t.to(torch.float16)
+    return t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
+
+
+def _count_non_finite(t: Tensor) -> int:
+    """The exact number of NaN/Inf elements, in chunks (a bounded temporary)."""
+    flat = t.reshape(-1)
+    if flat.dtype.itemsize == 1:
+        flat = flat.to(torch.float16)
+    return sum(int((~torch.isfinite(chunk)).sum()) for chunk in flat.split(_CHUNK))
+
+
+def _non_finite_report(name: str, state: Mapping[str, Tensor], sums: list[Tensor]) -> str | None:
+    """None when every weight is finite, else which tensors hold NaN/Inf (first few) and how many values."""
+    if not sums:
+        return None
+    suspects = [k for k, ok in zip(state, torch.stack(sums).isfinite().tolist(), strict=True) if not ok]
+    counts = {k: _count_non_finite(state[k]) for k in suspects}  # a finite sum can overflow: count exactly
+    bad = {k: n for k, n in counts.items() if n}
+    if not bad:
+        return None
+    listed = ", ".join(f"{k!r} ({n} of {state[k].numel()} values)" for k, n in list(bad.items())[:3])
+    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+    return (f"{name}: {len(bad)} tensor(s) hold NaN or Inf values: {listed}{more}. The file is damaged or was "
+            "saved from a diverged training run (its videos would be flat grey)")
+
+
 def load_bundle(
     path: str | os.PathLike,
     *,
@@ -132,37 +274,48 @@ def load_bundle(
     dtype: torch.dtype | str | None = None,
     vae_dtype: torch.dtype | str = torch.float32,
     variant: str | None = None,
+    allow_non_finite: bool = False,
 ) -> SVDBundle:
     """Load an official single-file ``.safetensors`` (svd, svd_xt, svd_xt_1_1, *_image_decoder, sv3d_u,
     sv3d_p) or a diffusers-format SVD folder. The architecture comes from the weights; `variant`
     (sampling defaults) is guessed from the family and file name unless given. UNet and image
     encoder use `dtype` (auto: fp16 on CUDA, else fp32); both VAEs use `vae_dtype` (fp32 by default,
-    as the reference runs them outside autocast)."""
+    as the reference runs them outside autocast). F8_E4M3 / F8_E5M2 files are upcast to these dtypes.
+
+    A weight that holds NaN or Inf is a CheckpointError naming the tensors, unless `allow_non_finite`
+    (then it is a logged warning)."""
     path = Path(path)
     device = torch.device(device)
     dtype = resolve_dtype(dtype, device)
     vae_dtype = resolve_dtype(vae_dtype, device)
-    tensors = _open(path)
-    shapes = {k: tuple(t.shape) for k, t in tensors.items()}
-    config = infer_config(shapes)
     if variant is not None:
-        if VARIANT_FAMILY.get(variant, config.family) is not config.family:
-            raise ConfigError(f"variant {variant!r} does not fit this {config.family.value} checkpoint")
         sampling_defaults(variant)  # validates the name
+    checked = check_checkpoint(path)
+    config, model, tensors = checked.config, checked.model, checked.tensors
+    if variant is not None and VARIANT_FAMILY.get(variant, config.family) is not config.family:
+        raise ConfigError(f"variant {variant!r} does not fit this {config.family.value} checkpoint")
     variant = variant or guess_variant(config.family, path.name)
-    with torch.device("meta"):
-        model = SVDModel(config)
-    ignored = [k for k in shapes if is_ignored_key(k)]
-    needed = {k: s for k, s in shapes.items() if not is_ignored_key(k)}
-    check_keys(model.official_shapes(), needed)
+    reader = tensors if isinstance(tensors, CheckpointReader) else None
     done: dict[int, Tensor] = {}
-    state = {k: _load_tensor(tensors, k, _component_dtype(k, config.family, dtype, vae_dtype), device, done)
-             for k in needed}
+    state: dict[str, Tensor] = {}
+    sums: list[Tensor] = []
+    for key in checked.needed:
+        tensor = _load_tensor(tensors, key, _component_dtype(key, config.family, dtype, vae_dtype), device, done)
+        state[key] = tensor
+        sums.append(_quick_sum(tensor))
+        if reader is not None and tensor.device.type == "cpu" and tensor.dtype == checked.dtypes[key]:
+            reader.release(key)  # a zero-copy view was just read for the sum: let its pages go again
+    report = _non_finite_report(path.name, state, sums)
+    if report and not allow_non_finite:
+        raise CheckpointError(f"{report}. To load it anyway pass allow_non_finite=True (the loader node's "
+                              "allow_non_finite input).")
+    if report:
+        log.warning("%s; loading it anyway (allow_non_finite)", report)
     model.load_official_state_dict(state, assign=True)
     model.eval().requires_grad_(False)
     log.info(
         "loaded %s: %s (variant %s, unet %s, %d unused text-tower keys ignored)",
-        path.name, config.family.value, variant, dtype, len(ignored),
+        path.name, config.family.value, variant, dtype, len(checked.ignored),
     )
     return SVDBundle(model=model, variant=variant, source=str(path))
 
