@@ -50,18 +50,19 @@ def _cmd_make_tiny(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .svd_model.checkpoint import CheckpointReader
-    from .svd_model.detect import guess_variant, infer_config
+    from .svd_model.checkpoint_diagnose import short
+    from .svd_model.detect import guess_variant
+    from .svd_model.loader import check_checkpoint
 
-    reader = CheckpointReader(args.checkpoint)
-    config = infer_config(reader.shapes())
-    dtypes = sorted({str(i.dtype).replace("torch.", "") for i in reader.infos.values()})
-    print(f"file: {args.checkpoint} ({len(reader)} tensors, dtypes {', '.join(dtypes)})")
-    print(f"family: {config.family.value}; sampling variant guess: {guess_variant(config.family, reader.path.name)}")
+    checked = check_checkpoint(args.checkpoint)  # the same checks as a load, without reading the weights
+    config = checked.config
+    dtypes = sorted({str(d).replace("torch.", "") for d in checked.dtypes.values()})
+    print(f"file: {checked.path.name} ({len(checked.dtypes)} tensors, dtypes {', '.join(dtypes)})")
+    print(f"family: {config.family.value}; sampling variant guess: {guess_variant(config.family, checked.path.name)}")
     for name in ("unet", "first_stage", "cond_vae", "image_encoder"):
         print(f"{name}: {getattr(config, name)}")
-    if reader.metadata:
-        print(f"metadata: {reader.metadata}")
+    if checked.metadata:
+        print(f"metadata: {{{', '.join(f'{short(k, 60)}: {short(v, 200)}' for k, v in checked.metadata.items())}}}")
     return 0
 
 
