@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import tempfile
 import time
@@ -15,13 +16,15 @@ from PIL import Image
 
 from .svd_model.api import VideoParams, decode_latents, image_to_video, load_bundle
 from .svd_model.config import Family
-from .svd_model.errors import InputError
+from .svd_model.errors import ConfigError, InputError
+from .svd_model.jsonfile import read_bytes
 from .svd_model.tiny import write_tiny_checkpoint
 
 log = logging.getLogger(__name__)
 
 # A tiny random model at full SVD size would only burn time: smaller defaults for the demo path.
 TINY_DEFAULTS = {"num_frames": 14, "width": 256, "height": 192, "steps": 10}
+IMAGE_MAX_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -54,9 +57,14 @@ def demo_image(width: int, height: int) -> torch.Tensor:
 
 def read_image(path: str | Path, width: int, height: int) -> torch.Tensor:
     """Read an image file, scale to cover width x height, centre-crop: (1, 3, H, W) in [-1, 1]."""
-    try:
-        img = Image.open(path).convert("RGB")
-    except (OSError, ValueError) as exc:
+    try:  # read_bytes refuses a directory or FIFO (opening a FIFO would block) and oversized files by name
+        data = read_bytes(path, what="image", max_bytes=IMAGE_MAX_BYTES)
+        img = Image.open(io.BytesIO(data)).convert("RGB")
+    except ConfigError as exc:
+        raise InputError(str(exc)) from None
+    except Image.UnidentifiedImageError:
+        raise InputError(f"cannot read image {path}: not an image format Pillow can read") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InputError(f"cannot read image {path}: {exc}") from None
     scale = max(width / img.width, height / img.height)
     size = (max(width, round(img.width * scale)), max(height, round(img.height * scale)))

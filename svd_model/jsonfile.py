@@ -35,7 +35,7 @@ SHOWN_CHARS = 80
 _TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.S)
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
          (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
-_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
           (stat.S_ISBLK, "a block device"))
 
 
@@ -64,7 +64,7 @@ def _regular_file(path: Path, what: str, max_bytes: int) -> None:
         raise ConfigError(f"{what} {path} is a directory, not a file")
     if not stat.S_ISREG(info.st_mode):
         kind = next((name for test, name in _KINDS if test(info.st_mode)), "not a file")
-        raise ConfigError(f"{what} {path} is not a regular file (it is {kind})")
+        raise ConfigError(f"{what} {path} is not a regular file: it is {kind}")
     if info.st_size > max_bytes:
         raise ConfigError(f"{what} {path} is {info.st_size / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:g} MiB")
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
+import math
 import os
 import types
 import typing
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..jsonfile import check_depth, parse_json, read_json_file, read_text_file, shorten
 
 MODES = ("image_to_video", "keyframes")
 TRAINABLE = ("temporal", "spatial", "all")
@@ -39,16 +40,27 @@ COND_AUG_MODES = ("exact", "cached")
 STORAGE_DTYPES = ("fp16", "bf16", "fp32")
 OPTIMIZERS = ("adamw", "adamw8bit")
 SCHEDULES = ("constant", "cosine", "linear")
+CONFIG_MAX_BYTES = 4 * 2**20
 
 
 def _choice(value: str, choices: tuple[str, ...], name: str) -> None:
     if value not in choices:
-        raise ConfigError(f"{name} = {value!r} is not one of {list(choices)}")
+        raise ConfigError(f"{name} = {shorten(value)} is not one of {list(choices)}")
 
 
 def _positive(value: float, name: str, *, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    if not value >= 0 or (value == 0 and not allow_zero):  # "not >=": NaN is refused too
+        raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {shorten(value)}")
+
+
+def _finite_fields(section: Any, prefix: str) -> None:
+    """ConfigError naming the first float field of a section (or float in a tuple field) that is NaN or infinite."""
+    for f in fields(section):
+        value = getattr(section, f.name)
+        items = value if isinstance(value, tuple) else (value,)
+        for item in items:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise ConfigError(f"{prefix}{f.name} must be a finite number, got {item!r}")
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,7 @@ class DataConfig:
     seed: int = 0  # frame-window placement
 
     def __post_init__(self) -> None:
+        _finite_fields(self, "data.")
         if self.manifest and self.folder:
             raise ConfigError("data.manifest and data.folder are both set; choose one source of clips")
         if self.num_frames < 2:
@@ -101,6 +114,7 @@ class CacheConfig:
     encode_frames: int = 8  # frames per VAE encoder call while building
 
     def __post_init__(self) -> None:
+        _finite_fields(self, "cache.")
         _choice(self.dtype, STORAGE_DTYPES, "cache.dtype")
         _choice(self.cond_aug_mode, COND_AUG_MODES, "cache.cond_aug_mode")
         for name in ("aug_draws", "shard_clips", "encode_frames"):
@@ -121,6 +135,7 @@ class ObjectiveConfig:
     loss: str = "l2"
 
     def __post_init__(self) -> None:
+        _finite_fields(self, "objective.")
         _choice(self.sigma_per, SIGMA_PER, "objective.sigma_per")
         _choice(self.loss, ("l2", "l1"), "objective.loss")
         _positive(self.p_std, "objective.p_std", allow_zero=True)
@@ -137,6 +152,7 @@ class LoRAConfig:
     patterns: tuple[str, ...] = ()  # extra module-name patterns (the LoRA module's syntax)
 
     def __post_init__(self) -> None:
+        _finite_fields(self, "lora.")
         if self.rank < 1:
             raise ConfigError(f"lora.rank must be >= 1, got {self.rank}")
         _positive(self.alpha, "lora.alpha", allow_zero=True)
@@ -158,10 +174,15 @@ class OptimConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
 
     def __post_init__(self) -> None:
+        _finite_fields(self, "optim.")
         _choice(self.optimizer, OPTIMIZERS, "optim.optimizer")
         _choice(self.schedule, SCHEDULES, "optim.schedule")
         _positive(self.lr, "optim.lr")
+        _positive(self.eps, "optim.eps")
+        _positive(self.weight_decay, "optim.weight_decay", allow_zero=True)
         _positive(self.grad_clip, "optim.grad_clip", allow_zero=True)
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.warmup_steps < 0 or self.grad_accum < 1:
             raise ConfigError("optim.warmup_steps must be >= 0 and optim.grad_accum >= 1")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
@@ -180,8 +201,11 @@ class ValidationConfig:
     format: str = "webp"
 
     def __post_init__(self) -> None:
+        _finite_fields(self, "validation.")
         if self.every < 0 or self.steps < 1:
             raise ConfigError("validation.every must be >= 0 and validation.steps >= 1")
+        for name in ("min_cfg", "max_cfg", "cond_aug"):
+            _positive(getattr(self, name), f"validation.{name}", allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -212,6 +236,7 @@ class TrainConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 
     def __post_init__(self) -> None:
+        _finite_fields(self, "")
         _choice(self.mode, MODES, "mode")
         _choice(self.method, METHODS, "method")
         _choice(self.trainable, TRAINABLE, "trainable")
@@ -251,29 +276,32 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
                 return _convert(value, option, where)
             except ConfigError:
                 continue
-        raise ConfigError(f"{where} = {value!r} has the wrong type (expected {hint})")
+        raise ConfigError(f"{where} = {shorten(value)} has the wrong type (expected {hint})")
     if origin is tuple:
         args = typing.get_args(hint)
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
+            raise ConfigError(f"{where} must be a list, got {shorten(value)}")
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
-            raise ConfigError(f"{where} must have {len(args)} entries, got {value!r}")
+            raise ConfigError(f"{where} must have {len(args)} entries, got {shorten(value)}")
         return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{where} must be true or false, got {value!r}")
+        raise ConfigError(f"{where} must be true or false, got {shorten(value)}")
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{where} = {shorten(value)} is too large for a float") from None
     if hint is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if hint is str and isinstance(value, str):
         return value
     if hint is type(None) and value is None:
         return None
-    raise ConfigError(f"{where} = {value!r} has the wrong type (expected {getattr(hint, '__name__', hint)})")
+    raise ConfigError(f"{where} = {shorten(value)} has the wrong type (expected {getattr(hint, '__name__', hint)})")
 
 
 def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
@@ -284,7 +312,8 @@ def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
         key = unknown[0]
         close = difflib.get_close_matches(key, known, n=1)
         hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
-        raise ConfigError(f"unknown config key '{prefix}{key}'{hint} (known in this section: {', '.join(known)})")
+        raise ConfigError(f"unknown config key {shorten(prefix + str(key))}{hint} (known in this section: "
+                          f"{', '.join(known)})")
     return cls(**{k: _convert(v, hints[k], prefix + k) for k, v in values.items()})
 
 
@@ -299,37 +328,42 @@ def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+            raise ConfigError(f"override {shorten(dotted)}: {shorten(part)} is not a section")
     node[leaf] = value
 
 
 def parse_override(text: str) -> tuple[str, Any]:
     """"optim.lr=3e-5" -> ("optim.lr", 3e-05): the value is parsed as JSON, else kept as a string."""
     if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like section.key=value")
+        raise ConfigError(f"override {shorten(text)} must look like section.key=value")
     key, raw = text.split("=", 1)
     try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
+        value = parse_json(raw, f"override {key.strip()!r}")
+    except ConfigError:
         value = raw
     return key.strip(), value
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The table of a .toml or .json training config; ConfigError naming the file for every way it can be bad
+    (missing, a directory or FIFO, too large, not UTF-8/UTF-16 text, nested too deeply, not parseable)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"training config not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix.lower() == ".toml":
-            import tomllib
+    what = "training config"
+    if path.suffix.lower() == ".toml":
+        import tomllib
 
-            return tomllib.loads(text)
-        data = json.loads(text)
-    except (ValueError, ImportError) as exc:
-        raise ConfigError(f"cannot parse {path}: {exc}") from None
+        text = read_text_file(path, what=what, max_bytes=CONFIG_MAX_BYTES)
+        check_depth(text, f"{what} {path}")  # tomllib recurses into nested arrays and inline tables
+        try:
+            data: Any = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from None
+        except RecursionError:
+            raise ConfigError(f"{what} {path} nests tables/arrays too deeply to read") from None
+    else:
+        data = read_json_file(path, what=what, max_bytes=CONFIG_MAX_BYTES)
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a JSON object at the top level")
+        raise ConfigError(f"{what} {path} must hold a JSON object at the top level, got {type(data).__name__}")
     return data
 
 
