@@ -8,6 +8,7 @@ pure; :func:`cfg_denoiser` turns a conditional model into a :data:`~.sampling.De
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
@@ -80,8 +81,19 @@ FRAME_GUIDANCE: dict[str, FrameScalesFn] = {
 }
 
 
+def _finite(value: object) -> bool:
+    """A real, finite number (a Python or NumPy number, or a one-element tensor); not a bool."""
+    try:
+        return not isinstance(value, bool) and math.isfinite(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, RuntimeError):
+        return False
+
+
 def frame_scales(shape_name: str, min_scale: float, max_scale: float, t: int) -> Tensor:
     """The (t,) scale vector of the named shape in :data:`FRAME_GUIDANCE` ("constant" uses ``max_scale``)."""
+    for name, value in (("min_cfg", min_scale), ("max_cfg", max_scale)):
+        if not _finite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}")
     return choose(FRAME_GUIDANCE, shape_name, "frame guidance")(min_scale, max_scale, t)
 
 
@@ -104,6 +116,8 @@ def cfg_denoiser(
     result is D_c, so it calls the model on ``cond`` alone (half the work).
     """
     scale = torch.as_tensor(scales, dtype=torch.float32)
+    if not bool(torch.isfinite(scale).all()):
+        raise ConfigError(f"guidance scales must be finite numbers, got {scale.tolist()}")
     if scale.ndim > 1:
         raise ShapeError(f"scales must be a float or a (t,) vector, got shape {tuple(scale.shape)}")
     if bool((scale == 1.0).all()):

@@ -151,6 +151,8 @@ def extend_video(
     interruption); segment_callback(done, total) after each segment (and the loop transition).
     """
     _check(bundle, frames, segments, overlap, loop)
+    if not 0.0 <= drift_correction <= 1.0:  # also refuses NaN, which would silently turn the correction off
+        raise InputError(f"drift_correction must be in [0, 1], got {drift_correction}")
     video = frames.detach().float().cpu()[0]  # (t, 3, H, W)
     reference: LabStats | None = lab_stats((video + 1.0) / 2.0) if drift_correction > 0 else None
     total = len(segments) + int(loop)

@@ -64,7 +64,12 @@ class FlowSettings:
         choose(dict.fromkeys(FLOW_METHODS), self.method, "flow method")
         if self.max_flow_side < 0 or (0 < self.max_flow_side < 16):
             raise ConfigError(f"max_flow_side must be 0 (full size) or >= 16, got {self.max_flow_side}")
-        if min(self.consistency_a, self.consistency_b, self.mask_sigma, self.splat_sharpness) < 0:
+        numbers = {"consistency_a": self.consistency_a, "consistency_b": self.consistency_b,
+                   "mask_sigma": self.mask_sigma, "splat_sharpness": self.splat_sharpness}
+        for name, value in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
+        if min(numbers.values()) < 0:
             raise ConfigError("consistency_a, consistency_b, mask_sigma and splat_sharpness must be >= 0")
 
 
