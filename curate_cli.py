@@ -2,12 +2,19 @@
 
   svd-lab curate INPUT --out DIR [--engine local|thread|inline|ray] [--workers N] [--resume | --overwrite]
                  [--config FILE_OR_JSON] [--set KEY=VALUE ...] [--filter RULE ...] [--clip-checkpoint CKPT]
-                 [--aesthetic-head F] [--text-tower F] [--tokenizer F] [--captioner SPEC]
+                 [--aesthetic-head F] [--text-tower F] [--tokenizer F] [--captioner NAME ...]
+                 [--captioner-config FILE] [--register-captioner NAME[:KIND]=COMMAND ...]
+                 [--video-timeout S] [--retry-timeouts]
                  [--write-clips auto|copy|reencode] [--write-keyframes] [--save-embeddings] [--no-text]
   svd-lab curate-report DIR [--filter RULE ...]
 
 INPUT is a folder (searched recursively for video files) or a text file with one path per line. After the
 videos are annotated, the filter pass runs over the whole manifest and the HTML report is written.
+
+Captioners are chosen by name (--captioner, or "captioners" in --config); the names are registered by you,
+never by a config: --register-captioner NAME[:KIND]=COMMAND (run without a shell), --captioner-config FILE and
+$SVD_LAB_CAPTIONERS (JSON, see svd_model/curation/captioner_registry.py). SIGTERM stops a run like Ctrl-C: the
+finished videos are kept and --resume continues.
 """
 
 from __future__ import annotations
@@ -84,7 +91,9 @@ def build_config(args: argparse.Namespace) -> Any:
              "write_clips": args.write_clips}
     data.update({k: v for k, v in flags.items() if v is not None})
     if args.captioner:
-        data["captioners"] = list(args.captioner)
+        data["captioners"] = [c for c in args.captioner if c.strip().lower() != "none"]
+    if getattr(args, "video_timeout", None) is not None:
+        data["video_timeout"] = args.video_timeout
     if args.write_keyframes:
         data["write_keyframes"] = True
     if args.save_embeddings:
@@ -113,19 +122,35 @@ def _filter_and_report(out: Path, filters: list[str] | None, stdout: TextIO) -> 
     return 0
 
 
+def build_registry(args: argparse.Namespace) -> Any:
+    """The captioners this (local, trusted) user registered: $SVD_LAB_CAPTIONERS, --captioner-config files,
+    then --register-captioner flags (later ones win on a name)."""
+    from .svd_model.curation.captioner_registry import CaptionerRegistry, default_registry, parse_registration
+
+    registry = default_registry(getattr(args, "captioner_config", None) or ())
+    flags = [parse_registration(text) for text in getattr(args, "register_captioner", None) or ()]
+    if flags:
+        registry = registry.merged(CaptionerRegistry(flags, ["--register-captioner"]))
+    return registry
+
+
 def cmd_curate(args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
     from .svd_model.curation.engine import list_videos, run_curation
+    from .svd_model.fsutil import sigterm_as_interrupt
 
     out_stream, err_stream = stdout or sys.stdout, stderr or sys.stderr
     config = build_config(args)
+    registry = build_registry(args)
     videos = list_videos(args.input)
     if not len(videos):
         print(f"svd-lab: no video files in {args.input}", file=err_stream)
         return 2
     try:
-        summary = run_curation(videos, args.out, config, engine=args.engine, workers=args.workers,
-                               resume=args.resume, overwrite=args.overwrite, videos_per_part=args.part_size,
-                               progress=_Progress(err_stream, args.quiet))
+        with sigterm_as_interrupt():
+            summary = run_curation(videos, args.out, config, engine=args.engine, workers=args.workers,
+                                   resume=args.resume, overwrite=args.overwrite, videos_per_part=args.part_size,
+                                   progress=_Progress(err_stream, args.quiet), registry=registry,
+                                   retry_timeouts=getattr(args, "retry_timeouts", False))
     except KeyboardInterrupt:
         print(f"svd-lab: interrupted; finished videos are saved, continue with --resume --out {args.out}",
               file=err_stream)
@@ -158,9 +183,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--aesthetic-head", help="aesthetic predictor head (.safetensors) on the CLIP embedding")
     p.add_argument("--text-tower", help="OpenCLIP text tower (.safetensors) for caption-frame similarity")
     p.add_argument("--tokenizer", help="tokenizer file for the text tower")
-    p.add_argument("--captioner", action="append", metavar="SPEC", help="local captioner, e.g. "
-                   "local-image:/models/blip or 'command:my_captioner --fast' (repeatable, one per kind: image, "
-                   "video, summary; none by default; nothing is downloaded)")
+    p.add_argument("--captioner", action="append", metavar="NAME", help="a registered captioner by name "
+                   "(repeatable, one per kind: image, video, summary; none by default; nothing is downloaded)")
+    p.add_argument("--captioner-config", action="append", metavar="FILE", help="JSON file registering captioners: "
+                   '{"captioners": [{"name": "blip", "kind": "image", "model": "/models/blip"}, {"name": "mine", '
+                   '"kind": "video", "argv": ["/opt/cap", "--fast"]}]} (repeatable; $SVD_LAB_CAPTIONERS too)')
+    p.add_argument("--register-captioner", action="append", metavar="NAME[:KIND]=COMMAND", help="register a "
+                   "captioner program, e.g. mine:video='/opt/cap --fast' (run without a shell; it gets a folder of "
+                   "PNG frames as last argument and a JSON request on stdin, prints the caption; KIND image by "
+                   "default)")
+    p.add_argument("--video-timeout", type=float, metavar="S", help="seconds one video may take before it becomes "
+                   "an error row 'timed out after S s' (default 600; 0 = no limit)")
+    p.add_argument("--retry-timeouts", action="store_true", help="with --resume, curate the videos that timed "
+                   "out before again")
     p.add_argument("--write-clips", choices=["none", "auto", "copy", "reencode"],
                    help="write each clip as a file: copy (stream copy, keyframe-snapped), reencode (exact), auto")
     p.add_argument("--write-keyframes", action="store_true", help="write the clips' keyframes as JPEG")

@@ -46,6 +46,7 @@ import torch
 from PIL import Image
 
 from .errors import ConfigError, InputError, ShapeError
+from .fsutil import remove_stale_temps, sigterm_as_interrupt
 
 logger = logging.getLogger(__name__)
 
@@ -272,13 +273,15 @@ def write_video(
         raise InputError(f"cannot create the output folder {folder}: {exc.strerror or exc}") from exc
     if not os.access(folder, os.W_OK):
         raise InputError(f"the output folder {folder} is not writable; choose another folder or fix its permissions")
-    tmp = folder / f".{target.name}.{secrets.token_hex(4)}.part"
+    remove_stale_temps(folder, kinds=("part",))  # .part files of killed writers (dead pid) only
+    tmp = folder / f".{target.name}.{os.getpid()}-{secrets.token_hex(4)}.part"
     try:
-        if fmt in ("mp4", "webm"):
-            _write_pyav(tmp, fmt, n, height, width, get, rate, quality, tags)
-        else:
-            _write_pillow(tmp, fmt, n, get, rate, quality, tags, loop)
-        os.replace(tmp, target)
+        with sigterm_as_interrupt():  # a SIGTERM while encoding still removes the .part file (finally below)
+            if fmt in ("mp4", "webm"):
+                _write_pyav(tmp, fmt, n, height, width, get, rate, quality, tags)
+            else:
+                _write_pillow(tmp, fmt, n, get, rate, quality, tags, loop)
+            os.replace(tmp, target)
     except OSError as exc:  # includes av.error.PermissionError and friends
         raise InputError(f"cannot write {target.name} in the folder {folder}: {exc}") from exc
     except av.FFmpegError as exc:

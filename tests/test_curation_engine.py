@@ -20,6 +20,7 @@ import pytest
 
 from comfyui_svd_lab.cli import main
 from comfyui_svd_lab.svd_model.curation import engine, manifest
+from comfyui_svd_lab.svd_model.curation.captioner_registry import CaptionerEntry, CaptionerRegistry
 from comfyui_svd_lab.svd_model.curation.engine import list_videos, run_curation
 from comfyui_svd_lab.svd_model.curation.pipeline import CurationConfig, VideoRef, curate_video
 from comfyui_svd_lab.svd_model.curation.synthetic import make_video
@@ -253,7 +254,7 @@ def crash_on_b(path: str, root: str):
 
 def test_a_crashing_worker_costs_only_its_video(videos, reference, tmp_path):
     jobs = list_videos(videos).paths
-    results = list(engine._run_processes(jobs, videos, CONFIG, tmp_path, 2, work=crash_on_b))
+    results = list(engine._run_processes(jobs, engine._Run(videos, CONFIG, tmp_path, 2), work=crash_on_b))
     by_source = {Path(r.source).name: r for r in results}
     assert len(results) == 6 and set(by_source) == {"a.mp4", "b.mp4", "c.mkv", "d.mp4", "e.mov", "f.mp4"}
     assert by_source["b.mp4"].status == "error" and "died" in by_source["b.mp4"].rows[0]["error"]
@@ -291,7 +292,7 @@ def test_cli_curate_and_report(videos, tmp_path, capsys):
 
 
 def test_clip_scores_captions_and_embeddings(videos, tmp_path):
-    """CLIP image tower (an open_clip-format file), a user aesthetic head and a local command captioner."""
+    """CLIP image tower (an open_clip-format file), a user aesthetic head and a registered command captioner."""
     import torch
     from safetensors.torch import load_file, save_file
 
@@ -305,9 +306,13 @@ def test_clip_scores_captions_and_embeddings(videos, tmp_path):
     save_file({"fc.weight": torch.randn(1, 32), "fc.bias": torch.tensor([5.0])}, tmp_path / "head.safetensors")
     config = CONFIG.replace(text=False, clip_checkpoint=str(tmp_path / "clip.safetensors"), save_embeddings=True,
                             aesthetic_head=str(tmp_path / "head.safetensors"),
-                            captioners=("command:/bin/sh -c 'echo a synthetic scene' sh",))
+                            captioners=("scene",))
+    registry = CaptionerRegistry([CaptionerEntry("scene", "image", argv=("/bin/sh", "-c", "echo a synthetic scene",
+                                                                         "sh"))])
     jobs = engine.VideoList(videos, (videos / "a.mp4", videos / "c.mkv"))
-    run_curation(jobs, tmp_path / "out", config, engine="inline")
+    with pytest.raises(ConfigError, match="unknown config.captioners\\[0\\] 'scene'; registered captioners"):
+        run_curation(jobs, tmp_path / "out", config, engine="inline", registry=CaptionerRegistry())
+    run_curation(jobs, tmp_path / "out", config, engine="inline", registry=registry)
     rows = manifest.read_manifest(tmp_path / "out").to_pylist()
     head = load_aesthetic_head(tmp_path / "head.safetensors")
     assert len(rows) >= 3

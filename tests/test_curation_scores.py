@@ -4,6 +4,7 @@ textures and real footage."""
 
 from __future__ import annotations
 
+import json
 import logging
 import stat
 import sys
@@ -17,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from comfyui_svd_lab.svd_model.checkpoint import CheckpointReader, save_checkpoint
 from comfyui_svd_lab.svd_model.config import Family
+from comfyui_svd_lab.svd_model.curation import captioner_registry as reg
 from comfyui_svd_lab.svd_model.curation import captions as cap
 from comfyui_svd_lab.svd_model.curation.clip_scores import AestheticHead, ClipScorer, load_aesthetic_head
 from comfyui_svd_lab.svd_model.curation.text import (
@@ -668,19 +670,50 @@ def test_caption_clip_feeds_each_kind() -> None:
         cap.caption_clip(frames, [_FakeCaptioner("audio")])
 
 
-def test_get_captioner_specs_and_registry() -> None:
+def test_captioners_are_chosen_by_registered_name_only(tmp_path: Path) -> None:
     assert cap.get_captioner(None) is None and cap.get_captioner("none") is None and cap.get_captioner("") is None
-    with pytest.raises(ConfigError, match="unknown captioner 'coca'"):
-        cap.get_captioner("coca:/models/coca")
-    with pytest.raises(ConfigError, match="<kind>:<argument>"):
-        cap.get_captioner("command")
-    cap.register_captioner("fake-test", lambda arg: _FakeCaptioner(arg))
-    made = cap.get_captioner("fake-test:video")
-    assert made is not None and made.kind == "video" and "fake-test" in cap.registered_captioners()
+    registry = reg.CaptionerRegistry()
+    with pytest.raises(ConfigError, match="unknown captioner 'coca'; registered captioners"):
+        cap.get_captioner("coca", registry)
+    for spec in ("command:/bin/sh -c id", "command-video:echo", "local-image:/no/such/folder", "/bin/sh", "a b"):
+        with pytest.raises(ConfigError, match="registered by the local user outside workflows"):
+            cap.get_captioner(spec, registry)
+    cap.register_captioner("fake-test", lambda: _FakeCaptioner("video"), kind="video")
+    try:
+        made = cap.get_captioner("fake-test", registry)
+        assert made is not None and made.kind == "video" and "fake-test" in cap.registered_captioners(registry)
+        assert cap.registered_captioners(registry, kind="image") == []
+    finally:
+        reg.unregister_factory("fake-test")
+    missing = reg.CaptionerRegistry([reg.CaptionerEntry("gone", "image", argv=("/no/such/program-xyz",))])
     with pytest.raises(ConfigError, match="not found"):
-        cap.get_captioner("command:/no/such/program-xyz")
+        cap.get_captioner("gone", missing)
+    no_model = reg.CaptionerRegistry([reg.CaptionerEntry("blip", "image", model="/no/such/folder")])
     with pytest.raises(ConfigError, match="no local captioning model"):
-        cap.get_captioner("local-image:/no/such/folder")
+        cap.get_captioner("blip", no_model)
+
+
+def test_captioner_settings_file_and_cli_registrations(tmp_path: Path) -> None:
+    path = tmp_path / "captioners.json"
+    path.write_text(json.dumps({"captioners": [{"name": "blip", "kind": "image", "model": "/m/blip"},
+                                               {"name": "vid", "kind": "video", "argv": ["/opt/v", "--x"]}]}))
+    registry = reg.load_file(path)
+    assert registry.names() == ["blip", "vid"] and registry.names("video") == ["vid"]
+    assert registry.get("vid").argv == ("/opt/v", "--x") and str(path) in registry.where()
+    assert reg.CaptionerRegistry.from_dict(registry.to_dict()).get("vid") == registry.get("vid")
+    for bad, message in [({"captioners": [{"name": "x", "argv": "echo hi"}]}, "argv must be a non-empty list"),
+                         ({"captioners": [{"name": "x y", "argv": ["a"]}]}, "must be a short name"),
+                         ({"captioners": [{"name": "x", "argv": ["a"], "model": "m"}]}, "exactly one of"),
+                         ({"captioners": [{"name": "x", "kind": "audio", "argv": ["a"]}]}, "kind 'audio'"),
+                         ({"captioners": [{"name": "x", "argv": ["a"], "timeout": float("nan")}]}, "finite"),
+                         ([1, 2], "must be a JSON object")]:
+        path.write_text(json.dumps(bad))
+        with pytest.raises(ConfigError, match=message):
+            reg.load_file(path)
+    entry = reg.parse_registration("mine:summary=/opt/cap --fast 'two words'")
+    assert (entry.name, entry.kind, entry.argv) == ("mine", "summary", ("/opt/cap", "--fast", "two words"))
+    with pytest.raises(ConfigError, match="NAME\\[:KIND\\]=COMMAND"):
+        reg.parse_registration("mine")
 
 
 def _script(path: Path, body: str) -> Path:
@@ -699,19 +732,25 @@ def test_command_captioner(tmp_path: Path) -> None:
         ),
     )
     frames = [np.full((16, 24, 3), i * 10, np.uint8) for i in range(3)]
-    image = cap.get_captioner(f"command:{prog}")
-    assert image.kind == "image" and image.caption(frames[1:2]) == "image 1 frame_00000.png []"
-    video = cap.get_captioner(f"command-video:{prog} --flag")
-    summary = cap.get_captioner(f"command-summary:{prog}")
+    registry = reg.CaptionerRegistry([
+        reg.CaptionerEntry("img", "image", argv=(str(prog),)),
+        reg.CaptionerEntry("vid", "video", argv=(str(prog), "--flag")),
+        reg.CaptionerEntry("sum", "summary", argv=(str(prog),)),
+        reg.CaptionerEntry("failing", "image", argv=(str(_script(tmp_path / "fail.py", "print('boom', "
+                                                                 "file=sys.stderr); sys.exit(3)")),)),
+        reg.CaptionerEntry("silent", "image", argv=(str(_script(tmp_path / "silent.py", "pass")),)),
+    ])
+    image = cap.get_captioner("img", registry)
+    assert image.kind == "image" and image.name == "img" and image.caption(frames[1:2]) == "image 1 frame_00000.png []"
+    video = cap.get_captioner("vid", registry)
+    summary = cap.get_captioner("sum", registry)
     result = cap.caption_clip(frames, [image, video, summary])
     assert result.video == "video 3 frame_00000.png []"
     assert result.summary == "summary 3 frame_00000.png ['image', 'video']"
-    failing = _script(tmp_path / "fail.py", "print('boom', file=sys.stderr); sys.exit(3)")
     with pytest.raises(cap.CaptionError, match="status 3.*boom"):
-        cap.get_captioner(f"command:{failing}").caption(frames)
-    silent = _script(tmp_path / "silent.py", "pass")
+        cap.get_captioner("failing", registry).caption(frames)
     with pytest.raises(cap.CaptionError, match="no caption"):
-        cap.get_captioner(f"command:{silent}").caption(frames)
+        cap.get_captioner("silent", registry).caption(frames)
     slow = _script(tmp_path / "slow.py", "time.sleep(5)")
     with pytest.raises(cap.CaptionError, match="timeout"):
         cap.CommandCaptioner([str(slow)], timeout=0.5).caption(frames)
@@ -750,7 +789,8 @@ def test_local_image_captioner_with_tiny_model(tmp_path: Path, monkeypatch: pyte
     model.save_pretrained(folder)
     fast.save_pretrained(folder)
     transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
-    captioner = cap.get_captioner(f"local-image:{folder}")
+    captioner = cap.get_captioner("tiny", reg.CaptionerRegistry([reg.CaptionerEntry("tiny", "image",
+                                                                                    model=str(folder))]))
     assert captioner.kind == "image" and captioner.name == "local-image:tiny-captioner"
     text = captioner.caption([np.zeros((40, 60, 3), np.uint8), np.full((40, 60, 3), 200, np.uint8)])
     assert isinstance(text, str) and set(text.split()) <= set(words[4:])

@@ -2,15 +2,17 @@
 captioner on the middle frame (CoCa in the paper), a video captioner (VideoBLIP) and an LLM summary of both.
 Training samples one of them with p = 0.5 / 0.25 / 0.25. Captions are metadata, never a filter.
 
-Captioners are pluggable (:class:`Captioner`) and named by a spec string (:func:`get_captioner`):
+Captioners are pluggable (:class:`Captioner`) and chosen **by name** (:func:`get_captioner`): a workflow or a
+config can only name a captioner the local user registered outside workflows (captioner_registry.py: a JSON
+settings file, ``$SVD_LAB_CAPTIONERS``, ``svd-lab curate --register-captioner``, or Python code). ``None`` /
+``"none"`` means no captions (the default). Registered entries are built as
 
-* ``None`` / ``"none"``: no captions (the default).
-* ``"local-image:<folder>"``: a transformers image-to-text model (BLIP, GIT, ViT-GPT2, ...) read from a local
-  folder only (``local_files_only=True``; nothing is downloaded).
-* ``"command:<program> [args]"`` (and ``command-video:``, ``command-summary:``): a local program. It gets a
-  temporary folder of PNG frames as its last argument and a JSON object on stdin ({"kind", "frames", "captions"});
-  it prints the caption on stdout.
-* anything registered with :func:`register_captioner`.
+* ``{"model": <folder>}``: :class:`LocalImageCaptioner`, a transformers image-to-text model (BLIP, GIT,
+  ViT-GPT2, ...) read from a local folder only (``local_files_only=True``; nothing is downloaded);
+* ``{"argv": [program, args...]}``: :class:`CommandCaptioner`, a local program run without a shell. It gets a
+  temporary folder of PNG frames as its last argument and a JSON object on stdin ({"kind", "frames",
+  "captions"}); it prints the caption on stdout;
+* a Python factory (:func:`register_captioner`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shlex
 import shutil
 import subprocess
 import tempfile
@@ -31,6 +32,8 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError, InputError, SVDError
+from . import captioner_registry as registry_mod
+from .captioner_registry import CaptionerEntry, CaptionerRegistry
 from .text import check_rgb
 
 log = logging.getLogger(__name__)
@@ -122,7 +125,7 @@ class CommandCaptioner:
 
     def __init__(self, argv: Sequence[str], *, kind: str = "image", timeout: float = 120.0) -> None:
         if not argv:
-            raise ConfigError("command captioner needs a program, e.g. 'command:/path/to/caption.sh'")
+            raise ConfigError("a command captioner needs a program: register it with an argv list")
         if kind not in KINDS:
             raise ConfigError(f"unknown caption kind {kind!r}; choose from {', '.join(KINDS)}")
         program = shutil.which(argv[0]) or (argv[0] if Path(argv[0]).is_file() else None)
@@ -212,39 +215,37 @@ class LocalImageCaptioner:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Registry
+# By name, from the registry
 # ---------------------------------------------------------------------------------------------------------------
 
-CaptionerFactory = Callable[[str], Captioner]
-_REGISTRY: dict[str, CaptionerFactory] = {}
+
+def register_captioner(name: str, factory: Callable[[], Captioner], *, kind: str = "image") -> None:
+    """Make the name ``name`` build a captioner with ``factory()`` (Python plugins; see captioner_registry)."""
+    registry_mod.register_factory(name, factory, kind=kind)
 
 
-def register_captioner(prefix: str, factory: CaptionerFactory) -> None:
-    """Make ``"<prefix>:<argument>"`` specs build a captioner with ``factory(argument)``."""
-    if not prefix or ":" in prefix:
-        raise ConfigError(f"a captioner prefix must be a non-empty name without ':', got {prefix!r}")
-    _REGISTRY[prefix] = factory
+def registered_captioners(registry: CaptionerRegistry | None = None, kind: str | None = None) -> list[str]:
+    """Names a workflow may choose (of one kind, or all)."""
+    return (registry or registry_mod.default_registry()).names(kind)
 
 
-def registered_captioners() -> list[str]:
-    return sorted(_REGISTRY)
+def build_captioner(entry: CaptionerEntry) -> Captioner:
+    """The captioner a registered entry describes."""
+    if entry.factory is not None:
+        made = entry.factory()
+        if getattr(made, "kind", None) != entry.kind:
+            raise ConfigError(f"captioner {entry.name!r} was registered as kind {entry.kind!r} but its factory "
+                              f"made kind {getattr(made, 'kind', None)!r}")
+        return made
+    if entry.model:
+        return LocalImageCaptioner(entry.model)
+    made = CommandCaptioner(entry.argv, kind=entry.kind, timeout=entry.timeout)
+    made.name = entry.name
+    return made
 
 
-def get_captioner(spec: str | None) -> Captioner | None:
-    """Build a captioner from a spec string ("none" / None -> no captioner); see the module docstring."""
-    if spec is None or spec.strip().lower() in ("", "none"):
-        return None
-    prefix, sep, argument = spec.strip().partition(":")
-    if not sep or not argument.strip():
-        raise ConfigError(
-            f"captioner spec {spec!r} must look like '<kind>:<argument>'; kinds: {registered_captioners()}"
-        )
-    factory = _REGISTRY.get(prefix)
-    if factory is None:
-        raise ConfigError(f"unknown captioner {prefix!r}; choose from {registered_captioners()} or 'none'")
-    return factory(argument.strip())
-
-
-register_captioner("local-image", LocalImageCaptioner)
-for _kind, _prefix in (("image", "command"), ("video", "command-video"), ("summary", "command-summary")):
-    register_captioner(_prefix, lambda arg, kind=_kind: CommandCaptioner(shlex.split(arg), kind=kind))
+def get_captioner(name: str | None, registry: CaptionerRegistry | None = None) -> Captioner | None:
+    """Build the captioner registered as ``name`` ("none" / None -> no captioner). Names that look like a
+    program or a path, and unknown names, are a ConfigError saying where captioners are registered."""
+    entry = (registry or registry_mod.default_registry()).get(name)
+    return None if entry is None else build_captioner(entry)

@@ -22,7 +22,6 @@ import concurrent.futures as cf
 import dataclasses
 import json
 import logging
-import multiprocessing
 import os
 import time
 from collections import Counter, deque
@@ -35,7 +34,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, InputError, SVDError
-from ..fsutil import write_text_atomic
+from ..fsutil import remove_stale_temps, write_text_atomic
+from . import workers as workers_mod
+from .captioner_registry import CaptionerRegistry, default_registry
 from .manifest import FILTERED_NAME, MANIFEST_DIR, ManifestWriter, completed
 from .pipeline import CurationConfig, VideoRef, VideoResult, curate_video, error_text, status_record
 
@@ -135,34 +136,27 @@ class RunSummary:
 
 # ------------------------------------------------------------------------------------------ workers
 
-_WORKER: dict[str, Any] = {}
+_WORKER = workers_mod._WORKER  # noqa: SLF001 - the per-process state of a worker, shared with workers.py
 
 
-def _init_worker(config: dict[str, Any], out_dir: str) -> None:
-    try:
-        import cv2
-
-        cv2.setNumThreads(1)
-    except ImportError:
-        pass
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
-    _WORKER["config"] = CurationConfig.from_dict(config)
-    _WORKER["out"] = out_dir
+def _init_worker(config: dict[str, Any], out_dir: str, registry: dict[str, Any] | None = None,
+                 driver_pid: int = 0) -> None:
+    workers_mod.init_worker(config, out_dir, registry, driver_pid)
 
 
 def _work(path: str, root: str) -> VideoResult:
-    return curate_video(path, root, _WORKER["config"], _WORKER["out"])
+    return workers_mod.work(path, root)
 
 
-def _ray_map(item: dict[str, Any], *, config: dict[str, Any], out_dir: str) -> dict[str, Any]:
+def _ray_map(item: dict[str, Any], *, config: dict[str, Any], out_dir: str,
+             registry: dict[str, Any] | None = None) -> dict[str, Any]:
     if "config" not in _WORKER:
-        _init_worker(config, out_dir)
-    result = _work(item["path"], item["root"])
+        _init_worker(config, out_dir, registry)
+    with workers_mod.alarm(_WORKER["config"].video_timeout):  # Ray runs tasks in the worker's main thread
+        try:
+            result = _work(item["path"], item["root"])
+        except workers_mod.VideoTimeout:
+            result = workers_mod.timed_out_result(item["path"], item["root"], _WORKER["config"])
     return {"video_id": result.video_id, "payload": _to_json(result)}
 
 
@@ -186,63 +180,93 @@ def _crashed(path: Path, root: Path, config: CurationConfig, why: str) -> VideoR
     return VideoResult(ref.video_id, ref.source, [rec.row])
 
 
-def _run_inline(jobs: Sequence[Path], root: Path, config: CurationConfig, out: Path, _: int) -> Iterator[VideoResult]:
+@dataclass(frozen=True)
+class _Run:
+    """What every engine gets besides the jobs."""
+
+    root: Path
+    config: CurationConfig
+    out: Path
+    workers: int
+    registry: CaptionerRegistry | None = None
+
+    @property
+    def registry_dict(self) -> dict[str, Any] | None:
+        return self.registry.to_dict() if self.registry is not None else None
+
+
+def _run_inline(jobs: Sequence[Path], run: _Run) -> Iterator[VideoResult]:
+    """One after the other; the time limit is a SIGALRM when this is the main thread (else none)."""
     for path in jobs:
-        yield curate_video(path, root, config, out)
+        try:
+            with workers_mod.alarm(run.config.video_timeout):
+                result = curate_video(path, run.root, run.config, run.out, registry=run.registry)
+        except workers_mod.VideoTimeout:
+            log.warning("%s: %s", path, workers_mod.timeout_text(run.config.video_timeout))
+            result = workers_mod.timed_out_result(path, run.root, run.config)
+        yield result
 
 
-def _run_threads(jobs: Sequence[Path], root: Path, config: CurationConfig, out: Path,
-                 workers: int) -> Iterator[VideoResult]:
-    pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="curate")
+def _run_threads(jobs: Sequence[Path], run: _Run) -> Iterator[VideoResult]:
+    """A thread pool. A video past its time limit becomes a timeout row; its thread cannot be stopped, so it is
+    left to finish in the background and a fresh pool takes the remaining videos."""
+    limit = run.config.video_timeout
+    started: dict[Path, float] = {}
+
+    def job(path: Path) -> VideoResult:
+        started[path] = time.monotonic()
+        return curate_video(path, run.root, run.config, run.out, registry=run.registry)
+
+    pool = cf.ThreadPoolExecutor(max_workers=run.workers, thread_name_prefix="curate")
+    queue: deque[Path] = deque(jobs)
+    running: dict[cf.Future, Path] = {}
     try:
-        yield from _drain(pool, deque(jobs), workers, lambda p: pool.submit(curate_video, p, root, config, out))
+        while queue or running:
+            while queue and len(running) < 2 * run.workers:
+                path = queue.popleft()
+                running[pool.submit(job, path)] = path
+            finished, _ = cf.wait(running, timeout=workers_mod.poll_interval(limit), return_when=cf.FIRST_COMPLETED)
+            for future in finished:
+                running.pop(future)
+                yield future.result()
+            now = time.monotonic()
+            late = [f for f, p in running.items() if limit and p in started and now - started[p] > limit]
+            for future in late:
+                path = running.pop(future)
+                log.warning("%s: %s; its thread keeps running in the background", path,
+                            workers_mod.timeout_text(limit))
+                yield workers_mod.timed_out_result(path, run.root, run.config)
+            if late:  # the hung threads hold their slots: queued videos go to a fresh pool
+                queue.extendleft(reversed([p for f, p in running.items() if p not in started]))
+                for future in [f for f, p in running.items() if p not in started]:
+                    future.cancel()
+                    running.pop(future)
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = cf.ThreadPoolExecutor(max_workers=run.workers, thread_name_prefix="curate")
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def _drain(pool: cf.Executor, queue: deque[Path], workers: int,
-           submit: Callable[[Path], cf.Future]) -> Iterator[VideoResult]:
-    """Keep 2 x workers videos in flight; yield results as they finish."""
-    running: dict[cf.Future, Path] = {}
-    while queue or running:
-        while queue and len(running) < 2 * workers:
-            path = queue.popleft()
-            running[submit(path)] = path
-        finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-        for future in finished:
-            running.pop(future)
-            yield future.result()
-
-
-def _mp_context() -> multiprocessing.context.BaseContext:
-    """Worker processes never fork this (possibly threaded) process: a forkserver where the platform has one
-    (a fresh server process imports this module once, then every worker, including replacements after a
-    crash, forks from it), else spawn (each worker starts a fresh interpreter)."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
-        return ctx
-    return multiprocessing.get_context("spawn")
-
-
-def _process_pool(workers: int, config: CurationConfig, out: Path) -> cf.ProcessPoolExecutor:
-    return cf.ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(), initializer=_init_worker,
-                                  initargs=(config.to_dict(), str(out)))
-
-
-def _run_processes(jobs: Sequence[Path], root: Path, config: CurationConfig, out: Path, workers: int,
+def _run_processes(jobs: Sequence[Path], run: _Run,
                    work: Callable[[str, str], VideoResult] = _work) -> Iterator[VideoResult]:
-    """``work(path, root)`` runs in the workers (a module-level function; tests pass one that crashes)."""
+    """A process pool (workers die with the driver). ``work(path, root)`` runs in the workers (a module-level
+    function; tests pass one that crashes or hangs). A worker that dies breaks the pool: the videos in flight
+    are re-run one at a time, and the one that kills its worker again becomes an error row. A video past its
+    time limit becomes a timeout row; the pool is killed (the only way to stop a hung decoder) and the other
+    videos in flight start again in a fresh one."""
+    limit = run.config.video_timeout
     queue: deque[Path] = deque(jobs)
     while queue:
-        pool = _process_pool(workers, config, out)
+        pool = workers_mod.WorkerPool(run.workers, run.config, run.out, run.registry_dict)
         running: dict[cf.Future, Path] = {}
+        done = False
         try:
             while queue or running:
-                while queue and len(running) < 2 * workers:
+                while queue and len(running) < 2 * run.workers:
                     path = queue.popleft()
-                    running[pool.submit(work, str(path), str(root))] = path
-                finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                    running[pool.submit(work, path, run.root)] = path
+                finished, _ = cf.wait(running, timeout=workers_mod.poll_interval(limit),
+                                      return_when=cf.FIRST_COMPLETED)
                 broken = []
                 for future in finished:
                     path = running.pop(future)
@@ -252,65 +276,96 @@ def _run_processes(jobs: Sequence[Path], root: Path, config: CurationConfig, out
                         broken.append(path)
                         continue
                     except Exception as exc:  # noqa: BLE001 - e.g. MemoryError in the worker, unpicklable result
-                        result = _crashed(path, root, config, error_text(exc))
+                        result = _crashed(path, run.root, run.config, error_text(exc))
                     yield result
                 if broken:
-                    suspects = broken + list(running)
+                    suspects = broken + list(running.values())
                     running.clear()
+                    pool.kill()
                     log.warning("a curation worker died; re-running %d video(s) one at a time", len(suspects))
-                    yield from _isolate(suspects, root, config, out, work)
+                    yield from _isolate(suspects, run, work)
                     break  # a fresh pool for the rest of the queue
+                late = pool.overdue(list(running.values()), limit)
+                if late:
+                    for path in late:
+                        log.warning("%s: %s", path, workers_mod.timeout_text(limit))
+                        yield workers_mod.timed_out_result(path, run.root, run.config)
+                    queue.extendleft(reversed([p for p in running.values() if p not in late]))
+                    running.clear()
+                    pool.kill()
+                    break
+            else:
+                done = True
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.close() if done else pool.kill()
 
 
-def _isolate(paths: Sequence[Path], root: Path, config: CurationConfig, out: Path,
-             work: Callable[[str, str], VideoResult]) -> Iterator[VideoResult]:
+def _isolate(paths: Sequence[Path], run: _Run, work: Callable[[str, str], VideoResult]) -> Iterator[VideoResult]:
     """Each suspect alone in a one-process pool: the one that kills its worker becomes an error row.
     When the first three all die, the workers cannot run at all: stop instead of failing every file."""
+    limit = run.config.video_timeout
     deaths = 0
     pool = None
     try:
         for i, path in enumerate(paths):
-            pool = pool or _process_pool(1, config, out)
-            try:
-                result = pool.submit(work, str(path), str(root)).result()
-            except BrokenProcessPool:
-                pool.shutdown(wait=False, cancel_futures=True)
-                pool = None
-                deaths += 1
-                if deaths == i + 1 == 3:
-                    raise SVDError("curation worker processes die even on one file at a time (three in a row): "
-                                   "they cannot start here; try --engine thread") from None
-                result = _crashed(path, root, config, "the worker process died, e.g. a decoder crash")
-            except Exception as exc:  # noqa: BLE001
-                result = _crashed(path, root, config, error_text(exc))
+            pool = pool or workers_mod.WorkerPool(1, run.config, run.out, run.registry_dict)
+            future = pool.submit(work, path, run.root)
+            while True:
+                try:
+                    result = future.result(timeout=workers_mod.poll_interval(limit))
+                    break
+                except cf.TimeoutError:
+                    if pool.overdue([path], limit):
+                        pool.kill()
+                        pool = None
+                        result = workers_mod.timed_out_result(path, run.root, run.config)
+                        break
+                except BrokenProcessPool:
+                    pool.kill()
+                    pool = None
+                    deaths += 1
+                    if deaths == i + 1 == 3:
+                        raise SVDError("curation worker processes die even on one file at a time (three in a "
+                                       "row): they cannot start here; try --engine thread") from None
+                    result = _crashed(path, run.root, run.config, "the worker process died, e.g. a decoder crash")
+                    break
+                except Exception as exc:  # noqa: BLE001
+                    result = _crashed(path, run.root, run.config, error_text(exc))
+                    break
             yield result
     finally:
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.kill()
 
 
-def _run_ray(jobs: Sequence[Path], root: Path, config: CurationConfig, out: Path,
-             workers: int) -> Iterator[VideoResult]:
+def _run_ray(jobs: Sequence[Path], run: _Run) -> Iterator[VideoResult]:
+    """Ray Data. A local cluster this run starts is shut down when the run ends or is interrupted (SIGTERM is
+    an interrupt in `svd-lab curate`); Ray's own processes fate-share with the driver when it is killed."""
     try:
         import ray
     except ImportError as exc:
         raise ConfigError("engine 'ray' needs Ray Data: pip install 'ray[data]' (or use --engine local)") from exc
     import functools
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(num_cpus=run.workers, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
                  logging_level=logging.WARNING)
-    ctx = ray.data.DataContext.get_current()
-    for name in ("enable_progress_bars", "enable_operator_progress_bars"):
-        if hasattr(ctx, name):
-            setattr(ctx, name, False)
-    items = [{"path": str(p), "root": str(root)} for p in jobs]
-    fn = functools.partial(_ray_map, config=config.to_dict(), out_dir=str(out))
-    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 50_000))).map(fn, num_cpus=1)
-    for row in dataset.iter_rows():
-        yield _from_json(row["payload"])
+    try:
+        ctx = ray.data.DataContext.get_current()
+        for name in ("enable_progress_bars", "enable_operator_progress_bars"):
+            if hasattr(ctx, name):
+                setattr(ctx, name, False)
+        items = [{"path": str(p), "root": str(run.root)} for p in jobs]
+        fn = functools.partial(_ray_map, config=run.config.to_dict(), out_dir=str(run.out),
+                               registry=run.registry_dict)
+        dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 50_000))).map(fn, num_cpus=1)
+        for row in dataset.iter_rows():
+            yield _from_json(row["payload"])
+    except BaseException:
+        if started_here:
+            ray.shutdown()  # stops the workers of an interrupted run now, not when the driver exits
+        raise
 
 
 _ENGINES: dict[str, Callable[..., Iterator[VideoResult]]] = {
@@ -350,20 +405,29 @@ def prepare_output(out_dir: str | os.PathLike[str], *, resume: bool, overwrite: 
 def run_curation(videos: VideoList | str | os.PathLike[str], out_dir: str | os.PathLike[str],
                  config: CurationConfig | None = None, *, engine: str = "local", workers: int = 0,
                  resume: bool = False, overwrite: bool = False, videos_per_part: int = 32,
-                 flush_seconds: float = 30.0, progress: Callable[[RunProgress], None] | None = None) -> RunSummary:
+                 flush_seconds: float = 30.0, progress: Callable[[RunProgress], None] | None = None,
+                 registry: CaptionerRegistry | None = None, retry_timeouts: bool = False) -> RunSummary:
     """Curate every video into ``out_dir/manifest`` (see manifest.py); returns the run's counts.
 
     workers: processes / threads / Ray CPUs (0 = all cores). The run continues past bad files; an exception
     raised by ``progress`` stops it after flushing what finished (the folder can then be resumed).
+    registry: where the config's captioner names are looked up (default: captioner_registry.default_registry()).
+    retry_timeouts: a resumed run also re-runs the videos that timed out before (else they stay error rows).
     """
     if engine not in _ENGINES:
         raise ConfigError(f"unknown engine {engine!r}; choose from {list(ENGINES)}")
     config = config or CurationConfig()
     if CurationConfig.from_dict(config.to_dict()) != config:  # workers rebuild it from this dict
         raise ConfigError(f"the curation config does not survive a JSON round trip: {config}")
+    if config.captioners:
+        registry = registry if registry is not None else default_registry()
+        for i, name in enumerate(config.captioners):  # unknown names fail now, not once per clip
+            registry.get(name, f"config.captioners[{i}]")
     videos = videos if isinstance(videos, VideoList) else list_videos(videos)
     workers = workers or os.cpu_count() or 1
+    run_start = time.time()
     out = prepare_output(out_dir, resume=resume, overwrite=overwrite)
+    remove_stale_temps(out, recursive=True, before=run_start)  # temp files of killed runs (dead pids)
     _check_config(out, config, resume)
     writer = ManifestWriter(out, worker=engine, videos_per_part=videos_per_part, flush_seconds=flush_seconds)
     done = completed(writer.dir)
@@ -371,13 +435,15 @@ def run_curation(videos: VideoList | str | os.PathLike[str], out_dir: str | os.P
     jobs = []
     for path in videos.paths:
         vid = VideoRef.of(path, videos.root).video_id
-        if vid not in done and vid not in seen:
+        redo = retry_timeouts and vid in done and done[vid].timed_out
+        if (vid not in done or redo) and vid not in seen:
             seen.add(vid)
             jobs.append(path)
     state = RunProgress(total=len(jobs), skipped=len(videos.paths) - len(jobs))
     if progress is not None:
         progress(state)
-    results = _ENGINES[engine](jobs, videos.root, config, out, workers) if jobs else iter(())
+    run = _Run(videos.root, config, out, workers, registry)
+    results = _ENGINES[engine](jobs, run) if jobs else iter(())
     try:
         for result in results:
             writer.add(result.video_id, result.source, result.rows)

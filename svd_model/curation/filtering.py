@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 from collections import Counter
@@ -51,6 +52,9 @@ class FilterRule:
     value: float
 
     def __post_init__(self) -> None:
+        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or not math.isfinite(self.value):
+            raise ConfigError(f"filter rule {self.score}:{self.mode}: the threshold must be a finite number, got "
+                              f"{self.value!r} (NaN and Inf are refused)")
         if self.score not in _NUMERIC:
             raise ConfigError(f"filter score {self.score!r} is not a numeric manifest column; use one of "
                               f"{sorted(_NUMERIC)}")
@@ -67,7 +71,11 @@ class FilterRule:
         if match is None:
             raise ConfigError(f"cannot read filter rule {text!r}; write SCORE:MODE=VALUE, e.g. "
                               "motion_score:bottom=0.25 or text_area:max=0.07")
-        return cls(match["score"], match["mode"], float(match["value"]))
+        try:
+            value = float(match["value"])
+        except ValueError:
+            raise ConfigError(f"filter rule {text!r}: {match['value']!r} is not a number") from None
+        return cls(match["score"], match["mode"], value)
 
     def __str__(self) -> str:
         return f"{self.score}:{self.mode}={self.value:g}"

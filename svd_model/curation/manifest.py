@@ -147,6 +147,7 @@ class Completed:
     rows: int
     status: str
     time: float
+    timed_out: bool = False
 
 
 def read_log(manifest_dir: str | os.PathLike[str]) -> list[Completed]:
@@ -162,18 +163,21 @@ def read_log(manifest_dir: str | os.PathLike[str]) -> list[Completed]:
         try:
             item = json.loads(line)
             entries.append(Completed(str(item["video_id"]), str(item["source"]), str(item["part"]),
-                                     int(item["rows"]), str(item.get("status", "ok")), float(item.get("time", 0))))
+                                     int(item["rows"]), str(item.get("status", "ok")), float(item.get("time", 0)),
+                                     bool(item.get("timed_out", False))))
         except (ValueError, KeyError, TypeError):
             log.warning("ignoring a malformed line in %s: %r", path, line[:200])
     return entries
 
 
 def completed(manifest_dir: str | os.PathLike[str]) -> dict[str, Completed]:
-    """video_id -> its completion entry, for videos whose part file exists (the first entry wins)."""
+    """video_id -> its completion entry, for videos whose part file exists (the first entry wins, except that a
+    later entry supersedes a timed-out one: a run with retry_timeouts curated that video again)."""
     manifest_dir = Path(manifest_dir)
     done: dict[str, Completed] = {}
     for entry in read_log(manifest_dir):
-        if entry.video_id not in done and (manifest_dir / entry.part).is_file():
+        earlier = done.get(entry.video_id)
+        if (earlier is None or earlier.timed_out) and (manifest_dir / entry.part).is_file():
             done[entry.video_id] = entry
     return done
 
@@ -211,6 +215,12 @@ def read_manifest(out_dir: str | os.PathLike[str], *, columns: list[str] | None 
 
 
 # -------------------------------------------------------------------------------------------- writer
+
+
+def _timed_out(rows: list[dict[str, Any]]) -> bool:
+    """A video whose single row is the time limit's error (see workers.timeout_text)."""
+    return len(rows) == 1 and rows[0].get("status") == "error" and str(rows[0].get("error") or "").startswith(
+        "timed out after")
 
 
 class ManifestWriter:
@@ -283,7 +293,8 @@ class ManifestWriter:
         write_table_atomic(table, self.dir / name)
         now = time.time()
         lines = "".join(json.dumps({"video_id": vid, "source": src, "part": name, "rows": len(rows),
-                                    "status": rows[0].get("status", "ok") if rows else "empty", "time": now}) + "\n"
+                                    "status": rows[0].get("status", "ok") if rows else "empty", "time": now,
+                                    **({"timed_out": True} if _timed_out(rows) else {})}) + "\n"
                         for vid, src, rows in pending)
         with open(self.dir / LOG_NAME, "a", encoding="utf-8") as handle:
             handle.write(lines)

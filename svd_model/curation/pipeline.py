@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ import numpy as np
 from ..errors import ConfigError, SVDError
 from . import annotate, clips, frames_at, motion
 from .annotate import VideoAnnotation
+from .captioner_registry import check_name
 from .clips import ClipSpan, SplitConfig
 from .cuts import CutConfig
 from .manifest import empty_row
@@ -49,12 +51,15 @@ class CurationConfig:
     text: compute the text-area ratio on the keyframes (``text_reduce`` combines them: max or mean).
     clip_checkpoint: an SVD checkpoint whose OpenCLIP image tower embeds the keyframes ('' = no CLIP scores);
     aesthetic_head / text_tower / tokenizer: user-supplied files for the aesthetic and caption-similarity scores.
-    captioners: captioner specs for captions.get_captioner, at most one per kind (image, video, summary);
-    () = no captions. Local models or programs only, never a download.
+    captioners: names of registered captioners (captioner_registry.py), at most one per kind (image, video,
+    summary); () = no captions. A name, never a program or a path: captioners are registered outside workflows.
     keyframes: which frames of a clip the scorers see; keyframe_max_side: their longest side (0 = full size).
     write_clips: 'none', or write each clip as a file: 'copy' (stream copy, keyframe-snapped), 'reencode'
     (frame-exact), 'auto'; write_keyframes: JPEGs of the keyframes; save_embeddings: the CLIP embeddings.
     threads: decoder threads per video (1 for batch runs: one process per core scales better).
+    video_timeout: seconds one video may take before it becomes an ``error`` row "timed out after N s"
+    (0 = no limit); like ``threads`` it is not part of the hash.
+    Every float must be finite (NaN / Inf are refused, naming the field).
     """
 
     cut: CutConfig = field(default_factory=CutConfig)
@@ -74,8 +79,16 @@ class CurationConfig:
     write_keyframes: bool = False
     save_embeddings: bool = False
     threads: int = 1
+    video_timeout: float = 600.0
 
     def __post_init__(self) -> None:
+        check_finite(self, "config")
+        if self.video_timeout < 0:
+            raise ConfigError(f"config.video_timeout must be >= 0 seconds (0 = no limit), got {self.video_timeout!r}")
+        if not isinstance(self.captioners, (tuple, list)):
+            raise ConfigError(f"config.captioners must be a list of captioner names, got {self.captioners!r}")
+        for i, name in enumerate(self.captioners):
+            check_name(name, f"config.captioners[{i}]")
         if self.write_clips not in CLIP_MODES:
             raise ConfigError(f"write_clips must be one of {CLIP_MODES}, got {self.write_clips!r}")
         if self.text_reduce not in ("max", "mean"):
@@ -99,12 +112,28 @@ class CurationConfig:
 
     def hash(self) -> str:
         """Hash of what changes rows (not ``threads``), 12 hex digits."""
-        data = {k: v for k, v in self.to_dict().items() if k != "threads"}
+        data = {k: v for k, v in self.to_dict().items() if k not in ("threads", "video_timeout")}
         return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
     @property
     def needs_keyframes(self) -> bool:
         return bool(self.text or self.clip_checkpoint or self.captioners or self.write_keyframes)
+
+
+def check_finite(obj: Any, where: str) -> None:
+    """ConfigError naming the first float field of the dataclass ``obj`` (nested ones and tuples of them
+    included) that is NaN or infinite."""
+    def walk(value: Any, path: str) -> None:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for f in dataclasses.fields(value):
+                walk(getattr(value, f.name), f"{path}.{f.name}")
+        elif isinstance(value, (tuple, list)):
+            for i, item in enumerate(value):
+                walk(item, f"{path}[{i}]")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{path} must be a finite number, got {value!r} (NaN and Inf are refused)")
+
+    walk(obj, where)
 
 
 def _plain(value: Any) -> Any:
@@ -340,8 +369,9 @@ class VideoResult:
 
 
 def curate_video(path: str | os.PathLike[str], root: str | os.PathLike[str] | None, config: CurationConfig,
-                 out_dir: str | os.PathLike[str], models: Any = None) -> VideoResult:
-    """Every step for one file; never raises for a bad file (SVDError, OSError, ValueError, ...)."""
+                 out_dir: str | os.PathLike[str], models: Any = None, registry: Any = None) -> VideoResult:
+    """Every step for one file; never raises for a bad file (SVDError, OSError, ValueError, ...).
+    ``registry``: the captioner registry the config's captioner names are looked up in (None: the default)."""
     from . import scoring  # it builds on this module's records
 
     start = time.perf_counter()
@@ -358,7 +388,7 @@ def curate_video(path: str | os.PathLike[str], root: str | os.PathLike[str] | No
                 cache.prefetch(records, threads=config.threads)
             if config.text:
                 scoring.add_text(records, cache, config)
-            models = models if models is not None else scoring.get_models(config)
+            models = models if models is not None else scoring.get_models(config, registry)
             scoring.score_records(records, cache, config, out_dir, models)
             scoring.write_files(records, cache, config, out_dir)
     except (KeyboardInterrupt, SystemExit, MemoryError):

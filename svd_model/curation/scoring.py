@@ -57,14 +57,19 @@ _MODELS: dict[tuple[str, ...], Models] = {}
 _MODELS_LOCK = threading.Lock()
 
 
-def get_models(config: CurationConfig) -> Models:
-    """Load (once per process) the CLIP scorer and the captioners the config names; never downloads."""
-    key = (config.clip_checkpoint, config.aesthetic_head, config.text_tower, config.tokenizer, *config.captioners)
+def get_models(config: CurationConfig, registry: Any = None) -> Models:
+    """Load (once per process) the CLIP scorer and the captioners the config names (registered names, looked up
+    in ``registry``, default: captioner_registry.default_registry()); never downloads."""
+    from .captioner_registry import default_registry
+
+    registry = registry if registry is not None else default_registry() if config.captioners else None
+    key = (config.clip_checkpoint, config.aesthetic_head, config.text_tower, config.tokenizer,
+           *(registry.fingerprint(config.captioners) if registry is not None else ()))
     with _MODELS_LOCK:  # thread engine: load once, not once per thread
-        return _MODELS[key] if key in _MODELS else _load_models(config, key)
+        return _MODELS[key] if key in _MODELS else _load_models(config, key, registry)
 
 
-def _load_models(config: CurationConfig, key: tuple[str, ...]) -> Models:
+def _load_models(config: CurationConfig, key: tuple[Any, ...], registry: Any) -> Models:
     models = Models()
     if config.clip_checkpoint:
         from .clip_scores import ClipScorer
@@ -77,7 +82,8 @@ def _load_models(config: CurationConfig, key: tuple[str, ...]) -> Models:
     if config.captioners:
         from .captions import get_captioner
 
-        models.captioners = tuple(c for c in map(get_captioner, config.captioners) if c is not None)
+        made = (get_captioner(name, registry) for name in config.captioners)
+        models.captioners = tuple(c for c in made if c is not None)
     _MODELS[key] = models
     return models
 
