@@ -164,7 +164,8 @@ def parse_json(text: str, name: str = "the file", max_depth: int = MAX_DEPTH) ->
     except RecursionError:  # not reached after check_depth; kept so no RecursionError can ever escape
         raise ConfigError(f"{name} nests objects/arrays too deeply to read") from None
     except ValueError as exc:  # e.g. an integer of more than 4300 digits
-        raise ConfigError(f"{name} is not usable JSON: {shorten(str(exc), 160)}") from None
+        detail = str(exc)
+        raise ConfigError(f"{name} is not usable JSON: {detail[:160]}{'…' if len(detail) > 160 else ''}") from None
 
 
 def read_text_file(path: str | os.PathLike, *, what: str = "file", max_bytes: int = MAX_BYTES) -> str:

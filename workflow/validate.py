@@ -107,8 +107,7 @@ def _check_node(nid: str, node: Any, prompt: Mapping, registry: Registry) -> lis
     if cls is None:
         close = difflib.get_close_matches(class_type, list(registry), n=3)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        return [Problem(nid, None, UNKNOWN_NODE_TYPE, f"unknown node type {shorten(class_type)}{hint}",
-                        shorten(class_type, 60))]
+        return [Problem(nid, None, UNKNOWN_NODE_TYPE, f"unknown node type {shorten(class_type)}{hint}", class_type)]
     try:
         specs = input_specs(cls)
     except WorkflowError as exc:
