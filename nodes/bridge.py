@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,10 +21,11 @@ from typing import Any
 
 import torch
 
-from ..svd_model.errors import CheckpointError
+from ..svd_model.errors import CheckpointError, InputError
 from ..svd_model.loader import SVDBundle
 from ..svd_model.sampling import StepInfo
-from . import adapters
+from . import adapters, confine
+from .confine import PathRefused, Root
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,12 @@ MODEL_EXTENSIONS = (".safetensors", ".sft")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".webp", ".m4v")
 #: Inputs the bundled example workflows use; listed and found after the input folder's own files.
-PACK_INPUTS = Path(__file__).resolve().parents[1] / "example_workflows" / "inputs"
+PACK_ROOT = Path(__file__).resolve().parents[1]
+PACK_INPUTS = PACK_ROOT / "example_workflows" / "inputs"
+#: ComfyUI's annotation suffixes on input names ("x.png [output]"), as its upload widget and core LoadImage use.
+#: ComfyUI's filename_prefix patterns (%date:yyyy-MM-dd%, %width%, %NodeName.input%).
+_PATTERNS = re.compile(r"%[A-Za-z0-9_. -]+(:[^%/\\]*)?%")
+ANNOTATIONS = {" [input]": "input", " [output]": "output", " [temp]": "temp"}
 _config: dict[str, Any] = {}
 #: Models loaded with offload "cpu between nodes": model -> compute device.
 _offloaded: weakref.WeakKeyDictionary[torch.nn.Module, torch.device] = weakref.WeakKeyDictionary()
@@ -68,8 +75,12 @@ def _comfy_args() -> Any | None:
 
 def configure(*, models_dirs: list[str | os.PathLike] | None = None, output_dir: str | os.PathLike | None = None,
               temp_dir: str | os.PathLike | None = None, input_dir: str | os.PathLike | None = None,
-              loras_dirs: list[str | os.PathLike] | None = None) -> None:
-    """Headless folders (ignored inside ComfyUI). Arguments left None keep their current setting."""
+              loras_dirs: list[str | os.PathLike] | None = None, allow_any_path: bool | None = None) -> None:
+    """Headless folders (ignored inside ComfyUI). Arguments left None keep their current setting.
+    ``allow_any_path``: the local user's explicit opt-in (``svd-lab run --allow-any-path``) to name files
+    anywhere; never honoured inside ComfyUI, where a workflow may come from anyone who reaches the server."""
+    if allow_any_path is not None:
+        _config["allow_any_path"] = bool(allow_any_path)
     if models_dirs is not None:
         _config["models_dirs"] = [Path(p) for p in models_dirs]
     if loras_dirs is not None:
@@ -156,22 +167,31 @@ def list_checkpoints() -> list[str]:
 def find_checkpoint(name: str) -> Path | None:
     """A listed name (relative to a model folder) -> its path; headless, an absolute path is accepted too.
     Inside ComfyUI a name may not leave its model folder."""
-    if not name:
+    if not name or confine.relative_problem(name, "checkpoint") and not any_path_allowed():
         return None
     if Path(name).is_absolute():
-        return Path(name) if not in_comfyui() and Path(name).exists() else None
+        return Path(name) if any_path_allowed() and Path(name).exists() else None
     for _, root in _searched_folders():
         path = root / name
-        inside = os.path.commonpath([os.path.abspath(root), os.path.abspath(path)]) == os.path.abspath(root)
-        if inside and path.exists():
+        if _in_model_folder(path, root) and path.exists():
             return path
     return None
 
 
+def _in_model_folder(path: Path, root: Path) -> bool:
+    """Lexically inside ``root``. Model folders are the one place where symlinks that leave the folder are
+    followed: only the server's owner can place files there (a workflow can name, never create them), and
+    linking model files in from shared storage is how ComfyUI installs are commonly set up."""
+    return os.path.commonpath([os.path.abspath(root), os.path.abspath(path)]) == os.path.abspath(root)
+
+
 def missing_checkpoint_message(name: str) -> str:
+    if in_comfyui():
+        return (f"checkpoint {confine.short(name)} not found in ComfyUI's model folders (models/svd, "
+                "models/checkpoints): put the .safetensors file there and pick it from the list")
     where = "; ".join(f"{path} ({key})" for key, path in _searched_folders())
-    hint = "bridge.configure(models_dirs=...) or $SVD_LAB_MODELS" if not in_comfyui() else "ComfyUI's models/svd folder"
-    return f"checkpoint {name!r} not found; looked in: {where}. Put the .safetensors file into {hint}"
+    hint = "bridge.configure(models_dirs=...) or $SVD_LAB_MODELS"
+    return f"checkpoint {confine.short(name)} not found; looked in: {where}. Put the .safetensors file into {hint}"
 
 
 def resolve_checkpoint(name: str) -> Path:
@@ -188,8 +208,8 @@ LORA_FOLDER = "loras"
 
 def _lora_roots() -> list[tuple[Path, str]]:
     """(root, required first path part) pairs searched for LoRA files: ComfyUI's `loras` folders (any file),
-    then the `loras/` subfolder of each svd model folder. Headless: configure(loras_dirs) > $SVD_LAB_LORAS,
-    then `<model folder>/loras`."""
+    then the `loras/` subfolder of each svd model folder, then output/SVDLab/loras (where LoRA Convert writes).
+    Headless: configure(loras_dirs) > $SVD_LAB_LORAS, then `<model folder>/loras`, then the same output folder."""
     fp = _folder_paths()
     if fp is not None:
         roots, svd = ([Path(d) for d in fp.get_folder_paths(key)] if key in fp.folder_names_and_paths else []
@@ -197,7 +217,7 @@ def _lora_roots() -> list[tuple[Path, str]]:
     else:
         env = [Path(p) for p in os.environ.get("SVD_LAB_LORAS", "").split(os.pathsep) if p]
         roots, svd = list(_config.get("loras_dirs", env)), model_dirs()
-    return [(r, "") for r in roots] + [(d, LORA_FOLDER) for d in svd]
+    return [(r, "") for r in roots] + [(d, LORA_FOLDER) for d in svd] + [(lora_output_dir(), "")]
 
 
 def list_loras() -> list[str]:
@@ -213,14 +233,13 @@ def list_loras() -> list[str]:
 
 def find_lora(name: str) -> Path | None:
     """A listed LoRA name -> its path (never outside its root); headless, an absolute path is accepted too."""
-    if not name:
+    if not name or confine.relative_problem(name, "LoRA") and not any_path_allowed():
         return None
     if Path(name).is_absolute():
-        return Path(name) if not in_comfyui() and Path(name).is_file() else None
+        return Path(name) if any_path_allowed() and Path(name).is_file() else None
     for root, sub in _lora_roots():
         path = root / name
-        inside = os.path.commonpath([os.path.abspath(root), os.path.abspath(path)]) == os.path.abspath(root)
-        if inside and path.is_file() and (not sub or Path(name).parts[0] == sub):
+        if _in_model_folder(path, root) and path.is_file() and (not sub or Path(name).parts[0] == sub):
             return path
     return None
 
@@ -228,17 +247,18 @@ def find_lora(name: str) -> Path | None:
 def resolve_lora(name: str) -> Path:
     path = find_lora(name)
     if path is None:
+        if in_comfyui():
+            raise CheckpointError(f"LoRA {confine.short(name)} not found in ComfyUI's loras folder (or models/svd/"
+                                  "loras): put the file there and pick it from the list")
         where = "; ".join(str(root / sub) for root, sub in _lora_roots()) or "(no loras folder configured)"
-        raise CheckpointError(f"LoRA {name!r} not found; looked in: {where}")
+        raise CheckpointError(f"LoRA {confine.short(name)} not found; looked in: {where}")
     return path
 
 
 def lora_output_dir() -> Path:
-    """Where converted / trained LoRAs are written: the first `loras` folder (headless: the first
-    configured one, else `<first model folder>/loras`)."""
-    roots = _lora_roots()
-    first_plain = next((root for root, sub in roots if not sub), None)
-    return first_plain if first_plain is not None else roots[0][0] / LORA_FOLDER
+    """Where LoRA Convert writes: output/SVDLab/loras. Nodes write only into the output and temp folders; this
+    folder is searched for LoRAs too, so a converted file is in the LoRA list at once."""
+    return folder("output").absolute() / "SVDLab" / LORA_FOLDER
 
 
 def list_inputs(kind: str) -> list[str]:
@@ -252,30 +272,137 @@ def list_inputs(kind: str) -> list[str]:
     return sorted(n for n in names if n.lower().endswith(exts))
 
 
-def find_input(name: str, path: str = "") -> Path | None:
-    """A non-empty `path` wins (absolute, or relative to the working directory or the input folder);
-    else `name` in the input folder (ComfyUI annotations such as "x.png [output]" understood)."""
+def any_path_allowed() -> bool:
+    """Headless only, and only after the local user's explicit opt-in (``configure(allow_any_path=True)``)."""
+    return not in_comfyui() and bool(_config.get("allow_any_path"))
+
+
+def input_roots(*, data: bool = False) -> list[Root]:
+    """Folders a workflow may read files from: the input folder and the pack's bundled example inputs (also
+    named ``example_workflows/inputs/...`` relative to the pack); with ``data`` (curation folders, manifests,
+    training clips) also the output folder, where curation writes its results."""
+    roots = [Root(folder("input").absolute(), "the input folder"),
+             Root(PACK_INPUTS, "the pack's example inputs"),
+             Root(PACK_INPUTS, "the pack's example inputs", base=PACK_ROOT)]
+    if data:
+        roots.append(Root(folder("output").absolute(), "the output folder"))
+    return roots
+
+
+def _annotated(name: str) -> tuple[str, list[Root]]:
+    """ComfyUI's "name [output]" / "name [temp]" annotations choose the folder (as core LoadImage)."""
+    for suffix, kind in ANNOTATIONS.items():
+        if name.endswith(suffix):
+            return name[: -len(suffix)], [Root(folder(kind).absolute(), f"the {kind} folder")]
+    return name, input_roots()
+
+
+def input_file(name: str, path: str = "", what: str = "file") -> Path:
+    """The file a loader node reads: a non-empty ``path`` (relative to the input folder; absolute only inside it
+    or headless with the opt-in) wins over ``name`` (a list entry, ComfyUI annotations understood). Raises
+    :class:`PathRefused` for a value leaving the folders and :class:`InputError` (one message for missing and
+    unreadable) otherwise."""
     if path:
-        for candidate in (Path(path), folder("input") / path):
-            if candidate.is_file():
-                return candidate
-        return None
-    fp = _folder_paths()
+        return confine.find_file(path, input_roots(), what, allow_absolute=any_path_allowed())
     if not name:
+        raise InputError(f"no {what} selected: upload one, pick one from the list, or set path")
+    plain, roots = _annotated(name)
+    return confine.find_file(plain, roots, what)
+
+
+def input_problem(name: str | None, path: str | None, what: str) -> str | None:
+    """For VALIDATE_INPUTS: why :func:`input_file` would refuse these values (None when it would not, or when a
+    value is linked and unknown yet)."""
+    if name is None or path is None:
         return None
-    if fp is not None and fp.exists_annotated_filepath(name):
-        return Path(fp.get_annotated_filepath(name))
-    for candidate in (folder("input") / name, PACK_INPUTS / name):
-        if candidate.is_file():
-            return candidate
+    try:
+        input_file(name, path, what)
+    except InputError as exc:
+        return str(exc)
     return None
+
+
+def data_path(value: str, what: str, *, folder_only: bool = False) -> Path:
+    """A file or folder of training / curation data named by a workflow: inside the input folder, the output
+    folder (curation results) or the pack's example inputs; anywhere only headless with the opt-in."""
+    return confine.find_file(value.strip(), input_roots(data=True), what, folder=True if folder_only else None,
+                             allow_absolute=any_path_allowed())
+
+
+def check_data_files(paths: list[Path], what: str) -> None:
+    """Refuse a list of files that came with the workflow's data (a list file, a manifest) when one of them lies
+    outside the folders a workflow may read (skipped headless with the opt-in)."""
+    if not any_path_allowed():
+        confine.check_inside(paths, input_roots(data=True), what)
+
+
+def model_file(name: str, what: str) -> Path:
+    """A supporting model file (aesthetic head, text tower, tokenizer, OpenCV text model) named relative to a
+    model folder (the svd folders, then ComfyUI's checkpoints / clip / text_encoders folders); absolute paths
+    only headless with the opt-in."""
+    if Path(name).is_absolute() and any_path_allowed():
+        if Path(name).is_file():
+            return Path(name)
+        raise InputError(f"{what} file not found: {confine.short(name)}")
+    problem = confine.relative_problem(name, what)
+    if problem:
+        raise PathRefused(f"{problem} (files come from the model folders)")
+    fp = _folder_paths()
+    keys = (SVD_FOLDER, "checkpoints", "clip", "text_encoders")
+    roots = [Path(d) for d in model_dirs()] if fp is None else [
+        Path(d) for key in keys if key in fp.folder_names_and_paths for d in fp.get_folder_paths(key)]
+    for root in roots:
+        path = root / name
+        if _in_model_folder(path, root) and path.is_file():
+            return path
+    where = "the model folders (models/svd, checkpoints, clip, text_encoders)" if fp else "the model folders"
+    raise InputError(f"{what} {confine.short(name)}: no readable file of that name in {where}")
+
+
+def output_path(name: str, what: str, *, under: str = "") -> Path:
+    """A folder a node creates in the output folder for ``name`` (a run name, a cache name: plain names, optionally
+    ``sub/name``), below ``under``; refused (PathRefused) when it is a path, hidden, or a symlink leads out."""
+    problem = confine.relative_problem(name, what)
+    if problem:
+        raise PathRefused(problem)
+    base = folder("output").absolute()
+    target = base / under / name.strip()
+    if not confine.is_inside(target, base):
+        raise PathRefused(f"{what} {confine.short(name)} leads out of the output folder through a symbolic link")
+    return target
+
+
+def display(path: str | os.PathLike) -> str:
+    """``path`` for messages and UI text: relative to the output / temp / input folder it is in ("output/x/y"),
+    never an absolute server path; headless, outside those folders, the path as given."""
+    roots = [Root(folder(k).absolute(), f"the {k} folder") for k in ("output", "temp", "input")]
+    roots.append(Root(PACK_INPUTS, "the example_inputs folder"))
+    label = confine.relative_label(Path(path), roots)
+    if label == Path(path).name and not in_comfyui() and not any(confine.is_inside(Path(path), r.path)
+                                                                 for r in roots):
+        return str(path)
+    return label
+
+
+def prefix_problem(prefix: str | None) -> str | None:
+    """For VALIDATE_INPUTS of save nodes: None when ``prefix`` is a valid file name prefix (names separated by '/',
+    ComfyUI's %date:...% and %width% patterns allowed), else why not."""
+    if prefix is None:
+        return None
+    plain = _PATTERNS.sub("x", prefix)  # %date:yyyy-MM-dd% is expanded by ComfyUI, not a path character
+    problem = confine.relative_problem(plain, "filename_prefix")
+    return problem.replace(confine.short(plain), confine.short(prefix)) if problem else None
 
 
 def save_target(prefix: str, kind: str, extension: str, size: tuple[int, int] = (0, 0)) -> tuple[Path, str, str]:
     """(full path, subfolder, file name) for a ComfyUI-style numbered file `prefix_00001_.ext` in the output
     or temp folder (inside ComfyUI through folder_paths.get_save_image_path, so %date:...% etc. work).
-    Raises OSError naming the folder when it cannot be created or written."""
-    base = folder(kind).absolute()
+    Raises PathRefused for a prefix that is not a relative name or leads out of the folder (also through a
+    symlink), OSError naming the folder when it cannot be created or written."""
+    problem = prefix_problem(prefix)
+    if problem:
+        raise PathRefused(problem)
+    base, subfolder = folder(kind).absolute(), ""
     fp = _folder_paths()
     try:
         if fp is not None:
@@ -284,14 +411,20 @@ def save_target(prefix: str, kind: str, extension: str, size: tuple[int, int] = 
         else:
             subfolder, stem = os.path.split(os.path.normpath(prefix))
             target = base / subfolder
-            if os.path.commonpath([str(base), os.path.normpath(str(target))]) != str(base):
-                raise ValueError(f"filename_prefix {prefix!r} points outside the {kind} folder {base}")
+        if not confine.is_inside(target, base) or not stem or stem.startswith("."):
+            raise PathRefused(f"filename_prefix {confine.short(prefix)} leads out of the {kind} folder "
+                              "(through '..' or a symbolic link) or names no file")
         target.mkdir(parents=True, exist_ok=True)
+        if not confine.is_inside(target, base):  # a link swapped in while the folder was created
+            raise PathRefused(f"filename_prefix {confine.short(prefix)} leads out of the {kind} folder")
         if not os.access(target, os.W_OK):
             raise PermissionError(13, "Permission denied")
-    except OSError as exc:
-        raise OSError(f"cannot write to the {kind} folder {base / subfolder if fp is None else base}: "
-                      f"{exc.strerror or exc}. Choose a writable folder (headless: $SVD_LAB_OUTPUT or "
+    except PathRefused:
+        raise
+    except (OSError, ValueError) as exc:
+        where = f"{kind}/{subfolder}" if in_comfyui() else str(base / subfolder)
+        raise OSError(f"cannot write to the {kind} folder {where}: {getattr(exc, 'strerror', None) or exc}. "
+                      "Choose a writable folder (headless: $SVD_LAB_OUTPUT or "
                       "bridge.configure(output_dir=...))") from exc
     if fp is None:
         taken = [n[len(stem) + 1 :].split("_")[0] for n in os.listdir(target) if n.startswith(f"{stem}_")]

@@ -1,7 +1,9 @@
 """Image and video files: load image, load video, save video, preview video.
 
-Files come from ComfyUI's input folder (upload COMBO) or, when the `path` STRING is not empty, from that
-path (absolute, or relative to the working directory / input folder), so headless workflows can name files.
+Files come from ComfyUI's input folder (upload COMBO) or, when the `path` STRING is not empty, from that path
+relative to the input folder (or the pack's example inputs). A value that leaves those folders, also through a
+symbolic link, is refused when the prompt is queued; headless, `svd-lab run --allow-any-path` lets the local
+user name files anywhere.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ log = logging.getLogger(__name__)
 
 FORMATS = ["mp4", "webm", "webp", "gif"]
 RESIZE_MODES = ["cover", "contain", "stretch"]
-PATH_INPUT = ("STRING", {"default": "", "tooltip": "Optional file path; when set it is used instead of the list."})
+PATH_INPUT = ("STRING", {"default": "", "tooltip": (
+    "Optional file path relative to the input folder (e.g. clips/a.mp4); when set it is used instead of the list.")})
 
 
 def _choices(kind: str) -> list[str]:
@@ -30,24 +33,16 @@ def _choices(kind: str) -> list[str]:
 
 
 def _file_problem(name: str | None, path: str | None, kind: str) -> str | None:
-    if name is None or path is None or bridge.find_input(name, path) is not None:
-        return None
-    if path:
-        return f"{kind} file not found: {path!r} (absolute, or relative to {bridge.folder('input')})"
-    return f"no {kind} selected: upload one, pick one from the list, or set path" if not name else (
-        f"{kind} {name!r} is not in the input folder {bridge.folder('input')}")
+    return bridge.input_problem(name, path, kind)
 
 
 def _stamp(name: str, path: str) -> str:
-    found = bridge.find_input(name, path)
-    return f"{found}:{found.stat().st_mtime_ns}:{found.stat().st_size}" if found else ""
-
-
-def _source(name: str, path: str, kind: str) -> Any:
-    found = bridge.find_input(name, path)
-    if found is None:
-        raise InputError(_file_problem(name, path, kind) or f"{kind} not found")
-    return found
+    try:
+        found = bridge.input_file(name, path)
+        stat = found.stat()
+    except (InputError, OSError):
+        return ""
+    return f"{bridge.display(found)}:{stat.st_mtime_ns}:{stat.st_size}"
 
 
 class LoadImage:
@@ -75,7 +70,7 @@ class LoadImage:
         return _stamp(image, path)
 
     def load(self, image: str, path: str = "") -> tuple[Any]:
-        return (adapters.array_to_images(read_image(_source(image, path, "image"))),)
+        return (adapters.array_to_images(read_image(bridge.input_file(image, path, "image"))),)
 
 
 class LoadVideo:
@@ -119,7 +114,7 @@ class LoadVideo:
 
     def load(self, video: str, frame_cap: int, skip_first: int, every_nth: int, target_fps: float, width: int,
              height: int, resize_mode: str, path: str = "") -> tuple[Any, float, int]:
-        frames, fps = read_video(_source(video, path, "video"), frame_cap=frame_cap, skip_first=skip_first,
+        frames, fps = read_video(bridge.input_file(video, path, "video"), frame_cap=frame_cap, skip_first=skip_first,
                                  every_nth=every_nth, target_fps=target_fps or None,
                                  size=(width, height) if width and height else None, resize_mode=resize_mode)
         images = adapters.array_to_images(frames)
@@ -144,14 +139,15 @@ class SaveVideo:
                                                                   "animated webp, gif."}),
                 "quality": ("INT", {"default": 85, "min": 0, "max": 100, "tooltip": "0 = smallest, 100 = best."}),
                 "filename_prefix": ("STRING", {"default": "SVDLab/video", "tooltip": (
-                    "File name prefix; may contain subfolders and ComfyUI's %date:yyyy-MM-dd% etc.")}),
+                    "File name prefix inside the output folder; may contain subfolders and ComfyUI's "
+                    "%date:yyyy-MM-dd% etc.")}),
             },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, fps: float | None = None) -> bool | str:
-        return range_problem(cls, "fps", fps) or True
+    def VALIDATE_INPUTS(cls, filename_prefix: str | None, fps: float | None = None) -> bool | str:
+        return bridge.prefix_problem(filename_prefix) or range_problem(cls, "fps", fps) or True
 
     def save(self, images: Any, fps: float, format: str, quality: int, filename_prefix: str,
              prompt: Any = None, extra_pnginfo: Any = None) -> dict[str, Any]:
@@ -189,7 +185,7 @@ def _write(images: Any, fps: float, format: str, quality: int, prefix: str, fold
     target, subfolder, name = bridge.save_target(prefix, folder, format, (frames.shape[2], frames.shape[1]))
     written = write_video(frames, target, fps=fps, format=format, quality=quality, metadata=metadata)
     log.info("saved %d frames to %s", frames.shape[0], written)
-    entry = {"filename": name, "subfolder": subfolder, "type": folder, "fullpath": str(written)}
+    entry = {"filename": name, "subfolder": subfolder, "type": folder}  # names only, as core SaveImage
     return {"ui": {"images": [entry], "animated": [True]}, "result": ()}
 
 

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..svd_model.errors import CheckpointError, InputError
+from ..svd_model.errors import CheckpointError
 from ..svd_model.training.lora import (
     apply_lora,
     base_model_hash,
@@ -179,19 +179,21 @@ class LoraConvert:
         problem = range_problem(cls, "alpha", alpha)
         if problem:
             return problem
-        if filename and (Path(filename).name != filename or filename in (".", "..")):
-            return f"filename {filename!r} must be a plain file name (no folders)"
+        if filename and filename.strip() and (problem := bridge.confine.name_problem(filename, "filename")):
+            return problem
         return _missing(lora_name)
 
     def convert(self, lora_name: str, filename: str, alpha: float, overwrite: bool,
                 model: Any = None) -> dict[str, Any]:
         source = bridge.resolve_lora(lora_name)
         name = filename.strip() or f"{source.stem}_comfyui"
-        if Path(name).name != name:
-            raise InputError(f"filename {name!r} must be a plain file name (no folders)")
+        if problem := bridge.confine.name_problem(name, "filename"):
+            raise bridge.PathRefused(problem)
         if not name.lower().endswith(".safetensors"):
             name += ".safetensors"
         target = bridge.lora_output_dir() / name
+        if target.is_symlink():
+            raise bridge.PathRefused(f"filename {bridge.confine.short(name)} is a symbolic link in the loras folder")
         try:
             result = convert_peft_lora_file(source, target, unet=model, alpha=alpha or None, overwrite=overwrite)
         except CheckpointError as exc:

@@ -219,10 +219,14 @@ class SaveCameras:
                                            "tooltip": "File name prefix inside the output folder."}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix: str | None) -> bool | str:
+        return bridge.prefix_problem(filename_prefix) or True
+
     def save(self, cameras: OrbitCameras, filename_prefix: str) -> dict:
         path, subfolder, name = bridge.save_target(filename_prefix, "output", "json")
         path.write_text(cameras.to_json() + "\n")
-        log.info("wrote %s", path)
+        log.info("wrote %s", bridge.display(path))
         return {"ui": {"text": [f"{subfolder}/{name}" if subfolder else name]}, "result": ()}
 
 

@@ -521,17 +521,18 @@ def test_lora_nodes_load_validate_convert(lora_folders, trained):
     save_lora_peft = lora_folders / "svd_xtend.safetensors"
     save_checkpoint(save_lora_peft, peft, {"lora_adapter_metadata": json.dumps({"r": 4, "lora_alpha": 2.0})})
     convert = NODE_CLASS_MAPPINGS["SVDLab_LoraConvert"]
-    assert "plain file name" in convert.VALIDATE_INPUTS("svd_xtend.safetensors", "../x")
+    assert "must be a name, not a path" in convert.VALIDATE_INPUTS("svd_xtend.safetensors", "../x")
     result = convert().convert("svd_xtend.safetensors", "", 0.0, False, bundle)
     name, info = result["result"]
-    assert name == "svd_xtend_comfyui.safetensors" and (lora_folders / name).is_file() and "alpha from metadata" in info
+    written = bridge.lora_output_dir() / name  # nodes write into the output folder, never into a model folder
+    assert name == "svd_xtend_comfyui.safetensors" and written.is_file() and "alpha from metadata" in info
     _, converted_info = loader().load(bundle, name, 1.0)
     assert "0 unmatched" in converted_info
     with pytest.raises(CheckpointError, match="exists"):
         convert().convert("svd_xtend.safetensors", "", 0.0, False, bundle)
     with pytest.raises(CheckpointError, match="already uses ComfyUI naming"):
         convert().convert("motion.safetensors", "again", 0.0, False)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="must be a name, not a path"):
         convert().convert("svd_xtend.safetensors", "a/b", 0.0, False)
 
 
@@ -617,11 +618,18 @@ def test_bridge_lists_loras_from_comfyui_folders(tmp_path, monkeypatch):
     fp = types.ModuleType("folder_paths")
     fp.folder_names_and_paths = {"loras": ([str(loras)], set()), "svd": ([str(svd)], set())}
     fp.get_folder_paths = lambda key: fp.folder_names_and_paths[key][0]
+    fp.get_output_directory = lambda: str(tmp_path / "output")
+    fp.get_temp_directory = lambda: str(tmp_path / "temp")
+    fp.get_input_directory = lambda: str(tmp_path / "input")
     monkeypatch.setitem(sys.modules, "folder_paths", fp)
     assert bridge.list_loras() == ["motion/a.safetensors", "loras/b.safetensors"]
     assert bridge.find_lora("loras/b.safetensors") == svd / "loras" / "b.safetensors"
     assert bridge.find_lora("ckpt.safetensors") is None  # the svd folder serves only its loras/ subfolder
     assert bridge.find_lora("../svd/ckpt.safetensors") is None and bridge.find_lora(str(loras / "x")) is None
-    assert bridge.lora_output_dir() == loras
-    with pytest.raises(CheckpointError, match="not found; looked in"):
+    # converted LoRAs are written into the output folder (never a model folder) and listed from there
+    assert bridge.lora_output_dir() == tmp_path / "output" / "SVDLab" / "loras"
+    (tmp_path / "output" / "SVDLab" / "loras").mkdir(parents=True)
+    (tmp_path / "output" / "SVDLab" / "loras" / "c.safetensors").write_bytes(b"")
+    assert bridge.list_loras()[-1] == "c.safetensors"
+    with pytest.raises(CheckpointError, match="not found in ComfyUI's loras folder"):
         bridge.resolve_lora("gone.safetensors")

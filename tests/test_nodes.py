@@ -228,17 +228,20 @@ def test_load_image_and_load_video(model, folders):
     assert by_name.shape == (1, 20, 30, 3) and torch.equal(by_name, by_path) and by_name[0, 0, 0, 0] > 0.99
     cls = NODE_CLASS_MAPPINGS["SVDLab_LoadImage"]
     assert cls.VALIDATE_INPUTS("red.png") is True and cls.IS_CHANGED("red.png")
-    assert "not found" in cls.VALIDATE_INPUTS("", "nope.png") and "no image selected" in cls.VALIDATE_INPUTS("", "")
+    assert "no readable file" in cls.VALIDATE_INPUTS("", "nope.png")
+    assert "no image selected" in cls.VALIDATE_INPUTS("", "")
+    assert "is outside the input folder" in cls.VALIDATE_INPUTS("", str(folders / "out" / "x.png"))
     images = torch.rand(5, H, W, 3, generator=torch.Generator().manual_seed(0))
     node("SVDLab_SaveVideo").save(images, 10.0, "mp4", 80, "src")
     video = str(folders / "out" / "src_00001_.mp4")
-    frames, fps, count = node("SVDLab_LoadVideo").load("", 3, 1, 1, 0.0, 32, 32, "cover", path=video)
+    saved = "src_00001_.mp4 [output]"  # ComfyUI's annotation for a file of the output folder, as core LoadImage
+    frames, fps, count = node("SVDLab_LoadVideo").load(saved, 3, 1, 1, 0.0, 32, 32, "cover")
     assert frames.shape == (3, 32, 32, 3) and fps == pytest.approx(10.0) and count == 3
     assert probe_video(video).width == W
     lcls = NODE_CLASS_MAPPINGS["SVDLab_LoadVideo"]
-    assert "both width and height" in lcls.VALIDATE_INPUTS("", 32, 0, path=video)
-    assert lcls.VALIDATE_INPUTS("", 0, 0, path=video) is True
-    assert "not in the input folder" in lcls.VALIDATE_INPUTS("gone.mp4", 0, 0)
+    assert "both width and height" in lcls.VALIDATE_INPUTS(saved, 32, 0)
+    assert lcls.VALIDATE_INPUTS(saved, 0, 0) is True
+    assert "no readable file" in lcls.VALIDATE_INPUTS("gone.mp4", 0, 0)
 
 
 # ------------------------------------------------------------------------------------- error messages
@@ -284,7 +287,7 @@ def test_unwritable_output_folder(model, folders):
     with pytest.raises(OSError, match="cannot write to the output folder"):
         node("SVDLab_SaveVideo").save(_image(b=2), 7.0, "mp4", 80, "x")
     bridge.configure(output_dir=folders / "out")
-    with pytest.raises(ValueError, match="outside the output folder"):
+    with pytest.raises(bridge.PathRefused, match="names may not be '.', '..'"):
         node("SVDLab_SaveVideo").save(_image(b=2), 7.0, "mp4", 80, "../escape")
 
 

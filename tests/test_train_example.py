@@ -111,7 +111,7 @@ def test_curate_and_finetune_example_runs_headless(models, configured):
     assert all(torch.allclose(merged[k], v, atol=1e-6) for k, v in trained.items())
     key = "input_blocks.1.1.time_stack.0.attn1.to_q.weight"  # temporal attention: LoRA-trained
     assert not torch.equal(trained[key], base.model.unet.state_dict()[key])
-    saved = Path(results["7"].ui["files"][0]["fullpath"])
+    saved = ui_path(results["7"].ui["files"][0])
     reloaded = load_bundle(saved).model.unet.state_dict()
     assert all(torch.equal(v, trained[k]) for k, v in reloaded.items())
 
@@ -177,3 +177,9 @@ def test_recurated_manifest_rebuilds_the_unnamed_cache_and_is_refused_by_a_named
         node.build(bundle, datasets[1], "named", "exact", "fp32", False)
     rebuilt, _ = node.build(bundle, datasets[1], "named", "exact", "fp32", True)
     assert rebuilt.dir == named.dir and [e.key for e in rebuilt.entries] == [e.key for e in caches[1].entries]
+
+
+def ui_path(item: dict) -> Path:
+    """The file a UI entry names ({"filename", "subfolder", "type"}: no server path, as core SaveImage)."""
+    assert "fullpath" not in item
+    return bridge.folder(item["type"]) / item["subfolder"] / item["filename"]

@@ -43,7 +43,9 @@ def files(tmp_path_factory):
 
 @pytest.fixture
 def configured(files, tmp_path):
-    bridge.configure(models_dirs=[files / "models"], output_dir=tmp_path / "out", temp_dir=tmp_path / "temp")
+    # the clips live in a shared temporary folder: the local user's opt-in to name files anywhere
+    bridge.configure(models_dirs=[files / "models"], output_dir=tmp_path / "out", temp_dir=tmp_path / "temp",
+                     allow_any_path=True)
     yield tmp_path / "out"
     bridge.reset()
 
@@ -69,12 +71,12 @@ def test_example_workflow_finetunes_and_saves_headless(files, configured):
     results = execute(prompt, NODE_CLASS_MAPPINGS, ui_workflow=ui)  # every node under torch.inference_mode()
     train_ui = results["4"].ui
     assert train_ui["svdlab_loss"][0]["steps"] == [1, 2] and len(train_ui["svdlab_loss"][0]["loss"]) == 2
-    plot, video = (Path(item["fullpath"]) for item in train_ui["images"])
+    plot, video = (ui_path(item) for item in train_ui["images"])
     assert plot.is_file() and plot.parent == configured / train_ui["images"][0]["subfolder"]
     assert video.suffix == ".webp" and video.parent.name == "validation"
     model, weights, loss_plot, info = results["4"].result
     assert Path(weights).name == "lora.safetensors" and loss_plot.shape[-1] == 3 and "2 steps of lora" in info
-    saved = Path(results["5"].ui["files"][0]["fullpath"])
+    saved = ui_path(results["5"].ui["files"][0])
     reloaded = load_bundle(saved)
     trained = model.model.unet.state_dict()
     assert all(torch.equal(v, trained[k]) for k, v in reloaded.model.unet.state_dict().items())
@@ -138,7 +140,13 @@ def test_bad_manifest_and_missing_folder_messages(files, configured, tmp_path):
     pq.write_table(pa.Table.from_pylist([{"clip_id": "a", "source": "x.mp4"}]), path)
     with pytest.raises(InputError, match=r"lacks the column\(s\) \['clip_path', 'start_frame'"):
         train_nodes.DatasetFromManifest().load(str(path), 3, 8.0, 64, 64, 1, 0, "", True)
-    with pytest.raises(InputError, match="clip folder not found: 'no/such/folder'"):
+    with pytest.raises(InputError, match="clip folder 'no/such/folder': no readable file or folder of that name"):
         train_nodes.DatasetFromFolder().load("no/such/folder", 3, 8.0, 64, 64, 1, 0, 127)
     with pytest.raises(InputError, match="bucket '64by64' is not WIDTHxHEIGHT"):
         train_nodes.parse_buckets("576x1024, 64by64")
+
+
+def ui_path(item: dict) -> Path:
+    """The file a UI entry names ({"filename", "subfolder", "type"}: no server path, as core SaveImage)."""
+    assert "fullpath" not in item
+    return bridge.folder(item["type"]) / item["subfolder"] / item["filename"]

@@ -16,9 +16,10 @@ from typing import Any
 
 from ..nodes import bridge
 from ..svd_model.curation import pipeline
+from ..svd_model.curation.captioner_registry import USER_FILE, CaptionerRegistry, default_registry
 from ..svd_model.curation.pipeline import ClipRecord, CurationConfig, KeyframeCache, VideoRef
 from ..svd_model.curation.report import build_report
-from ..svd_model.errors import ConfigError
+from ..svd_model.errors import ConfigError, SVDError
 
 CATEGORY = "SVD Lab/curation"
 VIDEO_LIST, ANNOTATIONS, CLIPS, MANIFEST = ("SVDLAB_VIDEO_LIST", "SVDLAB_VIDEO_ANNOTATIONS", "SVDLAB_CLIPS",
@@ -90,13 +91,13 @@ def parse_settings(text: str, what: str) -> dict[str, Any]:
 
 
 def config_problem(check: Callable[[str], object], value: str | None) -> str | None:
-    """For VALIDATE_INPUTS: the ConfigError message of ``check(value)``; None when it passes or the value is
-    not known yet (None: the input is linked)."""
+    """For VALIDATE_INPUTS: the error message (ConfigError, InputError, ...) of ``check(value)``; None when it
+    passes or the value is not known yet (None: the input is linked)."""
     if value is None:
         return None
     try:
         check(value)
-    except ConfigError as exc:
+    except SVDError as exc:
         return str(exc)
     return None
 
@@ -105,10 +106,14 @@ def json_problem(text: str | None, what: str) -> str | None:
     return config_problem(lambda t: parse_settings(t, what), text)
 
 
-def file_problem(value: str | None, what: str) -> str | None:
-    if value and not Path(value).is_file():
-        return f"{what} file not found: {value!r}"
-    return None
+def model_file_problem(value: str | None, what: str) -> str | None:
+    """For VALIDATE_INPUTS: why a supporting model file ('' = none) cannot be used (see bridge.model_file)."""
+    return config_problem(lambda v: bridge.model_file(v, what), value or None)
+
+
+def model_file(value: str, what: str) -> str:
+    """The path of a supporting model file named relative to a model folder ('' stays '': none)."""
+    return str(bridge.model_file(value, what)) if value else ""
 
 
 def declare_outputs(*outputs: tuple[str, str, str]) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
@@ -117,22 +122,19 @@ def declare_outputs(*outputs: tuple[str, str, str]) -> tuple[tuple[str, ...], tu
     return types, names, tooltips
 
 
-def resolve_folder(folder: str) -> Path | None:
-    """An absolute folder, or one relative to the working directory, ComfyUI's input folder or the pack's
-    example inputs."""
-    if not folder:
-        return None
-    candidates = [Path(folder)] if Path(folder).is_absolute() else [
-        Path(folder), bridge.folder("input") / folder, bridge.PACK_INPUTS / folder]
-    return next((c for c in candidates if c.exists()), None)
+def resolve_folder(folder: str) -> Path:
+    """A folder of videos (or a .txt list of them) inside the input folder, the output folder or the pack's example
+    inputs (anywhere only headless with ``--allow-any-path``)."""
+    return bridge.data_path(folder, "video folder")
+
+
+def folder_problem(folder: str | None) -> str | None:
+    return config_problem(resolve_folder, folder)
 
 
 def output_folder(name: str) -> Path:
-    """``name`` inside ComfyUI's output folder; absolute names and ``..`` are refused."""
-    rel = Path(name)
-    if not name.strip() or rel.is_absolute() or ".." in rel.parts:
-        raise ConfigError(f"output name {name!r} must be a relative folder name inside the output folder")
-    return bridge.folder("output") / rel
+    """``name`` (a folder name, subfolders allowed) inside ComfyUI's output folder; paths are refused."""
+    return bridge.output_path(name, "output name")
 
 
 def report_ui(out: Path, result: Any, head: str = "") -> tuple[dict[str, list], str]:
@@ -145,7 +147,7 @@ def report_ui(out: Path, result: Any, head: str = "") -> tuple[dict[str, list], 
         base = bridge.folder("output").absolute()
         sub = os.path.relpath(info.path.parent.absolute(), base).replace(os.sep, "/")
         ui["svdlab_report"] = [{"filename": info.path.name, "subfolder": "" if sub == "." else sub,
-                                "type": "output", "fullpath": str(info.path)}]
+                                "type": "output"}]
     return ui, text
 
 
@@ -168,3 +170,65 @@ def checkpoint_choices() -> list[str]:
 
 def checkpoint_choices_or_none() -> list[str]:
     return ["none", *bridge.list_checkpoints()]
+
+
+# --------------------------------------------------------------------------------------------- captioners
+
+
+def captioner_registry() -> CaptionerRegistry:
+    """The captioners the local user registered outside workflows: inside ComfyUI
+    ``<user folder>/svd_lab/captioners.json``, and the file named by ``$SVD_LAB_CAPTIONERS``."""
+    files: list[Path] = []
+    user_folder = getattr(bridge, "user_folder", None)
+    if callable(user_folder):
+        folder = user_folder()
+    else:  # bridge without a user-folder accessor: ask ComfyUI's folder_paths through it
+        fp = bridge._folder_paths()  # noqa: SLF001 - the one ComfyUI module bridge wraps
+        folder = fp.get_user_directory() if fp is not None and hasattr(fp, "get_user_directory") else None
+    if folder:
+        files.append(Path(folder) / USER_FILE)
+    return default_registry(files)
+
+
+def captioner_choices(kind: str) -> Callable[[], list[str]]:
+    """COMBO choices of a captioner input: "none" and the registered names of that kind (read when the node's
+    inputs are listed, so a newly registered captioner appears after a refresh)."""
+    def choices() -> list[str]:
+        try:
+            return ["none", *captioner_registry().names(kind)]
+        except ConfigError:  # a broken settings file: the node still loads; running it names the problem
+            return ["none"]
+    return choices
+
+
+def captioner_problem(value: str | None, kind: str) -> str | None:
+    """For VALIDATE_INPUTS: why ``value`` is not a registered captioner of ``kind`` (None when it is)."""
+    if value is None:
+        return None
+
+    def check(name: str) -> None:
+        entry = captioner_registry().get(name, f"{kind} captioner")
+        if entry is not None and entry.kind != kind:
+            raise ConfigError(f"captioner {name!r} is a {entry.kind} captioner, not a {kind} captioner")
+
+    return config_problem(check, value)
+
+
+def settings_captioners_problem(settings: str | None) -> str | None:
+    """For VALIDATE_INPUTS: why the ``captioners`` list of a settings JSON names something that is not a registered
+    captioner (None when every entry is one, or the settings are linked / not JSON: reported elsewhere)."""
+    if settings is None:
+        return None
+    try:
+        names = parse_settings(settings, "settings").get("captioners", [])
+    except ConfigError:
+        return None
+
+    def check(_: str) -> None:
+        if not isinstance(names, list):
+            raise ConfigError(f"settings.captioners must be a list of registered captioner names, got {names!r}")
+        registry = captioner_registry()
+        for i, name in enumerate(names):
+            registry.get(name, f"settings.captioners[{i}]")
+
+    return config_problem(check, settings)

@@ -17,7 +17,7 @@ import torch
 
 from ..nodes import adapters, bridge
 from ..nodes.types import MAX_SEED, MAX_SIZE, SVDLAB_MODEL, number_problem, range_problem
-from ..svd_model.errors import ConfigError, InputError
+from ..svd_model.errors import ConfigError, InputError, SVDError
 from ..svd_model.loader import SVDBundle
 from ..svd_model.training.cache import LatentCache, build_cache, move_module
 from ..svd_model.training.config import (
@@ -46,25 +46,26 @@ SIZE = {"min": 64, "max": MAX_SIZE, "step": 64}
 
 
 def resolve_folder(text: str, what: str) -> Path:
-    """An absolute path, or one relative to the working directory, ComfyUI's input folder or this pack."""
-    if not text.strip():
-        raise InputError(f"no {what} given")
-    path = Path(text.strip()).expanduser()
-    candidates = [path] if path.is_absolute() else [path, bridge.folder("input") / path, PACK_ROOT / path]
-    for candidate in candidates:
-        if candidate.exists():
-            return candidate
-    raise InputError(f"{what} not found: {text!r} (looked in: {', '.join(str(c) for c in candidates)})")
+    """A data folder or file inside the input folder, the output folder (curation results) or the pack's example
+    inputs; anywhere only headless with ``svd-lab run --allow-any-path``."""
+    return bridge.data_path(text, what)
 
 
 def _stamp(path: str) -> str:
     """Changes when files below `path` are added, removed or modified (ComfyUI re-runs the node then)."""
     try:
         root = resolve_folder(path, "path")
-    except InputError:
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        listing = [(bridge.display(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files]
+    except (InputError, OSError):
         return path
-    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-    return hashlib.sha1(repr([(str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files]).encode()).hexdigest()
+    return hashlib.sha1(repr(listing).encode()).hexdigest()
+
+
+def _confined(dataset: VideoDataset) -> VideoDataset:
+    """Refuse a dataset whose manifest names clips outside the folders a workflow may read."""
+    bridge.check_data_files([Path(c.path) for c in dataset.clips], "the dataset")
+    return dataset
 
 
 def _data_widgets() -> dict[str, Any]:
@@ -168,7 +169,7 @@ class DatasetFromFolder:
         config = DataConfig(folder=str(resolve_folder(folder, "clip folder")), num_frames=frames, fps=fps,
                             width=width, height=height, windows_per_clip=windows_per_clip,
                             motion_bucket_id=motion_bucket_id, seed=seed)
-        dataset = make_dataset(config)
+        dataset = _confined(make_dataset(config))
         return dataset, dataset.summary()
 
 
@@ -201,8 +202,8 @@ class BuildLatentCache:
             "model": (SVDLAB_MODEL, {"tooltip": "The model to finetune (its VAE and image encoder encode)."}),
             "dataset": (SVDLAB_DATASET, {"tooltip": "From SVD Lab Dataset From Manifest / Folder."}),
             "cache_name": ("STRING", {"default": "", "tooltip": (
-                "Folder under output/SVDLab/cache, or an absolute path. '' = named after the dataset settings and "
-                "model, and rebuilt by itself when the clips change (e.g. a re-curated manifest).")}),
+                "Folder name under output/SVDLab/cache (a name, not a path). '' = named after the dataset settings "
+                "and model, and rebuilt by itself when the clips change (e.g. a re-curated manifest).")}),
             "cond_aug_mode": (list(COND_AUG_MODES), {"default": "exact", "tooltip": (
                 "exact: the conditioning frame is augmented and encoded every step, as the reference (keeps the "
                 "small conditioner encoder loaded). cached: a few augmentations are encoded now (no VAE while "
@@ -213,11 +214,20 @@ class BuildLatentCache:
                 "error). An up-to-date cache is always reused.")}),
         }}
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, cache_name: str | None) -> bool | str:
+        if cache_name is None or not cache_name.strip():
+            return True
+        return bridge.confine.name_problem(cache_name, "cache_name") or True
+
     def build(self, model: SVDBundle, dataset: VideoDataset, cache_name: str, cond_aug_mode: str, storage: str,
               rebuild: bool) -> tuple[LatentCache, str]:
         key = json.dumps([asdict(dataset.config), model.source, cond_aug_mode, storage], default=str)
         name = cache_name.strip() or f"cache_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
-        directory = Path(name) if Path(name).is_absolute() else bridge.folder("output") / "SVDLab" / "cache" / name
+        problem = bridge.confine.name_problem(name, "cache_name")
+        if problem:
+            raise bridge.PathRefused(problem)
+        directory = bridge.output_path(name, "cache_name", under="SVDLab/cache")
         # build_cache refuses a folder holding other windows or settings; the unnamed folder is this node's own,
         # so a stale one (a re-curated manifest at the same path) is replaced instead
         rebuild = rebuild or not cache_name.strip()
@@ -257,7 +267,8 @@ def _train_widgets() -> dict[str, Any]:
         "validate_every": ("INT", {"default": 0, "min": 0, "max": 1000000, "tooltip": (
             "Steps between validation videos from a fixed image and seed (0 = none).")}),
         "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "tooltip": "Seed of every random draw."}),
-        "run_name": ("STRING", {"default": "svd_finetune", "tooltip": "Folder under output/SVDLab/train."}),
+        "run_name": ("STRING", {"default": "svd_finetune", "tooltip": "Folder name under output/SVDLab/train (a "
+                                                                      "name, not a path)."}),
         "resume": ("BOOLEAN", {"default": True, "tooltip": "Continue from the newest checkpoint of this run."}),
     }
 
@@ -290,12 +301,19 @@ class Train:
 
     @classmethod
     def VALIDATE_INPUTS(cls, learning_rate: float | None = None, lora_alpha: float | None = None,
-                        ema_decay: float | None = None) -> bool | str:
-        return number_problem(cls, learning_rate=learning_rate, lora_alpha=lora_alpha, ema_decay=ema_decay) or True
+                        ema_decay: float | None = None, run_name: str | None = None,
+                        extra_config: str | None = "") -> bool | str:
+        if run_name is not None and (problem := bridge.confine.name_problem(run_name, "run_name")):
+            return problem
+        return (number_problem(cls, learning_rate=learning_rate, lora_alpha=lora_alpha, ema_decay=ema_decay)
+                or config_problem(_extra_config, extra_config) or True)
 
     def train(self, model: SVDBundle, cache: LatentCache, validation_image: Any = None, extra_config: str = "",
               **widgets: Any) -> dict[str, Any]:
-        out_dir = bridge.folder("output") / "SVDLab" / "train" / widgets["run_name"]
+        problem = bridge.confine.name_problem(widgets["run_name"], "run_name")
+        if problem:
+            raise bridge.PathRefused(problem)
+        out_dir = bridge.output_path(widgets["run_name"], "run_name", under="SVDLab/train")
         config = self._config(widgets, extra_config, out_dir)
         device = bridge.device()
         bar = bridge.Progress(config.steps)
@@ -325,22 +343,17 @@ class Train:
         plot = plot_losses(steps, losses)
         plot_path = result.plot_path or out_dir / "loss.png"
         info = (f"{result.step} steps of {config.method} on {config.trainable} layers; last loss "
-                f"{losses[-1] if losses else float('nan'):.5f}; result {result.weights_path}; "
-                f"state {result.state_path}; {len(result.validation)} validation video(s)")
+                f"{losses[-1] if losses else float('nan'):.5f}; result {bridge.display(result.weights_path)}; "
+                f"state {bridge.display(result.state_path)}; {len(result.validation)} validation video(s)")
         image_out = adapters.array_to_images(image_array(plot))
         shown = [plot_path, *result.validation[-1:]]  # the loss plot and the newest validation video (webp)
         ui = {"images": [_ui_file(p) for p in shown], "svdlab_loss": [{"steps": steps, "loss": losses}],
               "text": [info]}
-        return {"ui": ui, "result": (trained, str(result.weights_path), image_out, info)}
+        return {"ui": ui, "result": (trained, bridge.display(result.weights_path), image_out, info)}
 
     @staticmethod
     def _config(w: dict[str, Any], extra: str, out_dir: Path):
-        try:
-            values = json.loads(extra) if extra.strip() else {}
-        except ValueError as exc:
-            raise ConfigError(f"extra_config is not valid JSON: {exc}") from None
-        if not isinstance(values, dict):
-            raise ConfigError("extra_config must be a JSON object")
+        values = _extra_config(extra)
         values.update(output_dir=str(out_dir), method=w["method"], trainable=w["trainable"], mode=w["mode"],
                       steps=w["steps"], batch_size=w["batch_size"], precision=w["precision"],
                       gradient_checkpointing=w["gradient_checkpointing"], ema_decay=w["ema_decay"],
@@ -351,11 +364,44 @@ class Train:
         return config_from_dict(values)
 
 
+#: Training settings that name files or folders: the node sets them itself (from its inputs and run name), so the
+#: workflow's extra_config may not (it would read or write anywhere).
+PATH_SETTINGS = ("checkpoint", "output_dir", "resume", "data", "cache", "validation.image")
+
+
+def _extra_config(text: str) -> dict[str, Any]:
+    """The Train node's extra_config JSON object ('' = {}); ConfigError for bad JSON or a setting naming a path."""
+    try:
+        values = json.loads(text) if text.strip() else {}
+    except (ValueError, RecursionError) as exc:
+        raise ConfigError(f"extra_config is not valid JSON: {str(exc)[:200]}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"extra_config must be a JSON object, got {type(values).__name__}")
+    for dotted in PATH_SETTINGS:
+        head, _, leaf = dotted.partition(".")
+        section = values.get(head) if leaf else None
+        if (not leaf and head in values) or (isinstance(section, dict) and leaf in section):
+            raise ConfigError(f"extra_config may not set {dotted}: files and folders of a run come from the node's "
+                              "inputs and run_name")
+    return values
+
+
+def config_problem(check: Any, value: str | None) -> str | None:
+    """For VALIDATE_INPUTS: the error message of ``check(value)`` (None: it passes, or the input is linked)."""
+    if value is None:
+        return None
+    try:
+        check(value)
+    except SVDError as exc:
+        return str(exc)
+    return None
+
+
 def _ui_file(path: Path) -> dict[str, str]:
-    """The UI entry of a file in the output folder (as core SaveImage reports it)."""
-    base = bridge.folder("output")
-    subfolder = path.parent.relative_to(base).as_posix() if path.is_relative_to(base) else ""
-    return {"filename": path.name, "subfolder": subfolder, "type": "output", "fullpath": str(path)}
+    """The UI entry of a file in the output folder (as core SaveImage reports it: names, no server path)."""
+    base = bridge.folder("output").absolute()
+    subfolder = path.parent.absolute().relative_to(base).as_posix() if path.absolute().is_relative_to(base) else ""
+    return {"filename": path.name, "subfolder": "" if subfolder == "." else subfolder, "type": "output"}
 
 
 class SaveFinetuned:
@@ -371,16 +417,21 @@ class SaveFinetuned:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
             "model": (SVDLAB_MODEL, {"tooltip": "E.g. from SVD Lab Train."}),
-            "filename_prefix": ("STRING", {"default": "SVDLab/finetuned", "tooltip": "File name prefix."}),
+            "filename_prefix": ("STRING", {"default": "SVDLab/finetuned", "tooltip": (
+                "File name prefix inside the output folder.")}),
             "dtype": (list(STORAGE_DTYPES), {"default": "fp16", "tooltip": "Precision of the UNet and image "
                                                                             "encoder (the VAEs stay as loaded)."}),
         }}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, filename_prefix: str | None) -> bool | str:
+        return bridge.prefix_problem(filename_prefix) or True
 
     def save(self, model: SVDBundle, filename_prefix: str, dtype: str) -> dict[str, Any]:
         target, _, _ = bridge.save_target(filename_prefix, "output", "safetensors")
         written = save_model(model, target, dtype)
         log.info("saved %s", written)
-        return {"ui": {"files": [_ui_file(written)], "text": [str(written)]}, "result": ()}
+        return {"ui": {"files": [_ui_file(written)], "text": [bridge.display(written)]}, "result": ()}
 
 
 NODES: dict[str, tuple[type, str]] = {

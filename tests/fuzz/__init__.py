@@ -1,0 +1,1 @@
+"""The fuzz suite: malformed and hostile inputs (see conftest.py for the sandbox and process guard)."""
