@@ -35,16 +35,22 @@ from .curation_base import (
     ClipSet,
     CurationNode,
     Manifest,
+    captioner_choices,
+    captioner_problem,
+    captioner_registry,
     checkpoint_choices,
     checkpoint_choices_or_none,
     config_problem,
     declare_outputs,
-    file_problem,
+    folder_problem,
     json_problem,
+    model_file,
+    model_file_problem,
     output_folder,
     parse_settings,
     report_ui,
     resolve_folder,
+    settings_captioners_problem,
 )
 
 log = logging.getLogger(__name__)
@@ -59,8 +65,8 @@ class LoadVideoFolder(CurationNode):
         ("INT", "count", "How many files were found."))
     REQUIRED = {
         "folder": ("STRING", {"default": DEFAULT_FOLDER, "tooltip": (
-            "Folder of videos: absolute, or relative to the working directory, ComfyUI's input folder or "
-            "the pack's example inputs. A .txt file with one path per line works too.")}),
+            "Folder of videos relative to ComfyUI's input folder (or the output folder, or the pack's example "
+            "inputs). A .txt file with one path per line works too; its entries must lie in those folders.")}),
         "extensions": ("STRING", {"default": ",".join(e[1:] for e in VIDEO_EXTENSIONS), "tooltip": (
             "File extensions to include, comma-separated.")}),
         "limit": ("INT", {"default": 0, "min": 0, "max": 10_000_000, "tooltip": "Use at most this many files "
@@ -69,27 +75,25 @@ class LoadVideoFolder(CurationNode):
 
     @classmethod
     def VALIDATE_INPUTS(cls, folder: str | None) -> bool | str:
-        if folder is None or resolve_folder(folder) is not None:
-            return True
-        return f"video folder {folder!r} not found (absolute, or relative to {bridge.folder('input')})"
+        return folder_problem(folder) or True
 
     @classmethod
     def IS_CHANGED(cls, folder: str, extensions: str, limit: int) -> str:
-        path = resolve_folder(folder)
-        if path is None:
+        try:
+            path = resolve_folder(folder)
+        except InputError:
             return ""
         files = [path] if path.is_file() else sorted(path.rglob("*"))
         return "|".join(f"{p}:{p.stat().st_mtime_ns}" for p in files if p.is_file())
 
     def load(self, folder: str, extensions: str, limit: int) -> tuple[Any, int]:
         path = resolve_folder(folder)
-        if path is None:
-            raise InputError(self.VALIDATE_INPUTS(folder))
         exts = [e.strip() for e in extensions.split(",") if e.strip()]
         videos = list_videos(path, exts or VIDEO_EXTENSIONS)
+        bridge.check_data_files(list(videos.paths), f"video list {path.name}")
         if limit:
             videos = replace(videos, paths=videos.paths[:limit])
-        log.info("%s: %d video file(s)", path, len(videos))
+        log.info("%s: %d video file(s)", bridge.display(path), len(videos))
         return videos, len(videos)
 
 
@@ -217,58 +221,67 @@ class ClipScores(_Step):
     REQUIRED = {
         "clips": (CLIPS, {"tooltip": "Clips (captioned first for the similarity score)."}),
         "ckpt_name": (checkpoint_choices, {"tooltip": "SVD checkpoint with the OpenCLIP image tower."}),
-        "aesthetic_head": ("STRING", {"default": "", "tooltip": "Aesthetic head .safetensors ('' = none)."}),
-        "text_tower": ("STRING", {"default": "", "tooltip": "OpenCLIP text tower .safetensors ('' = none)."}),
-        "tokenizer": ("STRING", {"default": "", "tooltip": "Tokenizer file for the text tower."}),
+        "aesthetic_head": ("STRING", {"default": "", "tooltip": (
+            "Aesthetic head .safetensors, relative to a model folder (models/svd, checkpoints, clip); '' = none.")}),
+        "text_tower": ("STRING", {"default": "", "tooltip": (
+            "OpenCLIP text tower .safetensors, relative to a model folder (models/svd, clip, text_encoders); "
+            "'' = none.")}),
+        "tokenizer": ("STRING", {"default": "", "tooltip": "Tokenizer file for the text tower, relative to a model "
+                                                           "folder."}),
     }
 
     @classmethod
     def VALIDATE_INPUTS(cls, aesthetic_head: str | None, text_tower: str | None,
                         tokenizer: str | None) -> bool | str:
-        return (file_problem(aesthetic_head, "aesthetic head") or file_problem(text_tower, "text tower")
-                or file_problem(tokenizer, "tokenizer") or True)
+        return (model_file_problem(aesthetic_head, "aesthetic head") or model_file_problem(text_tower, "text tower")
+                or model_file_problem(tokenizer, "tokenizer") or True)
 
     def run(self, clips: ClipSet, ckpt_name: str, aesthetic_head: str, text_tower: str,
             tokenizer: str) -> tuple[ClipSet]:
         config = clips.config.replace(clip_checkpoint=str(bridge.resolve_checkpoint(ckpt_name)),
-                                      aesthetic_head=aesthetic_head, text_tower=text_tower, tokenizer=tokenizer)
+                                      aesthetic_head=model_file(aesthetic_head, "aesthetic head"),
+                                      text_tower=model_file(text_tower, "text tower"),
+                                      tokenizer=model_file(tokenizer, "tokenizer"))
         models = scoring.Models(scorer=scoring.get_models(config).scorer)
         return self._apply(clips, _scored_with(models), config=config)
 
 
 class Captions(_Step):
-    DESCRIPTION = ("Captions per clip from local captioners you configure (nothing is downloaded): an image "
-                   "captioner on the middle frame, a video captioner, a summary of both. Empty: no captions.")
+    DESCRIPTION = ("Captions per clip from captioners the server's user registered (nothing is downloaded): an "
+                   "image captioner on the middle frame, a video captioner, a summary of both. A workflow only "
+                   "chooses registered names; captioners are registered outside workflows in <ComfyUI user "
+                   "folder>/svd_lab/captioners.json (or $SVD_LAB_CAPTIONERS).")
     REQUIRED = {
         "clips": (CLIPS, {"tooltip": "Clips to caption."}),
-        "captioners": ("STRING", {"default": "", "multiline": True, "tooltip": (
-            "One captioner spec per line, e.g. local-image:/models/blip or command:my_captioner (see the "
-            "captions module); at most one per kind.")}),
+        "image_captioner": (captioner_choices("image"), {"default": "none", "tooltip": (
+            "A registered image captioner (sees the middle keyframe), or none.")}),
+        "video_captioner": (captioner_choices("video"), {"default": "none", "tooltip": (
+            "A registered video captioner (sees the keyframes), or none.")}),
+        "summary_captioner": (captioner_choices("summary"), {"default": "none", "tooltip": (
+            "A registered summary captioner (gets the other captions), or none.")}),
     }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, captioners: str | None) -> bool | str:
-        return config_problem(get_captioner_specs, captioners) or True
+    def VALIDATE_INPUTS(cls, image_captioner: str | None, video_captioner: str | None,
+                        summary_captioner: str | None) -> bool | str:
+        return (captioner_problem(image_captioner, "image") or captioner_problem(video_captioner, "video")
+                or captioner_problem(summary_captioner, "summary") or True)
 
-    def run(self, clips: ClipSet, captioners: str) -> tuple[ClipSet]:
-        config = clips.config.replace(captioners=get_captioner_specs(captioners))
-        found = scoring.get_models(config).captioners
+    def run(self, clips: ClipSet, image_captioner: str, video_captioner: str,
+            summary_captioner: str) -> tuple[ClipSet]:
+        chosen = {"image": image_captioner, "video": video_captioner, "summary": summary_captioner}
+        for kind, name in chosen.items():
+            problem = captioner_problem(name, kind)
+            if problem:
+                raise ConfigError(problem)
+        registry = captioner_registry()
+        names = tuple(n for n in chosen.values() if n and n.strip().lower() != "none")
+        config = clips.config.replace(captioners=names)
+        found = scoring.get_models(config, registry).captioners
         if not found:
-            log.warning("no captioner configured: clips are not captioned")
+            log.warning("no captioner chosen: clips are not captioned")
             return (clips.copy(config=config),)
         return self._apply(clips, _scored_with(scoring.Models(captioners=found)), config=config)
-
-
-def get_captioner_specs(text: str) -> tuple[str, ...]:
-    """Specs, one per line; each must name a known captioner kind (nothing is loaded here)."""
-    from ..svd_model.curation.captions import registered_captioners
-
-    specs = tuple(line.strip() for line in text.splitlines() if line.strip() and line.strip().lower() != "none")
-    for spec in specs:
-        prefix = spec.partition(":")[0]
-        if prefix not in registered_captioners():
-            raise ConfigError(f"unknown captioner {spec!r}; specs start with one of {registered_captioners()}")
-    return specs
 
 
 class FilterClips(CurationNode):
@@ -326,8 +339,8 @@ class WriteManifest(CurationNode):
         writer.close()
         manifest.write_table_atomic(manifest.to_table(r.row for r in records), out / manifest.FILTERED_NAME)
         write_text_atomic(clips.filter_json or "{}", out / filtering.FILTER_JSON)
-        text = f"{len(records)} rows ({len([r for r in records if r.ok])} clips) written to {out}"
-        return {"ui": {"text": [text]}, "result": (Manifest(out), str(out))}
+        text = f"{len(records)} rows ({len([r for r in records if r.ok])} clips) written to {bridge.display(out)}"
+        return {"ui": {"text": [text]}, "result": (Manifest(out), bridge.display(out))}
 
 
 class CurationReport(CurationNode):
@@ -376,17 +389,19 @@ class CurateFolder(CurationNode):
         "rules": RULES_INPUT,
         "settings": ("STRING", {"default": "", "multiline": True, "tooltip": (
             "Optional JSON with more CurationConfig fields: cut, motion, split (nested), aesthetic_head, "
-            "text_tower, tokenizer, captioners (a list of specs), keyframe_max_side, save_embeddings.")}),
+            "text_tower, tokenizer, captioners (a list of registered captioner names), keyframe_max_side, "
+            "video_timeout, save_embeddings.")}),
     }
 
     @classmethod
     def VALIDATE_INPUTS(cls, rules: str | None, settings: str | None) -> bool | str:
-        return config_problem(filtering.parse_rules, rules) or json_problem(settings, "settings") or True
+        return (config_problem(filtering.parse_rules, rules) or config_problem(_settings, settings)
+                or settings_captioners_problem(settings) or True)
 
     def curate(self, videos: Any, output_name: str, if_exists: str, workers: int, text_score: bool,
                clip_checkpoint: str, write_clips: str, write_keyframes: bool, rules: str,
                settings: str) -> dict[str, Any]:
-        data = parse_settings(settings, "settings")
+        data = _settings(settings)
         data.update(text=text_score, write_clips=write_clips, write_keyframes=write_keyframes)
         if clip_checkpoint != "none":
             data["clip_checkpoint"] = str(bridge.resolve_checkpoint(clip_checkpoint))
@@ -395,9 +410,31 @@ class CurateFolder(CurationNode):
         bar = bridge.Progress(max(1, len(videos)))
         summary = run_curation(videos, out, config, engine="thread", workers=workers,
                                resume=if_exists == "resume", overwrite=if_exists == "overwrite", videos_per_part=8,
-                               progress=lambda s: bar.update(s.done, max(1, s.total)))
+                               progress=lambda s: bar.update(s.done, max(1, s.total)),
+                               registry=captioner_registry())
         ui, text = report_ui(out, filtering.filter_manifest(out, filtering.parse_rules(rules)), summary.text())
         return {"ui": ui, "result": (Manifest(out), text)}
+
+
+#: CurateFolder settings that name files: model files relative to a model folder, a checkpoint by its list name.
+MODEL_FILE_SETTINGS = {"aesthetic_head": "aesthetic head", "text_tower": "text tower", "tokenizer": "tokenizer"}
+
+
+def _settings(text: str) -> dict[str, Any]:
+    """The settings JSON with every file it names resolved inside the model folders (a workflow names files, it
+    never gives paths); InputError / ConfigError name the setting."""
+    data = parse_settings(text, "settings")
+    for key in (*MODEL_FILE_SETTINGS, "clip_checkpoint"):
+        value = data.get(key)
+        if value in (None, ""):
+            continue
+        if not isinstance(value, str):
+            raise ConfigError(f"settings.{key} must be a file name (text), got {type(value).__name__}")
+        if key == "clip_checkpoint":
+            data[key] = str(bridge.resolve_checkpoint(value))
+        else:
+            data[key] = model_file(value, f"settings.{key}")
+    return data
 
 
 NODES: dict[str, tuple[type, str]] = {
