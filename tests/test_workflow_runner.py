@@ -204,8 +204,27 @@ class Pick:  # an upload combo and a combo with control_after_generate (the fron
         return (f"{image}{mode}{count}",)
 
 
+class Strength:  # VALIDATE_INPUTS takes the FLOAT (so ComfyUI skips its range check) and the required text
+    RETURN_TYPES = ("FLOAT",)
+    FUNCTION = "run"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"name": ("STRING", {"default": ""}),
+                             "strength": ("FLOAT", {"default": 1.0, "min": -5.0, "max": 5.0})}}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, name, strength):
+        if strength is not None and not -5 <= strength <= 5:
+            return f"strength {strength} is outside -5..5"
+        return True
+
+    def run(self, name, strength):
+        return (strength,)
+
+
 REGISTRY = {c.__name__: c for c in (Number, Add, Sampler, Latent, Blend, Show, Sized, Boom, Steps, Spread, Save,
-                                    Pick)}
+                                    Pick, Strength)}
 
 
 @pytest.fixture(autouse=True)
@@ -328,6 +347,42 @@ def test_validate_inputs_string_is_a_problem_and_replaces_the_range_check_it_dec
                                                        "width 32 is not a multiple of 64")
     prompt["1"]["inputs"] |= {"width": 128, "height": 32}  # `height` keeps ComfyUI's range check
     assert only(validate(prompt, REGISTRY)).kind == "out_of_range"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_floats_are_refused_also_where_validate_inputs_takes_the_input(value):
+    cases = ((n("Add", a=1, b=2, scale=value), "scale"), (n("Strength", name="x", strength=value), "strength"))
+    for node, name in cases:
+        p = only(validate({"1": node, "2": n("Show", value=["1", 0])}, REGISTRY))
+        assert (p.input, p.kind) == (name, "not_finite")
+        assert f"value {value} is not a finite number" in p.message
+    p = only(validate({"1": n("Number", value=value), "2": n("Show", value=["1", 0])}, REGISTRY))
+    assert (p.input, p.kind) == ("value", "not_finite")  # INT too
+
+
+def test_huge_numbers_and_long_texts_are_refused_and_not_echoed():
+    prompt = {"1": n("Add", a=1, b=2, scale=10**400), "2": n("Show", value=["1", 0], label="y" * 100_000)}
+    problems = validate(prompt, REGISTRY)
+    assert [(p.input, p.kind) for p in problems] == [("scale", "out_of_range"), ("label", "too_long")]
+    assert "too large for a FLOAT" in problems[0].message and "(401 characters as text)" in problems[0].message
+    assert "a text of 100000 characters is longer than the limit of 65536" in problems[1].message
+    assert all(len(str(p)) < 300 for p in problems)
+    long_name = "Q" * 100_000
+    p = only(validate({"1": n(long_name), "2": n("Show", value=1)}, REGISTRY))
+    assert p.kind == "unknown_node_type" and "(100000 characters)" in str(p) and len(str(p)) < 400
+
+
+def test_a_missing_input_does_not_hide_the_nodes_own_check():
+    problems = validate({"1": n("Strength", strength=9.0), "2": n("Show", value=["1", 0])}, REGISTRY)
+    assert [(p.input, p.kind) for p in problems] == [("name", "missing_input"), (None, "custom_validation")]
+    assert problems[1].message == "strength 9.0 is outside -5..5"
+
+
+def test_node_ids_with_non_ascii_digits_sort_and_validate():
+    prompt = {"³": n("Number", value=1), "٣": n("Number", value=2), "10": n("Add", a=["³", 0], b=["٣", 0]),
+              "2": n("Show", value=["10", 0])}
+    assert validate(prompt, REGISTRY) == []
+    assert list(execute(prompt, REGISTRY)) == ["³", "٣", "10", "2"]
 
 
 def test_no_output_node():

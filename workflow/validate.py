@@ -134,7 +134,9 @@ def _check_node(nid: str, node: Any, prompt: Mapping, registry: Registry) -> lis
             declared = ", ".join(s.name for s in specs.values() if s.section != "hidden") or "none"
             problems.append(Problem(nid, name, EXTRA_INPUT, f"{class_type} has no input '{_name(name)}' (its "
                                     f"inputs: {declared})", class_type))
-    if (names or takes_kwargs) and not names & {p.input for p in problems}:
+    # VALIDATE_INPUTS runs unless one of its inputs has a bad value; a missing one reaches it as None (unknown,
+    # like a linked one), so its other checks are reported together with the missing input
+    if (names or takes_kwargs) and not names & {p.input for p in problems if p.kind != MISSING_INPUT}:
         problems += _custom_validation(nid, class_type, cls, specs, inputs, prompt, registry)
     return problems
 
@@ -221,6 +223,9 @@ def _custom_validation(nid: str, class_type: str, cls: type, specs: dict[str, In
             types = return_types(src_cls) if src_cls is not None else ()
             if 0 <= link[1] < len(types):
                 received[name] = types[link[1]]
+    for name in names:
+        if name not in kwargs and name in specs and specs[name].section == "required":
+            kwargs[name] = None  # missing (reported as such): unknown to the check
     if "input_types" in names:
         kwargs["input_types"] = received
     checked = sorted(names - {"input_types"})
