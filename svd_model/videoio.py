@@ -46,7 +46,15 @@ from PIL import Image
 
 from .errors import ConfigError, InputError
 from .videoio_image import read_image, read_image_rgba
-from .videoio_probe import VideoInfo, display_size, open_container, pick_video_stream, probe_video
+from .videoio_probe import (
+    VideoInfo,
+    display_size,
+    open_container,
+    pick_video_stream,
+    probe_video,
+    size_error,
+    undecodable_error,
+)
 from .videoio_write import FORMATS, read_video_metadata, write_video
 
 __all__ = [
@@ -325,8 +333,7 @@ def _frames(
     finally:
         decoded.close()
     if log.decoded == 0:
-        detail = f" (first error: {log.first_error})" if log.first_error else ""
-        raise InputError(f"no decodable video frames in {info.path}{detail}; the file is corrupt or truncated")
+        raise undecodable_error(info, log.first_error)
     if log.errors or (log.reached_end and info.frame_count_exact and log.decoded < info.frame_count):
         logger.warning(
             "%s: decoded %d of the %d frames the header lists (%d packets failed%s); the file may be truncated or "
@@ -369,6 +376,9 @@ def _require_video(info: VideoInfo) -> None:
     if not info.has_video:
         kind = "an audio-only file" if info.has_audio else "a file without video or audio streams"
         raise InputError(f"{info.path} has no video stream: it is {kind} (container {info.container!r})")
+    problem = size_error(info)
+    if problem is not None:
+        raise problem
 
 
 def read_video(

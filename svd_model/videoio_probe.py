@@ -6,18 +6,25 @@ Re-exported by :mod:`.videoio`; import from there. See that module for the SAR a
 from __future__ import annotations
 
 import logging
+import os
+import re
+import stat
 from dataclasses import dataclass
 from fractions import Fraction
 from os import PathLike
 from pathlib import Path
 
 import av
+import av.logging
 from PIL import Image
 
 from .errors import InputError
 
 logger = logging.getLogger(__name__)
 
+#: FFmpeg demuxers of single still images (a PNG or JPEG renamed .mp4): not videos for curation.
+IMAGE_DEMUXERS = {"image2", "png_pipe", "jpeg_pipe", "bmp_pipe", "tiff_pipe", "webp_pipe", "gif_pipe", "jpegls_pipe",
+                  "qoi_pipe", "pam_pipe", "ppm_pipe", "pgm_pipe", "svg_pipe", "j2k_pipe", "dpx_pipe", "exr_pipe"}
 TEXT_DEMUXERS = {"tty"}  # FFmpeg renders .txt/.nfo/.asc files as ANSI-art video: not a video for us
 _VARIABLE_DELAY_DEMUXERS = {"gif"}  # per-frame delays: fps = frames / duration, not the minimum delay
 DEFAULT_FPS = Fraction(25)
@@ -59,14 +66,65 @@ class VideoInfo:
 
 
 def check_file(path: str | PathLike[str], what: str = "video") -> Path:
+    """``path`` when it is a non-empty regular file we may read; else an InputError saying what it is instead
+    (missing, a folder, a named pipe, a device or socket, unreadable, empty). Nothing is opened for reading
+    before the type is known, so a FIFO never blocks."""
     p = Path(path).expanduser()
-    if not p.exists():
-        raise InputError(f"{what} file not found: {p} (check the path; relative paths start at {Path.cwd()})")
-    if not p.is_file():
-        raise InputError(f"{what} path is not a file: {p}")
-    if p.stat().st_size == 0:
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise InputError(f"{what} file not found: {p} (check the path; relative paths start at {Path.cwd()})") from None
+    except OSError as exc:
+        raise InputError(f"cannot look at the {what} file {p}: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise InputError(f"{what} path is a folder, not a file: {p}")
+    if stat.S_ISFIFO(st.st_mode):
+        raise InputError(f"{what} path is a named pipe (FIFO), not a regular file: {p}; only regular files are read")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{what} path is not a regular file (a device or a socket): {p}")
+    if not os.access(p, os.R_OK):
+        raise InputError(f"{what} file is not readable (permission denied): {p}")
+    if st.st_size == 0:
         raise InputError(f"{what} file is empty (0 bytes): {p}; it was probably not written completely")
     return p
+
+
+_MP4_BRANDS = (b"ftyp",)
+_MP4_TOP = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"uuid", b"pdin", b"moof", b"mfra", b"meta",
+            b"sidx", b"styp", b"prft", b"emsg", b"pnot", b"PICT"}
+
+
+def mp4_damage(path: Path) -> str:
+    """'' for a file that is not an ISO-BMFF (MP4/MOV) or whose top-level boxes are whole; else why it is
+    truncated ("its index (moov box) is missing", "box 'mdat' ends at byte N but the file has M bytes")."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8 or head[4:8] not in _MP4_BRANDS:
+                return ""
+            offset, seen = 0, set()
+            while offset + 8 <= size:
+                fh.seek(offset)
+                box = fh.read(16)
+                length, kind = int.from_bytes(box[:4], "big"), box[4:8]
+                if length == 1 and len(box) >= 16:
+                    length = int.from_bytes(box[8:16], "big")
+                elif length == 0:
+                    length = size - offset
+                if kind not in _MP4_TOP or length < 8:
+                    return ""  # not a box layout we know: no claim
+                seen.add(kind)
+                if offset + length > size:
+                    missing = "" if b"moov" in seen else "; its index (moov box) is missing"
+                    return (f"box {kind.decode('latin-1')!r} ends at byte {offset + length} but the file has only "
+                            f"{size} bytes{missing}")
+                offset += length
+    except OSError:
+        return ""
+    if b"moov" not in seen and b"moof" not in seen:
+        return "its index (moov box) is missing"
+    return ""
 
 
 def is_webp(path: Path) -> bool:
@@ -79,6 +137,14 @@ def open_container(path: Path) -> av.container.InputContainer:
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except (av.FFmpegError, OSError) as exc:
+        damage = mp4_damage(path)
+        if damage:
+            raise InputError(f"{path} is a truncated MP4/MOV file: {damage}, so no frame can be located; the "
+                             "download or copy was cut short (re-fetch it)") from None
+        claimed = claimed_size(path)
+        if claimed is not None:
+            raise InputError(f"{path}: video too large ({claimed[0]}x{claimed[1]}): FFmpeg refuses frames of that "
+                             "size; the file is damaged or was made by a tool that ignores size limits") from None
         raise InputError(
             f"cannot open {path} as a video: FFmpeg says {exc}. It is not a media file, or it is corrupt or "
             "truncated (an MP4 cut short loses its index, the moov atom, so no frame is decodable)"
@@ -229,3 +295,54 @@ def _probe_pillow(path: Path) -> VideoInfo:
         frame_count=n, frame_count_exact=True, duration=seconds, rotation=0, has_video=True, has_audio=False,
         codec="webp", container="webp",
     )  # fmt: skip
+
+
+_INVALID_SIZE = re.compile(r"[Pp]icture size (\d+)x(\d+) is invalid")
+
+
+def claimed_size(path: Path) -> tuple[int, int] | None:
+    """The frame size FFmpeg refused as invalid (too large) while opening or decoding the first packets of
+    ``path`` (its log says "Picture size WxH is invalid"), or None. For files whose headers give 0x0."""
+    previous = av.logging.get_level()
+    try:
+        av.logging.set_level(av.logging.ERROR)
+        with av.logging.Capture(local=True) as logs:
+            try:
+                with av.open(str(path), metadata_errors="ignore") as container:
+                    stream = pick_video_stream(container)
+                    if stream is not None:
+                        for i, _ in enumerate(container.decode(stream)):
+                            if i >= 2:
+                                break
+            except (av.FFmpegError, OSError, ValueError) as exc:
+                logs.append((0, "", str(exc)))
+    finally:
+        av.logging.set_level(previous)
+    for _, _, message in logs:
+        match = _INVALID_SIZE.search(str(message))
+        if match:
+            return int(match[1]), int(match[2])
+    return None
+
+
+def size_error(info: VideoInfo) -> InputError | None:
+    """An InputError for a video stream whose frame size is unusable: 0x0 in the headers because FFmpeg
+    refused the size the file claims ("too large (WxH)"), or no size at all; None when the size is known."""
+    if not info.has_video or (info.coded_width > 0 and info.coded_height > 0):
+        return None
+    claimed = claimed_size(info.path)
+    if claimed is not None:
+        return InputError(f"{info.path}: video too large ({claimed[0]}x{claimed[1]}): FFmpeg refuses frames of that "
+                          "size; the file is damaged or was made by a tool that ignores size limits")
+    return InputError(f"{info.path}: the video stream has no frame size (0x0); the file is corrupt")
+
+
+def undecodable_error(info: VideoInfo, first_error: str = "") -> InputError:
+    """Why no frame of ``info`` decoded: truncated (with the box that is cut), zero frames, or corrupt."""
+    detail = f" (first error: {first_error})" if first_error else ""
+    damage = mp4_damage(info.path)
+    if damage:
+        return InputError(f"no decodable video frames in {info.path}: the file is truncated ({damage}){detail}")
+    if info.frame_count_exact and info.frame_count == 0:
+        return InputError(f"{info.path} has a video stream with zero frames (nothing to decode)")
+    return InputError(f"no decodable video frames in {info.path}{detail}; the file is corrupt or truncated")

@@ -31,7 +31,14 @@ import numpy as np
 
 from ..errors import InputError
 from ..videoio import VideoInfo, probe_video
-from ..videoio_probe import open_container, pick_video_stream
+from ..videoio_probe import (
+    IMAGE_DEMUXERS,
+    mp4_damage,
+    open_container,
+    pick_video_stream,
+    size_error,
+    undecodable_error,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -97,14 +104,20 @@ def open_info(path: str | PathLike[str]) -> VideoInfo:
         raise InputError(f"{info.path} has no video stream: it is {kind} (container {info.container!r})")
     if info.container == "webp":
         raise InputError(f"{info.path} is an animated WebP; curation reads videos through FFmpeg: convert it to mp4")
+    if info.container in IMAGE_DEMUXERS:
+        raise InputError(f"{info.path} is a still image (FFmpeg reads it as {info.container!r}), not a video; "
+                         "check the file's extension")
     w, h = info.coded_width, info.coded_height
     if w < 2 or h < 2:
-        raise InputError(f"{info.path}: video size {w}x{h} is too small to analyse (need at least 2x2)")
+        problem = size_error(info)  # 0x0: FFmpeg refused the (huge) size the file claims, or it has none
+        raise problem or InputError(f"{info.path}: video size {w}x{h} is too small to analyse (need at least 2x2)")
     if max(w, h) > MAX_SIDE or w * h > MAX_PIXELS:
         raise InputError(
-            f"{info.path}: video size {w}x{h} is too large (limit {MAX_SIDE} px per side and {MAX_PIXELS} pixels); "
+            f"{info.path}: video too large ({w}x{h}; limit {MAX_SIDE} px per side and {MAX_PIXELS} pixels); "
             "downscale it first, e.g. ffmpeg -vf scale=-2:2160"
         )
+    if info.frame_count_exact and info.frame_count == 0:
+        raise InputError(f"{info.path} has a video stream with zero frames (nothing to analyse)")
     try:
         av.codec.Codec(info.codec, "r")
     except (av.FFmpegError, ValueError) as exc:
@@ -327,8 +340,7 @@ def stream_luma(
 def check_decoded(info: VideoInfo, stats: DecodeStats) -> None:
     """Raise when nothing decoded; log a warning for lost packets or a short (truncated) stream."""
     if stats.frames == 0:
-        detail = f" (first error: {stats.first_error})" if stats.first_error else ""
-        raise InputError(f"no decodable video frames in {info.path}{detail}; the file is corrupt or truncated")
+        raise undecodable_error(info, stats.first_error)
     note = damage_note(info, stats)
     if note:
         logger.warning("%s: %s", info.path, note)
@@ -351,10 +363,14 @@ def damage_note(info: VideoInfo, stats: DecodeStats) -> str:
         return ""
     total = f"the {info.frame_count} frames the header lists" if info.frame_count_exact else \
         f"about {info.frame_count} frames ({info.duration:.2f} s) the header announces"  # fmt: skip
-    parts = [f"decoded {stats.frames} of {total}"]
+    damage = mp4_damage(info.path) if short else ""
+    head = "truncated" if short else "corrupt"
+    parts = [f"{head}: decoded {stats.frames} of {total}"]
+    if damage:
+        parts.append(damage)
     if stats.errors:
         parts.append(f"{stats.errors} packet(s) failed (first error: {stats.first_error})")
-    return "; ".join(parts) + "; the file is truncated or corrupt, only the decodable part was analysed"
+    return "; ".join(parts) + "; only the decodable part was analysed"
 
 
 def _first_pts(info: VideoInfo) -> float:

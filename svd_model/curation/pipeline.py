@@ -273,8 +273,13 @@ def split_records(ref: VideoRef, ann: VideoAnnotation, config: CurationConfig) -
     spans = clips.split_clips(ann, config.split)
     chash = config.hash()
     if not spans:
+        if ann.note.startswith("truncated"):  # the decodable part was too short: the cause is the damage
+            reason = f"{ann.note}; no clip in the {ann.num_frames} decodable frames ({ann.duration:.2f} s)"
+            return [status_record(ref, "error", reason, chash, ann)]
         reason = (f"no clip: {ann.num_frames} frames ({ann.duration:.2f} s) with {len(ann.cuts)} cut(s) give no "
                   "span inside the split limits (see split settings, e.g. the minimum clip length)")
+        if ann.note:
+            reason += f"; {ann.note}"
         return [status_record(ref, "empty", reason, chash, ann)]
     records = []
     video = _video_fields(ann)
