@@ -92,10 +92,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .nodes import bridge
     from .workflow import WorkflowError, apply_overrides, load_workflow, run_workflow_cli
 
-    # --allow-any-path is passed only when given, so the bridge keyword is needed only by runs that ask for it
-    opt_in = {"allow_any_path": True} if args.allow_any_path else {}
     bridge.configure(models_dirs=args.models_dir or None, output_dir=args.output_dir, input_dir=args.input_dir,
-                     **opt_in)
+                     allow_any_path=args.allow_any_path)
     sets = list(args.set or [])
     with tempfile.TemporaryDirectory() as tmp:
         if args.tiny_if_missing:
