@@ -86,9 +86,12 @@ class DataConfig:
         if self.num_frames < 2:
             raise ConfigError(f"data.num_frames must be >= 2 (a video), got {self.num_frames}")
         _positive(self.fps, "data.fps", allow_zero=True)
-        for w, h in ((self.width, self.height), *self.buckets):
+        sizes = [("data.width x data.height", (self.width, self.height))]
+        sizes += [(f"data.buckets[{i}]", size) for i, size in enumerate(self.buckets)]
+        for where, (w, h) in sizes:
             if w <= 0 or h <= 0 or w % 64 or h % 64:
-                raise ConfigError(f"size {w}x{h} is not a positive multiple of 64 (the model's size multiple)")
+                raise ConfigError(f"{where}: size {w}x{h} is not a positive multiple of 64 (the model's size "
+                                  "multiple)")
         if self.windows_per_clip < 1:
             raise ConfigError(f"data.windows_per_clip must be >= 1, got {self.windows_per_clip}")
         if not 0 <= self.motion_bucket_id <= 1023:
