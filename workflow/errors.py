@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+MAX_DETAIL = 2000  # characters shown of a failed node's exception message
+
 
 class WorkflowError(Exception):
     """A workflow file or prompt cannot be read, converted, overridden or run."""
@@ -24,4 +26,6 @@ class NodeExecutionError(WorkflowError):
         self.class_type = class_type
         self.original = original
         detail = str(original) or "(no message)"
+        if len(detail) > MAX_DETAIL:  # a node's message may quote a huge value
+            detail = f"{detail[:MAX_DETAIL]}… ({len(detail)} characters)"
         super().__init__(f"node {node_id} ({class_type}) failed: {type(original).__name__}: {detail}")
