@@ -8,7 +8,10 @@ Generic over a node registry ``{class_type: class}`` (the pack's ``NODE_CLASS_MA
     results = execute(prompt, registry, ui_workflow=ui, progress=TextProgress())
     run_workflow_cli(path, sets, output_dir, registry)   # all of the above, for `svd-lab run`
 
-Importing this package does not import torch (``execute`` does, lazily). Headless, nodes report progress through
+Workflow files are read by ``svd_model.jsonfile`` (BOM, UTF-16, size and depth limits) and their shape is
+checked by ``workflow.schema`` (each problem names its JSON path) before conversion; the validator refuses
+NaN/Inf numbers and over-long texts itself. The runner needs no torch (``execute`` uses it when it is
+installed). Headless, nodes report progress through
 ``workflow.progress.report(value, total)`` (the pack's bridge module does this where ComfyUI is absent); output
 nodes return ``{"ui": {key: [{"filename", "subfolder", "type", "fullpath"}]}, "result": ()}`` and the CLI prints
 those paths (``workflow.runtime`` resolves entries without ``fullpath``).
