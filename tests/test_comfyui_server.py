@@ -2,24 +2,17 @@
 extensions, and runs every example workflow (top-level and training/) through /prompt on tiny checkpoints,
 checking what each one writes (video, cameras, manifest and report, LoRA, model and loss log).
 
-Runs only when COMFYUI_PATH points at a ComfyUI checkout (0.8.x). The server is started with
-COMFYUI_PYTHON (default: COMFYUI_PATH/.venv/bin/python if present, else this interpreter) on
-127.0.0.1, CPU only, with a temporary --base-directory (models, custom_nodes with this repository linked in,
-input, output, user), so nothing in the checkout is read or written except its code.
+Runs only when COMFYUI_PATH points at a ComfyUI checkout (0.8.x, 0.33.x); tests/comfyui_support.py starts the
+server (COMFYUI_PYTHON, default COMFYUI_PATH/.venv/bin/python; 127.0.0.1, CPU only, a temporary --base-directory
+with this repository linked into custom_nodes), so nothing in the checkout is read or written except its code.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+import comfyui_support as support
 import pytest
 
 from comfyui_svd_lab import NODE_CLASS_MAPPINGS
@@ -29,11 +22,9 @@ from comfyui_svd_lab.svd_model.tiny import write_tiny_checkpoint
 from comfyui_svd_lab.workflow import apply_overrides, load_workflow
 from conftest import SMALL_RUN
 
-REPO = Path(__file__).resolve().parents[1]
+REPO, PACK = support.REPO, support.PACK
 EXAMPLES = REPO / "example_workflows"
-PACK = "comfyui-svd-lab"
-COMFYUI = os.environ.get("COMFYUI_PATH")
-pytestmark = pytest.mark.skipif(not COMFYUI, reason="set COMFYUI_PATH to a ComfyUI checkout to run the server test")
+pytestmark = pytest.mark.skipif(not support.COMFYUI, reason=support.SKIP_REASON)
 #: Every UI example, as "name" or "training/name" (the API twin next to it in api/ is what gets posted).
 WORKFLOWS = sorted(p.relative_to(EXAMPLES).with_suffix("").as_posix()
                    for p in [*EXAMPLES.glob("*.json"), *EXAMPLES.glob("training/*.json")])
@@ -44,77 +35,29 @@ EXPECTED = {"sv3d_u_orbit": (3, 64, 64), "sv3d_p_dynamic_orbit": (3, 64, 64), "s
             "flow_interpolation_x2": (5, 64, 48)}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=30) as r:
-        return json.loads(r.read())
-
-
-def _post(url: str, body: dict) -> tuple[int, dict]:
-    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("comfy")
-    (root / "custom_nodes").mkdir()
-    (root / "custom_nodes" / PACK).symlink_to(REPO, target_is_directory=True)
     write_tiny_checkpoint(root / "models" / "checkpoints" / "tiny.safetensors", seed=7)
     for family in (Family.SV3D_U, Family.SV3D_P):  # where tiny_overrides points SV3D loaders; the pack's svd folder
         write_tiny_checkpoint(root / "models" / "svd" / tiny_name("tiny.safetensors", family), family, seed=7)
-    python = os.environ.get("COMFYUI_PYTHON") or next(
-        (str(p) for p in [Path(COMFYUI) / ".venv" / "bin" / "python"] if p.exists()), sys.executable)
-    port = _free_port()
-    cmd = [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory", str(root),
-           "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK]
-    log = open(root / "server.log", "w")  # noqa: SIM115 - closed in teardown
-    proc = subprocess.Popen(cmd, cwd=COMFYUI, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"ComfyUI exited with {proc.returncode}: {(root / 'server.log').read_text()[-3000:]}")
-        try:
-            _get(base + "/system_stats")
-            break
-        except OSError:
-            time.sleep(1)
-    else:
-        proc.kill()
-        pytest.fail("ComfyUI did not start within 240 s")
-    yield base, root
-    proc.terminate()
-    proc.wait(30)
-    log.close()
+    try:
+        with support.comfyui_server(root) as base:
+            yield base, root
+    except support.ServerError as exc:
+        pytest.fail(str(exc))
 
 
 def _run(base: str, prompt: dict, workflow: dict | None = None) -> dict:
     """Queue `prompt` (with the UI workflow as the frontend sends it) and return its finished history entry."""
     extra = {"extra_pnginfo": {"workflow": workflow}} if workflow else {}
-    status, reply = _post(base + "/prompt", {"prompt": prompt, "client_id": "svd-lab-test", "extra_data": extra})
+    status, reply = support.queue_prompt(base, prompt, extra)
     assert status == 200, reply
-    prompt_id = reply["prompt_id"]
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        history = _get(f"{base}/history/{prompt_id}")
-        if prompt_id in history and history[prompt_id]["status"].get("completed") is not None:
-            break
-        time.sleep(1)
-    else:
-        pytest.fail(f"prompt {prompt_id} did not finish within 300 s")
-    entry = history[prompt_id]
-    errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
-    assert entry["status"]["status_str"] == "success", errors or entry["status"]
+    try:
+        entry = support.wait_history(base, reply["prompt_id"], 300)
+    except support.ServerError as exc:
+        pytest.fail(str(exc))
+    assert entry["status"]["status_str"] == "success", support.execution_errors(entry) or entry["status"]
     return entry
 
 
@@ -139,7 +82,7 @@ def test_pack_imports_without_warnings(server):
 
 def test_object_info_lists_every_node(server):
     base, root = server
-    info = _get(base + "/object_info")
+    info = support.get_json(base + "/object_info")
     missing = sorted(set(NODE_CLASS_MAPPINGS) - set(info))
     log = (root / "server.log").read_text()[-2000:]
     assert not missing, f"not registered (a module skipped for a missing dependency?): {missing}; log: {log}"
@@ -148,7 +91,7 @@ def test_object_info_lists_every_node(server):
         assert PACK in info[name]["python_module"]
     names = info["SVDLab_CheckpointLoader"]["input"]["required"]["ckpt_name"][0]
     assert {"tiny.safetensors", "tiny_sv3d_u.safetensors", "tiny_sv3d_p.safetensors"} <= set(names)
-    scripts = _get(base + "/extensions")
+    scripts = support.get_json(base + "/extensions")
     assert {f"/extensions/{PACK}/{js.name}" for js in (REPO / "web").glob("*.js")} <= set(scripts)
 
 
@@ -230,9 +173,9 @@ def test_validation_errors_come_back_per_node(server):
     bad_size = json.loads(json.dumps(prompt))
     bad_size["1"]["inputs"]["ckpt_name"] = "tiny.safetensors"
     bad_size["3"]["inputs"]["width"] = 1001  # not a multiple of 8
-    status, reply = _post(base + "/prompt", {"prompt": bad_size})
+    status, reply = support.queue_prompt(base, bad_size)
     assert status == 400 and set(reply["node_errors"]) == {"3"}
     assert "1001" in json.dumps(reply["node_errors"]["3"])
     prompt["1"]["inputs"]["ckpt_name"] = "missing.safetensors"
-    status, reply = _post(base + "/prompt", {"prompt": prompt})
+    status, reply = support.queue_prompt(base, prompt)
     assert status == 400 and "1" in reply["node_errors"]
