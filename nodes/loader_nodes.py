@@ -55,7 +55,13 @@ class CheckpointLoader:
                     "default": OFFLOAD_NONE,
                     "tooltip": "none: keep the model on the GPU. cpu between nodes: keep it in RAM and move it "
                                "to the GPU only while a node of this pack runs (slower, frees VRAM for others)."}),
-            }
+            },
+            "optional": {
+                "allow_non_finite": ("BOOLEAN", {
+                    "default": False,
+                    "tooltip": "Load a checkpoint even if some weights are NaN or Inf (a damaged file; its videos "
+                               "are usually flat grey). Off: such a file is refused with the tensors named."}),
+            },
         }
 
     @classmethod
@@ -64,14 +70,16 @@ class CheckpointLoader:
             return True
         return bridge.missing_checkpoint_message(ckpt_name)
 
-    def load(self, ckpt_name: str, dtype: str, variant: str, offload: str) -> tuple[Any, str]:
+    def load(self, ckpt_name: str, dtype: str, variant: str, offload: str,
+             allow_non_finite: bool = False) -> tuple[Any, str]:
         path = bridge.resolve_checkpoint(ckpt_name)
         compute = bridge.device()
         load_device = compute if offload == OFFLOAD_NONE else bridge.cpu_device()
         weights_dtype = resolve_dtype(dtype, compute)  # "auto" follows the compute device, not the CPU
         bridge.free_memory(_estimate_bytes(path), load_device)
         bundle = load_bundle(path, device=load_device, dtype=weights_dtype,
-                             variant=None if variant == "auto" else variant)
+                             variant=None if variant == "auto" else variant,
+                             allow_non_finite=bool(allow_non_finite))
         if offload != OFFLOAD_NONE:
             bridge.set_offload(bundle, compute)
         bridge.soft_empty_cache()

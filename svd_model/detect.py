@@ -70,6 +70,20 @@ def _need(shapes: Shapes, key: str, what: str) -> Sequence[int]:
         ) from None
 
 
+def _dim(shapes: Shapes, key: str, what: str, axis: int) -> int:
+    """shapes[key][axis] as a positive width, or a CheckpointError naming the key, its shape and what is wrong."""
+    shape = _need(shapes, key, what)
+    rank = axis + 1 if axis >= 0 else -axis
+    if len(shape) < rank:
+        raise CheckpointError(
+            f"{key!r} ({what}) has shape {list(shape)}: expected at least {rank} dimension(s)"
+        )
+    value = int(shape[axis])
+    if value <= 0:
+        raise CheckpointError(f"{key!r} ({what}) has shape {list(shape)}: a width of 0 where a size is expected")
+    return value
+
+
 def _indices(shapes: Shapes, prefix: str) -> list[int]:
     """Sorted distinct integers N of keys '<prefix>N.*'."""
     pat = re.compile(re.escape(prefix) + r"(\d+)\.")
@@ -77,10 +91,10 @@ def _indices(shapes: Shapes, prefix: str) -> list[int]:
 
 
 def infer_unet_config(shapes: Shapes, prefix: str = UNET_PREFIX) -> UNetConfig:
-    conv_in = _need(shapes, prefix + "input_blocks.0.0.weight", "UNet input conv")
-    model_channels, in_channels = conv_in[0], conv_in[1]
-    out_channels = _need(shapes, prefix + "out.2.weight", "UNet output conv")[0]
-    adm = _need(shapes, prefix + "label_emb.0.0.weight", "UNet vector embedding")[1]
+    conv_in = prefix + "input_blocks.0.0.weight"
+    model_channels, in_channels = (_dim(shapes, conv_in, "UNet input conv", axis) for axis in (0, 1))
+    out_channels = _dim(shapes, prefix + "out.2.weight", "UNet output conv", 0)
+    adm = _dim(shapes, prefix + "label_emb.0.0.weight", "UNet vector embedding", 1)
     # input_blocks: [conv_in, (res[, transformer]) x num_res_blocks, downsample, ...]; the last level has no downsample.
     levels: list[list[int]] = [[]]
     for n in _indices(shapes, prefix + "input_blocks.")[1:]:
@@ -94,13 +108,13 @@ def infer_unet_config(shapes: Shapes, prefix: str = UNET_PREFIX) -> UNetConfig:
     mult = []
     attention = []
     for level in levels:
-        width = _need(shapes, prefix + f"input_blocks.{level[0]}.0.out_layers.3.weight", "res block conv")[0]
+        width = _dim(shapes, prefix + f"input_blocks.{level[0]}.0.out_layers.3.weight", "res block conv", 0)
         mult.append(width // model_channels)
         attention.append(prefix + f"input_blocks.{level[0]}.1.proj_in.weight" in shapes)
     transformer = prefix + "middle_block.1."
     depth = len(_indices(shapes, transformer + "transformer_blocks."))
-    context_dim = _need(shapes, transformer + "transformer_blocks.0.attn2.to_k.weight", "cross-attention")[1]
-    kernel = _need(shapes, prefix + "input_blocks.1.0.time_stack.in_layers.2.weight", "temporal res block conv")[2]
+    context_dim = _dim(shapes, transformer + "transformer_blocks.0.attn2.to_k.weight", "cross-attention", 1)
+    kernel = _dim(shapes, prefix + "input_blocks.1.0.time_stack.in_layers.2.weight", "temporal res block conv", 2)
     return UNetConfig(
         in_channels=in_channels,
         out_channels=out_channels,
@@ -121,20 +135,22 @@ def infer_vae_config(shapes: Shapes, prefix: str) -> VAEConfig:
     if not (has_encoder or has_decoder):
         raise CheckpointError(f"missing VAE under {prefix!r}: neither encoder.conv_in nor decoder.conv_in found")
     if has_encoder:
-        ch = shapes[prefix + "encoder.conv_in.weight"][0]
-        in_channels = shapes[prefix + "encoder.conv_in.weight"][1]
-        z = _need(shapes, prefix + "encoder.conv_out.weight", "VAE encoder output")[0] // 2
+        ch = _dim(shapes, prefix + "encoder.conv_in.weight", "VAE encoder input conv", 0)
+        in_channels = _dim(shapes, prefix + "encoder.conv_in.weight", "VAE encoder input conv", 1)
+        z = _dim(shapes, prefix + "encoder.conv_out.weight", "VAE encoder output", 0) // 2
         levels = _indices(shapes, prefix + "encoder.down.")
-        mult = [shapes[prefix + f"encoder.down.{i}.block.0.conv2.weight"][0] // ch for i in levels]
+        mult = [_dim(shapes, prefix + f"encoder.down.{i}.block.0.conv2.weight", "VAE encoder block", 0) // ch
+                for i in levels]
         num_res = len(_indices(shapes, prefix + "encoder.down.0.block."))
     else:
-        ch = shapes[prefix + "decoder.conv_out.weight"][1]
+        ch = _dim(shapes, prefix + "decoder.conv_out.weight", "VAE decoder output conv", 1)
         in_channels = 3
-        z = shapes[prefix + "decoder.conv_in.weight"][1]
+        z = _dim(shapes, prefix + "decoder.conv_in.weight", "VAE decoder input conv", 1)
         levels = _indices(shapes, prefix + "decoder.up.")
-        mult = [shapes[prefix + f"decoder.up.{i}.block.0.conv2.weight"][0] // ch for i in levels]
+        mult = [_dim(shapes, prefix + f"decoder.up.{i}.block.0.conv2.weight", "VAE decoder block", 0) // ch
+                for i in levels]
         num_res = len(_indices(shapes, prefix + "decoder.up.0.block.")) - 1
-    out_channels = shapes[prefix + "decoder.conv_out.weight"][0] if has_decoder else 3
+    out_channels = _dim(shapes, prefix + "decoder.conv_out.weight", "VAE decoder output conv", 0) if has_decoder else 3
     time_mix = prefix + "decoder.conv_out.time_mix_conv.weight"
     return VAEConfig(
         ch=ch,
@@ -148,14 +164,14 @@ def infer_vae_config(shapes: Shapes, prefix: str) -> VAEConfig:
         has_post_quant_conv=prefix + "post_quant_conv.weight" in shapes,
         has_decoder=has_decoder,
         temporal_decoder=time_mix in shapes,
-        video_kernel_size=shapes[time_mix][2] if time_mix in shapes else 3,
+        video_kernel_size=_dim(shapes, time_mix, "VAE temporal mixing conv", 2) if time_mix in shapes else 3,
     )
 
 
 def infer_image_encoder_config(shapes: Shapes, prefix: str = IMAGE_ENCODER_PREFIX) -> ImageEncoderConfig:
-    conv1 = _need(shapes, prefix + "conv1.weight", "CLIP patch embedding")
-    width, patch = conv1[0], conv1[-1]
-    tokens = _need(shapes, prefix + "positional_embedding", "CLIP positional embedding")[0]
+    conv1 = prefix + "conv1.weight"
+    width, patch = _dim(shapes, conv1, "CLIP patch embedding", 0), _dim(shapes, conv1, "CLIP patch embedding", -1)
+    tokens = _dim(shapes, prefix + "positional_embedding", "CLIP positional embedding", 0)
     grid = round((tokens - 1) ** 0.5)
     if grid * grid + 1 != tokens:
         raise CheckpointError(f"CLIP positional_embedding has {tokens} rows, expected a square grid + 1 class token")
@@ -164,8 +180,8 @@ def infer_image_encoder_config(shapes: Shapes, prefix: str = IMAGE_ENCODER_PREFI
         patch_size=patch,
         width=width,
         layers=len(_indices(shapes, prefix + "transformer.resblocks.")),
-        mlp_width=_need(shapes, prefix + "transformer.resblocks.0.mlp.c_fc.weight", "CLIP MLP")[0],
-        embed_dim=_need(shapes, prefix + "proj", "CLIP projection")[1],
+        mlp_width=_dim(shapes, prefix + "transformer.resblocks.0.mlp.c_fc.weight", "CLIP MLP", 0),
+        embed_dim=_dim(shapes, prefix + "proj", "CLIP projection", 1),
         head_width=80 if width == 1280 else 64,  # open_clip ViT-H-14 vs the open_clip default
     )
 

@@ -104,7 +104,8 @@ def _component_file(folder: Path, names: tuple[str, ...]) -> Path:
     for name in names:
         if (folder / name).is_file():
             return folder / name
-    raise CheckpointError(f"{folder} has none of {', '.join(names)} (diffusers-format folder expected)")
+    raise CheckpointError(f"{folder.parent.name}/{folder.name} has none of {', '.join(names)} (diffusers-format "
+                          "folder expected)")
 
 
 def _index_shards(index: Path) -> list[str]:
@@ -140,7 +141,7 @@ def _open_diffusers(path: Path) -> dict[str, Tensor]:
     absent = [sub for sub in layout if not (path / sub).is_dir()]
     if absent:
         raise CheckpointError(
-            f"{path} is a folder but not a diffusers SVD pipeline: missing the {absent[0]!r} subfolder "
+            f"{path.name} is a folder but not a diffusers SVD pipeline: missing the {absent[0]!r} subfolder "
             "(expected unet/, vae/, image_encoder/)"
         )
     parts = {sub: _read_component(path / sub, stem) for sub, stem in layout.items()}

@@ -123,3 +123,46 @@ def test_garbage_and_bad_header(tmp_path):
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 8)
     with pytest.raises(CheckpointError, match="should take 16 bytes"):
         read_header(path)
+
+
+def _raw_file(path, header: dict, data: bytes) -> None:
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+
+
+def test_library_refusals_are_explained_per_tensor(tmp_path):
+    path = tmp_path / "bad.safetensors"
+    entry = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+    _raw_file(path, {"a": entry, "b": {**entry, "data_offsets": [4, 12]}}, b"\0" * 12)
+    with pytest.raises(CheckpointError, match=r"^bad.safetensors: tensors 'a' and 'b' overlap"):
+        read_header(path)
+    _raw_file(path, {"a": {**entry, "data_offsets": [-8, 0]}}, b"\0" * 8)  # a start inside the JSON header
+    with pytest.raises(CheckpointError, match=r"tensor 'a': data_offsets \[-8, 0\] is not a pair of non-negative"):
+        read_header(path)
+    _raw_file(path, {"__metadata__": ["x"], "a": entry}, b"\0" * 8)
+    with pytest.raises(CheckpointError, match="__metadata__ is a list, expected an object of text values"):
+        read_header(path)
+    raw = json.dumps({"a": entry})[1:-1]
+    dup = ("{" + raw + "," + raw + "}").encode()  # the library keeps one of two identical entries: we refuse
+    path.write_bytes(struct.pack("<Q", len(dup)) + dup + b"\0" * 8)
+    with pytest.raises(CheckpointError, match="names tensor 'a' more than once"):
+        read_header(path)
+    assert str(tmp_path) not in str(pytest.raises(CheckpointError, read_header, path).value)
+
+
+def test_fp8_tensors_read_and_upcast(tmp_path):
+    values = torch.tensor([0.5, -1.25, 3.0, 448.0])
+    path = tmp_path / "f8.safetensors"
+    save_file({"e4m3": values.to(torch.float8_e4m3fn), "e5m2": values.to(torch.float8_e5m2)}, str(path))
+    reader = CheckpointReader(path)
+    assert reader["e4m3"].dtype == torch.float8_e4m3fn and reader["e5m2"].dtype == torch.float8_e5m2
+    assert torch.equal(reader.load("e4m3", torch.float32), values)
+    assert torch.equal(reader.load("e5m2", torch.float16), values.to(torch.float8_e5m2).half())
+
+
+def test_unsupported_dtype_is_named_not_malformed(tmp_path):
+    path = tmp_path / "e8m0.safetensors"
+    _raw_file(path, {"w": {"dtype": "F8_E8M0", "shape": [8], "data_offsets": [0, 8]}}, b"\0" * 8)
+    with pytest.raises(CheckpointError, match="dtype F8_E8M0 is not supported yet") as exc:
+        read_header(path)
+    assert "malformed" not in str(exc.value)

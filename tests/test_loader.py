@@ -180,3 +180,33 @@ def test_not_a_diffusers_folder(tmp_path):
     (tmp_path / "unet").mkdir()
     with pytest.raises(CheckpointError, match="missing the 'vae' subfolder"):
         load_bundle(tmp_path)
+
+
+def test_integer_weight_and_relaid_shape_are_named(tmp_path):
+    sd = _tiny_tensors()
+    key = "model.diffusion_model.out.2.weight"
+    sd[key] = sd[key].to(torch.int32)
+    with pytest.raises(CheckpointError, match=r"^i\.safetensors: tensor '.*out\.2\.weight' is I32, expected a float"):
+        load_bundle(save_checkpoint(tmp_path / "i.safetensors", sd))
+    sd = _tiny_tensors()
+    key = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.ff.net.2.weight"
+    sd[key] = sd[key].t().contiguous()
+    with pytest.raises(CheckpointError, match="same number of elements in another layout"):
+        load_bundle(save_checkpoint(tmp_path / "t.safetensors", sd))
+
+
+def test_non_finite_weights_are_refused_unless_allowed(tmp_path):
+    sd = _tiny_tensors()
+    key = "model.diffusion_model.out.2.weight"
+    sd[key].view(-1)[:3] = float("nan")
+    path = save_checkpoint(tmp_path / "nan.safetensors", sd)
+    with pytest.raises(CheckpointError, match=r"1 tensor\(s\) hold NaN or Inf values: '.*out\.2\.weight' \(3 of "):
+        load_bundle(path)
+    assert torch.isnan(load_bundle(path, allow_non_finite=True).model.unet.out[2].weight).sum() == 3
+
+
+def test_huge_finite_weights_are_not_called_non_finite(tmp_path):
+    sd = _tiny_tensors()
+    key = "model.diffusion_model.out.2.weight"
+    sd[key] = torch.full_like(sd[key], 3e38)  # finite, but their sum overflows float32: the exact count decides
+    load_bundle(save_checkpoint(tmp_path / "big.safetensors", sd))
