@@ -303,9 +303,10 @@ _INVALID_SIZE = re.compile(r"[Pp]icture size (\d+)x(\d+) is invalid")
 def claimed_size(path: Path) -> tuple[int, int] | None:
     """The frame size FFmpeg refused as invalid (too large) while opening or decoding the first packets of
     ``path`` (its log says "Picture size WxH is invalid"), or None. For files whose headers give 0x0."""
-    previous = av.logging.get_level()
+    previous, skip = av.logging.get_level(), av.logging.get_skip_repeated()
     try:
         av.logging.set_level(av.logging.ERROR)
+        av.logging.set_skip_repeated(False)  # else a message equal to an earlier file's is held back as a repeat
         with av.logging.Capture(local=True) as logs:
             try:
                 with av.open(str(path), metadata_errors="ignore") as container:
@@ -314,9 +315,10 @@ def claimed_size(path: Path) -> tuple[int, int] | None:
                         for i, _ in enumerate(container.decode(stream)):
                             if i >= 2:
                                 break
-            except (av.FFmpegError, OSError, ValueError) as exc:
-                logs.append((0, "", str(exc)))
+            except (av.FFmpegError, OSError, ValueError):
+                pass  # the exception's "last error log" may be another file's: only this call's log counts
     finally:
+        av.logging.set_skip_repeated(skip)
         av.logging.set_level(previous)
     for _, _, message in logs:
         match = _INVALID_SIZE.search(str(message))
