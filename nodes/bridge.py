@@ -384,14 +384,22 @@ def display(path: str | os.PathLike) -> str:
     return label
 
 
-def prefix_problem(prefix: str | None) -> str | None:
+def prefix_problem(prefix: str | None, kind: str = "output") -> str | None:
     """For VALIDATE_INPUTS of save nodes: None when ``prefix`` is a valid file name prefix (names separated by '/',
-    ComfyUI's %date:...% and %width% patterns allowed), else why not."""
+    ComfyUI's %date:...% and %width% patterns allowed) whose folder stays inside the ``kind`` folder after
+    symbolic links are resolved, else why not."""
     if prefix is None:
         return None
     plain = _PATTERNS.sub("x", prefix)  # %date:yyyy-MM-dd% is expanded by ComfyUI, not a path character
     problem = confine.relative_problem(plain, "filename_prefix")
-    return problem.replace(confine.short(plain), confine.short(prefix)) if problem else None
+    if problem:
+        return problem.replace(confine.short(plain), confine.short(prefix))
+    literal = prefix.split("%", 1)[0].replace("\\", "/")  # the part no pattern expands: links there are known now
+    base = folder(kind).absolute()
+    if not confine.is_inside(base / os.path.dirname(literal), base):
+        return (f"filename_prefix {confine.short(prefix)} leads out of the {kind} folder through a symbolic "
+                "link")
+    return None
 
 
 def save_target(prefix: str, kind: str, extension: str, size: tuple[int, int] = (0, 0)) -> tuple[Path, str, str]:
@@ -399,7 +407,7 @@ def save_target(prefix: str, kind: str, extension: str, size: tuple[int, int] = 
     or temp folder (inside ComfyUI through folder_paths.get_save_image_path, so %date:...% etc. work).
     Raises PathRefused for a prefix that is not a relative name or leads out of the folder (also through a
     symlink), OSError naming the folder when it cannot be created or written."""
-    problem = prefix_problem(prefix)
+    problem = prefix_problem(prefix, kind)
     if problem:
         raise PathRefused(problem)
     base, subfolder = folder(kind).absolute(), ""

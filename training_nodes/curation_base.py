@@ -17,6 +17,7 @@ from typing import Any
 from ..nodes import bridge
 from ..svd_model.curation import pipeline
 from ..svd_model.curation.captioner_registry import USER_FILE, CaptionerRegistry, default_registry
+from ..svd_model.curation.engine import VIDEO_EXTENSIONS, VideoList, list_videos
 from ..svd_model.curation.pipeline import ClipRecord, CurationConfig, KeyframeCache, VideoRef
 from ..svd_model.curation.report import build_report
 from ..svd_model.errors import ConfigError, SVDError
@@ -128,8 +129,17 @@ def resolve_folder(folder: str) -> Path:
     return bridge.data_path(folder, "video folder")
 
 
+def video_list(folder: str, extensions: list[str] | tuple[str, ...] = VIDEO_EXTENSIONS) -> VideoList:
+    """The videos of a folder or .txt list inside the allowed folders; every entry (a list line, a symbolic
+    link in the folder) must lie inside them too."""
+    path = resolve_folder(folder)
+    videos = list_videos(path, extensions)
+    bridge.check_data_files(list(videos.paths), f"video list {path.name}")
+    return videos
+
+
 def folder_problem(folder: str | None) -> str | None:
-    return config_problem(resolve_folder, folder)
+    return config_problem(video_list, folder)
 
 
 def output_folder(name: str) -> Path:

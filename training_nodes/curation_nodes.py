@@ -15,7 +15,7 @@ from typing import Any
 from ..nodes import bridge
 from ..nodes.types import number_problem
 from ..svd_model.curation import filtering, manifest, pipeline, scoring
-from ..svd_model.curation.engine import VIDEO_EXTENSIONS, list_videos, prepare_output, run_curation
+from ..svd_model.curation.engine import VIDEO_EXTENSIONS, prepare_output, run_curation
 from ..svd_model.curation.pipeline import ClipRecord, CurationConfig, KeyframeCache, VideoRef
 from ..svd_model.errors import ConfigError, InputError
 from ..svd_model.fsutil import write_text_atomic
@@ -51,6 +51,7 @@ from .curation_base import (
     report_ui,
     resolve_folder,
     settings_captioners_problem,
+    video_list,
 )
 
 log = logging.getLogger(__name__)
@@ -87,13 +88,11 @@ class LoadVideoFolder(CurationNode):
         return "|".join(f"{p}:{p.stat().st_mtime_ns}" for p in files if p.is_file())
 
     def load(self, folder: str, extensions: str, limit: int) -> tuple[Any, int]:
-        path = resolve_folder(folder)
         exts = [e.strip() for e in extensions.split(",") if e.strip()]
-        videos = list_videos(path, exts or VIDEO_EXTENSIONS)
-        bridge.check_data_files(list(videos.paths), f"video list {path.name}")
+        videos = video_list(folder, exts or VIDEO_EXTENSIONS)
         if limit:
             videos = replace(videos, paths=videos.paths[:limit])
-        log.info("%s: %d video file(s)", bridge.display(path), len(videos))
+        log.info("%s: %d video file(s)", bridge.display(videos.root), len(videos))
         return videos, len(videos)
 
 
@@ -324,6 +323,10 @@ class WriteManifest(CurationNode):
         "write_keyframes": WRITE_KEYFRAMES_INPUT,
     }
 
+    @classmethod
+    def VALIDATE_INPUTS(cls, output_name: str | None) -> bool | str:
+        return config_problem(output_folder, output_name) or True
+
     def write(self, clips: ClipSet, output_name: str, write_clips: str,
               write_keyframes: bool) -> dict[str, Any]:
         out = prepare_output(output_folder(output_name), resume=False, overwrite=True)
@@ -394,9 +397,9 @@ class CurateFolder(CurationNode):
     }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, rules: str | None, settings: str | None) -> bool | str:
-        return (config_problem(filtering.parse_rules, rules) or config_problem(_settings, settings)
-                or settings_captioners_problem(settings) or True)
+    def VALIDATE_INPUTS(cls, rules: str | None, settings: str | None, output_name: str | None = None) -> bool | str:
+        return (config_problem(output_folder, output_name) or config_problem(filtering.parse_rules, rules)
+                or config_problem(_settings, settings) or settings_captioners_problem(settings) or True)
 
     def curate(self, videos: Any, output_name: str, if_exists: str, workers: int, text_score: bool,
                clip_checkpoint: str, write_clips: str, write_keyframes: bool, rules: str,

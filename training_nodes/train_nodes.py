@@ -111,7 +111,11 @@ class DatasetFromManifest:
         return _stamp(manifest)  # a linked `curated` changes with its curation node, which ComfyUI tracks
 
     @classmethod
-    def VALIDATE_INPUTS(cls, fps: float | None = None) -> bool | str:
+    def VALIDATE_INPUTS(cls, manifest: str | None, fps: float | None = None) -> bool | str:
+        if manifest and manifest.strip():  # '' when `curated` is linked in
+            problem = config_problem(lambda text: resolve_folder(text, "manifest"), manifest)
+            if problem:
+                return problem
         return range_problem(cls, "fps", fps) or True
 
     def load(self, manifest: str, frames: int, fps: float, width: int, height: int, windows_per_clip: int,
@@ -161,7 +165,11 @@ class DatasetFromFolder:
         return _stamp(folder)
 
     @classmethod
-    def VALIDATE_INPUTS(cls, fps: float | None = None) -> bool | str:
+    def VALIDATE_INPUTS(cls, folder: str | None, fps: float | None = None) -> bool | str:
+        if folder and folder.strip():  # '' (the default) is reported when the node runs
+            problem = config_problem(lambda text: resolve_folder(text, "clip folder"), folder)
+            if problem:
+                return problem
         return range_problem(cls, "fps", fps) or True
 
     def load(self, folder: str, frames: int, fps: float, width: int, height: int, windows_per_clip: int,
@@ -218,16 +226,13 @@ class BuildLatentCache:
     def VALIDATE_INPUTS(cls, cache_name: str | None) -> bool | str:
         if cache_name is None or not cache_name.strip():
             return True
-        return bridge.confine.name_problem(cache_name, "cache_name") or True
+        return config_problem(_cache_dir, cache_name) or True
 
     def build(self, model: SVDBundle, dataset: VideoDataset, cache_name: str, cond_aug_mode: str, storage: str,
               rebuild: bool) -> tuple[LatentCache, str]:
         key = json.dumps([asdict(dataset.config), model.source, cond_aug_mode, storage], default=str)
         name = cache_name.strip() or f"cache_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
-        problem = bridge.confine.name_problem(name, "cache_name")
-        if problem:
-            raise bridge.PathRefused(problem)
-        directory = bridge.output_path(name, "cache_name", under="SVDLab/cache")
+        directory = _cache_dir(name)
         # build_cache refuses a folder holding other windows or settings; the unnamed folder is this node's own,
         # so a stale one (a re-curated manifest at the same path) is replaced instead
         rebuild = rebuild or not cache_name.strip()
@@ -303,17 +308,14 @@ class Train:
     def VALIDATE_INPUTS(cls, learning_rate: float | None = None, lora_alpha: float | None = None,
                         ema_decay: float | None = None, run_name: str | None = None,
                         extra_config: str | None = "") -> bool | str:
-        if run_name is not None and (problem := bridge.confine.name_problem(run_name, "run_name")):
+        if run_name is not None and (problem := config_problem(_run_dir, run_name)):
             return problem
         return (number_problem(cls, learning_rate=learning_rate, lora_alpha=lora_alpha, ema_decay=ema_decay)
                 or config_problem(_extra_config, extra_config) or True)
 
     def train(self, model: SVDBundle, cache: LatentCache, validation_image: Any = None, extra_config: str = "",
               **widgets: Any) -> dict[str, Any]:
-        problem = bridge.confine.name_problem(widgets["run_name"], "run_name")
-        if problem:
-            raise bridge.PathRefused(problem)
-        out_dir = bridge.output_path(widgets["run_name"], "run_name", under="SVDLab/train")
+        out_dir = _run_dir(widgets["run_name"])
         config = self._config(widgets, extra_config, out_dir)
         device = bridge.device()
         bar = bridge.Progress(config.steps)
@@ -362,6 +364,22 @@ class Train:
         values.setdefault("lora", {}).update(rank=w["lora_rank"], alpha=w["lora_alpha"])
         values.setdefault("validation", {}).update(every=w["validate_every"])
         return config_from_dict(values)
+
+
+def _named_dir(name: str, what: str, under: str) -> Path:
+    """output/<under>/<name> for a plain ``name``; PathRefused for a path, a hidden name or a link leading out."""
+    problem = bridge.confine.name_problem(name, what)
+    if problem:
+        raise bridge.PathRefused(problem)
+    return bridge.output_path(name, what, under=under)
+
+
+def _run_dir(name: str) -> Path:
+    return _named_dir(name, "run_name", "SVDLab/train")
+
+
+def _cache_dir(name: str) -> Path:
+    return _named_dir(name, "cache_name", "SVDLab/cache")
 
 
 #: Training settings that name files or folders: the node sets them itself (from its inputs and run name), so the

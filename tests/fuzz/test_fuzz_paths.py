@@ -176,6 +176,7 @@ def test_bad_filename_prefixes_are_refused(box, node, value, fragment):
 
 
 def test_prefix_through_a_symlinked_subfolder_is_refused_when_saving(box):
+    _refused(SaveVideo.VALIDATE_INPUTS(filename_prefix="evil/x"), "through a symbolic link")
     frames = torch.rand(2, 16, 16, 3)
     with pytest.raises(PathRefused, match="leads out of the output folder"):
         SaveVideo().save(frames, 7.0, "webp", 50, "evil/x")
@@ -215,7 +216,17 @@ def test_run_and_cache_names_are_names(box, value):
         train_nodes.Train().train(None, None, run_name=value)
 
 
+def test_run_and_cache_names_that_are_links_out_are_refused(box):
+    for under in ("train", "cache"):
+        (box.folder("output") / "SVDLab" / under).mkdir(parents=True)
+        (box.folder("output") / "SVDLab" / under / "away").symlink_to(box.outside, target_is_directory=True)
+    _refused(train_nodes.Train.VALIDATE_INPUTS(run_name="away"), "symbolic link")
+    _refused(train_nodes.BuildLatentCache.VALIDATE_INPUTS(cache_name="away"), "symbolic link")
+
+
 def test_output_name_through_a_symlink_is_refused(box):
+    _refused(curation_nodes.WriteManifest.VALIDATE_INPUTS(output_name="evil/curation"), "symbolic link")
+    _refused(curation_nodes.CurateFolder.VALIDATE_INPUTS("svd", "", output_name="evil/curation"), "symbolic link")
     with pytest.raises(PathRefused, match="symbolic link"):
         curation_nodes.output_folder("evil/curation")
     for value in ("/tmp/x", "../x", ".x"):
@@ -265,7 +276,8 @@ def test_video_and_dataset_folders_are_confined(box, value):
 
 @pytest.mark.parametrize("name", ["list.txt", "relative_list.txt"])
 def test_list_file_entries_are_confined(box, name):
-    assert curation_nodes.LoadVideoFolder.VALIDATE_INPUTS(name) is True  # the list file itself is inside
+    # the list file itself is inside, its entry is not: refused when queued and when run
+    _refused(curation_nodes.LoadVideoFolder.VALIDATE_INPUTS(name), "names a file outside")
     with pytest.raises(PathRefused, match="names a file outside"):
         curation_nodes.LoadVideoFolder().load(name, "mp4", 0)
 
