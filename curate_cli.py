@@ -146,19 +146,19 @@ def cmd_curate(args: argparse.Namespace, stdout: TextIO | None = None, stderr: T
         print(f"svd-lab: no video files in {args.input}", file=err_stream)
         return 2
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt():  # SIGTERM (kill, a service manager) stops the run like Ctrl-C
             summary = run_curation(videos, args.out, config, engine=args.engine, workers=args.workers,
                                    resume=args.resume, overwrite=args.overwrite, videos_per_part=args.part_size,
                                    progress=_Progress(err_stream, args.quiet), registry=registry,
                                    retry_timeouts=getattr(args, "retry_timeouts", False))
+            print(summary.text(), file=out_stream)
+            if args.no_report:
+                return 0
+            return _filter_and_report(Path(args.out), args.filter, out_stream)
     except KeyboardInterrupt:
         print(f"svd-lab: interrupted; finished videos are saved, continue with --resume --out {args.out}",
               file=err_stream)
         return 130
-    print(summary.text(), file=out_stream)
-    if args.no_report:
-        return 0
-    return _filter_and_report(Path(args.out), args.filter, out_stream)
 
 
 def cmd_report(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
