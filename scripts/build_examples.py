@@ -320,6 +320,9 @@ def write_workflow(name: str, prompt: dict) -> None:
     (base / "api").mkdir(parents=True, exist_ok=True)
     for node in prompt.values():
         node["_meta"] = {"title": node["class_type"]}
+        for input_name, spec in input_specs(NODE_CLASS_MAPPINGS[node["class_type"]]).items():
+            if spec.is_widget and input_name not in node["inputs"] and "default" in spec.options:
+                node["inputs"][input_name] = spec.options["default"]  # as the editor saves an added node
     (base / "api" / f"{stem}.json").write_text(json.dumps(prompt, indent=1) + "\n")
     (base / f"{stem}.json").write_text(json.dumps(to_ui(prompt), indent=1) + "\n")
 
