@@ -131,6 +131,15 @@ def folder(kind: str) -> Path:
     return Path(kind)
 
 
+def user_folder() -> Path | None:
+    """ComfyUI's user folder (where the server's owner keeps settings such as svd_lab/captioners.json); None
+    headless."""
+    fp = _folder_paths()
+    if fp is None or not hasattr(fp, "get_user_directory"):
+        return None
+    return Path(fp.get_user_directory())
+
+
 def _is_diffusers_folder(path: Path) -> bool:
     return all((path / sub).is_dir() for sub in ("unet", "vae", "image_encoder"))
 

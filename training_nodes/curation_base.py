@@ -189,12 +189,7 @@ def captioner_registry() -> CaptionerRegistry:
     """The captioners the local user registered outside workflows: inside ComfyUI
     ``<user folder>/svd_lab/captioners.json``, and the file named by ``$SVD_LAB_CAPTIONERS``."""
     files: list[Path] = []
-    user_folder = getattr(bridge, "user_folder", None)
-    if callable(user_folder):
-        folder = user_folder()
-    else:  # bridge without a user-folder accessor: ask ComfyUI's folder_paths through it
-        fp = bridge._folder_paths()  # noqa: SLF001 - the one ComfyUI module bridge wraps
-        folder = fp.get_user_directory() if fp is not None and hasattr(fp, "get_user_directory") else None
+    folder = bridge.user_folder()
     if folder:
         files.append(Path(folder) / USER_FILE)
     return default_registry(files)
