@@ -32,7 +32,7 @@ from .model import SVDModel, check_keys
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-_CHUNK = 1 << 24  # elements per step of the exact NaN/Inf count
+_CHUNK = 1 << 22  # elements per step of the exact NaN/Inf count (a bounded temporary)
 
 
 @dataclass
@@ -239,10 +239,14 @@ def check_checkpoint(path: str | os.PathLike) -> CheckedCheckpoint:
 
 
 def _quick_sum(t: Tensor) -> Tensor:
-    """One reduction per tensor (no temporary copy): finite when every element is (or the sum overflowed)."""
-    if t.dtype.itemsize == 1:  # fp8: no reductions on every device; fp16 holds every fp8 value
-        t = t.to(torch.float16)
-    return t.sum(dtype=torch.float64 if t.dtype == torch.float64 else torch.float32)
+    """One reduction per tensor in its own dtype (no temporary copy; an upcast sum would allocate one):
+    finite when every element is finite, unless the sum overflowed (then the exact count decides)."""
+    if t.dtype.itemsize == 1:  # fp8 (only if asked for): no reductions on every device; fp16 holds every value
+        total = torch.zeros((), dtype=torch.float16, device=t.device)
+        for chunk in t.reshape(-1).split(_CHUNK):
+            total += chunk.to(torch.float16).sum()
+        return total
+    return t.sum()
 
 
 def _count_non_finite(t: Tensor) -> int:
@@ -257,7 +261,8 @@ def _non_finite_report(name: str, state: Mapping[str, Tensor], sums: list[Tensor
     """None when every weight is finite, else which tensors hold NaN/Inf (first few) and how many values."""
     if not sums:
         return None
-    suspects = [k for k, ok in zip(state, torch.stack(sums).isfinite().tolist(), strict=True) if not ok]
+    finite = torch.stack([s.float() for s in sums]).isfinite().tolist()  # one device sync for all tensors
+    suspects = [k for k, ok in zip(state, finite, strict=True) if not ok]
     counts = {k: _count_non_finite(state[k]) for k in suspects}  # a finite sum can overflow: count exactly
     bad = {k: n for k, n in counts.items() if n}
     if not bad:
