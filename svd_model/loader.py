@@ -241,6 +241,8 @@ def check_checkpoint(path: str | os.PathLike) -> CheckedCheckpoint:
 def _quick_sum(t: Tensor) -> Tensor:
     """One reduction per tensor in its own dtype (no temporary copy; an upcast sum would allocate one):
     finite when every element is finite, unless the sum overflowed (then the exact count decides)."""
+    if not t.dtype.is_floating_point:
+        return torch.zeros((), device=t.device)
     if t.dtype.itemsize == 1:  # fp8 (only if asked for): no reductions on every device; fp16 holds every value
         total = torch.zeros((), dtype=torch.float16, device=t.device)
         for chunk in t.reshape(-1).split(_CHUNK):
@@ -251,10 +253,8 @@ def _quick_sum(t: Tensor) -> Tensor:
 
 def _count_non_finite(t: Tensor) -> int:
     """The exact number of NaN/Inf elements, in chunks (a bounded temporary)."""
-    flat = t.reshape(-1)
-    if flat.dtype.itemsize == 1:
-        flat = flat.to(torch.float16)
-    return sum(int((~torch.isfinite(chunk)).sum()) for chunk in flat.split(_CHUNK))
+    wide = torch.float16 if t.dtype.itemsize == 1 else t.dtype  # isfinite has no fp8 kernel
+    return sum(int((~torch.isfinite(chunk.to(wide))).sum()) for chunk in t.reshape(-1).split(_CHUNK))
 
 
 def _non_finite_report(name: str, state: Mapping[str, Tensor], sums: list[Tensor]) -> str | None:
