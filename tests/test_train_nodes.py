@@ -140,7 +140,7 @@ def test_bad_manifest_and_missing_folder_messages(files, configured, tmp_path):
     pq.write_table(pa.Table.from_pylist([{"clip_id": "a", "source": "x.mp4"}]), path)
     with pytest.raises(InputError, match=r"lacks the column\(s\) \['clip_path', 'start_frame'"):
         train_nodes.DatasetFromManifest().load(str(path), 3, 8.0, 64, 64, 1, 0, "", True)
-    with pytest.raises(InputError, match="clip folder 'no/such/folder': no readable file or folder of that name"):
+    with pytest.raises(InputError, match="clip folder 'no/such/folder': no readable folder of that name"):
         train_nodes.DatasetFromFolder().load("no/such/folder", 3, 8.0, 64, 64, 1, 0, 127)
     with pytest.raises(InputError, match="bucket '64by64' is not WIDTHxHEIGHT"):
         train_nodes.parse_buckets("576x1024, 64by64")

@@ -51,6 +51,20 @@ def resolve_folder(text: str, what: str) -> Path:
     return bridge.data_path(text, what)
 
 
+def clip_folder(text: str) -> Path:
+    """The folder of training clips (a folder, not a file)."""
+    return bridge.data_path(text, "clip folder", folder_only=True)
+
+
+def manifest_source(text: str) -> Path:
+    """A curation output folder or a .parquet manifest inside the allowed folders."""
+    path = resolve_folder(text, "manifest")
+    if path.is_file() and path.suffix.lower() != ".parquet":
+        raise InputError(f"manifest {bridge.confine.short(text)} is a {path.suffix or 'plain'} file: give the "
+                         "curation output folder or a .parquet manifest")
+    return path
+
+
 def _stamp(path: str) -> str:
     """Changes when files below `path` are added, removed or modified (ComfyUI re-runs the node then)."""
     try:
@@ -113,7 +127,7 @@ class DatasetFromManifest:
     @classmethod
     def VALIDATE_INPUTS(cls, manifest: str | None, fps: float | None = None) -> bool | str:
         if manifest and manifest.strip():  # '' when `curated` is linked in
-            problem = config_problem(lambda text: resolve_folder(text, "manifest"), manifest)
+            problem = config_problem(manifest_source, manifest)
             if problem:
                 return problem
         return range_problem(cls, "fps", fps) or True
@@ -131,7 +145,7 @@ class DatasetFromManifest:
 def manifest_path(text: str, curated: Any = None) -> Path:
     """The curated folder of a linked SVDLAB_MANIFEST (its ``out_dir``), else the folder / .parquet `text` names."""
     if curated is None:
-        return resolve_folder(text, "manifest")
+        return manifest_source(text)
     out_dir = getattr(curated, "out_dir", None)
     if out_dir is None:
         raise InputError(f"curated input is a {type(curated).__name__}, expected the SVDLAB_MANIFEST output of SVD "
@@ -167,14 +181,14 @@ class DatasetFromFolder:
     @classmethod
     def VALIDATE_INPUTS(cls, folder: str | None, fps: float | None = None) -> bool | str:
         if folder and folder.strip():  # '' (the default) is reported when the node runs
-            problem = config_problem(lambda text: resolve_folder(text, "clip folder"), folder)
+            problem = config_problem(clip_folder, folder)
             if problem:
                 return problem
         return range_problem(cls, "fps", fps) or True
 
     def load(self, folder: str, frames: int, fps: float, width: int, height: int, windows_per_clip: int,
              seed: int, motion_bucket_id: int) -> tuple[VideoDataset, str]:
-        config = DataConfig(folder=str(resolve_folder(folder, "clip folder")), num_frames=frames, fps=fps,
+        config = DataConfig(folder=str(clip_folder(folder)), num_frames=frames, fps=fps,
                             width=width, height=height, windows_per_clip=windows_per_clip,
                             motion_bucket_id=motion_bucket_id, seed=seed)
         dataset = _confined(make_dataset(config))
