@@ -9,10 +9,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ..svd_model.conditioning import Cond
+from ..svd_model.errors import SVDError
 from ..svd_model.pipelines.image_to_video import VideoParams
 
 SVDLAB_MODEL = "SVDLAB_MODEL"
@@ -91,4 +93,16 @@ def number_problem(node: type, **values: Any) -> str | None:
         problem = range_problem(node, name, value)
         if problem:
             return problem
+    return None
+
+
+def config_problem(check: Callable[[Any], object], value: Any) -> str | None:
+    """For VALIDATE_INPUTS: the message of the package error (ConfigError, InputError, ...) ``check(value)``
+    raises; None when it passes or the value is not known yet (None: the input is linked)."""
+    if value is None:
+        return None
+    try:
+        check(value)
+    except SVDError as exc:
+        return str(exc)
     return None

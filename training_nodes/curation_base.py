@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from ..nodes import bridge
+from ..nodes.types import config_problem
 from ..svd_model.curation import pipeline
 from ..svd_model.curation.captioner_registry import USER_FILE, CaptionerRegistry, default_registry
 from ..svd_model.curation.engine import VIDEO_EXTENSIONS, VideoList, list_videos
 from ..svd_model.curation.pipeline import ClipRecord, CurationConfig, KeyframeCache, VideoRef
 from ..svd_model.curation.report import build_report
-from ..svd_model.errors import ConfigError, SVDError
+from ..svd_model.errors import ConfigError
 
 CATEGORY = "SVD Lab/curation"
 VIDEO_LIST, ANNOTATIONS, CLIPS, MANIFEST = ("SVDLAB_VIDEO_LIST", "SVDLAB_VIDEO_ANNOTATIONS", "SVDLAB_CLIPS",
@@ -89,18 +90,6 @@ def parse_settings(text: str, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{what} must be a JSON object, got {text!r}")
     return data
-
-
-def config_problem(check: Callable[[str], object], value: str | None) -> str | None:
-    """For VALIDATE_INPUTS: the error message (ConfigError, InputError, ...) of ``check(value)``; None when it
-    passes or the value is not known yet (None: the input is linked)."""
-    if value is None:
-        return None
-    try:
-        check(value)
-    except SVDError as exc:
-        return str(exc)
-    return None
 
 
 def json_problem(text: str | None, what: str) -> str | None:

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from ..nodes import adapters, bridge
-from ..nodes.types import MAX_SEED, MAX_SIZE, SVDLAB_MODEL, number_problem, range_problem
-from ..svd_model.errors import ConfigError, InputError, SVDError
+from ..nodes.types import MAX_SEED, MAX_SIZE, SVDLAB_MODEL, config_problem, number_problem, range_problem
+from ..svd_model.errors import ConfigError, InputError
 from ..svd_model.loader import SVDBundle
 from ..svd_model.training.cache import LatentCache, build_cache, move_module
 from ..svd_model.training.config import (
@@ -416,17 +416,6 @@ def _extra_config(text: str) -> dict[str, Any]:
             raise ConfigError(f"extra_config may not set {dotted}: files and folders of a run come from the node's "
                               "inputs and run_name")
     return values
-
-
-def config_problem(check: Any, value: str | None) -> str | None:
-    """For VALIDATE_INPUTS: the error message of ``check(value)`` (None: it passes, or the input is linked)."""
-    if value is None:
-        return None
-    try:
-        check(value)
-    except SVDError as exc:
-        return str(exc)
-    return None
 
 
 def _ui_file(path: Path) -> dict[str, str]:
