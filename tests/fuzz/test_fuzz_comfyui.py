@@ -458,7 +458,7 @@ def _core_answer(comfy: Comfy, kind: str, value: str) -> str:
 #: What a refusal of the pack says, by the kind of value (lower case; one of the phrases must appear).
 REFUSED = re.compile(r"outside|not a path|must be a name|separator|hidden|control|invisible|empty|no readable|"
                      r"no \w+ (given|selected)|absolute|'\.\.'|not in|unknown captioner|not allowed|not registered|"
-                     r"only files inside|may not|symbolic link|leads out|names a file outside")
+                     r"only files inside|may not|symbolic link|leads out|names a file outside|is a \.\w+ file")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
