@@ -12,9 +12,11 @@ import json
 import logging
 import random
 import string
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from ..svd_model.errors import InputError
+from ..svd_model.errors import InputError, SVDError
 from ..svd_model.videoio import read_image, read_video, write_video
 from . import adapters, bridge
 from .types import MAX_SIZE, range_problem
@@ -45,6 +47,15 @@ def _stamp(name: str, path: str) -> str:
     return f"{bridge.display(found)}:{stat.st_mtime_ns}:{stat.st_size}"
 
 
+def _read(reader: Callable[..., Any], found: Path, **options: Any) -> Any:
+    """``reader(found, **options)`` with the file named relative to its ComfyUI folder in any error (the package
+    names the path it was given; the server's folders are not the client's business)."""
+    try:
+        return reader(found, **options)
+    except SVDError as exc:
+        raise type(exc)(str(exc).replace(str(found), bridge.display(found))) from None
+
+
 class LoadImage:
     DESCRIPTION = "Loads an image (upload, input folder, or a file path) as IMAGE, e.g. the conditioning frame."
     CATEGORY = "SVD Lab/io"
@@ -70,7 +81,7 @@ class LoadImage:
         return _stamp(image, path)
 
     def load(self, image: str, path: str = "") -> tuple[Any]:
-        return (adapters.array_to_images(read_image(bridge.input_file(image, path, "image"))),)
+        return (adapters.array_to_images(_read(read_image, bridge.input_file(image, path, "image"))),)
 
 
 class LoadVideo:
@@ -114,9 +125,9 @@ class LoadVideo:
 
     def load(self, video: str, frame_cap: int, skip_first: int, every_nth: int, target_fps: float, width: int,
              height: int, resize_mode: str, path: str = "") -> tuple[Any, float, int]:
-        frames, fps = read_video(bridge.input_file(video, path, "video"), frame_cap=frame_cap, skip_first=skip_first,
-                                 every_nth=every_nth, target_fps=target_fps or None,
-                                 size=(width, height) if width and height else None, resize_mode=resize_mode)
+        frames, fps = _read(read_video, bridge.input_file(video, path, "video"), frame_cap=frame_cap,
+                            skip_first=skip_first, every_nth=every_nth, target_fps=target_fps or None,
+                            size=(width, height) if width and height else None, resize_mode=resize_mode)
         images = adapters.array_to_images(frames)
         return images, float(fps), int(images.shape[0])
 

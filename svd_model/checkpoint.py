@@ -15,7 +15,6 @@ import json
 import logging
 import mmap
 import os
-import stat
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from torch import Tensor
 
 from .checkpoint_diagnose import MAX_HEADER, diagnose, parse_header, short
 from .errors import CheckpointError
-from .fsutil import replace_atomic
+from .fsutil import replace_atomic, stat_regular
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +78,7 @@ def _sniff_format(head: bytes) -> str | None:
 
 def _stat_file(path: Path) -> int:
     """The size of a regular file; a CheckpointError for a missing path, a folder or a device/FIFO."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {path.name}") from None
-    except OSError as exc:
-        raise CheckpointError(f"checkpoint {path.name} cannot be read ({exc.strerror or exc})") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise CheckpointError(f"{path.name} is a folder, not a .safetensors file")
-    if not stat.S_ISREG(st.st_mode):
-        raise CheckpointError(f"{path.name} is not a regular file (a device, socket or FIFO?): not a .safetensors file")
-    return st.st_size
+    return stat_regular(path, "checkpoint", CheckpointError, shown=path.name).st_size
 
 
 def _read_prefix(path: Path, size: int) -> tuple[int, bytes]:

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import signal
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,6 +33,33 @@ log = logging.getLogger(__name__)
 #: ``.<name>.<pid>.<thread>.tmp`` (replace_atomic) and ``.<name>.<pid>-<hex>.part`` (video writers).
 TEMP_RE = re.compile(r"^\..+\.(?P<pid>[0-9]{1,10})\.[0-9]{1,24}\.tmp$")
 PART_RE = re.compile(r"^\..+\.(?P<pid>[0-9]{1,10})-[0-9a-f]{8}\.part$")
+
+
+#: What a path is when it is not a regular file or a folder (for "is not a regular file: it is ...").
+_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"))
+
+
+def stat_regular(path: str | os.PathLike[str], what: str, error: type[Exception],
+                 shown: str | None = None) -> os.stat_result:
+    """``os.stat`` of a regular file, else ``error`` saying what the path is instead: missing, a folder, a named
+    pipe, a device or socket, or unreadable. Only stats: nothing is opened, so a FIFO never blocks a reader.
+    ``shown`` is how the message names the path (default: as given)."""
+    name = str(path) if shown is None else shown
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise error(f"{what} not found: {name}") from None
+    except NotADirectoryError:
+        raise error(f"{what} not found: {name} (a parent of it is not a folder)") from None
+    except (OSError, ValueError) as exc:
+        raise error(f"cannot read {what} {name}: {getattr(exc, 'strerror', None) or exc}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise error(f"{what} {name} is a folder, not a file")
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((label for test, label in _KINDS if test(info.st_mode)), "not a file")
+        raise error(f"{what} {name} is not a regular file: it is {kind}")
+    return info
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .fsutil import stat_regular
 
 MAX_BYTES = 64 * 2**20
 MAX_DEPTH = 64
@@ -35,9 +36,6 @@ SHOWN_CHARS = 80
 _TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.S)
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
          (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
-_KINDS = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"))
-
 
 def shorten(value: Any, limit: int = SHOWN_CHARS) -> str:
     """``repr(value)`` cut to ``limit`` characters with an ellipsis and the full length when it is longer."""
@@ -52,19 +50,7 @@ def shorten(value: Any, limit: int = SHOWN_CHARS) -> str:
 
 
 def _regular_file(path: Path, what: str, max_bytes: int) -> None:
-    try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise ConfigError(f"{what} not found: {path}") from None
-    except NotADirectoryError:
-        raise ConfigError(f"{what} not found: {path} (a parent of it is not a folder)") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise ConfigError(f"{what} {path} is a directory, not a file")
-    if not stat.S_ISREG(info.st_mode):
-        kind = next((name for test, name in _KINDS if test(info.st_mode)), "not a file")
-        raise ConfigError(f"{what} {path} is not a regular file: it is {kind}")
+    info = stat_regular(path, what, ConfigError)
     if info.st_size > max_bytes:
         raise ConfigError(f"{what} {path} is {info.st_size / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:g} MiB")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import stat
 from dataclasses import dataclass
 from fractions import Fraction
 from os import PathLike
@@ -19,6 +18,7 @@ import av.logging
 from PIL import Image
 
 from .errors import InputError
+from .fsutil import stat_regular
 
 logger = logging.getLogger(__name__)
 
@@ -70,18 +70,7 @@ def check_file(path: str | PathLike[str], what: str = "video") -> Path:
     (missing, a folder, a named pipe, a device or socket, unreadable, empty). Nothing is opened for reading
     before the type is known, so a FIFO never blocks."""
     p = Path(path).expanduser()
-    try:
-        st = p.stat()
-    except FileNotFoundError:
-        raise InputError(f"{what} file not found: {p} (check the path; relative paths start at {Path.cwd()})") from None
-    except OSError as exc:
-        raise InputError(f"cannot look at the {what} file {p}: {exc.strerror or exc}") from None
-    if stat.S_ISDIR(st.st_mode):
-        raise InputError(f"{what} path is a folder, not a file: {p}")
-    if stat.S_ISFIFO(st.st_mode):
-        raise InputError(f"{what} path is a named pipe (FIFO), not a regular file: {p}; only regular files are read")
-    if not stat.S_ISREG(st.st_mode):
-        raise InputError(f"{what} path is not a regular file (a device or a socket): {p}")
+    st = stat_regular(p, f"{what} file", InputError)
     if not os.access(p, os.R_OK):
         raise InputError(f"{what} file is not readable (permission denied): {p}")
     if st.st_size == 0:

@@ -91,7 +91,7 @@ CONFIG_CASES = [
     ("top_level_list", _write("c.json", b"[1]"), (), "must hold a JSON object at the top level, got list"),
     ("huge_string_key", _write("c.json", json.dumps({"k" * 100_000: 1}).encode()), (),
      "unknown config key 'kkkk"),
-    ("a_directory", _mkdir, (), "is a directory, not a file"),
+    ("a_directory", _mkdir, (), "is a folder, not a file"),
     ("a_fifo", _mkfifo, (), "is not a regular file: it is a named pipe (FIFO)"),
     ("missing", lambda folder: folder / "none.json", (), "training config not found: "),
     ("set_nan", _write("c.json", _config_text().encode()), ("optim.lr=NaN",), "optim.lr must be a finite number"),
@@ -119,14 +119,14 @@ def test_train_config_problems_are_one_clear_error(tmp_path, capsys, writer, set
 
 def test_user_file_errors_and_debug(tmp_path, capsys):
     assert main(["run", str(tmp_path)]) == 2
-    assert capsys.readouterr().err == f"svd-lab: error: workflow {tmp_path} is a directory, not a file\n"
+    assert capsys.readouterr().err == f"svd-lab: error: workflow {tmp_path} is a folder, not a file\n"
     os.mkfifo(tmp_path / "img.png")
     assert main(["image-to-video", "--image", str(tmp_path / "img.png"), "--output-dir", str(tmp_path / "o"),
                  "--frames", "2", "--steps", "1", "--width", "64", "--height", "64", "--device", "cpu"]) == 2
     assert "image " + str(tmp_path / "img.png") + " is not a regular file" in capsys.readouterr().err
     assert main(["image-to-video", "--checkpoint", str(tmp_path / "none.safetensors")]) == 2
     assert "checkpoint not found: " in capsys.readouterr().err
-    with pytest.raises(ConfigError, match="is a directory"):  # --debug: the error with its traceback
+    with pytest.raises(ConfigError, match="is a folder"):  # --debug: the error with its traceback
         main(["--debug", "train", str(tmp_path)])
 
 

@@ -312,3 +312,13 @@ def test_errors_are_svd_errors(box):
     assert issubclass(PathRefused, InputError)
     with pytest.raises(ConfigError):
         train_nodes._extra_config("[1]")
+
+
+def test_read_errors_name_the_file_relative_to_its_folder(box):
+    (box.folder("input") / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"\x00" * 64)
+    (box.folder("input") / "broken.png").write_bytes(b"not a png")
+    for load in (lambda: LoadVideo().load("broken.mp4", 0, 0, 1, 0.0, 0, 0, "cover"),
+                 lambda: LoadImage().load("broken.png")):
+        with pytest.raises(InputError) as caught:
+            load()
+        assert "input/broken." in str(caught.value) and str(box.folder("input")) not in str(caught.value)

@@ -125,8 +125,8 @@ def main():
     while not pool.started and time.monotonic() < deadline:
         pool.poll()
         time.sleep(0.05)
-    print(" ".join(str(p) for p in pool.executor._processes), flush=True)
-    try:
+    try:  # the test may send SIGTERM as soon as the line is out, even before print returns
+        print(" ".join(str(p) for p in pool.executor._processes), flush=True)
         time.sleep(3600)
     except KeyboardInterrupt:
         pool.kill()

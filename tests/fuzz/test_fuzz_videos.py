@@ -174,7 +174,7 @@ CASES = [
          r"no decodable video frames"),
     Case("folder_named_mp4", ".mp4", folder, "error", r"is a folder, not a file", r"is a folder, not a file"),
     Case("fifo", ".mp4", fifo, "error", r"named pipe \(FIFO\)", r"named pipe \(FIFO\)"),
-    Case("symlink_loop", ".mp4", symlink_loop, "error", r"cannot look at the video file .*symbolic links",
+    Case("symlink_loop", ".mp4", symlink_loop, "error", r"cannot read video file .*symbolic links",
          r"symbolic links"),
     Case("dangling_symlink", ".mp4", dangling_symlink, "error", r"video file not found", r"video file not found"),
     Case("audio_only", ".m4a", audio_only, "error", r"no video stream: it is an audio-only file",

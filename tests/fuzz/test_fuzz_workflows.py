@@ -192,7 +192,7 @@ BYTES_CASES = [
 ]
 
 SPECIAL_CASES = [
-    Case("a_directory", _directory, "workflow {path} is a directory, not a file"),
+    Case("a_directory", _directory, "workflow {path} is a folder, not a file"),
     Case("a_fifo", _fifo, "workflow {path} is not a regular file: it is a named pipe (FIFO)"),
     Case("missing_file", lambda folder: folder / "nope.json", "workflow not found: {path}"),
     Case("missing_parent", lambda folder: folder / "nope" / "w.json", "workflow not found: {path}"),
