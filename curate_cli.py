@@ -76,16 +76,14 @@ def build_config(args: argparse.Namespace) -> Any:
 
     data: dict[str, Any] = {}
     if args.config:
-        text = args.config
-        if not text.lstrip().startswith("{"):
-            try:
-                text = Path(text).read_text(encoding="utf-8")
-            except OSError as exc:
-                raise ConfigError(f"--config {args.config!r}: cannot read it ({exc.strerror or exc})") from None
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise ConfigError(f"--config {args.config!r} is neither a JSON file nor JSON text: {exc}") from None
+        from .svd_model.jsonfile import parse_json, read_json_file, shorten
+
+        if args.config.lstrip().startswith("{"):
+            data = parse_json(args.config, f"--config {shorten(args.config)}")
+        else:  # a file: BOM, UTF-16, depth, size and file type handled as for every config file
+            data = read_json_file(args.config, what="curation config")
+        if not isinstance(data, dict):
+            raise ConfigError(f"--config must be a JSON object of CurationConfig fields, got {type(data).__name__}")
     flags = {"clip_checkpoint": args.clip_checkpoint, "aesthetic_head": args.aesthetic_head,
              "text_tower": args.text_tower, "tokenizer": args.tokenizer,
              "write_clips": args.write_clips}

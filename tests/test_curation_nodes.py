@@ -160,7 +160,7 @@ def test_validation_messages(video_dir, folders):
     problems = "\n".join(str(p) for p in validate(prompt, NODE_CLASS_MAPPINGS))
     assert "video folder" in problems and "no readable file or folder" in problems
     assert "filter mode 'lowest' unknown" in problems
-    assert "cut_settings must be JSON" in problems
+    assert "cut_settings is not valid JSON" in problems
     prompt = _steps_prompt(str(video_dir))
     prompt["6"]["inputs"]["image_captioner"] = "command:/bin/sh -c id"
     prompt["10"]["inputs"]["aesthetic_head"] = "/nowhere/head.safetensors"

@@ -7,7 +7,6 @@ Not a node module: it defines no nodes.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -22,6 +21,7 @@ from ..svd_model.curation.engine import VIDEO_EXTENSIONS, VideoList, list_videos
 from ..svd_model.curation.pipeline import ClipRecord, CurationConfig, KeyframeCache, VideoRef
 from ..svd_model.curation.report import build_report
 from ..svd_model.errors import ConfigError
+from ..svd_model.jsonfile import parse_json, shorten
 
 CATEGORY = "SVD Lab/curation"
 VIDEO_LIST, ANNOTATIONS, CLIPS, MANIFEST = ("SVDLAB_VIDEO_LIST", "SVDLAB_VIDEO_ANNOTATIONS", "SVDLAB_CLIPS",
@@ -83,12 +83,9 @@ def parse_settings(text: str, what: str) -> dict[str, Any]:
     """A settings widget's JSON object ('' = {}); ConfigError naming ``what`` otherwise."""
     if not text.strip():
         return {}
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise ConfigError(f"{what} must be JSON (e.g. {{\"min_scene_s\": 0.5}}), got {text!r}: {exc}") from None
+    data = parse_json(text, what)  # depth-limited; a parse error names the line and column
     if not isinstance(data, dict):
-        raise ConfigError(f"{what} must be a JSON object, got {text!r}")
+        raise ConfigError(f"{what} must be a JSON object (e.g. {{\"min_scene_s\": 0.5}}), got {shorten(text)}")
     return data
 
 

@@ -18,6 +18,7 @@ import torch
 from ..nodes import adapters, bridge
 from ..nodes.types import MAX_SEED, MAX_SIZE, SVDLAB_MODEL, config_problem, number_problem, range_problem
 from ..svd_model.errors import ConfigError, InputError
+from ..svd_model.jsonfile import parse_json
 from ..svd_model.loader import SVDBundle
 from ..svd_model.training.cache import LatentCache, build_cache, move_module
 from ..svd_model.training.config import (
@@ -403,10 +404,7 @@ PATH_SETTINGS = ("checkpoint", "output_dir", "resume", "data", "cache", "validat
 
 def _extra_config(text: str) -> dict[str, Any]:
     """The Train node's extra_config JSON object ('' = {}); ConfigError for bad JSON or a setting naming a path."""
-    try:
-        values = json.loads(text) if text.strip() else {}
-    except (ValueError, RecursionError) as exc:
-        raise ConfigError(f"extra_config is not valid JSON: {str(exc)[:200]}") from None
+    values = parse_json(text, "extra_config") if text.strip() else {}
     if not isinstance(values, dict):
         raise ConfigError(f"extra_config must be a JSON object, got {type(values).__name__}")
     for dotted in PATH_SETTINGS:

@@ -25,7 +25,6 @@ looks like a command or a path is refused with a message saying where captioners
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..jsonfile import read_json_file
 
 log = logging.getLogger(__name__)
 
@@ -209,16 +209,7 @@ def load_file(path: str | os.PathLike[str]) -> CaptionerRegistry:
     path = Path(path)
     if not path.exists():
         return CaptionerRegistry([], [f"{path} (missing)"])
-    if not path.is_file():
-        raise ConfigError(f"captioner settings {path} is not a regular file")
-    if path.stat().st_size > MAX_FILE_BYTES:
-        raise ConfigError(f"captioner settings {path} is larger than {MAX_FILE_BYTES} bytes")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read captioner settings {path}: {exc}") from None
-    except ValueError as exc:
-        raise ConfigError(f"captioner settings {path} is not valid JSON: {exc}") from None
+    data = read_json_file(path, what="captioner settings", max_bytes=MAX_FILE_BYTES)
     if not isinstance(data, dict) or not isinstance(data.get("captioners", []), list):
         raise ConfigError(f"captioner settings {path} must be a JSON object {{\"captioners\": [...]}}")
     entries = [_entry(item, f"{path}: captioners[{i}]", str(path)) for i, item in enumerate(data.get("captioners", []))]
