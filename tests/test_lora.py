@@ -633,3 +633,11 @@ def test_bridge_lists_loras_from_comfyui_folders(tmp_path, monkeypatch):
     assert bridge.list_loras()[-1] == "c.safetensors"
     with pytest.raises(CheckpointError, match="not found in ComfyUI's loras folder"):
         bridge.resolve_lora("gone.safetensors")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_strength_and_alpha_are_refused(value):
+    with pytest.raises(ConfigError, match="strength must be a finite number"):
+        apply_lora(tiny_unet(0), {}, value)
+    with pytest.raises(ConfigError, match="alpha must be a positive finite number"):
+        convert_peft_lora({}, alpha=value)

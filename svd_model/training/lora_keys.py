@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from .targets import is_temporal
 
 __all__ = ["LoraPatch", "LoraReport", "ParsedLora", "apply_lora", "parse_lora", "validate_lora"]
@@ -408,6 +408,8 @@ def apply_lora(target: Any, state: Mapping[str, Tensor], strength: float = 1.0, 
     Raises CheckpointError when nothing matches, on shape mismatches (a LoRA for another model),
     incomplete or unsupported layers, and with strict=True on any unmatched key (else a warning).
     """
+    if not math.isfinite(float(strength)):
+        raise ConfigError(f"LoRA strength must be a finite number, got {strength!r}")
     unet = _unet_module(target)
     report = validate_lora(unet, state)
     _raise_if_unusable(report, strict)

@@ -35,7 +35,7 @@ from torch import Tensor
 from ..checkpoint import CheckpointReader, save_checkpoint
 from ..config import UNetConfig
 from ..diffusers_keys import unet_sgm_to_diffusers
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from .lora_keys import KOHYA_PREFIX, UNET_PREFIX, _unet_shapes, parse_lora
 
 __all__ = ["ConvertResult", "convert_peft_lora", "convert_peft_lora_file", "diffusers_module_map"]
@@ -141,6 +141,8 @@ def convert_peft_lora(
     ``.lora_down.weight`` / ``.alpha``. `unet` gives the layout (see :func:`diffusers_module_map`).
     Raises CheckpointError when the state is already ComfyUI-named or no key maps; keys that do not map
     (e.g. a text encoder's) are listed in the result."""
+    if alpha is not None and not (math.isfinite(float(alpha)) and float(alpha) > 0):
+        raise ConfigError(f"LoRA alpha must be a positive finite number (or None: from the file), got {alpha!r}")
     table = diffusers_module_map(unet)
     underscored = {k.replace(".", "_"): v for k, v in table.items()}
     stripped = {_strip(k): k for k in state}
