@@ -184,11 +184,14 @@ class LocalImageCaptioner:
             ) from None
         model_cls = getattr(transformers, "AutoModelForImageTextToText", None) or transformers.AutoModelForVision2Seq
         try:
-            self.model = model_cls.from_pretrained(folder, local_files_only=True).to(device).eval()
+            # safetensors weights only (a pytorch_model.bin is a pickle), no code from the folder, no download
+            self.model = model_cls.from_pretrained(folder, local_files_only=True, use_safetensors=True,
+                                                   trust_remote_code=False).to(device).eval()
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot load an image-to-text model from {folder}: {exc}") from None
         try:
-            processor = transformers.AutoProcessor.from_pretrained(folder, local_files_only=True)
+            processor = transformers.AutoProcessor.from_pretrained(folder, local_files_only=True,
+                                                                   trust_remote_code=False)
         except (OSError, ValueError, TypeError, KeyError):
             processor = None
         if processor is not None and getattr(processor, "image_processor", None) is not None:

@@ -198,7 +198,7 @@ def build_report(out_dir: str | os.PathLike[str], result: FilterResult | None = 
     counts = _counts(table)
     ok = np.array([r["status"] == "ok" for r in rows], bool)
     keep = np.array([bool(r["keep"]) for r in rows], bool)
-    body = [f"<h1>Curation report: {html.escape(str(out.absolute()))}</h1>",
+    body = [f"<h1>Curation report: {html.escape(out.absolute().name)}</h1>",  # no server path: /view serves it
             f"<p>{counts['videos']} videos: {counts['videos'] - counts['errors'] - counts['empty']} with clips, "
             f"{counts['errors']} failed, {counts['empty']} without clips. {counts['clips']} clips "
             f"({span(counts['hours'])}); <b>{counts['kept']} kept</b> ({span(counts['kept_hours'])}).</p>",
