@@ -113,7 +113,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 print(f"NOTE: {', '.join(missing)} not found in {', '.join(map(str, bridge.model_dirs()[:-1]))}: "
                       "running on a tiny RANDOM-weight model at reduced size instead. The video will be noise; "
                       "put a real checkpoint there (or pass --models-dir) for real output.")
-        return run_workflow_cli(args.workflow, sets, args.output_dir, NODE_CLASS_MAPPINGS)
+        return run_workflow_cli(args.workflow, sets, args.output_dir, NODE_CLASS_MAPPINGS, host=bridge)
 
 
 def build_parser() -> argparse.ArgumentParser:

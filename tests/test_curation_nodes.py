@@ -15,7 +15,7 @@ from comfyui_svd_lab.nodes import bridge
 from comfyui_svd_lab.svd_model.curation import manifest
 from comfyui_svd_lab.svd_model.curation.synthetic import make_video
 from comfyui_svd_lab.training_nodes import curation_nodes
-from comfyui_svd_lab.workflow import execute, progress, validate
+from comfyui_svd_lab.workflow import execute, validate
 
 IDS = sorted(curation_nodes.NODES)
 
@@ -137,7 +137,7 @@ def test_curate_folder_reports_progress_stops_when_cancelled_and_resumes(video_d
         if value == 2:
             raise KeyboardInterrupt  # what a cancelled headless run raises from the progress hook
 
-    with progress.reporting(cancel_after_two), pytest.raises(KeyboardInterrupt):
+    with bridge.headless_run(reporter=cancel_after_two), pytest.raises(KeyboardInterrupt):
         execute(_curate_prompt(str(video_dir)), NODE_CLASS_MAPPINGS)
     assert calls[:3] == [(0, 4), (1, 4), (2, 4)]
     out = folders / "out" / "run"

@@ -22,7 +22,6 @@ from comfyui_svd_lab.svd_model.pipelines.extend import (
 )
 from comfyui_svd_lab.svd_model.pipelines.image_to_video import VideoParams
 from comfyui_svd_lab.svd_model.tiny import write_tiny_checkpoint
-from comfyui_svd_lab.workflow import progress
 
 H, W, F = 32, 48, 3  # tiny segments: 3 frames at 48x32
 
@@ -128,7 +127,7 @@ def test_extend_node_progress_and_interruption(bundle, monkeypatch):
                 min_cfg=1.0, max_cfg=2.5, drift_correction=True, loop=False)
     extend = NODE_CLASS_MAPPINGS["SVDLab_ExtendVideo"]()
     reports = []
-    with progress.reporting(lambda v, t: reports.append((v, t))):
+    with bridge.headless_run(reporter=lambda v, t: reports.append((v, t))):
         frames, info = extend.extend(bundle, images, **args, per_segment="\nmotion_bucket_id=30")
     assert frames.shape == (6, H, W, 3) and reports == [(1, 2), (2, 2)]
     assert "2 input frames + 2 segments" in info and "= 6 frames" in info
@@ -141,8 +140,9 @@ def test_extend_node_progress_and_interruption(bundle, monkeypatch):
             raise Stop("Processing interrupted")
 
     monkeypatch.setattr(bridge, "check_interrupt", interrupt_after_the_first_segment)
+    monkeypatch.setattr(bridge.progress, "check_interrupt", interrupt_after_the_first_segment)
     reports.clear()
-    with progress.reporting(lambda v, t: reports.append((v, t))), pytest.raises(Stop):
+    with bridge.headless_run(reporter=lambda v, t: reports.append((v, t))), pytest.raises(Stop):
         extend.extend(bundle, images, **args)
     assert reports == [(1, 2)]  # segment 1 finished and reported, segment 2 stopped inside
 

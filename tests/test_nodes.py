@@ -21,7 +21,6 @@ from comfyui_svd_lab.svd_model.config import Family
 from comfyui_svd_lab.svd_model.errors import CheckpointError, InputError
 from comfyui_svd_lab.svd_model.tiny import write_tiny_checkpoint
 from comfyui_svd_lab.svd_model.videoio import probe_video, read_video, read_video_metadata
-from comfyui_svd_lab.workflow import progress
 
 REPO = Path(__file__).resolve().parents[1]
 W, H, T = 64, 48, 3
@@ -113,12 +112,18 @@ def test_svd_model_never_imports_comfyui_or_diffusers():
 
 
 def test_only_the_bridge_touches_comfyui_and_only_adapters_and_bridge_use_torch():
-    for path in (REPO / "nodes").glob("*.py"):
-        found = _imports(path)
-        if path.name != "bridge.py":
-            assert not found & COMFY_MODULES, f"nodes/{path.name} imports {sorted(found & COMFY_MODULES)}"
-        if path.name not in ("bridge.py", "adapters.py"):
-            assert "torch" not in found, f"nodes/{path.name} imports torch (tensor code belongs in adapters.py)"
+    """ComfyUI's modules are imported in nodes/bridge/comfy.py alone (nodes, training nodes and the headless runner
+    go through the bridge); in nodes/ tensors are handled by adapters.py and the bridge's memory module only."""
+    checked = 0
+    for folder in ("nodes", "training_nodes", "workflow"):
+        for path in (REPO / folder).rglob("*.py"):
+            rel, found = path.relative_to(REPO).as_posix(), _imports(path)
+            checked += 1
+            if rel != "nodes/bridge/comfy.py":
+                assert not found & COMFY_MODULES, f"{rel} imports {sorted(found & COMFY_MODULES)}"
+            if folder == "nodes" and rel not in ("nodes/adapters.py", "nodes/bridge/memory.py"):
+                assert "torch" not in found, f"{rel} imports torch (tensor code belongs in adapters.py)"
+    assert checked > 20
 
 
 def test_importing_the_pack_imports_no_top_level_nodes_or_comfy():
@@ -183,7 +188,7 @@ def test_image_to_video_end_to_end_writes_a_playable_mp4(model, folders):
     cond, empty, info = _condition(model)
     assert empty["samples"].shape == (T, 4, H // 8, W // 8) and "64x48" in info
     reports: list[tuple[int, int]] = []
-    with progress.reporting(lambda v, t: reports.append((v, t))):
+    with bridge.headless_run(reporter=lambda v, t: reports.append((v, t))):
         latent = _sample(model, cond)
         images = node("SVDLab_Decode").decode(model, latent, 2, 1)[0]
     assert latent["samples"].shape == (T, 4, H // 8, W // 8) and latent["samples"].device.type == "cpu"
@@ -305,14 +310,14 @@ def test_headless_folders_from_the_environment(monkeypatch, tmp_path):
 def test_offload_moves_the_model_only_while_a_node_works(model, monkeypatch):
     moves, freed = [], []
     monkeypatch.setattr(model.model, "to", lambda device: moves.append(str(device)))
-    monkeypatch.setattr(bridge, "free_memory", lambda n, device: freed.append((n, str(device))))
+    monkeypatch.setattr(bridge.memory, "free_memory", lambda n, device: freed.append((n, str(device))))
     bridge.set_offload(model, torch.device("cuda"))
     try:
         with bridge.on_device(model):
             assert moves == ["cuda"]
         assert moves == ["cuda", "cpu"] and freed == [(bridge.model_bytes(model), "cuda")]
     finally:
-        bridge._offloaded.pop(model.model)
+        bridge.memory._offloaded.pop(model.model)
 
 
 # --------------------------------------------------------------------------------------- fake ComfyUI
@@ -419,3 +424,31 @@ def test_zero_frames_and_steps_take_the_variant_defaults(model, folders, monkeyp
     with pytest.raises(RuntimeError, match="stop here"):
         _sample(model, cond, steps=0)
     assert seen["steps"] == model.defaults.steps
+
+
+def test_the_runner_hands_its_output_folder_and_progress_to_the_bridge(folders, tmp_path):
+    """execute(host=bridge, output_dir=...) moves where the pack's nodes write, for that run only."""
+    from comfyui_svd_lab.workflow import execute
+
+    prompt = {"1": {"class_type": "SVDLab_LoadImage", "inputs": {"image": "svd_lab_example.png", "path": ""}},
+              "2": {"class_type": "SVDLab_SaveVideo", "inputs": {"images": ["1", 0], "fps": 7.0, "format": "webp",
+                                                                 "quality": 50, "filename_prefix": "run/x"}}}
+    before = bridge.folder("output")
+
+    class Listener:
+        def __init__(self):
+            self.updates = []
+
+        def start(self, total): ...
+        def node_started(self, index, nid, class_type): ...
+        def node_finished(self, nid, class_type, seconds): ...
+        def finish(self): ...
+
+        def update(self, value, total):
+            self.updates.append((value, total))
+
+    results = execute(prompt, NODE_CLASS_MAPPINGS, host=bridge, output_dir=tmp_path / "elsewhere",
+                      progress=Listener())
+    entry = results["2"].ui["images"][0]
+    assert (tmp_path / "elsewhere" / entry["subfolder"] / entry["filename"]).is_file()
+    assert bridge.folder("output") == before and bridge.progress._reporter[0] is None

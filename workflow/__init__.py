@@ -11,10 +11,9 @@ Generic over a node registry ``{class_type: class}`` (the pack's ``NODE_CLASS_MA
 Workflow files are read by ``svd_model.jsonfile`` (BOM, UTF-16, size and depth limits) and their shape is
 checked by ``workflow.schema`` (each problem names its JSON path) before conversion; the validator refuses
 NaN/Inf numbers and over-long texts itself. The runner needs no torch (``execute`` uses it when it is
-installed). Headless, nodes report progress through
-``workflow.progress.report(value, total)`` (the pack's bridge module does this where ComfyUI is absent); output
-nodes return ``{"ui": {key: [{"filename", "subfolder", "type", "fullpath"}]}, "result": ()}`` and the CLI prints
-those paths (``workflow.runtime`` resolves entries without ``fullpath``).
+installed). The nodes' owner hands the runner a host (``execute(..., host=...)``, see ``workflow.runtime``):
+where its nodes write and where their progress goes for the run (this pack: ``nodes.bridge``); output nodes
+return ``{"ui": {key: [{"filename", "subfolder", "type"}]}, "result": ()}`` and the CLI prints those files.
 """
 
 from __future__ import annotations

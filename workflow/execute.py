@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import progress as progress_mod
 from . import runtime
 from .errors import NodeExecutionError, ValidationError
 from .graph import execution_order, sorted_ids
@@ -54,12 +53,14 @@ class NodeOutput:
 
 def execute(prompt: Mapping[str, Any], registry: Registry, *, hidden: Mapping[str, Any] | None = None,
             progress: ProgressListener | None = None, on_node: Callable[[NodeOutput], None] | None = None,
-            ui_workflow: dict | None = None, output_dir: Any = None) -> dict[str, NodeOutput]:
+            ui_workflow: dict | None = None, output_dir: Any = None,
+            host: runtime.Host | None = None) -> dict[str, NodeOutput]:
     """Validate, then run the nodes the output nodes need; returns ``{node_id: NodeOutput}`` for every node run.
 
-    ``progress`` gets the node counter and, through ``workflow.progress.report``, each node's own progress;
-    ``on_node(output)`` is called after each node; ``output_dir`` sets ``workflow.runtime.output_directory()``
-    for the run. Raises ValidationError (nothing ran) or NodeExecutionError.
+    ``progress`` gets the node counter and, through the host, each node's own progress; ``on_node(output)`` is
+    called after each node; ``output_dir`` is where the host's nodes write during the run (``host``: the nodes'
+    owner, e.g. this pack's ``nodes.bridge``; default ``workflow.runtime.GENERIC``). Raises ValidationError
+    (nothing ran) or NodeExecutionError.
     """
     problems = validate(prompt, registry)
     if problems:
@@ -69,8 +70,9 @@ def execute(prompt: Mapping[str, Any], registry: Registry, *, hidden: Mapping[st
     hidden_values = {"PROMPT": prompt, "EXTRA_PNGINFO": {"workflow": ui_workflow} if ui_workflow else None,
                      "DYNPROMPT": None, "AUTH_TOKEN_COMFY_ORG": None, "API_KEY_COMFY_ORG": None, **(hidden or {})}
     results: dict[str, NodeOutput] = {}
-    reporter = progress_mod.reporting(progress.update) if progress is not None else contextlib.nullcontext()
-    with _inference_mode(), runtime.using_output_directory(output_dir), reporter:
+    run = (host or runtime.GENERIC).headless_run(output_dir=output_dir,
+                                                 reporter=progress.update if progress is not None else None)
+    with _inference_mode(), run:
         if progress is not None:
             progress.start(len(order))
         for index, nid in enumerate(order, 1):

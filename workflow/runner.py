@@ -22,8 +22,10 @@ from .validate import validate
 
 
 def run_workflow_cli(path: str | Path, sets: Iterable[str] | None, output_dir: str | Path | None,
-                     registry: Registry, *, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
-    """Load, override, validate and run a workflow, printing problems, progress and output files; the exit code."""
+                     registry: Registry, *, stdout: TextIO | None = None, stderr: TextIO | None = None,
+                     host: runtime.Host | None = None) -> int:
+    """Load, override, validate and run a workflow, printing problems, progress and output files; the exit code.
+    ``host``: the owner of the registry's nodes (see :mod:`workflow.runtime`)."""
     out = stdout if stdout is not None else sys.stdout
     err = stderr if stderr is not None else sys.stderr
     try:
@@ -38,42 +40,44 @@ def run_workflow_cli(path: str | Path, sets: Iterable[str] | None, output_dir: s
         for problem in problems:
             print(f"  {problem}", file=err)
         return 2
-    out_dir = Path(output_dir) if output_dir is not None else runtime.output_directory()
+    host = host or runtime.GENERIC
+    out_dir = Path(output_dir) if output_dir is not None else Path(host.folder("output"))
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         print(f"svd-lab: error: cannot create the output folder {out_dir}: {exc.strerror or exc}", file=err)
         return 2
     try:
-        results = execute(prompt, registry, progress=TextProgress(err), ui_workflow=ui_workflow, output_dir=out_dir)
+        results = execute(prompt, registry, progress=TextProgress(err), ui_workflow=ui_workflow, output_dir=out_dir,
+                          host=host)
     except NodeExecutionError as exc:
         print(f"svd-lab: error: {exc}", file=err)
         return 1
     except KeyboardInterrupt:
         print("svd-lab: interrupted", file=err)
         return 130
-    with runtime.using_output_directory(out_dir):
-        lines = describe_outputs(results)
+    with host.headless_run(output_dir=out_dir):
+        lines = describe_outputs(results, host)
     print("\n".join(lines) if lines else f"done: {len(results)} node(s) ran; no node reported output files",
           file=out)
     return 0
 
 
-def describe_outputs(results: Mapping[str, NodeOutput]) -> list[str]:
+def describe_outputs(results: Mapping[str, NodeOutput], host: runtime.Host = runtime.GENERIC) -> list[str]:
     """One line per file or text an output node reported in its UI dict."""
     lines = []
     for nid, result in results.items():
         for key, items in result.ui.items():
             for item in items:
-                text = _describe_item(item)
+                text = _describe_item(item, host)
                 if text is not None:
                     lines.append(f"node {nid} ({result.class_type}) {key}: {text}")
     return lines
 
 
-def _describe_item(item: Any) -> str | None:
+def _describe_item(item: Any, host: runtime.Host) -> str | None:
     if isinstance(item, Mapping):
-        path = runtime.resolve_ui_file(dict(item))
+        path = runtime.resolve_ui_file(dict(item), host)
         return str(path) if path is not None else None
     if isinstance(item, str):
         return item

@@ -1,9 +1,10 @@
-"""Folders of a headless run: where UI file entries point, and a run-scoped output folder for generic nodes.
+"""The host of a headless run: where nodes write and where their progress goes, handed over by the runner.
 
-Inside ComfyUI, nodes write under ``folder_paths.get_output_directory()`` / ``get_temp_directory()``. Headless,
-this pack's nodes use ``nodes/bridge.py`` (``bridge.configure(output_dir=...)``, else ``$SVD_LAB_OUTPUT``, else
-``./output``; temp ``./temp``); this module uses the same defaults, so both agree unless one is configured.
-``workflow.execute(output_dir=...)`` sets ``output_directory()`` for the run and restores it afterwards.
+``workflow.execute(..., host=...)`` enters ``host.headless_run(output_dir=..., reporter=...)`` for the run, and
+the runner resolves UI file entries with ``host.folder(kind)``. A node pack passes its own host (this pack: its
+``nodes.bridge`` package, whose nodes read their folders and report progress there); without one, the
+:data:`GENERIC` host serves node classes that use this module's :func:`output_directory` and
+``workflow.progress.report`` (the runner's own tests, other packs). The runner shares no globals with a pack.
 
 Output nodes report saved files in their UI dict as ``{"filename", "subfolder", "type": "output" | "temp"}``
 (relative to those folders, as ComfyUI's SaveImage does), best with ``"fullpath"`` too; the CLI prints the paths.
@@ -12,9 +13,12 @@ Output nodes report saved files in their UI dict as ``{"filename", "subfolder", 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import Protocol
+
+from . import progress
 
 OUTPUT_ENV = "SVD_LAB_OUTPUT"  # the same variable nodes/bridge.py reads
 
@@ -53,11 +57,36 @@ def using_output_directory(path: str | Path | None) -> Iterator[None]:
         set_output_directory(previous)
 
 
-def resolve_ui_file(item: dict) -> Path | None:
-    """The path a UI file entry (``{"filename", "subfolder", "type"}`` or ``{"fullpath"}``) points at, if any."""
+class Host(Protocol):
+    """What the runner needs from the code that owns the nodes."""
+
+    def headless_run(self, *, output_dir: str | Path | None = None,
+                     reporter: Callable[[int, int], None] | None = None) -> AbstractContextManager[None]: ...
+
+    def folder(self, kind: str) -> Path: ...
+
+
+class GenericHost:
+    """The host for node classes that use :func:`output_directory` and ``workflow.progress.report``."""
+
+    @contextmanager
+    def headless_run(self, *, output_dir: str | Path | None = None,
+                     reporter: Callable[[int, int], None] | None = None) -> Iterator[None]:
+        with using_output_directory(output_dir), progress.reporting(reporter):
+            yield
+
+    def folder(self, kind: str) -> Path:
+        return temp_directory() if kind == "temp" else output_directory()
+
+
+GENERIC: Host = GenericHost()
+
+
+def resolve_ui_file(item: dict, host: Host = GENERIC) -> Path | None:
+    """The path a UI file entry (``{"filename", "subfolder", "type"}``, or a legacy ``{"fullpath"}``) points at."""
     if item.get("fullpath"):
         return Path(item["fullpath"])
     if not item.get("filename"):
         return None
-    base = temp_directory() if item.get("type") == "temp" else output_directory()
-    return base / (item.get("subfolder") or "") / item["filename"]
+    base = host.folder("temp" if item.get("type") == "temp" else "output")
+    return Path(base) / (item.get("subfolder") or "") / item["filename"]

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from comfyui_svd_lab.nodes import bridge
-from comfyui_svd_lab.nodes.confine import PathRefused
+from comfyui_svd_lab.nodes.bridge import PathRefused
 from comfyui_svd_lab.nodes.io_nodes import LoadImage, LoadVideo, PreviewVideo, SaveVideo
 from comfyui_svd_lab.nodes.lora_nodes import LoraConvert
 from comfyui_svd_lab.nodes.multiview_nodes import SaveCameras

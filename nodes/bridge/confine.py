@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..svd_model.errors import InputError
+from ...svd_model.errors import InputError
 
 #: Longest value accepted where a name or relative path is expected (ComfyUI's own limit for names is the OS's).
 MAX_TEXT = 1024

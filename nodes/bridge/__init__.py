@@ -1,0 +1,105 @@
+"""The only code that touches ComfyUI at run time; every ComfyUI import is optional (:mod:`.comfy`).
+
+* :mod:`.folders`: input / output / temp / user folders and the confinement of every path a workflow names
+  (:mod:`.confine`); numbered output files.
+* :mod:`.models`: checkpoints, LoRAs and supporting model files from the model folders.
+* :mod:`.memory`: the compute device, ComfyUI's memory manager, offload between nodes.
+* :mod:`.progress`: progress bars with latent previews, interruption.
+
+Inside ComfyUI all of it is ComfyUI's. Headless (tests, CLI, workflow runner) the folders come from
+:func:`configure` (``SVD_LAB_MODELS``: os.pathsep-separated model folders, ``SVD_LAB_OUTPUT``; else ``./models/svd``,
+``./output``, ``./temp``, ``./input``), and the runner hands its output folder and progress receiver over for one
+run with :func:`headless_run`. Nodes use this package as ``bridge.<name>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from . import confine, folders, memory, models, progress
+from .comfy import in_comfyui
+from .confine import PathRefused, Root
+from .folders import (
+    ANNOTATIONS,
+    IMAGE_EXTENSIONS,
+    PACK_INPUTS,
+    PACK_ROOT,
+    VIDEO_EXTENSIONS,
+    any_path_allowed,
+    check_data_files,
+    configure,
+    data_path,
+    display,
+    folder,
+    input_file,
+    input_problem,
+    input_roots,
+    list_inputs,
+    metadata_enabled,
+    output_path,
+    prefix_problem,
+    reset,
+    save_target,
+    user_folder,
+)
+from .memory import (
+    cpu_device,
+    device,
+    free_memory,
+    inherit_offload,
+    model_bytes,
+    on_device,
+    set_offload,
+    soft_empty_cache,
+)
+from .models import (
+    LORA_FOLDER,
+    MODEL_EXTENSIONS,
+    SVD_FOLDER,
+    find_checkpoint,
+    find_lora,
+    list_checkpoints,
+    list_loras,
+    lora_output_dir,
+    missing_checkpoint_message,
+    model_dirs,
+    model_file,
+    register_model_folder,
+    resolve_checkpoint,
+    resolve_lora,
+)
+from .progress import Progress, Reporter, check_interrupt, chunk_callback, step_callback
+
+__all__ = ["ANNOTATIONS", "IMAGE_EXTENSIONS", "LORA_FOLDER", "MODEL_EXTENSIONS", "PACK_INPUTS", "PACK_ROOT",
+    "PathRefused", "Progress", "Reporter", "Root", "SVD_FOLDER", "VIDEO_EXTENSIONS", "any_path_allowed",
+    "check_data_files", "check_interrupt", "chunk_callback", "configure", "confine", "cpu_device", "data_path",
+    "device", "display", "find_checkpoint", "find_lora", "folder", "folders", "free_memory", "headless_run",
+    "in_comfyui", "inherit_offload", "input_file", "input_problem", "input_roots", "list_checkpoints", "list_inputs",
+    "list_loras", "lora_output_dir", "memory", "metadata_enabled", "missing_checkpoint_message", "model_bytes",
+    "model_dirs", "model_file", "models", "on_device", "output_path", "prefix_problem", "progress",
+    "register_model_folder", "reset", "resolve_checkpoint", "resolve_lora", "save_target", "set_offload",
+    "soft_empty_cache", "step_callback", "user_folder"]
+
+
+@contextlib.contextmanager
+def headless_run(*, output_dir: str | Path | None = None, reporter: Reporter | None = None) -> Iterator[None]:
+    """For one headless run: write into ``output_dir`` (None: keep the configured folder) and send every node's
+    progress to ``reporter(value, total)``; both are restored afterwards. Ignored inside ComfyUI."""
+    previous_output, previous_reporter = folders._config.get("output"), progress._reporter[0]
+    if output_dir is not None:
+        configure(output_dir=output_dir)
+    progress._reporter[0] = reporter
+    try:
+        yield
+    finally:
+        progress._reporter[0] = previous_reporter
+        if output_dir is not None:
+            if previous_output is None:
+                folders._config.pop("output", None)
+            else:
+                folders._config["output"] = previous_output
+
+
+register_model_folder()

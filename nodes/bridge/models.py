@@ -1,0 +1,189 @@
+"""Model files: the checkpoints and LoRAs a node may load (names from ComfyUI's model folders; headless the
+configured ones), and supporting model files named relative to a model folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from ...svd_model.errors import CheckpointError, InputError
+from . import confine
+from .comfy import _folder_paths, in_comfyui
+from .confine import PathRefused
+from .folders import _config, any_path_allowed, folder
+
+SVD_FOLDER = "svd"
+MODEL_EXTENSIONS = (".safetensors", ".sft")
+
+
+def register_model_folder() -> None:
+    """Register ComfyUI's `svd` model folder (models/svd, .safetensors/.sft only); no-op headless."""
+    fp = _folder_paths()
+    if fp is None:
+        return
+    default = os.path.join(fp.models_dir, SVD_FOLDER)
+    paths, _ = fp.folder_names_and_paths.setdefault(SVD_FOLDER, ([], set()))
+    if default not in paths:
+        paths.append(default)
+    fp.folder_names_and_paths[SVD_FOLDER] = (paths, set(MODEL_EXTENSIONS))
+
+
+def model_dirs() -> list[Path]:
+    """Headless model folders: configure() > $SVD_LAB_MODELS > ./models/svd."""
+    if "models_dirs" in _config:
+        return list(_config["models_dirs"])
+    env = os.environ.get("SVD_LAB_MODELS", "")
+    return [Path(p) for p in env.split(os.pathsep) if p] or [Path("models") / SVD_FOLDER]
+
+
+def _is_diffusers_folder(path: Path) -> bool:
+    return all((path / sub).is_dir() for sub in ("unet", "vae", "image_encoder"))
+
+
+def _scan_models(root: Path) -> list[str]:
+    if not root.is_dir():
+        return []
+    files = [p for p in root.rglob("*") if p.suffix.lower() in MODEL_EXTENSIONS and p.is_file()]
+    dirs = [p for p in root.iterdir() if p.is_dir() and _is_diffusers_folder(p)]
+    return sorted(p.relative_to(root).as_posix() for p in files + dirs)
+
+
+def _searched_folders() -> list[tuple[str, Path]]:
+    """(folder key, path) pairs searched for checkpoints, svd folder first."""
+    fp = _folder_paths()
+    if fp is None:
+        return [(SVD_FOLDER, d) for d in model_dirs()]
+    return [(key, Path(d)) for key in (SVD_FOLDER, "checkpoints") for d in fp.get_folder_paths(key)]
+
+
+def list_checkpoints() -> list[str]:
+    """Checkpoint names for the loader's COMBO: the `svd` folder(s) first, then `checkpoints`
+    (.safetensors/.sft files, plus diffusers-format SVD folders directly inside an `svd` folder)."""
+    fp = _folder_paths()
+    if fp is None:
+        names = [n for _, d in _searched_folders() for n in _scan_models(d)]
+    else:
+        files = [*fp.get_filename_list(SVD_FOLDER), *fp.get_filename_list("checkpoints")]
+        folders = [n for d in fp.get_folder_paths(SVD_FOLDER) for n in _scan_models(Path(d))]
+        names = [n for n in files if n.lower().endswith(MODEL_EXTENSIONS)] + folders
+    return list(dict.fromkeys(names))
+
+
+def find_checkpoint(name: str) -> Path | None:
+    """A listed name (relative to a model folder) -> its path; headless, an absolute path is accepted too.
+    Inside ComfyUI a name may not leave its model folder."""
+    if not name or confine.relative_problem(name, "checkpoint") and not any_path_allowed():
+        return None
+    if Path(name).is_absolute():
+        return Path(name) if any_path_allowed() and Path(name).exists() else None
+    for _, root in _searched_folders():
+        path = root / name
+        if _in_model_folder(path, root) and path.exists():
+            return path
+    return None
+
+
+def _in_model_folder(path: Path, root: Path) -> bool:
+    """Lexically inside ``root``. Model folders are the one place where symlinks that leave the folder are
+    followed: only the server's owner can place files there (a workflow can name, never create them), and
+    linking model files in from shared storage is how ComfyUI installs are commonly set up."""
+    return os.path.commonpath([os.path.abspath(root), os.path.abspath(path)]) == os.path.abspath(root)
+
+
+def missing_checkpoint_message(name: str) -> str:
+    if in_comfyui():
+        return (f"checkpoint {confine.short(name)} not found in ComfyUI's model folders (models/svd, "
+                "models/checkpoints): put the .safetensors file there and pick it from the list")
+    where = "; ".join(f"{path} ({key})" for key, path in _searched_folders())
+    hint = "bridge.configure(models_dirs=...) or $SVD_LAB_MODELS"
+    return f"checkpoint {confine.short(name)} not found; looked in: {where}. Put the .safetensors file into {hint}"
+
+
+def resolve_checkpoint(name: str) -> Path:
+    path = find_checkpoint(name)
+    if path is None:
+        raise CheckpointError(missing_checkpoint_message(name))
+    return path
+
+
+# --------------------------------------------------------------------------------------------- loras
+
+LORA_FOLDER = "loras"
+
+
+def _lora_roots() -> list[tuple[Path, str]]:
+    """(root, required first path part) pairs searched for LoRA files: ComfyUI's `loras` folders (any file),
+    then the `loras/` subfolder of each svd model folder, then output/SVDLab/loras (where LoRA Convert writes).
+    Headless: configure(loras_dirs) > $SVD_LAB_LORAS, then `<model folder>/loras`, then the same output folder."""
+    fp = _folder_paths()
+    if fp is not None:
+        roots, svd = ([Path(d) for d in fp.get_folder_paths(key)] if key in fp.folder_names_and_paths else []
+                      for key in (LORA_FOLDER, SVD_FOLDER))
+    else:
+        env = [Path(p) for p in os.environ.get("SVD_LAB_LORAS", "").split(os.pathsep) if p]
+        roots, svd = list(_config.get("loras_dirs", env)), model_dirs()
+    return [(r, "") for r in roots] + [(d, LORA_FOLDER) for d in svd] + [(lora_output_dir(), "")]
+
+
+def list_loras() -> list[str]:
+    """LoRA names (relative to their root, like ComfyUI's LoraLoader lists them) for a COMBO."""
+    names = []
+    for root, sub in _lora_roots():
+        base = root / sub if sub else root
+        if base.is_dir():
+            names += sorted(p.relative_to(root).as_posix() for p in base.rglob("*")
+                            if p.suffix.lower() in MODEL_EXTENSIONS and p.is_file())
+    return list(dict.fromkeys(names))
+
+
+def find_lora(name: str) -> Path | None:
+    """A listed LoRA name -> its path (never outside its root); headless, an absolute path is accepted too."""
+    if not name or confine.relative_problem(name, "LoRA") and not any_path_allowed():
+        return None
+    if Path(name).is_absolute():
+        return Path(name) if any_path_allowed() and Path(name).is_file() else None
+    for root, sub in _lora_roots():
+        path = root / name
+        if _in_model_folder(path, root) and path.is_file() and (not sub or Path(name).parts[0] == sub):
+            return path
+    return None
+
+
+def resolve_lora(name: str) -> Path:
+    path = find_lora(name)
+    if path is None:
+        if in_comfyui():
+            raise CheckpointError(f"LoRA {confine.short(name)} not found in ComfyUI's loras folder (or models/svd/"
+                                  "loras): put the file there and pick it from the list")
+        where = "; ".join(str(root / sub) for root, sub in _lora_roots()) or "(no loras folder configured)"
+        raise CheckpointError(f"LoRA {confine.short(name)} not found; looked in: {where}")
+    return path
+
+
+def lora_output_dir() -> Path:
+    """Where LoRA Convert writes: output/SVDLab/loras. Nodes write only into the output and temp folders; this
+    folder is searched for LoRAs too, so a converted file is in the LoRA list at once."""
+    return folder("output").absolute() / "SVDLab" / LORA_FOLDER
+
+
+def model_file(name: str, what: str) -> Path:
+    """A supporting model file (aesthetic head, text tower, tokenizer, OpenCV text model) named relative to a
+    model folder (the svd folders, then ComfyUI's checkpoints / clip / text_encoders folders); absolute paths
+    only headless with the opt-in."""
+    if Path(name).is_absolute() and any_path_allowed():
+        if Path(name).is_file():
+            return Path(name)
+        raise InputError(f"{what} file not found: {confine.short(name)}")
+    problem = confine.relative_problem(name, what)
+    if problem:
+        raise PathRefused(f"{problem} (files come from the model folders)")
+    fp = _folder_paths()
+    keys = (SVD_FOLDER, "checkpoints", "clip", "text_encoders")
+    roots = [Path(d) for d in model_dirs()] if fp is None else [
+        Path(d) for key in keys if key in fp.folder_names_and_paths for d in fp.get_folder_paths(key)]
+    for root in roots:
+        path = root / name
+        if _in_model_folder(path, root) and path.is_file():
+            return path
+    where = "the model folders (models/svd, checkpoints, clip, text_encoders)" if fp else "the model folders"
+    raise InputError(f"{what} {confine.short(name)}: no readable file of that name in {where}")
