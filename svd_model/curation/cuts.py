@@ -165,6 +165,76 @@ def level_lags(cfg: CutConfig, fps: float) -> list[int]:
     return [1 if lv.fps is None or lv.fps >= fps else max(2, round(fps / lv.fps)) for lv in cfg.levels]
 
 
+@dataclass(frozen=True)
+class CascadeFrames:
+    """The cascade's sizes in frames of one video (from the config's seconds and the frame rate)."""
+
+    lags: tuple[int, ...]  # frame distance each level compares (1 = consecutive frames)
+    flash: int  # longest flash (frames) a cut may not be confused with
+    window: int  # adaptive-threshold window of the consecutive-frame level
+    span_max: int  # longest fade / dissolve
+    min_scene: int  # shortest shot
+    slow_max: int  # the largest lag of the slow (sub-sampled) levels, 1 without them
+    series_lags: tuple[int, ...]  # every lag a difference series is kept for
+    lookahead: int  # frames after a frame needed before it can be decided
+    lookback: int  # frames before the oldest undecided frame an event may still start
+
+    @classmethod
+    def of(cls, cfg: CutConfig, fps: float) -> CascadeFrames:
+        fps = max(fps, 1e-3)
+        lags = tuple(level_lags(cfg, fps))
+        window = max(2, round(cfg.window_s * fps))
+        span_max = max(2, round(cfg.max_transition_s * fps))
+        slow = [lag for lag in lags if lag > 1]
+        slow_max = max(slow, default=1)
+        lookahead = max([window + cfg.flash_frames + 2] + [3 * s + max(window, s) + span_max for s in slow])
+        return cls(lags, cfg.flash_frames, window, span_max, max(1, round(cfg.min_scene_s * fps)), slow_max,
+                   tuple(sorted({1, cfg.flash_frames + 1, *lags})), lookahead, slow_max + 2 * span_max + 2)
+
+    @property
+    def slow_lags(self) -> tuple[int, ...]:
+        return tuple(lag for lag in self.lags if lag > 1)
+
+
+class _Series:
+    """Per-frame signals, grown as frames arrive: the mean |difference| to the frame ``lag`` before (pixels, every
+    series lag; histograms, slow lags) and the luma mean and standard deviation."""
+
+    def __init__(self, frames: CascadeFrames, pixels: int) -> None:
+        self.diffs = {lag: GrowingArray() for lag in frames.series_lags}
+        self.hist_diffs = {lag: GrowingArray() for lag in frames.slow_lags}
+        self.mean, self.std = GrowingArray(), GrowingArray()
+        self._tail = np.zeros((0, pixels), np.float32)  # the last frames, flat, for the lags
+        self._hist_tail = np.zeros((0, HIST_BINS), np.float32)
+
+    def extend(self, small: np.ndarray, hist: np.ndarray) -> None:
+        """``small`` (c, C, h, w) float32 images of the next frames (0..255, channel 0 = luma), ``hist`` their
+        (c, bins) histograms."""
+        c, channels = len(small), small.shape[1]
+        luma = small[:, 0].reshape(c, -1)
+        self.mean.extend(luma.mean(1))
+        self.std.extend(luma.std(1))
+        frames = np.concatenate([self._tail, small.reshape(c, -1)])  # (t + c, P): the last frames, then these
+        hists = np.concatenate([self._hist_tail, hist])
+        t = len(self._tail)
+        for lag, series in self.diffs.items():
+            out = np.full(c, np.nan, np.float32)
+            hist_out = np.full(c, np.nan, np.float32)
+            first = max(0, lag - t)  # frames of this chunk that have a frame ``lag`` before them
+            if first < c:
+                cur, prev = frames[t + first : t + c], frames[t + first - lag : t + c - lag]
+                # mean |YUV difference| * channels: the sum of the per-channel mean differences
+                out[first:] = np.abs(cur - prev).mean(1) * channels
+                hist_out[first:] = np.abs(hists[t + first : t + c] - hists[t + first - lag : t + c - lag]).sum(1) / (
+                    2 * channels
+                )
+            series.extend(out)
+            if lag in self.hist_diffs:
+                self.hist_diffs[lag].extend(hist_out)
+        biggest = max(self.diffs)
+        self._tail, self._hist_tail = frames[-biggest:].copy(), hists[-biggest:].copy()
+
+
 @dataclass
 class CascadeDetector:
     """Streaming cascade: :meth:`push` chunks of small YUV images, then :meth:`finish` for the cuts.
@@ -179,29 +249,23 @@ class CascadeDetector:
     ring_extra: int = 64
     scan_every: int = 256  # frames gathered between scans (fewer, larger vectorised passes)
     events: list[_Event] = field(default_factory=list)
+    frames: CascadeFrames = field(init=False)
+    series: _Series = field(init=False)
+    ring: np.ndarray = field(init=False)  # (R, C, h, w) the last small images
+    hist: np.ndarray = field(init=False)  # (R, bins) their histograms
+    n: int = field(init=False, default=0)  # frames pushed
+    scanned: int = field(init=False, default=0)  # frames decided
 
     def __post_init__(self) -> None:
-        fps = max(self.fps, 1e-3)
-        self.lags = level_lags(self.cfg, fps)
-        self.flash = self.cfg.flash_frames
-        self.w1 = max(2, round(self.cfg.window_s * fps))
-        self.span_max = max(2, round(self.cfg.max_transition_s * fps))
-        self.min_scene = max(1, round(self.cfg.min_scene_s * fps))
-        slow = [lag for lag in self.lags if lag > 1]
-        self.s_max = max(slow, default=1)
-        self.series_lags = sorted({1, self.flash + 1, *self.lags})
-        self.diffs = {lag: GrowingArray() for lag in self.series_lags}
-        self.hdiffs = {lag: GrowingArray() for lag in slow}
-        self.mu, self.sd = GrowingArray(), GrowingArray()
-        self.lookahead = max([self.w1 + self.flash + 2] + [3 * s + max(self.w1, s) + self.span_max for s in slow])
-        self.lookback = self.s_max + 2 * self.span_max + 2
-        self.ring_size = self.lookahead + self.lookback + self.ring_extra + self.scan_every + 8
-        self.ring = np.zeros((self.ring_size, *self.shape), np.float32)  # (R C h w) small images
-        self.hist = np.zeros((self.ring_size, HIST_BINS), np.float32)  # (R bins)
-        self.tail = np.zeros((0, int(np.prod(self.shape))), np.float32)  # last frames, flat, for the lags
-        self.htail = np.zeros((0, HIST_BINS), np.float32)
-        self.n = 0
-        self.scanned = 0
+        self.frames = CascadeFrames.of(self.cfg, self.fps)
+        self.series = _Series(self.frames, int(np.prod(self.shape)))
+        ring_size = self.frames.lookahead + self.frames.lookback + self.ring_extra + self.scan_every + 8
+        self.ring = np.zeros((ring_size, *self.shape), np.float32)
+        self.hist = np.zeros((ring_size, HIST_BINS), np.float32)
+
+    @property
+    def ring_size(self) -> int:
+        return len(self.ring)
 
     # ------------------------------------------------------------------ input
 
@@ -215,37 +279,15 @@ class CascadeDetector:
         hist = histograms(small)
         self.ring[idx % self.ring_size] = small
         self.hist[idx % self.ring_size] = hist
-        luma = small[:, 0].reshape(c, -1)
-        self.mu.extend(luma.mean(1))
-        self.sd.extend(luma.std(1))
-        big = self.series_lags[-1]
-        ext = np.concatenate([self.tail, small.reshape(c, -1)])  # (t + c, P): the last frames, then these
-        hext = np.concatenate([self.htail, hist])
-        t = len(self.tail)
-        channels = small.shape[1]
-        for lag in self.series_lags:
-            out = np.full(c, np.nan, np.float32)
-            hout = np.full(c, np.nan, np.float32)
-            first = max(0, lag - t)  # frames of this chunk that have a frame ``lag`` before them
-            if first < c:
-                cur, prev = ext[t + first : t + c], ext[t + first - lag : t + c - lag]
-                # mean |YUV difference| * channels: the sum of the per-channel mean differences
-                out[first:] = np.abs(cur - prev).mean(1) * channels
-                hout[first:] = np.abs(hext[t + first : t + c] - hext[t + first - lag : t + c - lag]).sum(1) / (
-                    2 * channels
-                )
-            self.diffs[lag].extend(out)
-            if lag in self.hdiffs:
-                self.hdiffs[lag].extend(hout)
-        self.tail, self.htail = ext[-big:].copy(), hext[-big:].copy()
+        self.series.extend(small, hist)
         self.n += c
-        if self.n - self.lookahead - self.scanned >= self.scan_every:
-            self._scan(self.n - self.lookahead)
+        if self.n - self.frames.lookahead - self.scanned >= self.scan_every:
+            self._scan(self.n - self.frames.lookahead)
 
     @property
     def final_before(self) -> int:
         """Frames before this index will not be inside any event found later."""
-        return max(0, self.scanned - self.lookback)
+        return max(0, self.scanned - self.frames.lookback)
 
     def finish(self, times: np.ndarray) -> list[Cut]:
         """Scan the rest and return the merged cuts (``times``: pts s of every frame)."""
@@ -262,7 +304,7 @@ class CascadeDetector:
         if limit <= self.scanned:
             return
         lo, hi = self.scanned, limit
-        for level, (lag, lv) in enumerate(zip(self.lags, self.cfg.levels, strict=True), start=1):
+        for level, (lag, lv) in enumerate(zip(self.frames.lags, self.cfg.levels, strict=True), start=1):
             if lag == 1:
                 self._scan_hard(lo, hi, lv, level)
             else:
@@ -283,7 +325,7 @@ class CascadeDetector:
         padded = np.concatenate([np.full(lag, np.nan, np.float32), d, np.full(lag, np.nan, np.float32)])
         win = np.lib.stride_tricks.sliding_window_view(padded, lag)  # win[j] = d[j - lag : j]
         exclude = 0 if lag == 1 else 2 * lag
-        w = self.w1 if lag == 1 else max(self.w1, lag)
+        w = self.frames.window if lag == 1 else max(self.frames.window, lag)
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             left = np.nanmax(win[idx], axis=1)  # max of d[k - lag : k]
@@ -309,9 +351,9 @@ class CascadeDetector:
         return idx[keep], ratio[keep]
 
     def _scan_hard(self, lo: int, hi: int, lv: LevelConfig, level: int) -> None:
-        d1 = self.diffs[1].view
-        dp = self.diffs[self.flash + 1].view
-        n, p = self.n, self.flash
+        d1 = self.series.diffs[1].view
+        dp = self.series.diffs[self.frames.flash + 1].view
+        n, p = self.n, self.frames.flash
         idx, ratios = self._candidates(d1, max(lo, 1), hi, 1, lv.threshold, self.cfg.noise_floor, lv.min_change,
                                        sides=False)  # fmt: skip
         for k, ratio in zip(idx.tolist(), ratios.tolist(), strict=True):
@@ -322,7 +364,7 @@ class CascadeDetector:
             if around and v < self.cfg.hard_concentration * max(around):
                 continue  # a fast dissolve: leave it to the slower levels
             event = None
-            if float(np.min(self.mu.view[max(0, k - p - 1) : k + p + 1])) <= self.cfg.fade_black_level:
+            if float(np.min(self.series.mean.view[max(0, k - p - 1) : k + p + 1])) <= self.cfg.fade_black_level:
                 event = self._fade(k - p - 1, k + p, *self._window(k, p))  # a quick fade through black
             event = event or _Event(k, k, "hard", 0.0, 0, v)
             event.score, event.level = ratio, level
@@ -330,9 +372,10 @@ class CascadeDetector:
 
     def _scan_gradual(self, lo: int, hi: int, lag: int, lv: LevelConfig, level: int) -> None:
         cfg = self.cfg
-        pix = self._candidates(self.diffs[lag].view, lo, hi, lag, lv.threshold, cfg.noise_floor, lv.min_change, True)
-        hist = self._candidates(self.hdiffs[lag].view, lo, hi, lag, lv.threshold, cfg.hist_floor, cfg.min_hist_change,
-                                True)  # fmt: skip
+        series = self.series
+        pix = self._candidates(series.diffs[lag].view, lo, hi, lag, lv.threshold, cfg.noise_floor, lv.min_change, True)
+        hist = self._candidates(series.hist_diffs[lag].view, lo, hi, lag, lv.threshold, cfg.hist_floor,
+                                cfg.min_hist_change, True)
         found: dict[int, float] = {}
         for idx, ratios in (pix, hist):
             for k, r in zip(idx.tolist(), ratios.tolist(), strict=True):
@@ -349,7 +392,7 @@ class CascadeDetector:
 
     def _window(self, k: int, lag: int) -> tuple[int, int]:
         oldest = max(0, self.n - self.ring_size + 1)
-        return max(oldest, k - lag - self.span_max), min(self.n - 1, k + self.span_max)
+        return max(oldest, k - lag - self.frames.span_max), min(self.n - 1, k + self.frames.span_max)
 
     def _confirm(self, k: int, lag: int, lv: LevelConfig) -> _Event | None:
         lo_w, hi_w = self._window(k, lag)
@@ -379,7 +422,7 @@ class CascadeDetector:
 
     def _fade(self, lo: int, hi: int, lo_w: int, hi_w: int) -> _Event | None:
         """A fade through a dark frame near [lo, hi]: its span, or None."""
-        mu = self.mu.view
+        mu = self.series.mean.view
         found = fade_span(mu, lo, hi, lo_w, hi_w, self.cfg.fade_black_level)
         if found is None:
             return None
@@ -394,15 +437,16 @@ class CascadeDetector:
     def _dissolve(self, k: int, lag: int, lo_w: int, hi_w: int, lv: LevelConfig) -> _Event | None:
         """Localise the change between frames k - lag and k on full-rate frames; hard cut, dissolve or None."""
         frames = self.ring[np.arange(lo_w, hi_w + 1) % self.ring_size]  # (W C h w)
-        fit = dissolve_fit(frames, self.sd.view, max(lo_w, k - lag), k, lo_w, self.span_max, self.cfg.coarse)
+        fit = dissolve_fit(frames, self.series.std.view, max(lo_w, k - lag), k, lo_w, self.frames.span_max,
+                           self.cfg.coarse)
         if fit is None:
             return None
         change = self._change(*fit.refs)
         logger.debug("dissolve candidate %d..%d: residual %.3f coherence %.2f dip %.2f change %.1f", fit.first,
                      fit.last, fit.residual, fit.coherence, fit.contrast_dip, change)  # fmt: skip
-        if change < lv.min_change or fit.last - fit.first + 1 > self.span_max:
+        if change < lv.min_change or fit.last - fit.first + 1 > self.frames.span_max:
             return None
-        d1 = self.diffs[1].view
+        d1 = self.series.diffs[1].view
         if fit.last <= fit.first or float(d1[fit.middle]) >= self.cfg.hard_concentration * change:
             return _Event(fit.middle, fit.middle, "hard", 0.0, 0, change)  # one frame carries the change
         blend = fit.residual <= self.cfg.max_blend_residual and fit.coherence >= self.cfg.min_coherence
@@ -416,9 +460,9 @@ class CascadeDetector:
     def cuts(self, times: np.ndarray) -> list[Cut]:
         kept: list[_Event] = []
         for e in sorted(self.events, key=lambda e: (e.start, -e.score)):
-            if e.start < self.min_scene:
+            if e.start < self.frames.min_scene:
                 continue
-            if kept and e.start - kept[-1].end - 1 < self.min_scene:
+            if kept and e.start - kept[-1].end - 1 < self.frames.min_scene:
                 if e.score > kept[-1].score:
                     kept[-1] = e
                 continue
