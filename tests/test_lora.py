@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from train_support import one_thread_fixture
 
 from comfyui_svd_lab.nodes import NODE_CLASS_MAPPINGS, bridge
 from comfyui_svd_lab.svd_model.checkpoint import save_checkpoint
@@ -49,14 +50,8 @@ SUFFIXES = (".lora_up.weight", ".lora_down.weight", ".alpha")
 # -------------------------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is several times faster than two on a loaded machine (every
-    comparison is between runs with the same setting)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny models: one intra-op thread is several times faster than two on a loaded machine
+_one_thread = one_thread_fixture()
 
 
 def tiny_unet(seed: int = 2) -> VideoUNet:
