@@ -71,7 +71,7 @@ def _set_path(data: dict, dotted: str, value: Any) -> None:
 
 
 def build_config(args: argparse.Namespace) -> Any:
-    from .svd_model.curation.pipeline import CurationConfig
+    from .svd_model.curation.records import CurationConfig
     from .svd_model.errors import ConfigError
 
     data: dict[str, Any] = {}

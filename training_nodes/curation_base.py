@@ -18,7 +18,7 @@ from ..nodes.types import config_problem
 from ..svd_model.curation import pipeline
 from ..svd_model.curation.captioner_registry import USER_FILE, CaptionerRegistry, default_registry
 from ..svd_model.curation.engine import VIDEO_EXTENSIONS, VideoList, list_videos
-from ..svd_model.curation.pipeline import ClipRecord, CurationConfig, KeyframeCache, VideoRef
+from ..svd_model.curation.records import ClipRecord, CurationConfig, KeyframeCache, VideoRef
 from ..svd_model.curation.report import build_report
 from ..svd_model.errors import ConfigError
 from ..svd_model.jsonfile import parse_json, shorten

@@ -16,7 +16,7 @@ from ..nodes import bridge
 from ..nodes.types import number_problem
 from ..svd_model.curation import filtering, manifest, pipeline, scoring
 from ..svd_model.curation.engine import VIDEO_EXTENSIONS, prepare_output, run_curation
-from ..svd_model.curation.pipeline import ClipRecord, CurationConfig, KeyframeCache, VideoRef
+from ..svd_model.curation.records import ClipRecord, CurationConfig, KeyframeCache, VideoRef
 from ..svd_model.errors import ConfigError, InputError
 from ..svd_model.fsutil import write_text_atomic
 from .curation_base import (

@@ -38,7 +38,8 @@ from ..fsutil import remove_stale_temps, write_text_atomic
 from . import workers as workers_mod
 from .captioner_registry import CaptionerRegistry, default_registry
 from .manifest import FILTERED_NAME, MANIFEST_DIR, ManifestWriter, completed
-from .pipeline import CurationConfig, VideoRef, VideoResult, curate_video, error_text, status_record
+from .pipeline import curate_video
+from .records import CurationConfig, VideoRef, VideoResult, error_text, status_record
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The keyframe steps of the curation pipeline and its file outputs, over :class:`~.pipeline.ClipRecord` lists:
+"""The keyframe steps of the curation pipeline and its file outputs, over :class:`~.records.ClipRecord` lists:
 text area (classical detector), captions and CLIP scores from the optional local models (loaded once per
 process by :func:`get_models`), CLIP embeddings, clip files and keyframe JPEGs.
 
@@ -21,7 +21,7 @@ import numpy as np
 from ..errors import SVDError
 from ..fsutil import replace_atomic
 from . import clips
-from .pipeline import ClipRecord, CurationConfig, KeyframeCache, error_text
+from .records import ClipRecord, CurationConfig, KeyframeCache, error_text
 
 log = logging.getLogger(__name__)
 

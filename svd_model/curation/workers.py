@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from ..fsutil import pid_alive
-from .pipeline import CurationConfig, VideoRef, VideoResult, status_record
+from .pipeline import curate_video
+from .records import CurationConfig, VideoRef, VideoResult, status_record
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,6 @@ def init_worker(config: dict[str, Any], out_dir: str, registry: dict[str, Any] |
 
 def work(path: str, root: str) -> VideoResult:
     """The default job: one video through the pipeline with the worker's config."""
-    from .pipeline import curate_video
-
     return curate_video(path, root, _WORKER["config"], _WORKER["out"], registry=_WORKER.get("registry"))
 
 

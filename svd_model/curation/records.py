@@ -1,0 +1,323 @@
+"""The curation records: the config that decides a manifest row, a source file's identity, the row under
+construction (:class:`ClipRecord`), the keyframes the scorers share (:class:`KeyframeCache`), one video's result
+and the rows of a video that failed or gave no clip.
+
+Both the step modules (pipeline.py: annotate, split, motion; scoring.py: keyframe scores and files) and the
+engines build on these; this module imports neither.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, SVDError
+from . import clips, frames_at
+from .annotate import VideoAnnotation
+from .captioner_registry import check_name
+from .clips import ClipSpan, SplitConfig
+from .cuts import CutConfig
+from .manifest import empty_row
+from .motion import MotionCalibration, MotionConfig
+
+log = logging.getLogger(__name__)
+
+#: One manifest row: a value for every column of manifest.COLUMNS (see manifest.empty_row).
+Row = dict[str, Any]
+
+PIPELINE_VERSION = "1"
+CLIP_MODES = ("none", "auto", "copy", "reencode")
+KEYFRAME_KINDS = ("first", "middle", "last")
+
+
+@dataclass(frozen=True)
+class CurationConfig:
+    """Everything that decides a manifest row's values (hashed into ``config_hash``).
+
+    cut / motion / split: the annotation and splitting settings (see cuts.py, motion.py, clips.py);
+    buckets: how motion scores map to SVD's motion_bucket_id.
+    text: compute the text-area ratio on the keyframes (``text_reduce`` combines them: max or mean).
+    clip_checkpoint: an SVD checkpoint whose OpenCLIP image tower embeds the keyframes ('' = no CLIP scores);
+    aesthetic_head / text_tower / tokenizer: user-supplied files for the aesthetic and caption-similarity scores.
+    captioners: names of registered captioners (captioner_registry.py), at most one per kind (image, video,
+    summary); () = no captions. A name, never a program or a path: captioners are registered outside workflows.
+    keyframes: which frames of a clip the scorers see; keyframe_max_side: their longest side (0 = full size).
+    write_clips: 'none', or write each clip as a file: 'copy' (stream copy, keyframe-snapped), 'reencode'
+    (frame-exact), 'auto'; write_keyframes: JPEGs of the keyframes; save_embeddings: the CLIP embeddings.
+    threads: decoder threads per video (1 for batch runs: one process per core scales better).
+    video_timeout: seconds one video may take before it becomes an ``error`` row "timed out after N s"
+    (0 = no limit); like ``threads`` it is not part of the hash.
+    Every float must be finite (NaN / Inf are refused, naming the field).
+    """
+
+    cut: CutConfig = field(default_factory=CutConfig)
+    motion: MotionConfig = field(default_factory=MotionConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    buckets: MotionCalibration = field(default_factory=MotionCalibration)
+    text: bool = True
+    text_reduce: str = "max"
+    clip_checkpoint: str = ""
+    aesthetic_head: str = ""
+    text_tower: str = ""
+    tokenizer: str = ""
+    captioners: tuple[str, ...] = ()
+    keyframes: tuple[str, ...] = KEYFRAME_KINDS
+    keyframe_max_side: int = 512
+    write_clips: str = "none"
+    write_keyframes: bool = False
+    save_embeddings: bool = False
+    threads: int = 1
+    video_timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        check_finite(self, "config")
+        if self.video_timeout < 0:
+            raise ConfigError(f"config.video_timeout must be >= 0 seconds (0 = no limit), got {self.video_timeout!r}")
+        if not isinstance(self.captioners, (tuple, list)):
+            raise ConfigError(f"config.captioners must be a list of captioner names, got {self.captioners!r}")
+        for i, name in enumerate(self.captioners):
+            check_name(name, f"config.captioners[{i}]")
+        if self.write_clips not in CLIP_MODES:
+            raise ConfigError(f"write_clips must be one of {CLIP_MODES}, got {self.write_clips!r}")
+        if self.text_reduce not in ("max", "mean"):
+            raise ConfigError(f"text_reduce must be 'max' or 'mean', got {self.text_reduce!r}")
+        bad = [k for k in self.keyframes if k not in KEYFRAME_KINDS]
+        if bad or not self.keyframes:
+            raise ConfigError(f"keyframes must be a non-empty subset of {KEYFRAME_KINDS}, got {self.keyframes!r}")
+        if self.keyframe_max_side < 0 or self.threads < 0:
+            raise ConfigError("keyframe_max_side and threads must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CurationConfig:
+        """Build from a (possibly partial, possibly nested) dict; unknown keys are a ConfigError."""
+        return _build(cls, data, "config")
+
+    def replace(self, **changes: Any) -> CurationConfig:
+        return dataclasses.replace(self, **changes)
+
+    def hash(self) -> str:
+        """Hash of what changes rows (not ``threads``), 12 hex digits."""
+        data = {k: v for k, v in self.to_dict().items() if k not in ("threads", "video_timeout")}
+        return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def needs_keyframes(self) -> bool:
+        return bool(self.text or self.clip_checkpoint or self.captioners or self.write_keyframes)
+
+
+def check_finite(obj: Any, where: str) -> None:
+    """ConfigError naming the first float field of the dataclass ``obj`` (nested ones and tuples of them
+    included) that is NaN or infinite."""
+    def walk(value: Any, path: str) -> None:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for f in dataclasses.fields(value):
+                walk(getattr(value, f.name), f"{path}.{f.name}")
+        elif isinstance(value, (tuple, list)):
+            for i, item in enumerate(value):
+                walk(item, f"{path}[{i}]")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{path} must be a finite number, got {value!r} (NaN and Inf are refused)")
+
+    walk(obj, where)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Fraction):
+        return float(value)
+    return value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a JSON object, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ConfigError(f"unknown {where} key(s) {sorted(unknown)}; known: {sorted(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        spec = fields[name]
+        current = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
+        if dataclasses.is_dataclass(current):
+            value = _build(type(current), value, f"{where}.{name}")
+        elif isinstance(current, tuple) and isinstance(value, (list, tuple)):
+            kind = type(current[0]) if current and dataclasses.is_dataclass(current[0]) else None
+            value = tuple(_build(kind, v, f"{where}.{name}[{i}]") if kind and isinstance(v, dict) else
+                          tuple(v) if isinstance(v, list) else v for i, v in enumerate(value))
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"bad {where}: {exc}") from None
+
+
+# ------------------------------------------------------------------------------------ identity and rows
+
+
+@dataclass(frozen=True)
+class VideoRef:
+    """A source file: video_id = hash(path relative to the input root, size, mtime)."""
+
+    video_id: str
+    source: str  # absolute path
+    source_rel: str  # relative to the input root (posix), or absolute when outside it
+
+    @classmethod
+    def of(cls, path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> VideoRef:
+        path = Path(path).absolute()
+        rel = path.as_posix()
+        if root is not None:
+            try:
+                rel = path.relative_to(Path(root).absolute()).as_posix()
+            except ValueError:
+                pass
+        try:
+            st = path.stat()
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        digest = hashlib.sha1(f"{rel}\0{stamp}".encode()).hexdigest()[:16]
+        return cls(digest, str(path), rel)
+
+
+def _sar_text(sar: Any) -> str:
+    if sar is None:
+        return "1:1"
+    if isinstance(sar, (tuple, list)) and len(sar) == 2:
+        return f"{int(sar[0])}:{int(sar[1])}"
+    frac = Fraction(sar).limit_denominator(10_000)
+    return f"{frac.numerator}:{frac.denominator}"
+
+
+def video_fields(ann: VideoAnnotation) -> dict[str, Any]:
+    """The columns that describe the source video (fps, size, sample aspect, rotation, length)."""
+    return {"fps": float(ann.fps), "width": int(ann.width), "height": int(ann.height), "sar": _sar_text(ann.sar),
+            "rotation": int(ann.rotation), "video_num_frames": int(ann.num_frames),
+            "video_duration": float(ann.duration)}
+
+
+@dataclass
+class ClipRecord:
+    """One manifest row under construction, with what later steps need (the clip span and its video).
+    The steps fill ``row``'s columns in place; the properties read the ones every step keys on."""
+
+    row: Row
+    span: ClipSpan | None = None
+    annotation: VideoAnnotation | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.row["status"] == "ok"
+
+    @property
+    def clip_id(self) -> str:
+        return str(self.row["clip_id"])
+
+    @property
+    def video_id(self) -> str:
+        return str(self.row["video_id"])
+
+    @property
+    def source(self) -> str:
+        """The source video's absolute path."""
+        return str(self.row["source"])
+
+
+def status_record(ref: VideoRef, status: str, reason: str, config_hash: str = "",
+                  annotation: VideoAnnotation | None = None) -> ClipRecord:
+    """The single row of a video that failed ('error') or yielded no clip ('empty')."""
+    row = empty_row()
+    row.update(clip_id=f"{ref.video_id}_{'err' if status == 'error' else 'none'}", video_id=ref.video_id,
+               source=ref.source, source_rel=ref.source_rel, clip_index=-1, status=status, error=reason,
+               keep=False, drop_reason=f"{status}: {reason}", pipeline_version=PIPELINE_VERSION,
+               config_hash=config_hash)
+    if annotation is not None:
+        row.update(video_fields(annotation))
+    return ClipRecord(row, None, annotation)
+
+
+def error_text(exc: BaseException) -> str:
+    """A one-line reason: SVDErrors as they are (they name the problem), others with their type."""
+    text = " ".join(str(exc).split()) or "(no message)"
+    return text if isinstance(exc, SVDError) else f"{type(exc).__name__}: {text}"
+
+
+# ------------------------------------------------------------------------------------------ keyframes
+
+
+class KeyframeCache:
+    """Keyframes (RGB uint8 (H, W, 3) each) per clip id, decoded on first use."""
+
+    def __init__(self, config: CurationConfig) -> None:
+        self.which = tuple(config.keyframes)
+        self.max_side = config.keyframe_max_side or None
+        self._frames: dict[str, list[np.ndarray]] = {}
+
+    def get(self, rec: ClipRecord) -> list[np.ndarray]:
+        cid = rec.clip_id
+        if cid not in self._frames:
+            self._frames[cid] = list(clips.keyframes(rec.source, rec.span, which=self.which,
+                                                     max_side=self.max_side))
+        return self._frames[cid]
+
+    def prefetch(self, records: Sequence[ClipRecord], threads: int = 1) -> None:
+        """Decode the keyframes of all ``records`` (clips of one video) in one sorted pass: the decoder seeks
+        only where that skips frames, so no stretch between two source keyframes is decoded twice."""
+        todo = [r for r in records if r.ok and r.clip_id not in self._frames]
+        if not todo:
+            return
+        fields = {"first": "start_time", "middle": "middle_time", "last": "last_time"}
+        times = [float(getattr(r.span, fields[w])) for r in todo for w in self.which]
+        try:
+            frames = frames_at.read_frames_at(todo[0].source, times, max_side=self.max_side, threads=threads)
+        except (SVDError, ValueError, OSError) as exc:  # per-clip reads in get() will say which clip fails
+            log.info("keyframe prefetch failed (%s); reading clip by clip", error_text(exc))
+            return
+        if len(frames) != len(times):
+            return
+        k = len(self.which)
+        for i, rec in enumerate(todo):
+            self._frames[rec.clip_id] = frames[i * k : (i + 1) * k]
+
+    def drop(self, clip_id: str) -> None:
+        self._frames.pop(clip_id, None)
+
+
+# ------------------------------------------------------------------------------------------ one video
+
+
+@dataclass
+class VideoResult:
+    """What one video produced: its rows and how long it took (frames = frames decoded)."""
+
+    video_id: str
+    source: str
+    rows: list[dict[str, Any]]
+    seconds: float = 0.0
+    frames: int = 0
+
+    @property
+    def status(self) -> str:
+        return self.rows[0]["status"] if self.rows else "empty"
+
+    @property
+    def clips(self) -> int:
+        return sum(1 for r in self.rows if r["status"] == "ok")
