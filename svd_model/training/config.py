@@ -19,17 +19,15 @@ conventions where it does not (10 % conditioning dropout).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
-import types
-import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ..configdict import build, parse_override, set_dotted
 from ..errors import ConfigError
-from ..jsonfile import check_depth, parse_json, read_json_file, read_text_file, shorten
+from ..jsonfile import check_depth, read_json_file, read_text_file, shorten
 
 MODES = ("image_to_video", "keyframes")
 TRAINABLE = ("temporal", "spatial", "all")
@@ -266,85 +264,9 @@ class TrainConfig:
 # ------------------------------------------------------------------------------------------------ loading
 
 
-def _convert(value: Any, hint: Any, where: str) -> Any:
-    """Coerce a JSON/TOML value to the annotated type (lists -> tuples, ints -> floats), else ConfigError."""
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a table/object, got {type(value).__name__}")
-        return _build(hint, value, where + ".")
-    if origin in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
-            try:
-                return _convert(value, option, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where} = {shorten(value)} has the wrong type (expected {hint})")
-    if origin is tuple:
-        args = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, got {shorten(value)}")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise ConfigError(f"{where} must have {len(args)} entries, got {shorten(value)}")
-        return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where} must be true or false, got {shorten(value)}")
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
-            return float(value)
-        except OverflowError:
-            raise ConfigError(f"{where} = {shorten(value)} is too large for a float") from None
-    if hint is int and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if hint is str and isinstance(value, str):
-        return value
-    if hint is type(None) and value is None:
-        return None
-    raise ConfigError(f"{where} = {shorten(value)} has the wrong type (expected {getattr(hint, '__name__', hint)})")
-
-
-def _build(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    known = [f.name for f in fields(cls)]
-    unknown = [k for k in values if k not in known]
-    if unknown:
-        key = unknown[0]
-        close = difflib.get_close_matches(key, known, n=1)
-        hint = f"; did you mean '{prefix}{close[0]}'?" if close else ""
-        raise ConfigError(f"unknown config key {shorten(prefix + str(key))}{hint} (known in this section: "
-                          f"{', '.join(known)})")
-    return cls(**{k: _convert(v, hints[k], prefix + k) for k, v in values.items()})
-
-
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     """A TrainConfig from nested dicts; unknown keys and wrong types raise ConfigError naming the key."""
-    return _build(TrainConfig, values)
-
-
-def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
-    *parents, leaf = dotted.split(".")
-    node = tree
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {shorten(dotted)}: {shorten(part)} is not a section")
-    node[leaf] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """"optim.lr=3e-5" -> ("optim.lr", 3e-05): the value is parsed as JSON, else kept as a string."""
-    if "=" not in text:
-        raise ConfigError(f"override {shorten(text)} must look like section.key=value")
-    key, raw = text.split("=", 1)
-    try:
-        value = parse_json(raw, f"override {key.strip()!r}")
-    except ConfigError:
-        value = raw
-    return key.strip(), value
+    return build(TrainConfig, values)
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -379,5 +301,5 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | tu
     values = read_config_file(path) if path is not None else {}
     values = {**(base or {}), **values}
     for text in overrides:
-        _set_path(values, *parse_override(text))
+        set_dotted(values, *parse_override(text))
     return config_from_dict(values)
