@@ -20,7 +20,6 @@ finished videos are kept and --resume continues.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -56,21 +55,8 @@ class _Progress:
         self.stream.flush()
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def _set_path(data: dict, dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    for key in keys[:-1]:
-        data = data.setdefault(key, {})
-    data[keys[-1]] = value
-
-
 def build_config(args: argparse.Namespace) -> Any:
+    from .svd_model.configdict import parse_value, set_dotted
     from .svd_model.curation.records import CurationConfig
     from .svd_model.errors import ConfigError
 
@@ -102,7 +88,7 @@ def build_config(args: argparse.Namespace) -> Any:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--set {item!r}: write KEY=VALUE, e.g. split.min_seconds=2.0")
-        _set_path(data, key.strip(), _parse_value(value.strip()))
+        set_dotted(data, key.strip(), parse_value(value.strip(), f"--set {key.strip()!r}"))
     return CurationConfig.from_dict(data)
 
 

@@ -170,7 +170,7 @@ def test_validation_messages(video_dir, folders):
     bad = _curate_prompt(str(video_dir))
     bad["2"]["inputs"]["settings"] = '{"split": {"nope": 1}}'
     assert validate(bad, NODE_CLASS_MAPPINGS) == []  # valid JSON: the unknown key is reported when it runs
-    with pytest.raises(Exception, match="unknown config.split key"):
+    with pytest.raises(Exception, match="unknown config key 'split.nope'"):
         execute(bad, NODE_CLASS_MAPPINGS)
     bad["2"]["inputs"].update(settings="", output_name="../escape")
     with pytest.raises(Exception, match="names may not be '.', '..'"):

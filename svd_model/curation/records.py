@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ..configdict import build
 from ..errors import ConfigError, SVDError
 from . import clips, frames_at
 from .annotate import VideoAnnotation
@@ -103,8 +104,9 @@ class CurationConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CurationConfig:
-        """Build from a (possibly partial, possibly nested) dict; unknown keys are a ConfigError."""
-        return _build(cls, data, "config")
+        """Build from a (possibly partial, possibly nested) dict; unknown keys and wrong types are a ConfigError
+        naming the dotted key (``split.min_seconds``)."""
+        return build(cls, data)
 
     def replace(self, **changes: Any) -> CurationConfig:
         return dataclasses.replace(self, **changes)
@@ -143,30 +145,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Fraction):
         return float(value)
     return value
-
-
-def _build(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where} must be a JSON object, got {type(data).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(data) - set(fields)
-    if unknown:
-        raise ConfigError(f"unknown {where} key(s) {sorted(unknown)}; known: {sorted(fields)}")
-    kwargs = {}
-    for name, value in data.items():
-        spec = fields[name]
-        current = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
-        if dataclasses.is_dataclass(current):
-            value = _build(type(current), value, f"{where}.{name}")
-        elif isinstance(current, tuple) and isinstance(value, (list, tuple)):
-            kind = type(current[0]) if current and dataclasses.is_dataclass(current[0]) else None
-            value = tuple(_build(kind, v, f"{where}.{name}[{i}]") if kind and isinstance(v, dict) else
-                          tuple(v) if isinstance(v, list) else v for i, v in enumerate(value))
-        kwargs[name] = value
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"bad {where}: {exc}") from None
 
 
 # ------------------------------------------------------------------------------------ identity and rows
