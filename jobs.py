@@ -18,6 +18,7 @@ from .svd_model.api import VideoParams, decode_latents, image_to_video, load_bun
 from .svd_model.config import Family
 from .svd_model.errors import ConfigError, InputError
 from .svd_model.jsonfile import read_bytes
+from .svd_model.resize import resize_cover
 from .svd_model.tiny import write_tiny_checkpoint
 
 log = logging.getLogger(__name__)
@@ -66,13 +67,8 @@ def read_image(path: str | Path, width: int, height: int) -> torch.Tensor:
         raise InputError(f"cannot read image {path}: not an image format Pillow can read") from None
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise InputError(f"cannot read image {path}: {exc}") from None
-    scale = max(width / img.width, height / img.height)
-    size = (max(width, round(img.width * scale)), max(height, round(img.height * scale)))
-    img = img.resize(size, Image.LANCZOS)
-    left, top = (size[0] - width) // 2, (size[1] - height) // 2
-    img = img.crop((left, top, left + width, top + height))
     arr = torch.from_numpy(np.asarray(img, dtype=np.float32) / 127.5 - 1.0)  # (H, W, 3)
-    return arr.permute(2, 0, 1)[None]
+    return resize_cover(arr.permute(2, 0, 1)[None], width, height)  # (1, 3, height, width)
 
 
 def write_frames(frames: torch.Tensor, output_dir: Path, fps: int) -> tuple[list[Path], Path]:

@@ -11,13 +11,13 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from PIL import Image
 from torch import Tensor
 
 from ..svd_model.conditioning import Cond
 from ..svd_model.errors import InputError, ShapeError
+from ..svd_model.resize import resize_cover
 
 #: Latent -> RGB projection of SD-VAE latents (ComfyUI latent_formats.SD15), rows = latent channels.
 SD_LATENT_RGB = ((0.3512, 0.2297, 0.3227), (0.3250, 0.4974, 0.2350), (-0.2829, 0.1762, 0.2721),
@@ -37,19 +37,6 @@ def _rgb(image: Tensor) -> Tensor:
     c = image.shape[-1]
     rgb = image.expand(*image.shape[:-1], 3) if c == 1 else image[..., :3]
     return rgb.movedim(-1, 1).float() * 2.0 - 1.0  # (B, 3, H, W)
-
-
-def resize_cover(frames: Tensor, width: int, height: int) -> Tensor:
-    """(b, 3, H, W) -> (b, 3, height, width): scale to cover the target, then centre-crop (as core
-    SVD_img2vid_Conditioning's common_upscale(..., "center")), antialiased bilinear, clamped to [-1, 1]."""
-    h, w = frames.shape[-2:]
-    if (h, w) == (height, width):
-        return frames
-    scale = max(width / w, height / h)
-    sh, sw = max(height, round(h * scale)), max(width, round(w * scale))
-    resized = F.interpolate(frames, size=(sh, sw), mode="bilinear", antialias=True, align_corners=False)
-    top, left = (sh - height) // 2, (sw - width) // 2
-    return resized[..., top : top + height, left : left + width].clamp(-1.0, 1.0)
 
 
 def conditioning_frame(image: Tensor, width: int, height: int) -> tuple[Tensor, int]:

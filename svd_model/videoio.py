@@ -45,6 +45,7 @@ import torch
 from PIL import Image
 
 from .errors import ConfigError, InputError
+from .resize import cover_box
 from .videoio_image import read_image, read_image_rgba
 from .videoio_probe import (
     VideoInfo,
@@ -247,9 +248,8 @@ class _Plan:
         if mode == "stretch":
             return _Plan((tw, th), None, None, quarter, shrink)
         if mode == "cover":
-            s = max(tw / dw, th / dh)
-            sw, sh = max(tw, round(dw * s)), max(th, round(dh * s))
-            return _Plan((sw, sh), ((sw - tw) // 2, (sh - th) // 2, tw, th), None, quarter, shrink)
+            sw, sh, x0, y0 = cover_box(dw, dh, tw, th)
+            return _Plan((sw, sh), (x0, y0, tw, th), None, quarter, shrink)
         s = min(tw / dw, th / dh)  # contain
         sw, sh = min(tw, max(1, round(dw * s))), min(th, max(1, round(dh * s)))
         return _Plan((sw, sh), None, (tw, th, (tw - sw) // 2, (th - sh) // 2), quarter, shrink)
