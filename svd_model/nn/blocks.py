@@ -8,21 +8,15 @@ Inside the network frames are folded into the batch axis: ``(b t) c h w``.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from .layers import GroupNorm32
 
-class GroupNorm32(nn.GroupNorm):
-    """GroupNorm with 32 groups and eps 1e-5, computed in float32 and cast back to the input dtype."""
 
-    def __init__(self, channels: int, eps: float = 1e-5) -> None:
-        super().__init__(32, channels, eps=eps)
-
-    def forward(self, x: Tensor) -> Tensor:
-        weight = None if self.weight is None else self.weight.float()
-        bias = None if self.bias is None else self.bias.float()
-        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+def normalization(channels: int) -> GroupNorm32:
+    """openaimodel ``normalization``: 32 groups, eps 1e-5, computed in float32."""
+    return GroupNorm32(32, channels, eps=1e-5)
 
 
 class AlphaBlender(nn.Module):
@@ -78,11 +72,11 @@ class ResBlock(nn.Module):
         else:
             kernel, padding = (kernel_size, 1, 1), (kernel_size // 2, 0, 0)
         self.in_layers = nn.Sequential(
-            GroupNorm32(channels), nn.SiLU(), _conv(dims, channels, out_channels, kernel, padding)
+            normalization(channels), nn.SiLU(), _conv(dims, channels, out_channels, kernel, padding)
         )
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, out_channels))
         self.out_layers = nn.Sequential(
-            GroupNorm32(out_channels),
+            normalization(out_channels),
             nn.SiLU(),
             nn.Dropout(0.0),
             _conv(dims, out_channels, out_channels, kernel, padding),
@@ -138,12 +132,3 @@ class Downsample(nn.Module):
         return self.op(x)
 
 
-class Upsample(nn.Module):
-    """Nearest x2 then 3x3 conv (key ``conv``). (n, c, h, w) -> (n, c, 2h, 2w)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))

@@ -12,8 +12,9 @@ from torch.utils.checkpoint import checkpoint
 
 from ..config import UNetConfig
 from ..errors import ShapeError
-from .blocks import Downsample, GroupNorm32, Upsample, VideoResBlock
+from .blocks import Downsample, VideoResBlock, normalization
 from .embeddings import timestep_embedding
+from .layers import Upsample
 from .transformer import SpatialVideoTransformer
 
 
@@ -77,7 +78,7 @@ class VideoUNet(nn.Module):
                 if level and i == config.num_res_blocks:
                     layers.append(Upsample(ch))
                 self.output_blocks.append(UNetBlock(*layers))
-        self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), nn.Conv2d(mc, config.out_channels, 3, padding=1))
+        self.out = nn.Sequential(normalization(ch), nn.SiLU(), nn.Conv2d(mc, config.out_channels, 3, padding=1))
 
     def _transformer(self, ch: int) -> SpatialVideoTransformer:
         heads = ch // self.config.num_head_channels

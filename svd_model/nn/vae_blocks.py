@@ -18,21 +18,14 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from ..errors import ShapeError
+from .layers import GroupNorm32 as GroupNorm32  # shared with the UNet (layers.py)
+from .layers import Upsample as Upsample
 
 #: GroupNorm settings of the 2-D VAE layers (sgm ``Normalize``).
 VAE_NORM_GROUPS = 32
 VAE_NORM_EPS = 1e-6
 #: GroupNorm eps of the 3-D ``time_stack`` blocks (openaimodel ``normalization`` = GroupNorm32 default eps).
 TIME_STACK_NORM_EPS = 1e-5
-
-
-class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 and cast back to the input dtype. Works on any rank >= 3."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        weight = None if self.weight is None else self.weight.float()
-        bias = None if self.bias is None else self.bias.float()
-        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
 
 
 def vae_norm(channels: int) -> GroupNorm32:
@@ -156,17 +149,6 @@ class Downsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(F.pad(x, (0, 1, 0, 1), mode="constant", value=0.0))
-
-
-class Upsample(nn.Module):
-    """Nearest-neighbour x2, then a 3x3 conv. (n, C, H, W) -> (n, C, 2H, 2W)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class AE3DConv(nn.Conv2d):
