@@ -14,7 +14,7 @@ Method
 - Weights: both UNets receive the same seeded tensors (``unet_vs_diffusers.build_models``: ours in the sgm
   layout, diffusers' ``UNetSpatioTemporalConditionModel`` renamed by ``unet_sgm_to_diffusers``); the trained
   parameters are the same tensors on both sides (``--trainable temporal`` by default: every layer SVD added to
-  the image model, selected by ``training.targets``; diffusers' parameters are matched by storage).
+  the image model, selected by ``lora.targets``; diffusers' parameters are matched by storage).
 - Batch: one seeded batch of b videos x t frames: clean latents, noise, one sigma per video, CLIP context,
   concat latent, (fps_id, motion_bucket_id, cond_aug).
 - Ours: ``training.losses.edm_loss`` over ``denoiser.make_model_fn`` (what the trainer runs). Diffusers: the same
@@ -46,10 +46,9 @@ import unet_vs_diffusers as uvd  # noqa: E402  (exits with a message when diffus
 from comfyui_svd_lab.svd_model.conditioning import Cond, vector_conditioning  # noqa: E402
 from comfyui_svd_lab.svd_model.config import VECTOR_LAYOUT, Family  # noqa: E402
 from comfyui_svd_lab.svd_model.denoiser import make_model_fn  # noqa: E402
+from comfyui_svd_lab.svd_model.lora import inject_lora, set_trainable  # noqa: E402
 from comfyui_svd_lab.svd_model.scalings import v_scalings_edm_cnoise  # noqa: E402
-from comfyui_svd_lab.svd_model.training.lora import inject_lora  # noqa: E402
 from comfyui_svd_lab.svd_model.training.losses import edm_loss, edm_weighting  # noqa: E402
-from comfyui_svd_lab.svd_model.training.targets import set_trainable  # noqa: E402
 
 GIB = 2**30
 TIME_IDS = uvd.TIME_IDS

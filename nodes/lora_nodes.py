@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..svd_model.errors import CheckpointError
-from ..svd_model.training.lora import (
+from ..svd_model.lora import (
     apply_lora,
     base_model_hash,
     convert_peft_lora_file,

@@ -133,7 +133,7 @@ def _check_curation(root: Path, prompt: dict, outputs: dict) -> None:
 
 def _check_training(root: Path, prompt: dict, outputs: dict) -> None:
     from comfyui_svd_lab.svd_model.loader import load_bundle
-    from comfyui_svd_lab.svd_model.training.lora import load_lora
+    from comfyui_svd_lab.svd_model.lora import load_lora
     from comfyui_svd_lab.svd_model.training.report import read_log
 
     nid = next(nid for nid, n in prompt.items() if n["class_type"] == "SVDLab_Train")

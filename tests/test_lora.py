@@ -1,4 +1,4 @@
-"""LoRA and finetuning targets (svd_model.training.targets / lora / lora_keys / lora_peft) and the LoRA nodes."""
+"""LoRA and finetuning targets (svd_model.lora: targets / layers / format / keys / apply / peft) and the LoRA nodes."""
 
 from __future__ import annotations
 
@@ -20,15 +20,13 @@ from comfyui_svd_lab.svd_model.checkpoint import save_checkpoint
 from comfyui_svd_lab.svd_model.detect import infer_config
 from comfyui_svd_lab.svd_model.errors import CheckpointError, ConfigError, InputError
 from comfyui_svd_lab.svd_model.loader import SVDBundle
-from comfyui_svd_lab.svd_model.nn.unet import VideoUNet
-from comfyui_svd_lab.svd_model.tiny import make_tiny_model, randomize, tiny_config, write_tiny_checkpoint
-from comfyui_svd_lab.svd_model.training import targets
-from comfyui_svd_lab.svd_model.training.lora import (
+from comfyui_svd_lab.svd_model.lora import (
     LoRAConv,
     LoRALinear,
     apply_lora,
     base_model_hash,
     convert_peft_lora,
+    diffusers_module_map,
     inject_lora,
     load_lora,
     load_lora_state,
@@ -38,9 +36,11 @@ from comfyui_svd_lab.svd_model.training.lora import (
     merge_lora,
     remove_lora,
     save_lora,
+    targets,
     validate_lora,
 )
-from comfyui_svd_lab.svd_model.training.lora_peft import diffusers_module_map
+from comfyui_svd_lab.svd_model.nn.unet import VideoUNet
+from comfyui_svd_lab.svd_model.tiny import make_tiny_model, randomize, tiny_config, write_tiny_checkpoint
 
 OFFICIAL = "model.diffusion_model."
 TEMPORAL = {"time_stack", "time_mixer", "time_pos_embed"}

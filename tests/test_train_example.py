@@ -18,9 +18,8 @@ from comfyui_svd_lab.jobs import TINY_RUN, tiny_overrides
 from comfyui_svd_lab.nodes import bridge
 from comfyui_svd_lab.svd_model.errors import InputError
 from comfyui_svd_lab.svd_model.loader import load_bundle
+from comfyui_svd_lab.svd_model.lora import apply_lora, load_lora
 from comfyui_svd_lab.svd_model.training.cache import StaleCacheError
-from comfyui_svd_lab.svd_model.training.lora import load_lora
-from comfyui_svd_lab.svd_model.training.lora_keys import apply_lora
 from comfyui_svd_lab.svd_model.training.report import read_log
 from comfyui_svd_lab.training_nodes import train_nodes
 from comfyui_svd_lab.workflow import apply_overrides, execute, load_workflow, validate

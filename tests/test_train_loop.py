@@ -9,11 +9,11 @@ from train_support import FRAMES, micro_setup, one_thread_fixture, train_config
 
 from comfyui_svd_lab.svd_model.checkpoint import CheckpointReader
 from comfyui_svd_lab.svd_model.loader import load_bundle
+from comfyui_svd_lab.svd_model.lora import load_lora, validate_lora
 from comfyui_svd_lab.svd_model.training import loop
 from comfyui_svd_lab.svd_model.training.config import OptimConfig
 from comfyui_svd_lab.svd_model.training.distributed import DistInfo
 from comfyui_svd_lab.svd_model.training.loop import EMA, NonFiniteLossError, fixed_sigma_loss, lr_at
-from comfyui_svd_lab.svd_model.training.lora import load_lora, validate_lora
 from comfyui_svd_lab.svd_model.training.run import ensure_cache, run_training, training_unet
 from comfyui_svd_lab.svd_model.training.state import list_checkpoints, load_state
 

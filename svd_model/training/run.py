@@ -28,19 +28,20 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .. import lora as lora_mod
 from ..checkpoint import save_checkpoint
 from ..conditioning import Cond, vector_conditioning
 from ..config import Family
 from ..detect import FIRST_STAGE_PREFIX, cond_vae_prefix
 from ..errors import ConfigError, InputError
 from ..loader import DTYPES, SVDBundle, load_bundle
+from ..lora.targets import set_trainable
 from ..model import SVDModel
 from ..nn.image_encoder import encode_image
 from ..nn.unet import VideoUNet
 from ..pipelines.decode import decode_latents
 from ..pipelines.image_to_video import VideoParams, sample_video
 from ..videoio import write_video
-from . import lora as lora_mod
 from .cache import LatentCache, _moved, build_cache
 from .config import TrainConfig
 from .data import make_dataset
@@ -48,7 +49,6 @@ from .distributed import DistInfo, barrier, broadcast_text, resolve_device, wrap
 from .loop import NonFiniteLossError, StepStats, Trainer, autocast_dtype
 from .report import LossLog, save_plot
 from .state import latest_checkpoint, load_state, prune_checkpoints, restore_rng, save_state, state_path
-from .targets import set_trainable
 
 log = logging.getLogger(__name__)
 

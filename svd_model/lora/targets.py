@@ -1,4 +1,5 @@
-"""Which UNet layers a finetune trains: named presets plus user glob / regex patterns.
+"""Which UNet layers a finetune trains (LoRA adapters or full weights): named presets plus user glob / regex
+patterns.
 
 Module paths are relative to the UNet and equal the official checkpoint keys without the
 ``model.diffusion_model.`` prefix and the parameter name, e.g. ``input_blocks.1.1.time_stack.0.attn1.to_q``.

@@ -1,7 +1,7 @@
 """Convert diffusers / PEFT-named SVD LoRAs into ComfyUI naming (which stock ComfyUI and this pack load).
 
 Accepted input keys, after an optional ``unet.`` / ``base_model.model.`` (PEFT ``save_pretrained``) prefix:
-``<diffusers UNetSpatioTemporalConditionModel module>`` + a suffix of :mod:`.lora_keys` (``.lora_A.weight`` /
+``<diffusers UNetSpatioTemporalConditionModel module>`` + a suffix of :mod:`.keys` (``.lora_A.weight`` /
 ``.lora_B.weight``, ``.lora.down.weight`` / ``.lora.up.weight``, ``.lora_A.default.weight``, …), the older
 attention-processor form (``attn1.processor.to_q_lora.down.weight``, ``…to_out_lora…`` = ``to_out.0``) and
 kohya-style ``lora_unet_<diffusers module with . replaced by _>``. Module names are mapped with
@@ -36,7 +36,8 @@ from ..checkpoint import CheckpointReader, save_checkpoint
 from ..config import UNetConfig
 from ..diffusers_keys import unet_sgm_to_diffusers
 from ..errors import CheckpointError, ConfigError
-from .lora_keys import KOHYA_PREFIX, UNET_PREFIX, _unet_shapes, parse_lora
+from .format import LORA_FORMAT, pack_version
+from .keys import KOHYA_PREFIX, UNET_PREFIX, parse_lora, unet_shapes
 
 __all__ = ["ConvertResult", "convert_peft_lora", "convert_peft_lora_file", "diffusers_module_map"]
 
@@ -74,7 +75,7 @@ def diffusers_module_map(unet: Any = None) -> dict[str, str]:
     """diffusers module path -> UNet (sgm) module path for every weight of `unet` (an SVDBundle /
     SVDModel / UNet module or a shape table; default: the full-size SVD UNet, whose layout all SVD-family
     variants share). Non-weight parameters (``mix_factor``) map under their full names."""
-    shapes = dict(_default_shapes(UNetConfig())) if unet is None else _unet_shapes(unet)
+    shapes = dict(_default_shapes(UNetConfig())) if unet is None else unet_shapes(unet)
     # unet_sgm_to_diffusers passes values through untouched, so the sgm names ride along as values.
     renamed = cast(dict[str, str], unet_sgm_to_diffusers(cast(dict[str, Tensor], {k: k for k in shapes})))
     table = {}
@@ -204,8 +205,6 @@ def convert_peft_lora_file(
 ) -> ConvertResult:
     """Read a diffusers / PEFT LoRA .safetensors, convert it (:func:`convert_peft_lora`, with the file's
     adapter metadata) and write the ComfyUI-named file `dst` atomically with svd_lab metadata."""
-    from .lora import LORA_FORMAT, pack_version
-
     src, dst = Path(src), Path(dst)
     if dst.exists() and not overwrite:
         raise CheckpointError(f"{dst} exists; choose another name or allow overwriting")

@@ -1,4 +1,4 @@
-"""LoRA files against a model: key parsing, validation reports and merging into weights.
+"""LoRA files against a model: key parsing and validation reports (applying them: :mod:`.apply`).
 
 A LoRA file is a flat ``{key: tensor}`` table. Each key is ``<prefix><suffix>``: the suffix names the
 tensor's role, the prefix the layer. Suffixes understood (the ones ComfyUI's loader accepts,
@@ -16,28 +16,32 @@ comfy/weight_adapter/lora.py and comfy/lora.py ``load_lora``):
 Prefixes resolve onto the UNet the way ComfyUI's ``model_lora_keys_unet`` maps them for an SVD model:
 ``diffusion_model.<X>`` for a weight ``<X>.weight`` (or any other parameter ``<X>``), and
 ``lora_unet_<X with . replaced by _>``. Diffusers / PEFT module names (``unet.down_blocks…``) need
-:func:`.lora_peft.convert_peft_lora` first.
+:func:`.peft.convert_peft_lora` first.
 """
 
 from __future__ import annotations
 
-import copy
-import itertools
-import logging
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-from torch import Tensor, nn
+from torch import nn
 
-from ..errors import CheckpointError, ConfigError
 from .targets import is_temporal
 
-__all__ = ["LoraPatch", "LoraReport", "ParsedLora", "apply_lora", "parse_lora", "validate_lora"]
-
-log = logging.getLogger(__name__)
+__all__ = [
+    "KOHYA_PREFIX",
+    "OFFICIAL_UNET_PREFIX",
+    "UNET_PREFIX",
+    "LoraEntry",
+    "LoraReport",
+    "ParsedLora",
+    "parse_lora",
+    "unet_module",
+    "unet_shapes",
+    "validate_lora",
+]
 
 UNET_PREFIX = "diffusion_model."
 KOHYA_PREFIX = "lora_unet_"
@@ -131,7 +135,7 @@ def parse_lora(state: Mapping[str, Any] | Iterable[str]) -> ParsedLora:
 # ------------------------------------------------------------------------------------------ resolve
 
 
-def _unet_shapes(model: Any) -> dict[str, Shape]:
+def unet_shapes(model: Any) -> dict[str, Shape]:
     """Parameter shapes of the UNet of an SVDBundle / SVDModel / UNet module, or from a shape table
     (UNet-relative keys, or official keys from which the ``model.diffusion_model.`` ones are taken)."""
     if isinstance(model, Mapping):
@@ -139,10 +143,10 @@ def _unet_shapes(model: Any) -> dict[str, Shape]:
             n = len(OFFICIAL_UNET_PREFIX)
             return {k[n:]: _shape(v) for k, v in model.items() if k.startswith(OFFICIAL_UNET_PREFIX)}
         return {k: _shape(v) for k, v in model.items()}
-    return {k: tuple(v.shape) for k, v in _unet_module(model).state_dict().items() if ".lora_" not in k}
+    return {k: tuple(v.shape) for k, v in unet_module(model).state_dict().items() if ".lora_" not in k}
 
 
-def _unet_module(model: Any) -> nn.Module:
+def unet_module(model: Any) -> nn.Module:
     model = getattr(model, "model", model)  # SVDBundle -> SVDModel
     unet = getattr(model, "unet", model)  # SVDModel -> VideoUNet
     if not isinstance(unet, nn.Module):
@@ -151,7 +155,7 @@ def _unet_module(model: Any) -> nn.Module:
 
 
 @dataclass(frozen=True)
-class _Entry:
+class LoraEntry:
     """One resolved layer of a LoRA file: the model parameter it patches and how."""
 
     param: str  # UNet parameter name, e.g. "input_blocks.1.1.time_stack.0.attn1.to_q.weight"
@@ -183,7 +187,7 @@ class LoraReport:
     incomplete: tuple[str, ...] = ()
     unsupported: tuple[str, ...] = ()
     format: str = "unknown"
-    entries: tuple[_Entry, ...] = field(default=(), repr=False, compare=False)
+    entries: tuple[LoraEntry, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -219,7 +223,7 @@ def validate_lora(model: Any, state: Mapping[str, Any]) -> LoraReport:
     """Match a LoRA state's keys against a model (SVDBundle, SVDModel, UNet module or a shape table such
     as an official key list) by ComfyUI's rules, and check every tensor's shape against the parameter it
     patches. Only shapes are read (meta tensors or a ``{key: shape}`` table work as `state` too)."""
-    shapes = _unet_shapes(model)
+    shapes = unet_shapes(model)
     resolve = _resolver(shapes)
     parsed = parse_lora(state)
     matched: list[str] = []
@@ -227,7 +231,7 @@ def validate_lora(model: Any, state: Mapping[str, Any]) -> LoraReport:
     mismatch: list[str] = []
     incomplete: list[str] = []
     unsupported = list(parsed.unsupported)
-    entries: list[_Entry] = []
+    entries: list[LoraEntry] = []
     for prefix, roles in parsed.groups.items():
         keys = sorted(roles.values())
         target = resolve.get(prefix)
@@ -251,29 +255,29 @@ def validate_lora(model: Any, state: Mapping[str, Any]) -> LoraReport:
 
 
 def _layer_entries(prefix: str, roles: dict[str, str], param: str, shapes: Mapping[str, Shape],
-                   incomplete: list[str]) -> list[_Entry]:
+                   incomplete: list[str]) -> list[LoraEntry]:
     """The patches one resolved layer prefix describes; an unpaired up/down goes to `incomplete`."""
-    found: list[_Entry] = []
+    found: list[LoraEntry] = []
     halves = sorted(r for r in roles if r.startswith(("up", "down")))
     up = next((u for u in halves if u.startswith("up") and f"down{u[2:]}" in roles), None)
     if up is not None:
         keys = {"up": roles[up], "down": roles[f"down{up[2:]}"]}
         if "alpha" in roles:
             keys["alpha"] = roles["alpha"]
-        found.append(_Entry(param, "lora", keys))
+        found.append(LoraEntry(param, "lora", keys))
     elif halves or ("alpha" in roles and not {"diff", "diff_b", "set"} & set(roles)):
         incomplete.append(f"{prefix}: only {', '.join(roles[r] for r in sorted(roles))}")
         return []
     for role, kind in (("diff", "diff"), ("set", "set")):
         if role in roles:
-            found.append(_Entry(param, kind, {kind: roles[role]}))
+            found.append(LoraEntry(param, kind, {kind: roles[role]}))
     if "diff_b" in roles:
         bias = param[: -len("weight")] + "bias" if param.endswith(".weight") else param + ".bias"
-        found.append(_Entry(bias, "diff", {"diff": roles["diff_b"]}))
+        found.append(LoraEntry(bias, "diff", {"diff": roles["diff_b"]}))
     return found
 
 
-def _shape_problem(entry: _Entry, state: Mapping[str, Any], shapes: Mapping[str, Shape]) -> str | None:
+def _shape_problem(entry: LoraEntry, state: Mapping[str, Any], shapes: Mapping[str, Shape]) -> str | None:
     if entry.param not in shapes:
         return f"{entry.keys['diff']}: the layer has no parameter {entry.param}"
     target = shapes[entry.param]
@@ -288,142 +292,3 @@ def _shape_problem(entry: _Entry, state: Mapping[str, Any], shapes: Mapping[str,
     if got == target:
         return None
     return f"{entry.keys[entry.kind]}: {list(got)} does not fit {entry.param} {list(target)}"
-
-
-# -------------------------------------------------------------------------------------------- apply
-
-
-def _raise_if_unusable(report: LoraReport, strict: bool) -> None:
-    hint = {
-        "diffusers/peft": "its keys use diffusers/PEFT module names (down_blocks..., lora_A/lora_B): convert it "
-                          "with SVDLab_LoraConvert (svd_model.training.lora.convert_peft_lora) first",
-        "kohya": "its lora_unet_* names fit no layer of this SVD UNet: a LoRA for another model (SD 1.x/2.x/SDXL "
-                 "kohya names), or an SVD LoRA in diffusers names (then convert it with SVDLab_LoraConvert)",
-        "text encoder": "it adapts a text encoder; SVD has none",
-        "comfyui": "its diffusion_model.* layers do not exist in this UNet: a LoRA for another architecture",
-    }.get(report.format, "its key names follow no known LoRA naming for this model")
-    if not report.modules and not report.shape_mismatch:
-        example = (report.unmatched or report.incomplete or report.unsupported or ("(no keys)",))[0]
-        raise CheckpointError(f"the LoRA matches none of this model's weights ({report.summary()}): {hint}. "
-                              f"First key: {example!r}")
-    if report.shape_mismatch:
-        raise CheckpointError(
-            f"the LoRA was made for a different model: {len(report.shape_mismatch)} tensor(s) do not fit this "
-            f"UNet, e.g. {report.shape_mismatch[0]}. Use a LoRA trained on this model family / variant"
-        )
-    if report.incomplete or report.unsupported:
-        problem = (report.incomplete or report.unsupported)[0]
-        raise CheckpointError(
-            f"the LoRA has {len(report.incomplete)} incomplete layer(s) and {len(report.unsupported)} unsupported "
-            f"tensor(s) (LoCon mid / DoRA / LoHa / LoKr are not applied by this loader), e.g. {problem}"
-        )
-    if report.unmatched:
-        message = (f"{len(report.unmatched)} LoRA key(s) match no weight of this model and are ignored, e.g. "
-                   f"{report.unmatched[0]!r}")
-        if strict:
-            raise CheckpointError(message)
-        log.warning(message)
-
-
-def _merged_params(unet: nn.Module, state: Mapping[str, Tensor], report: LoraReport,
-                   strength: float) -> dict[str, Tensor]:
-    """{parameter name: patched tensor}, each computed in float32 from the base value and cast back."""
-    params = dict(unet.named_parameters())
-    by_param: dict[str, list[_Entry]] = {}
-    for entry in report.entries:
-        by_param.setdefault(entry.param, []).append(entry)
-    out = {}
-    for name, entries in by_param.items():
-        base = params[name].detach()
-        value = base.to(torch.float32, copy=True)
-        for entry in entries:
-            if entry.kind == "set":
-                value = state[entry.keys["set"]].to(device=base.device, dtype=torch.float32).reshape(base.shape)
-                continue
-            if entry.kind == "diff":
-                delta = state[entry.keys["diff"]].to(device=base.device, dtype=torch.float32)
-            else:
-                up = state[entry.keys["up"]].to(device=base.device, dtype=torch.float32).flatten(1)  # (out, r)
-                down = state[entry.keys["down"]].to(device=base.device, dtype=torch.float32).flatten(1)  # (r, in*k)
-                alpha = state.get(entry.keys.get("alpha", ""))
-                scale = 1.0 if alpha is None else float(alpha) / down.shape[0]
-                delta = scale * (up @ down)
-            value += strength * delta.reshape(base.shape)
-        out[name] = value.to(base.dtype)
-    return out
-
-
-class LoraPatch:
-    """Undo handle of an in-place :func:`apply_lora`: ``undo()`` restores the exact original tensors.
-    Usable as a context manager (undone on exit)."""
-
-    def __init__(self, saved: list[tuple[nn.Parameter, Tensor]], report: LoraReport) -> None:
-        self._saved = saved
-        self.report = report
-
-    def undo(self) -> None:
-        for param, original in reversed(self._saved):
-            param.data = original
-        self._saved = []
-
-    def __enter__(self) -> LoraPatch:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.undo()
-
-
-def _shared_copy(module: nn.Module) -> nn.Module:
-    """A structural copy of `module` that shares every parameter and buffer (no weight memory)."""
-    memo: dict[int, Any] = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}
-    return copy.deepcopy(module, memo)
-
-
-def _with_unet(target: Any, unet: nn.Module) -> Any:
-    """A copy of `target` (SVDBundle / SVDModel / UNet) whose UNet is `unet`; other networks shared."""
-    holder = getattr(target, "model", None)
-    if isinstance(target, nn.Module) and not hasattr(target, "unet"):
-        return unet
-    model = holder if holder is not None else target
-    new_model = copy.copy(model)
-    new_model._modules = dict(model._modules)
-    new_model._parameters = dict(model._parameters)
-    new_model._buffers = dict(model._buffers)
-    new_model.unet = unet
-    if holder is None:
-        return new_model
-    return replace(target, model=new_model)
-
-
-@torch.no_grad()
-def apply_lora(target: Any, state: Mapping[str, Tensor], strength: float = 1.0, *, inplace: bool = False,
-               strict: bool = False) -> Any:
-    """Merge a LoRA into the UNet weights as ComfyUI does: W += strength * (alpha/rank) * up @ down (conv
-    factors flattened, the product reshaped to W), ``diff`` / ``diff_b`` added, ``set_weight`` replacing;
-    computed in float32 from W and cast back to W's dtype.
-
-    target: an SVDBundle, SVDModel or UNet module. Default: returns a patched copy of the same type that
-    shares every unpatched tensor (and the VAEs / image encoder) with `target`, which is left unchanged.
-    inplace=True patches `target` itself and returns a :class:`LoraPatch` whose ``undo()`` restores it.
-    Raises CheckpointError when nothing matches, on shape mismatches (a LoRA for another model),
-    incomplete or unsupported layers, and with strict=True on any unmatched key (else a warning).
-    """
-    if not math.isfinite(float(strength)):
-        raise ConfigError(f"LoRA strength must be a finite number, got {strength!r}")
-    unet = _unet_module(target)
-    report = validate_lora(unet, state)
-    _raise_if_unusable(report, strict)
-    merged = _merged_params(unet, state, report, float(strength))
-    if inplace:
-        params = dict(unet.named_parameters())
-        saved = []
-        for name, value in merged.items():
-            saved.append((params[name], params[name].data))
-            params[name].data = value
-        return LoraPatch(saved, report)
-    clone = _shared_copy(unet)
-    for name, value in merged.items():
-        path, _, leaf = name.rpartition(".")
-        setattr(clone.get_submodule(path), leaf, nn.Parameter(value, requires_grad=False))
-    log.info("LoRA applied at strength %g: %s", strength, report.summary())
-    return _with_unet(target, clone)

@@ -1,4 +1,4 @@
-"""LoRA for the VideoUNet: trainable adapters, ComfyUI-loadable files, merging.
+"""LoRA adapters on the VideoUNet's layers: trainable wrappers, injecting, merging and their state dicts.
 
 Adapter math (Hu et al. 2021; kohya / ComfyUI conventions): a layer with weight W (out, in, *kernel)
 gets ``lora_down`` D (rank, in, *kernel) and ``lora_up`` U (out, rank, *1s) and computes
@@ -6,66 +6,40 @@ gets ``lora_down`` D (rank, in, *kernel) and ``lora_up`` U (out, rank, *1s) and 
 ``W + (alpha / rank) * (U.flatten(1) @ D.flatten(1)).reshape(W.shape)``. D starts kaiming-uniform (from
 a passed generator), U starts at zero, so an injected model computes exactly what the base model does.
 
-Files (:func:`lora_state_dict`, :func:`save_lora`) use ComfyUI's generic LoRA naming, which its stock
-``LoraLoaderModelOnly`` maps onto an SVD model's weights (comfy/lora.py ``model_lora_keys_unet``):
-``diffusion_model.<module path>.lora_up.weight``, ``.lora_down.weight`` and ``.alpha`` (0-dim float32),
-temporal layers included. Metadata keys are listed in :func:`lora_metadata`.
-
-Applying a file to a model (``apply_lora``), validating it (``validate_lora``) and converting
-diffusers / PEFT names (``convert_peft_lora``) live in :mod:`.lora_keys` and :mod:`.lora_peft` and are
-re-exported here.
+State dicts (:func:`lora_state_dict`, :func:`load_lora_state`) use ComfyUI's generic LoRA naming
+(``diffusion_model.<module path>.lora_up.weight`` / ``.lora_down.weight`` / ``.alpha``, see :mod:`.format`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
-import os
-import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import CheckpointReader, save_checkpoint
 from ..errors import CheckpointError, ConfigError
-from .lora_keys import LoraPatch, LoraReport, _unet_module, apply_lora, parse_lora, validate_lora
-from .lora_peft import ConvertResult, convert_peft_lora, convert_peft_lora_file
+from .keys import UNET_PREFIX
 from .targets import lora_targets
 
 __all__ = [
-    "ConvertResult",
     "LoRAConv",
     "LoRAConv2d",
     "LoRAConv3d",
     "LoRALayer",
     "LoRALinear",
-    "LoraPatch",
-    "LoraReport",
-    "apply_lora",
-    "base_model_hash",
-    "convert_peft_lora",
-    "convert_peft_lora_file",
     "inject_lora",
-    "load_lora",
     "load_lora_state",
-    "lora_metadata",
+    "lora_layers",
     "lora_parameters",
     "lora_state_dict",
     "merge_lora",
     "remove_lora",
-    "save_lora",
-    "validate_lora",
 ]
 
 log = logging.getLogger(__name__)
-
-COMFY_PREFIX = "diffusion_model."
-LORA_FORMAT = "svd_lab.comfyui_lora.v1"
 
 
 # ------------------------------------------------------------------------------------------ layers
@@ -170,7 +144,8 @@ _WRAPPERS: tuple[tuple[type[nn.Module], Any], ...] = (
 )
 
 
-def _lora_layers(unet: nn.Module) -> list[tuple[str, LoRALayer]]:
+def lora_layers(unet: nn.Module) -> list[tuple[str, LoRALayer]]:
+    """(path, layer) of every injected adapter, in module order."""
     return [(path, m) for path, m in unet.named_modules() if isinstance(m, LoRALayer)]
 
 
@@ -206,7 +181,7 @@ def inject_lora(
         raise ConfigError(f"LoRA alpha must be > 0, got {alpha} (None means alpha = rank)")
     if not 0.0 <= dropout < 1.0:
         raise ConfigError(f"LoRA dropout must be in [0, 1), got {dropout}")
-    if _lora_layers(unet):
+    if lora_layers(unet):
         raise ConfigError("this UNet already has LoRA adapters; merge_lora or remove_lora them first")
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     paths = lora_targets(unet, preset, patterns)
@@ -227,14 +202,14 @@ def inject_lora(
 def lora_parameters(unet: nn.Module) -> list[tuple[str, nn.Parameter]]:
     """(name, parameter) of every injected LoRA matrix (``<path>.lora_down.weight`` / ``.lora_up.weight``)."""
     return [(f"{path}.{part}.weight", getattr(layer, part).weight)
-            for path, layer in _lora_layers(unet) for part in ("lora_down", "lora_up")]
+            for path, layer in lora_layers(unet) for part in ("lora_down", "lora_up")]
 
 
 @torch.no_grad()
 def merge_lora(unet: nn.Module) -> int:
     """Fold every adapter into its base weight (computed in float32, cast back to the weight's dtype) and
     replace the wrapper by the plain layer, so the UNet saves in the official layout. Returns the count."""
-    layers = _lora_layers(unet)
+    layers = lora_layers(unet)
     for path, layer in layers:
         merged = layer.weight.float() + layer.delta_weight().to(layer.weight.device)
         layer.weight.data = merged.to(layer.weight.dtype)
@@ -244,7 +219,7 @@ def merge_lora(unet: nn.Module) -> int:
 
 def remove_lora(unet: nn.Module) -> int:
     """Drop every adapter without merging (the base weights are untouched). Returns the count."""
-    layers = _lora_layers(unet)
+    layers = lora_layers(unet)
     for path, layer in layers:
         _replace(unet, path, layer.plain())
     return len(layers)
@@ -254,12 +229,12 @@ def remove_lora(unet: nn.Module) -> int:
 
 
 def lora_state_dict(
-    unet: nn.Module, *, prefix: str = COMFY_PREFIX, dtype: torch.dtype | None = None
+    unet: nn.Module, *, prefix: str = UNET_PREFIX, dtype: torch.dtype | None = None
 ) -> dict[str, Tensor]:
     """The injected adapters in ComfyUI naming: ``<prefix><path>.lora_up.weight`` (out, rank, *1s),
     ``.lora_down.weight`` (rank, in, *kernel), ``.alpha`` (0-dim float32). Detached tensors on their
     device, in `dtype` (default: the adapters' dtype)."""
-    layers = _lora_layers(unet)
+    layers = lora_layers(unet)
     if not layers:
         raise ConfigError("this UNet has no LoRA adapters (call inject_lora first)")
     state: dict[str, Tensor] = {}
@@ -273,13 +248,13 @@ def lora_state_dict(
 
 
 @torch.no_grad()
-def load_lora_state(unet: nn.Module, state: Mapping[str, Tensor], *, prefix: str = COMFY_PREFIX) -> int:
+def load_lora_state(unet: nn.Module, state: Mapping[str, Tensor], *, prefix: str = UNET_PREFIX) -> int:
     """Copy a ComfyUI-named LoRA state (e.g. a checkpoint to resume from) into the injected adapters.
 
     Every adapter must be present with the same rank and alpha, and the state may hold nothing else.
     Returns the number of layers loaded.
     """
-    layers = dict(_lora_layers(unet))
+    layers = dict(lora_layers(unet))
     expected = set()
     problems = []
     for path, layer in layers.items():
@@ -304,101 +279,3 @@ def load_lora_state(unet: nn.Module, state: Mapping[str, Tensor], *, prefix: str
             "Inject with the same rank, alpha, preset and patterns as the run that saved it"
         )
     return len(layers)
-
-
-# ------------------------------------------------------------------------------- metadata, hashing
-
-
-def base_model_hash(model: Any) -> str:
-    """Fingerprint of the base UNet weights: ``sha256:<hex>`` over every tensor of its state dict in
-    sorted key order (adapter tensors excluded): the key, its shape, and its values cast to little-endian
-    float16. Casting makes fp32 and fp16 copies of the same weights (fp16 made by rounding) hash alike;
-    a bf16 copy hashes differently. Cost: one pass over the weights (~2 s for the full SVD UNet on CPU).
-    `model`: an SVDBundle, SVDModel, UNet module, or a UNet state dict.
-    """
-    state = model if isinstance(model, Mapping) else _unet_module(model).state_dict()
-    digest = hashlib.sha256()
-    for key in sorted(state):
-        if ".lora_" in key:
-            continue
-        tensor = state[key].detach()
-        digest.update(f"{key}:{list(tensor.shape)};".encode())
-        half = tensor.to(torch.float16).contiguous().cpu()
-        digest.update(half.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return "sha256:" + digest.hexdigest()
-
-
-def pack_version() -> str:
-    """This pack's version: the installed distribution's, else pyproject.toml's, else "unknown"."""
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-
-        return version("comfyui_svd_lab")
-    except (ImportError, PackageNotFoundError):
-        pass
-    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
-    match = re.search(r'^version\s*=\s*"([^"]+)"', pyproject.read_text(), re.M) if pyproject.is_file() else None
-    return match.group(1) if match else "unknown"
-
-
-def lora_metadata(
-    *,
-    rank: int,
-    alpha: float,
-    preset: str,
-    patterns: Sequence[str] = (),
-    modules: int,
-    steps: int,
-    base_model_hash: str = "",
-    extra: Mapping[str, Any] | None = None,
-) -> dict[str, str]:
-    """The metadata :func:`save_lora` writes (all strings, as safetensors requires):
-
-    ``svd_lab.format`` (``svd_lab.comfyui_lora.v1``), ``svd_lab.version``, ``svd_lab.base_model_hash``
-    (:func:`base_model_hash` of the UNet trained on), ``svd_lab.lora.rank``, ``svd_lab.lora.alpha``,
-    ``svd_lab.lora.preset``, ``svd_lab.lora.patterns`` (JSON list), ``svd_lab.lora.modules`` (adapted
-    layer count), ``svd_lab.steps``; kohya's ``ss_network_dim`` / ``ss_network_alpha`` for LoRA
-    managers. `extra` entries are added as given (non-strings JSON-encoded).
-    """
-    meta = {
-        "svd_lab.format": LORA_FORMAT,
-        "svd_lab.version": pack_version(),
-        "svd_lab.base_model_hash": base_model_hash,
-        "svd_lab.lora.rank": str(rank),
-        "svd_lab.lora.alpha": repr(float(alpha)),
-        "svd_lab.lora.preset": preset,
-        "svd_lab.lora.patterns": json.dumps(list(patterns)),
-        "svd_lab.lora.modules": str(modules),
-        "svd_lab.steps": str(steps),
-        "ss_network_dim": str(rank),
-        "ss_network_alpha": repr(float(alpha)),
-    }
-    for key, value in (extra or {}).items():
-        meta[str(key)] = value if isinstance(value, str) else json.dumps(value)
-    return meta
-
-
-# ---------------------------------------------------------------------------------------- files
-
-
-def save_lora(path: str | os.PathLike, state: Mapping[str, Tensor], *, metadata: Mapping[str, Any]) -> Path:
-    """Write a LoRA state (ComfyUI naming) atomically as .safetensors with `metadata` (see lora_metadata;
-    non-string values are JSON-encoded). Refuses a state whose keys are not all LoRA tensors."""
-    parsed = parse_lora(state)
-    if parsed.unknown or not parsed.groups:
-        bad = parsed.unknown[:3] if parsed.unknown else ["(no LoRA tensors)"]
-        raise CheckpointError(f"refusing to save a LoRA with non-LoRA keys: {bad}")
-    meta = {"format": "pt", "svd_lab.format": LORA_FORMAT}
-    meta.update({str(k): v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
-    return save_checkpoint(path, dict(state), meta)
-
-
-def load_lora(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """(state, metadata) of a LoRA .safetensors file, copied into memory (any naming ComfyUI or diffusers
-    uses). Raises CheckpointError for a non-safetensors file or one that holds no LoRA tensors (e.g. a
-    full model checkpoint), naming what the file looks like."""
-    reader = CheckpointReader(path)
-    parsed = parse_lora(reader.shapes())
-    if not parsed.groups:
-        raise CheckpointError(f"{Path(path).name} is not a LoRA file: {parsed.describe_foreign()}")
-    return {key: reader[key].clone() for key in reader}, dict(reader.metadata)
