@@ -60,7 +60,9 @@ from .videoio_write import FORMATS, read_video_metadata, write_video
 
 __all__ = [
     "FORMATS",
+    "IMAGE_EXTENSIONS",
     "RESIZE_MODES",
+    "VIDEO_EXTENSIONS",
     "VideoInfo",
     "iter_frames",
     "probe_video",
@@ -75,6 +77,11 @@ logger = logging.getLogger(__name__)
 
 ResizeMode = Literal["stretch", "cover", "contain"]
 RESIZE_MODES: tuple[str, ...] = ("stretch", "cover", "contain")
+#: What the pack lists and scans for as videos (the Load Video file list, a training folder): the common
+#: containers plus animated GIF / WebP. (Curation scans a longer list of FFmpeg containers: curation/engine.py.)
+VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".webp", ".m4v")
+#: What the pack lists as still images (the Load Image file list); read with Pillow.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _MAX_PACKET_ERRORS = 200
 
 

@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from ...svd_model.errors import InputError
+from ...svd_model.videoio import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from . import confine
 from .comfy import _comfy_args, _folder_paths, in_comfyui
 from .confine import PathRefused, Root
 
 PACK_ROOT = Path(__file__).resolve().parents[2]
 PACK_INPUTS = PACK_ROOT / "example_workflows" / "inputs"
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".webp", ".m4v")
 #: ComfyUI's annotation suffixes on input names ("x.png [output]"), as its upload widget and core LoadImage use.
 #: ComfyUI's filename_prefix patterns (%date:yyyy-MM-dd%, %width%, %NodeName.input%).
 _PATTERNS = re.compile(r"%[A-Za-z0-9_. -]+(:[^%/\\]*)?%")

@@ -24,12 +24,11 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
-from ..videoio import iter_frames, probe_video
+from ..videoio import VIDEO_EXTENSIONS, iter_frames, probe_video
 from .config import DataConfig
 
 log = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".mov", ".avi", ".gif", ".webp", ".m4v")
 #: Manifest columns the trainer reads (the curation manifest's TRAINER_COLUMNS subset it needs).
 REQUIRED_COLUMNS = ("clip_id", "source", "clip_path", "start_frame", "end_frame", "fps", "motion_bucket_id",
                     "width", "height")
@@ -144,9 +143,9 @@ def scan_folder(folder: str | os.PathLike, *, motion_bucket_id: int = 127) -> li
     root = Path(folder)
     if not root.is_dir():
         raise InputError(f"clip folder not found: {root}")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
     if not files:
-        raise InputError(f"no video files ({', '.join(VIDEO_SUFFIXES)}) in {root}")
+        raise InputError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) in {root}")
     clips = []
     for file in files:
         info = probe_video(file, count_frames=True)
