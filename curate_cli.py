@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 from typing import Any, TextIO
 
-ENGINES = ("local", "thread", "inline", "ray")  # = svd_model.curation.engine.ENGINES (not imported: --help stays fast)
+from .svd_model.curation.engine import ENGINES
+from .workflow.progress import StatusLine
+
 FILTER_HELP = ("filter rule SCORE:MODE=VALUE, MODE min|max (absolute) or bottom|top (fraction of all clips), "
                "e.g. motion_score:bottom=0.25 text_area:max=0.07; or a preset: svd, none (repeatable; default: the "
                "rules of the last filter pass, else svd)")
@@ -35,24 +36,13 @@ class _Progress:
     """One progress line on stderr: redrawn in place on a terminal, ~20 lines otherwise."""
 
     def __init__(self, stream: TextIO, quiet: bool) -> None:
-        self.stream, self.quiet = stream, quiet
-        self.tty = bool(getattr(stream, "isatty", lambda: False)())
-        self._last, self._step = 0.0, -1
+        self.quiet = quiet
+        self.line = StatusLine(stream, parts=20, min_interval=0.2)
 
     def __call__(self, state: Any) -> None:
-        if self.quiet:
-            return
-        step = state.done * 20 // max(state.total, 1)
-        now = time.monotonic()
         final = state.done >= state.total
-        if self.tty:
-            if not final and now - self._last < 0.2:
-                return
-            self.stream.write("\r\033[K" + state.line() + ("\n" if final else ""))
-        elif step != self._step or final:
-            self.stream.write(state.line() + "\n")
-        self._last, self._step = now, step
-        self.stream.flush()
+        if not self.quiet and self.line.due(state.done, state.total, force=final):
+            self.line.write(state.line(), final=final)
 
 
 def build_config(args: argparse.Namespace) -> Any:

@@ -64,54 +64,75 @@ class ProgressListener(Protocol):
     def finish(self) -> None: ...
 
 
+class StatusLine:
+    """One status line on ``stream``: redrawn in place on a terminal (at most every ``min_interval`` seconds), and
+    on a log or pipe a new line only when the value enters the next of ``parts`` equal parts of the total.
+    The progress text of the headless runner (:class:`TextProgress`) and of ``svd-lab curate``."""
+
+    def __init__(self, stream: TextIO | None = None, *, parts: int = 10, min_interval: float = 0.1) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.parts = parts
+        self.min_interval = min_interval
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what was drawn (a new task starts)."""
+        self._last_draw, self._last_part = 0.0, -1
+
+    def due(self, value: int, total: int, *, force: bool = False) -> bool:
+        """Whether ``value`` of ``total`` should be drawn now (``force``: always, e.g. the final state)."""
+        if self.tty:
+            now = time.monotonic()
+            if not force and now - self._last_draw < self.min_interval:
+                return False
+            self._last_draw = now
+            return True
+        part = value * self.parts // max(total, 1)
+        if part == self._last_part and not force:
+            return False
+        self._last_part = part
+        return True
+
+    def write(self, text: str, *, final: bool) -> None:
+        """Draw ``text``; on a terminal ``final`` ends the line, elsewhere every text is a line of its own."""
+        if self.tty:
+            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+
 class TextProgress:
     """``[2/5] node 3 SVDLab_Sampler |######------| 12/25`` on ``stream`` (stderr by default)."""
 
     def __init__(self, stream: TextIO | None = None, width: int = 24, min_interval: float = 0.1) -> None:
-        self.stream = stream if stream is not None else sys.stderr
+        self.line = StatusLine(stream, parts=10, min_interval=min_interval)
+        self.stream = self.line.stream
         self.width = width
-        self.min_interval = min_interval
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.tty = self.line.tty
         self.total_nodes = 0
         self.prefix = ""
-        self._last_draw = 0.0
-        self._last_tenth = -1
 
     def start(self, total_nodes: int) -> None:
         self.total_nodes = total_nodes
 
     def node_started(self, index: int, node_id: str, class_type: str) -> None:
         self.prefix = f"[{index}/{self.total_nodes}] node {node_id} {class_type}"
-        self._last_draw, self._last_tenth = 0.0, -1
-        self._write(self.prefix, final=not self.tty)
+        self.line.reset()
+        self.line.write(self.prefix, final=not self.tty)
 
     def update(self, value: int, total: int) -> None:
         if total <= 0:
             return
         value = max(0, min(value, total))
-        if self.tty:
-            now = time.monotonic()
-            if value < total and now - self._last_draw < self.min_interval:
-                return
-            self._last_draw = now
-        else:
-            tenth = value * 10 // total
-            if tenth == self._last_tenth:
-                return
-            self._last_tenth = tenth
-        self._write(f"{self.prefix} {bar(value, total, self.width)} {value}/{total}", final=not self.tty)
+        if self.line.due(value, total, force=self.tty and value >= total):
+            self.line.write(f"{self.prefix} {bar(value, total, self.width)} {value}/{total}", final=not self.tty)
 
     def node_finished(self, node_id: str, class_type: str, seconds: float) -> None:
-        self._write(f"{self.prefix} done ({seconds:.1f} s)", final=True)
+        self.line.write(f"{self.prefix} done ({seconds:.1f} s)", final=True)
 
     def finish(self) -> None:
-        self.stream.flush()
-
-    def _write(self, text: str, final: bool) -> None:
-        if self.tty:
-            self.stream.write("\r\033[K" + text + ("\n" if final else ""))
-        else:
-            self.stream.write(text + "\n")
         self.stream.flush()
 
 

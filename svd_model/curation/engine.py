@@ -43,7 +43,6 @@ from .records import CurationConfig, VideoRef, VideoResult, error_text, status_r
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("local", "thread", "inline", "ray")
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg", ".ts", ".m2ts", ".mts",
                     ".flv", ".wmv", ".3gp", ".ogv", ".vob", ".mxf", ".gif")
 CONFIG_NAME = "curation_config.json"
@@ -371,6 +370,8 @@ def _run_ray(jobs: Sequence[Path], run: _Run) -> Iterator[VideoResult]:
 
 _ENGINES: dict[str, Callable[..., Iterator[VideoResult]]] = {
     "local": _run_processes, "thread": _run_threads, "inline": _run_inline, "ray": _run_ray}
+#: The engine names (``svd-lab curate --engine``, :func:`run_curation`'s ``engine``).
+ENGINES = tuple(_ENGINES)
 
 
 # --------------------------------------------------------------------------------------------- driver
