@@ -327,12 +327,25 @@ def load_bundle(
 
 
 def save_bundle(
-    bundle: SVDBundle | SVDModel, path: str | os.PathLike, metadata: Mapping[str, str] | None = None
+    bundle: SVDBundle | SVDModel, path: str | os.PathLike, metadata: Mapping[str, str] | None = None, *,
+    dtype: str | None = None,
 ) -> Path:
-    """Save in the official single-file layout (keys as sgm's DiffusionEngine.state_dict())."""
+    """Save in the official single-file layout (keys as sgm's DiffusionEngine.state_dict()), atomically.
+
+    ``dtype`` (fp16 / bf16 / fp32) casts the floating-point weights of the UNet and the image encoder; the VAEs keep
+    theirs (the reference runs them in fp32). None keeps every tensor's dtype. This is the one writer of full models
+    (tiny models, a finetuned model, the Save Model node).
+    """
     model = bundle.model if isinstance(bundle, SVDBundle) else bundle
+    state = model.official_state_dict()
+    if dtype is not None:
+        if dtype not in DTYPES:
+            raise ConfigError(f"unknown save dtype {dtype!r}; choose from {', '.join(DTYPES)}")
+        vaes = (FIRST_STAGE_PREFIX, cond_vae_prefix(model.config.family))
+        state = {k: v if k.startswith(vaes) or not v.is_floating_point() else v.detach().to(DTYPES[dtype])
+                 for k, v in state.items()}
     meta = {"format": "pt", "svd_lab.family": model.config.family.value}
     if isinstance(bundle, SVDBundle):
         meta["svd_lab.variant"] = bundle.variant
     meta.update(metadata or {})
-    return save_checkpoint(path, model.official_state_dict(), meta)
+    return save_checkpoint(path, state, meta)

@@ -19,7 +19,7 @@ from ..nodes import adapters, bridge
 from ..nodes.types import MAX_SEED, MAX_SIZE, SVDLAB_MODEL, config_problem, number_problem, range_problem
 from ..svd_model.errors import ConfigError, InputError
 from ..svd_model.jsonfile import parse_json
-from ..svd_model.loader import SVDBundle
+from ..svd_model.loader import SVDBundle, save_bundle
 from ..svd_model.training.cache import LatentCache, build_cache, move_module
 from ..svd_model.training.config import (
     COND_AUG_MODES,
@@ -33,7 +33,7 @@ from ..svd_model.training.config import (
 )
 from ..svd_model.training.data import VideoDataset, make_dataset
 from ..svd_model.training.report import image_array, plot_losses
-from ..svd_model.training.run import StepEvent, run_training, save_model, trained_bundle, training_bytes
+from ..svd_model.training.run import StepEvent, run_training, trained_bundle, training_bytes
 
 log = logging.getLogger(__name__)
 
@@ -448,7 +448,7 @@ class SaveFinetuned:
 
     def save(self, model: SVDBundle, filename_prefix: str, dtype: str) -> dict[str, Any]:
         target, _, _ = bridge.save_target(filename_prefix, "output", "safetensors")
-        written = save_model(model, target, dtype)
+        written = save_bundle(model, target, dtype=dtype)
         log.info("saved %s", written)
         return {"ui": {"files": [_ui_file(written)], "text": [bridge.display(written)]}, "result": ()}
 
