@@ -19,8 +19,17 @@ from ..svd_model.pipelines.extend import (
 from ..svd_model.pipelines.image_to_video import MAX_FRAMES, VideoParams
 from ..svd_model.sampling import StepInfo
 from . import adapters, bridge
-from .types import MAX_SEED, SVDLAB_MODEL, number_problem
-from .video_nodes import XT
+from .types import (
+    XT,
+    cfg_input,
+    cond_aug_input,
+    fps_input,
+    model_input,
+    motion_bucket_input,
+    number_problem,
+    seed_input,
+    steps_input,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +52,9 @@ class ExtendVideo:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        cfg = {"min": 0.0, "max": 30.0, "step": 0.1}
         return {
             "required": {
-                "model": (SVDLAB_MODEL, {"tooltip": "An SVD / SVD-XT checkpoint from SVD Lab Checkpoint Loader."}),
+                "model": model_input("An SVD / SVD-XT checkpoint from SVD Lab Checkpoint Loader."),
                 "images": ("IMAGE", {"tooltip": "The clip to continue (one frame per batch entry; one image works "
                                                 "too). Its size must be a multiple of 64 for official models."}),
                 "segments": ("INT", {"default": 2, "min": 0, "max": MAX_SEGMENTS,
@@ -56,17 +64,13 @@ class ExtendVideo:
                 "overlap": ("INT", {"default": 1, "min": 1, "max": 16, "tooltip": (
                     "Frames each segment shares with the video so far (it starts from the first of them); they "
                     "are cross-faded.")}),
-                "fps": ("INT", {"default": XT.fps, "min": 1, "max": 240, "tooltip": "Frame-rate conditioning."}),
-                "motion_bucket_id": ("INT", {"default": XT.motion_bucket_id, "min": 0, "max": 1023,
-                                             "tooltip": "Amount of motion: higher moves more."}),
-                "cond_aug": ("FLOAT", {"default": XT.cond_aug, "min": 0.0, "max": 10.0, "step": 0.001,
-                                       "tooltip": "Noise added to each segment's start frame."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
-                                 "tooltip": "Seed of segment 1; segment i uses seed + i - 1 unless set below."}),
-                "steps": ("INT", {"default": 0, "min": 0, "max": 500,
-                                  "tooltip": "Sampling steps per segment; 0 = the loaded variant's."}),
-                "min_cfg": ("FLOAT", {**cfg, "default": XT.min_cfg, "tooltip": "Guidance of a segment's first frame."}),
-                "max_cfg": ("FLOAT", {**cfg, "default": XT.max_cfg, "tooltip": "Guidance of a segment's last frame."}),
+                "fps": fps_input(),
+                "motion_bucket_id": motion_bucket_input(),
+                "cond_aug": cond_aug_input("Noise added to each segment's start frame."),
+                "seed": seed_input("Seed of segment 1; segment i uses seed + i - 1 unless set below."),
+                "steps": steps_input(0, "Sampling steps per segment; 0 = the loaded variant's."),
+                "min_cfg": cfg_input(XT.min_cfg, "Guidance of a segment's first frame."),
+                "max_cfg": cfg_input(XT.max_cfg, "Guidance of a segment's last frame."),
                 "drift_correction": ("BOOLEAN", {"default": True, "tooltip": (
                     "Re-anchor each segment's colours (CIE Lab mean/std) to the input clip's, against drift.")}),
                 "loop": ("BOOLEAN", {"default": False, "tooltip": (

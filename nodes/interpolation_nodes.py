@@ -13,8 +13,20 @@ from ..svd_model.pipelines.flow_interp import FLOW_METHODS, FlowSettings, interp
 from ..svd_model.pipelines.image_to_video import MAX_FRAMES, VideoParams
 from ..svd_model.pipelines.keyframes import KEYFRAME_METHODS, decode_keyframe_video, interpolate_keyframes
 from . import adapters, bridge
-from .types import MAX_SIZE, number_problem, range_problem
-from .video_nodes import MODEL_INPUT, SEED, XT
+from .types import (
+    MAX_SIZE,
+    XT,
+    cfg_input,
+    cond_aug_input,
+    fps_input,
+    model_input,
+    motion_bucket_input,
+    number_problem,
+    range_problem,
+    seed_input,
+    size_input,
+    steps_input,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,29 +101,23 @@ class KeyframeInterpolate:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        size = {"min": 16, "max": MAX_SIZE, "step": 64}
-        cfg = {"min": 0.0, "max": 30.0, "step": 0.1}
         return {"required": {
-            "model": MODEL_INPUT,
+            "model": model_input(),
             "first": ("IMAGE", {"tooltip": "First keyframe (of a batch, the first image)."}),
             "last": ("IMAGE", {"tooltip": "Last keyframe (of a batch, the first image); same aspect ratio."}),
-            "width": ("INT", {**size, "default": XT.width, "tooltip": "Video width; both keyframes are scaled to "
-                                                                      "cover it and centre-cropped."}),
-            "height": ("INT", {**size, "default": XT.height, "tooltip": "Video height."}),
+            "width": size_input(XT.width, "Video width; both keyframes are scaled to cover it and centre-cropped."),
+            "height": size_input(XT.height, "Video height."),
             "frames": ("INT", {"default": XT.num_frames, "min": 0, "max": MAX_FRAMES, "tooltip": (
                 "Frames including both keyframes (at least 3); 0 = the loaded variant's (SVD 14, SVD-XT 25).")}),
-            "steps": ("INT", {"default": XT.steps, "min": 0, "max": 500,
-                              "tooltip": "Sampling steps; 0 = the loaded variant's."}),
-            "min_cfg": ("FLOAT", {**cfg, "default": XT.min_cfg, "tooltip": "Guidance next to each keyframe."}),
-            "max_cfg": ("FLOAT", {**cfg, "default": XT.max_cfg, "tooltip": "Guidance farthest from it."}),
+            "steps": steps_input(XT.steps, "Sampling steps; 0 = the loaded variant's."),
+            "min_cfg": cfg_input(XT.min_cfg, "Guidance next to each keyframe."),
+            "max_cfg": cfg_input(XT.max_cfg, "Guidance farthest from it."),
             "guidance": (list(FRAME_GUIDANCE), {"default": "linear", "tooltip": (
                 "Guidance over the frames, counted from the keyframe each path starts at.")}),
-            "fps": ("INT", {"default": XT.fps, "min": 1, "max": 240, "tooltip": "Frame-rate conditioning."}),
-            "motion_bucket_id": ("INT", {"default": XT.motion_bucket_id, "min": 0, "max": 1023,
-                                         "tooltip": "Amount of motion: higher moves more."}),
-            "cond_aug": ("FLOAT", {"default": XT.cond_aug, "min": 0.0, "max": 10.0, "step": 0.001,
-                                   "tooltip": "Noise added to the keyframes for conditioning."}),
-            "seed": ("INT", {**SEED, "tooltip": "Seed of all noise (augmentation, sampling, re-noising)."}),
+            "fps": fps_input(),
+            "motion_bucket_id": motion_bucket_input(),
+            "cond_aug": cond_aug_input("Noise added to the keyframes for conditioning."),
+            "seed": seed_input("Seed of all noise (augmentation, sampling, re-noising)."),
             "method": (list(KEYFRAME_METHODS), {"default": "auto", "tooltip": (
                 "auto: concat for a keyframe checkpoint, else fusion. fusion: time-reversal fusion (Feng et al. "
                 "2024). bidirectional: forward step, re-noise, backward step (ViBiDSampler, without CFG++/DDS). "

@@ -20,7 +20,7 @@ from ..svd_model.lora import (
     validate_lora,
 )
 from . import bridge
-from .types import SVDLAB_MODEL, range_problem
+from .types import SVDLAB_MODEL, model_input, range_problem
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class LoraLoader:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "model": (SVDLAB_MODEL, {"tooltip": "Model from SVDLab_CheckpointLoader (or another LoRA loader)."}),
+                "model": model_input("Model from SVDLab_CheckpointLoader (or another LoRA loader)."),
                 "lora_name": _lora_input(),
                 "strength": ("FLOAT", {
                     "default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
@@ -113,7 +113,7 @@ class LoraValidate:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "model": (SVDLAB_MODEL, {"tooltip": "The model the LoRA should fit."}),
+                "model": model_input("The model the LoRA should fit."),
                 "lora_name": _lora_input(),
                 "compare_base_hash": ("BOOLEAN", {
                     "default": False,
@@ -168,9 +168,8 @@ class LoraConvert:
                 "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing file of that name."}),
             },
             "optional": {
-                "model": (SVDLAB_MODEL, {
-                    "tooltip": "Model whose layer layout to map onto (default: the full-size SVD UNet layout, "
-                               "shared by svd, svd_xt and sv3d)."}),
+                "model": model_input("Model whose layer layout to map onto (default: the full-size SVD UNet layout, "
+                                     "shared by svd, svd_xt and sv3d)."),
             },
         }
 

@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..svd_model.conditioning import check_size
-from ..svd_model.config import VARIANT_DEFAULTS, Family
+from ..svd_model.config import Family
 from ..svd_model.errors import InputError
 from ..svd_model.guidance import FRAME_GUIDANCE
 from ..svd_model.loader import SVDBundle
@@ -18,22 +18,23 @@ from ..svd_model.sampling import SAMPLERS
 from ..svd_model.schedules import SCHEDULES
 from . import adapters, bridge
 from .types import (
-    MAX_SEED,
-    MAX_SIZE,
     SVDLAB_CONDITIONING,
-    SVDLAB_MODEL,
+    XT,
     VideoConditioning,
+    cfg_input,
+    cond_aug_input,
+    fps_input,
+    model_input,
+    motion_bucket_input,
     number_problem,
     range_problem,
+    seed_input,
+    size_input,
+    steps_input,
 )
 
 log = logging.getLogger(__name__)
 
-#: Widget defaults: SVD-XT's reference settings (the most used checkpoint). The loader's `info` output
-#: names the loaded variant; its own defaults are in svd_model.config.VARIANT_DEFAULTS.
-XT = VARIANT_DEFAULTS["svd_xt"]
-MODEL_INPUT = (SVDLAB_MODEL, {"tooltip": "From SVD Lab Checkpoint Loader."})
-SEED = {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True}
 #: Sampler guidance choice that takes the conditioning's recommended shape (VideoConditioning.params.guidance).
 GUIDANCE_AUTO = "auto"
 
@@ -53,22 +54,18 @@ class ImageToVideoConditioning:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        size = {"min": 16, "max": MAX_SIZE, "step": 64}
         return {"required": {
-            "model": MODEL_INPUT,
+            "model": model_input(),
             "image": ("IMAGE", {"tooltip": "Conditioning frame; of a batch only the first image is used."}),
-            "width": ("INT", {**size, "default": XT.width, "tooltip": "Video width; official models need a "
-                                                                      "multiple of 64 (checked against the model)."}),
-            "height": ("INT", {**size, "default": XT.height, "tooltip": "Video height; multiple of 64 for "
-                                                                        "official models."}),
+            "width": size_input(XT.width, "Video width; official models need a multiple of 64 (checked against the "
+                                          "model)."),
+            "height": size_input(XT.height, "Video height; multiple of 64 for official models."),
             "frames": ("INT", {"default": XT.num_frames, "min": 0, "max": MAX_FRAMES,
                                "tooltip": "Frames to generate; 0 = the loaded variant's (SVD 14, SVD-XT 25)."}),
-            "fps": ("INT", {"default": XT.fps, "min": 1, "max": 240, "tooltip": "Frame-rate conditioning."}),
-            "motion_bucket_id": ("INT", {"default": XT.motion_bucket_id, "min": 0, "max": 1023,
-                                         "tooltip": "Amount of motion: higher moves more."}),
-            "cond_aug": ("FLOAT", {"default": XT.cond_aug, "min": 0.0, "max": 10.0, "step": 0.001,
-                                   "tooltip": "Noise added to the conditioning frame: higher follows it less."}),
-            "seed": ("INT", {**SEED, "tooltip": "Seed of the noise augmentation."}),
+            "fps": fps_input(),
+            "motion_bucket_id": motion_bucket_input(),
+            "cond_aug": cond_aug_input("Noise added to the conditioning frame: higher follows it less."),
+            "seed": seed_input("Seed of the noise augmentation."),
         }}
 
     @classmethod
@@ -126,21 +123,19 @@ class Sampler:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        cfg = {"min": 0.0, "max": 30.0, "step": 0.1}
         return {
             "required": {
-                "model": MODEL_INPUT,
+                "model": model_input(),
                 "conditioning": (SVDLAB_CONDITIONING, {"tooltip": "From SVD Lab Image To Video Conditioning."}),
                 "sampler": (list(SAMPLERS), {"default": "euler", "tooltip": "Sampling method."}),
                 "schedule": (list(SCHEDULES), {"default": "karras", "tooltip": "Noise schedule."}),
-                "steps": ("INT", {"default": XT.steps, "min": 0, "max": 500,
-                                  "tooltip": "Sampling steps; 0 = the loaded variant's (SVD 25, SVD-XT 30)."}),
-                "min_cfg": ("FLOAT", {**cfg, "default": XT.min_cfg, "tooltip": "Guidance of the first frame."}),
-                "max_cfg": ("FLOAT", {**cfg, "default": XT.max_cfg, "tooltip": "Guidance of the last frame."}),
+                "steps": steps_input(XT.steps, "Sampling steps; 0 = the loaded variant's (SVD 25, SVD-XT 30)."),
+                "min_cfg": cfg_input(XT.min_cfg, "Guidance of the first frame."),
+                "max_cfg": cfg_input(XT.max_cfg, "Guidance of the last frame."),
                 "guidance": ([GUIDANCE_AUTO, *FRAME_GUIDANCE], {"default": GUIDANCE_AUTO, "tooltip": (
                     "Guidance over the frames: auto = the conditioning's (SVD linear, SV3D orbit triangle), "
                     "linear min->max, triangle (weakest at both ends), constant (max).")}),
-                "seed": ("INT", {**SEED, "tooltip": "Seed of the sampling noise."}),
+                "seed": seed_input("Seed of the sampling noise."),
                 "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
                     "1: from pure noise. < 1: from the connected latent, noised part of the way (video-to-video); "
                     "0 returns it unchanged.")}),
@@ -186,7 +181,7 @@ class Decode:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
-            "model": MODEL_INPUT,
+            "model": model_input(),
             "latent": ("LATENT", {"tooltip": "Video latents from SVD Lab Sampler."}),
             "chunk_size": ("INT", {"default": 14, "min": 1, "max": 64, "tooltip": (
                 "Frames decoded at once (the reference uses 14): more needs more memory, fewer seams.")}),
@@ -235,7 +230,7 @@ class EncodeFrames:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
-            "model": MODEL_INPUT,
+            "model": model_input(),
             "images": ("IMAGE", {"tooltip": "The video's frames (e.g. from SVD Lab Load Video)."}),
         }}
 

@@ -16,7 +16,15 @@ from typing import Any
 import torch
 
 from ..nodes import adapters, bridge
-from ..nodes.types import MAX_SEED, MAX_SIZE, SVDLAB_MODEL, config_problem, number_problem, range_problem
+from ..nodes.types import (
+    SVDLAB_MODEL,
+    config_problem,
+    model_input,
+    number_problem,
+    range_problem,
+    seed_input,
+    size_input,
+)
 from ..svd_model.errors import ConfigError, InputError
 from ..svd_model.jsonfile import parse_json
 from ..svd_model.loader import SVDBundle, save_bundle
@@ -43,7 +51,6 @@ SVDLAB_CACHE = "SVDLAB_CACHE"
 SVDLAB_MANIFEST = "SVDLAB_MANIFEST"
 CATEGORY = "SVD Lab/training"
 PACK_ROOT = Path(__file__).resolve().parents[1]
-SIZE = {"min": 64, "max": MAX_SIZE, "step": 64}
 
 
 def resolve_folder(text: str, what: str) -> Path:
@@ -89,11 +96,11 @@ def _data_widgets() -> dict[str, Any]:
                                                                             "SVD-XT 25)."}),
         "fps": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 120.0, "step": 0.5, "tooltip": (
             "Frames are taken at this rate (0 = the clip's own); it is the fps conditioning (fps_id = fps - 1).")}),
-        "width": ("INT", {**SIZE, "default": 1024, "tooltip": "Training width (multiple of 64)."}),
-        "height": ("INT", {**SIZE, "default": 576, "tooltip": "Training height (multiple of 64)."}),
+        "width": size_input(1024, "Training width (multiple of 64).", minimum=64),
+        "height": size_input(576, "Training height (multiple of 64).", minimum=64),
         "windows_per_clip": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": (
             "Frame windows taken from each clip (spread over it); each becomes one cached training sample.")}),
-        "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "tooltip": "Placement of single windows."}),
+        "seed": seed_input("Placement of single windows.", control_after_generate=False),
     }
 
 
@@ -222,7 +229,7 @@ class BuildLatentCache:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
-            "model": (SVDLAB_MODEL, {"tooltip": "The model to finetune (its VAE and image encoder encode)."}),
+            "model": model_input("The model to finetune (its VAE and image encoder encode)."),
             "dataset": (SVDLAB_DATASET, {"tooltip": "From SVD Lab Dataset From Manifest / Folder."}),
             "cache_name": ("STRING", {"default": "", "tooltip": (
                 "Folder name under output/SVDLab/cache (a name, not a path). '' = named after the dataset settings "
@@ -286,7 +293,7 @@ def _train_widgets() -> dict[str, Any]:
                                                                                     "checkpoints (0 = end only)."}),
         "validate_every": ("INT", {"default": 0, "min": 0, "max": 1000000, "tooltip": (
             "Steps between validation videos from a fixed image and seed (0 = none).")}),
-        "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "tooltip": "Seed of every random draw."}),
+        "seed": seed_input("Seed of every random draw.", control_after_generate=False),
         "run_name": ("STRING", {"default": "svd_finetune", "tooltip": "Folder name under output/SVDLab/train (a "
                                                                       "name, not a path)."}),
         "resume": ("BOOLEAN", {"default": True, "tooltip": "Continue from the newest checkpoint of this run."}),
@@ -308,7 +315,7 @@ class Train:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
-            "model": (SVDLAB_MODEL, {"tooltip": "The model to finetune (not modified)."}),
+            "model": model_input("The model to finetune (not modified)."),
             "cache": (SVDLAB_CACHE, {"tooltip": "From SVD Lab Build Latent Cache."}),
             **_train_widgets(),
         }, "optional": {
@@ -435,7 +442,7 @@ class SaveFinetuned:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
-            "model": (SVDLAB_MODEL, {"tooltip": "E.g. from SVD Lab Train."}),
+            "model": model_input("E.g. from SVD Lab Train."),
             "filename_prefix": ("STRING", {"default": "SVDLab/finetuned", "tooltip": (
                 "File name prefix inside the output folder.")}),
             "dtype": (list(STORAGE_DTYPES), {"default": "fp16", "tooltip": "Precision of the UNet and image "
