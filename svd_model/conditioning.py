@@ -1,6 +1,10 @@
 """Conditioning: the clean frame's CLIP embedding, the noise-augmented frame's VAE latent, and
 the per-frame vector of sinusoidally embedded scalars (fps_id, motion_bucket_id, cond_aug; SV3D:
 cond_aug, polar and azimuth angles), exactly as sgm's GeneralConditioner produces them.
+
+The conditioning frame's latent (noise augmentation, then the conditioner's VAE encoder) is made in one
+place, :func:`encode_cond_frames`, for inference, training batches, validation and the latent cache alike;
+the CLIP embedding is :func:`.nn.image_encoder.encode_image` and the vector :func:`vector_conditioning`.
 """
 
 from __future__ import annotations
@@ -9,11 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .config import VECTOR_LAYOUT, Family
-from .errors import InputError
+from .errors import InputError, ShapeError
 from .nn.embeddings import timestep_embedding
+from .noise import randn
 
 
 @dataclass(frozen=True)
@@ -113,10 +118,51 @@ def check_image(image: Tensor, multiple: int = 64) -> None:
         raise InputError(f"image values must lie in [-1, 1], found [{lo:.3g}, {hi:.3g}] (map [0, 1] with 2x - 1)")
 
 
-def augment(image: Tensor, cond_aug: float, *, generator: torch.Generator | None = None,
+def augment(image: Tensor, cond_aug: float | Tensor, *, generator: torch.Generator | None = None,
             noise: Tensor | None = None) -> Tensor:
-    """The reference's pixel-space noise augmentation: image + cond_aug * N(0, I) (noise from `generator`)."""
+    """The reference's pixel-space noise augmentation: image + cond_aug * N(0, I).
+
+    image: (n, 3, H, W) float; cond_aug: the noise std, a number (or 0-d tensor) or (n,) one per image;
+    noise: a ready (n, 3, H, W) N(0, 1) draw, else drawn from `generator` (required then) by
+    :func:`.noise.randn`. The sum is computed in image's dtype on image's device.
+    """
     if noise is None:
-        gen_device = generator.device if generator is not None else torch.device("cpu")
-        noise = torch.randn(image.shape, generator=generator, device=gen_device, dtype=torch.float32)
-    return image + cond_aug * noise.to(image.device, image.dtype)
+        noise = randn(image.shape, generator, what="noise augmentation of the conditioning frame")
+    if tuple(noise.shape) != tuple(image.shape):
+        raise ShapeError(f"augmentation noise {tuple(noise.shape)} does not match the frames {tuple(image.shape)}")
+    aug: float | Tensor = cond_aug
+    if isinstance(cond_aug, Tensor):
+        if cond_aug.ndim == 1 and cond_aug.shape[0] == image.shape[0]:
+            aug = cond_aug.reshape(-1, *([1] * (image.ndim - 1)))  # (n, 1, 1, 1): one std per image
+        elif cond_aug.ndim != 0:
+            raise ShapeError(f"cond_aug must be a number or have one entry per frame ({image.shape[0]}), "
+                             f"got shape {tuple(cond_aug.shape)}")
+        aug = aug.to(image.device, image.dtype)
+    return image + aug * noise.to(image.device, image.dtype)
+
+
+def encode_cond_frames(
+    vae: nn.Module,
+    frames: Tensor,
+    cond_aug: float | Tensor,
+    *,
+    device: torch.device | str,
+    generator: torch.Generator | None = None,
+    noise: Tensor | None = None,
+) -> Tensor:
+    """THE conditioning-frame latent ("concat" branch): the conditioner VAE's posterior mean of the
+    noise-augmented frames, as sgm's ``VideoPredictionEmbedderWithEncoder`` makes it.
+
+    vae: the conditioner's VAE (``model.cond_vae``), already on `device`; frames: (n, 3, H, W) float in
+    [-1, 1], any float dtype and device (copied to float32 on `device`); cond_aug: the augmentation std >= 0,
+    a number, a 0-d tensor or (n,) one per frame; noise: a ready (n, 3, H, W) N(0, 1) draw, else drawn from
+    `generator` (required then; one float32 draw of frames' shape on the generator's device).
+    noisy = frames + cond_aug * noise is computed in float32 on `device` and encoded in the VAE's dtype.
+    Returns (n, z, H/8, W/8) float32 on `device`, unscaled (NOT multiplied by the 0.18215 scale factor).
+    """
+    if frames.ndim != 4 or frames.shape[1] != 3:
+        raise ShapeError(f"conditioning frames must be (n, 3, H, W), got {tuple(frames.shape)}")
+    clean = frames.to(device, torch.float32)
+    noisy = augment(clean, cond_aug, generator=generator, noise=noise)
+    dtype = next(vae.parameters()).dtype
+    return vae.encode_mode(noisy.to(dtype)).float()  # (n, z, h, w)

@@ -1,4 +1,11 @@
-"""Starting latents: the reference's initial-noise scaling and the noising of a given latent (denoise < 1)."""
+"""Noise: the package's one N(0, 1) draw (:func:`randn`, :func:`randn_like`), the reference's initial-noise
+scaling and the noising of a given latent (denoise < 1).
+
+Every random draw of the package goes through :func:`randn` (or :func:`randn_like`) with an explicit
+``torch.Generator``: a missing generator is an :class:`~.errors.InputError`, never a silent fall back to
+torch's global RNG. The draw is made in float32 (unless asked otherwise) on the generator's device, so a CPU
+generator gives the same numbers whatever device the model runs on.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,42 @@ from torch import Tensor
 
 from .errors import InputError, ShapeError
 from .scalings import append_dims
+
+
+def require_generator(generator: torch.Generator | None, what: str) -> torch.Generator:
+    """`generator` itself; InputError naming `what` when it is missing (or not a torch.Generator)."""
+    if generator is None:
+        raise InputError(
+            f"{what} draws noise but no generator was passed; "
+            "pass generator=torch.Generator().manual_seed(seed) (the global RNG is never used)"
+        )
+    if not isinstance(generator, torch.Generator):
+        raise InputError(f"{what} needs a torch.Generator, got {type(generator).__name__}")
+    return generator
+
+
+def randn(
+    shape: Sequence[int],
+    generator: torch.Generator | None,
+    *,
+    what: str = "this step",
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """N(0, 1) noise of `shape` from `generator` (required): drawn in `dtype` (default float32) on the
+    generator's device, then moved to `device` (default: left on the generator's device).
+
+    what: names the caller in the error raised when `generator` is missing.
+    """
+    gen = require_generator(generator, what)
+    noise = torch.randn(tuple(shape), generator=gen, device=gen.device, dtype=dtype)
+    return noise if device is None else noise.to(device)
+
+
+def randn_like(x: Tensor, generator: torch.Generator | None, *, what: str = "this step") -> Tensor:
+    """N(0, 1) noise shaped like x: :func:`randn` (float32, the generator's device), then moved and cast to
+    x's device and dtype."""
+    return randn(x.shape, generator, what=what).to(device=x.device, dtype=x.dtype)
 
 
 def initial_noise_scale(sigma0: float | Tensor) -> Tensor:
@@ -45,9 +88,7 @@ def initial_noise(
     if isinstance(shape, Tensor):
         noise = shape
     else:
-        if generator is None:
-            raise InputError("initial_noise needs a generator to draw noise (or pass an N(0, 1) tensor as shape)")
-        noise = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
+        noise = randn(shape, generator, what="initial_noise without a noise tensor")
     x = noise * initial_noise_scale(sigma0).to(noise.device)
     return x.to(device=noise.device if device is None else device, dtype=x.dtype if dtype is None else dtype)
 

@@ -14,12 +14,15 @@ Every sampler has the signature ``sample_X(denoiser, x, sigmas, *, generator=Non
   :func:`.noise.noise_latents`). It is never modified in place.
 - ``sigmas``: (n + 1,) decreasing, ending in 0 (:mod:`.schedules`); n steps, n callback calls.
 - ``generator``: the only source of randomness; stochastic options (``s_churn``, ``eta``) require it.
-  Noise is drawn in float32 on the generator's device, then moved to x's device and dtype, so a
-  seed gives the same noise on CPU and GPU runs that share a CPU generator.
+  Noise is drawn by :func:`.noise.randn_like` (float32 on the generator's device, then moved to x's
+  device and dtype), so a seed gives the same noise on CPU and GPU runs that share a CPU generator.
 - ``callback(StepInfo)``: called once per step after the denoiser; raising inside it stops sampling
   (the exception propagates), which is how a host application interrupts a run.
 
 Returns the final sample, shaped like x.
+
+The single steps are public pure functions too (:func:`euler_step`, :func:`heun_step`), for samplers built
+elsewhere (keyframe interpolation's re-noised and bidirectional steps) to step exactly as these do.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import torch
 from torch import Tensor
 
 from .errors import ConfigError, InputError, ShapeError, choose
+from .noise import randn_like, require_generator
 
 __all__ = [
     "SAMPLERS",
@@ -40,7 +44,9 @@ __all__ = [
     "Denoiser",
     "SamplerFn",
     "StepInfo",
+    "euler_step",
     "get_sampler",
+    "heun_step",
     "sample_dpmpp_2m",
     "sample_dpmpp_2m_sde",
     "sample_dpmpp_2s_ancestral",
@@ -90,21 +96,6 @@ def _prepare(x: Tensor, sigmas: Tensor) -> tuple[Tensor, list[float]]:
     return sigmas.to(x.device), values
 
 
-def _require_generator(generator: torch.Generator | None, sampler: str, reason: str) -> None:
-    if generator is None:
-        raise InputError(
-            f"{sampler} with {reason} draws noise but no generator was passed; "
-            "pass generator=torch.Generator().manual_seed(seed) (the global RNG is never used)"
-        )
-
-
-def _noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    """Standard normal noise shaped like x: drawn in float32 on the generator's device, then moved."""
-    assert generator is not None  # checked up front by each sampler through _require_generator
-    noise = torch.randn(x.shape, generator=generator, device=generator.device, dtype=torch.float32)
-    return noise.to(device=x.device, dtype=x.dtype)
-
-
 def _sigma_rows(sigma: Tensor, x: Tensor) -> Tensor:
     """0-d sigma -> (b,), one entry per row of x, as the denoiser expects."""
     return sigma.reshape(1).repeat(x.shape[0])
@@ -129,6 +120,31 @@ def _ancestral_step(sigma: float, sigma_next: float, eta: float) -> tuple[float,
 def _churn_gamma(sigma: float, n: int, s_churn: float, s_tmin: float, s_tmax: float) -> float:
     """Karras et al. 2022 Alg. 2 line 4: gamma = min(S_churn / N, sqrt(2) - 1) inside [S_tmin, S_tmax]."""
     return min(s_churn / n, 2**0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
+
+
+# ------------------------------------------------------------------------------------------------ steps
+
+
+def euler_step(x: Tensor, denoised: Tensor, sigma: Tensor | float, sigma_next: Tensor | float) -> Tensor:
+    """One Euler step of the probability-flow ODE from noise level sigma to sigma_next (pure).
+
+    x, denoised: (b, ...) the latent at sigma and the denoiser's x0 estimate there; sigma, sigma_next: floats
+    or 0-d tensors (as every sampler here passes them). d = (x - denoised) / sigma (Karras et al. 2022, Eq. 3),
+    x_next = x + (sigma_next - sigma) d, in that operation order (sgm ``EulerEDMSampler``); a step to
+    sigma_next = 0 lands on denoised. :func:`sample_euler` is this step in a loop.
+    """
+    return x + (sigma_next - sigma) * _to_d(x, sigma, denoised)
+
+
+def heun_step(denoiser: Denoiser, x: Tensor, denoised: Tensor, sigma: Tensor, sigma_next: Tensor) -> Tensor:
+    """One Heun step (Karras et al. 2022, Alg. 2 lines 7-8): an Euler step to sigma_next, a second denoiser
+    call there and the step with the mean of the two slopes. sigma, sigma_next: 0-d tensors, sigma_next > 0
+    (the last step of a schedule, to 0, is a plain :func:`euler_step`)."""
+    d = _to_d(x, sigma, denoised)
+    dt = sigma_next - sigma
+    x_euler = x + dt * d
+    d_next = _to_d(x_euler, sigma_next, denoiser(x_euler, _sigma_rows(sigma_next, x)))
+    return x + (d + d_next) / 2.0 * dt  # trapezoidal (Heun) correction
 
 
 def _report(
@@ -159,24 +175,20 @@ def _edm_sample(
     if s_churn < 0:
         raise ConfigError(f"s_churn must be >= 0, got {s_churn!r}")
     if s_churn > 0:
-        _require_generator(generator, name, f"s_churn={s_churn}")
+        require_generator(generator, f"{name} with s_churn={s_churn}")
     n = len(values) - 1
     for i in range(n):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         gamma = _churn_gamma(values[i], n, s_churn, s_tmin, s_tmax)
         sigma_hat = sigma * (gamma + 1.0)
         if gamma > 0:
-            x = x + _noise_like(x, generator) * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
+            x = x + randn_like(x, generator, what=name) * s_noise * (sigma_hat**2 - sigma**2) ** 0.5
         denoised = denoiser(x, _sigma_rows(sigma_hat, x))
         _report(callback, i, n, x, values[i] * (gamma + 1.0), values[i + 1], denoised)
-        d = _to_d(x, sigma_hat, denoised)
-        dt = sigma_next - sigma_hat
         if not heun or values[i + 1] == 0.0:
-            x = x + dt * d  # Euler step; the last one (to sigma 0) lands on denoised
+            x = euler_step(x, denoised, sigma_hat, sigma_next)  # the last step (to sigma 0) lands on denoised
         else:
-            x_euler = x + dt * d
-            d_next = _to_d(x_euler, sigma_next, denoiser(x_euler, _sigma_rows(sigma_next, x)))
-            x = x + (d + d_next) / 2.0 * dt  # trapezoidal (Heun) correction
+            x = heun_step(denoiser, x, denoised, sigma_hat, sigma_next)
     return x
 
 
@@ -241,16 +253,16 @@ def sample_euler_ancestral(
     """
     sigmas, values = _prepare(x, sigmas)
     if eta > 0:
-        _require_generator(generator, "euler_ancestral", f"eta={eta}")
+        require_generator(generator, f"euler_ancestral with eta={eta}")
     n = len(values) - 1
     for i in range(n):
         sigma, sigma_next = values[i], values[i + 1]
         denoised = denoiser(x, _sigma_rows(sigmas[i], x))
         _report(callback, i, n, x, sigma, sigma_next, denoised)
         sigma_down, sigma_up = _ancestral_step(sigma, sigma_next, eta)
-        x = x + (sigma_down - sigma) * _to_d(x, sigma, denoised)
+        x = euler_step(x, denoised, sigma, sigma_down)
         if sigma_up > 0:
-            x = x + _noise_like(x, generator) * (s_noise * sigma_up)
+            x = x + randn_like(x, generator, what="euler_ancestral") * (s_noise * sigma_up)
     return x
 
 
@@ -272,7 +284,7 @@ def sample_dpmpp_2s_ancestral(
     """
     sigmas, values = _prepare(x, sigmas)
     if eta > 0:
-        _require_generator(generator, "dpmpp_2s_ancestral", f"eta={eta}")
+        require_generator(generator, f"dpmpp_2s_ancestral with eta={eta}")
     n = len(values) - 1
     for i in range(n):
         sigma, sigma_next = values[i], values[i + 1]
@@ -280,7 +292,7 @@ def sample_dpmpp_2s_ancestral(
         _report(callback, i, n, x, sigma, sigma_next, denoised)
         sigma_down, sigma_up = _ancestral_step(sigma, sigma_next, eta)
         if sigma_down == 0.0:
-            x = x + (sigma_down - sigma) * _to_d(x, sigma, denoised)
+            x = euler_step(x, denoised, sigma, sigma_down)
         else:
             h = math.log(sigma / sigma_down)  # t_next - t with t = -log sigma
             sigma_mid = math.sqrt(sigma * sigma_down)  # exp(-(t + h/2))
@@ -288,7 +300,7 @@ def sample_dpmpp_2s_ancestral(
             denoised_mid = denoiser(x_mid, torch.full_like(_sigma_rows(sigmas[i], x), sigma_mid))
             x = (sigma_down / sigma) * x - math.expm1(-h) * denoised_mid
         if sigma_up > 0:
-            x = x + _noise_like(x, generator) * (s_noise * sigma_up)
+            x = x + randn_like(x, generator, what="dpmpp_2s_ancestral") * (s_noise * sigma_up)
     return x
 
 
@@ -352,7 +364,7 @@ def sample_dpmpp_2m_sde(
         raise ConfigError(f"solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
     sigmas, values = _prepare(x, sigmas)
     if eta > 0:
-        _require_generator(generator, "dpmpp_2m_sde", f"eta={eta}")
+        require_generator(generator, f"dpmpp_2m_sde with eta={eta}")
     n = len(values) - 1
     old_denoised: Tensor | None = None
     h_last = 0.0
@@ -375,7 +387,8 @@ def sample_dpmpp_2m_sde(
                 else:
                     x = x + (0.5 * one_minus / r) * (denoised - old_denoised)
             if eta > 0:
-                x = x + _noise_like(x, generator) * (s_noise * sigma_next * math.sqrt(-math.expm1(-2 * eta_h)))
+                std = s_noise * sigma_next * math.sqrt(-math.expm1(-2 * eta_h))
+                x = x + randn_like(x, generator, what="dpmpp_2m_sde") * std
             h_last = h
         old_denoised = denoised
     return x

@@ -15,6 +15,7 @@ import torch
 from .config import Family, ImageEncoderConfig, ModelConfig, UNetConfig, VAEConfig, vector_width
 from .loader import save_bundle
 from .model import SVDModel
+from .noise import randn
 
 TINY_NAME_MARK = "TINY-RANDOM"
 
@@ -47,7 +48,7 @@ def randomize(model: SVDModel, seed: int = 0) -> SVDModel:
     matrices scaled by 1/sqrt(fan_in), so that no zero-initialised layer hides a code path."""
     gen = torch.Generator().manual_seed(seed)
     for name, p in model.named_parameters():
-        r = torch.randn(p.shape, generator=gen)
+        r = randn(p.shape, gen, what="randomize")
         leaf = name.rsplit(".", 1)[-1]
         is_norm = any(s in name for s in ("norm", "ln_")) and p.ndim == 1
         if name.endswith("mix_factor"):

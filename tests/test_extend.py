@@ -51,6 +51,10 @@ def _segments(n: int = 2, **kw) -> list[Segment]:
     return build_segments(_params(**kw), 5, [{}] * n)
 
 
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
 # ------------------------------------------------------------------------------------------- planning
 
 
@@ -165,6 +169,10 @@ def test_extend_errors(bundle, tmp_path):
         extend_video(bundle, _clip(2), _segments(1, width=64))
     with pytest.raises(InputError, match="nothing to do"):
         extend_video(bundle, _clip(2), [])
+    with pytest.raises(InputError, match="segment 2 has no generator"):  # refused before segment 1 runs
+        extend_video(bundle, _clip(2), [*_segments(1), Segment(_params())])
+    with pytest.raises(InputError, match="loop=True needs loop_generator"):
+        extend_video(bundle, _clip(2), _segments(1), loop=True, loop_params=_params(num_frames=4))
     assert "must exceed overlap" in node.VALIDATE_INPUTS(1, 2, 2)
     assert "above the maximum" in node.VALIDATE_INPUTS(1000, 0, 1)
     assert "cannot read" in node.VALIDATE_INPUTS(2, 0, 1, "nonsense")
@@ -184,20 +192,21 @@ def test_loop_closes_the_video_through_keyframe_interpolation(bundle, monkeypatc
     monkeypatch.setattr(keyframes, "interpolate_keyframes", fake_interpolate)
     reports = []
     loop_params = _params(num_frames=5)
-    out = extend_video(bundle, _clip(2), _segments(1), loop=True, loop_params=loop_params,
+    out = extend_video(bundle, _clip(2), _segments(1), loop=True, loop_params=loop_params, loop_generator=_gen(),
                        segment_callback=lambda d, t: reports.append((d, t)))
     assert out.shape[1] == extended_length(2, [F], 1, loop_frames=5) == 2 + 2 + 3
     first, last, t = calls[0]
     assert t == 5 and torch.equal(last, out[:, 0]) and torch.equal(first, out[:, 3])  # last frame -> first frame
     assert reports == [(1, 2), (2, 2)]
-    only_loop = extend_video(bundle, _clip(2), [], loop=True, loop_params=loop_params)
+    only_loop = extend_video(bundle, _clip(2), [], loop=True, loop_params=loop_params, loop_generator=_gen())
     assert only_loop.shape[1] == 2 + 3
     with pytest.raises(InputError, match="at least 3 frames"):
-        extend_video(bundle, _clip(2), [], loop=True, loop_params=_params(num_frames=2))
+        extend_video(bundle, _clip(2), [], loop=True, loop_params=_params(num_frames=2), loop_generator=_gen())
 
 
 def test_loop_with_the_real_keyframe_interpolation(bundle):
     clip = _clip(2)
-    out = extend_video(bundle, clip, _segments(1), loop=True, loop_params=_params(num_frames=4))
+    out = extend_video(bundle, clip, _segments(1), loop=True, loop_params=_params(num_frames=4),
+                       loop_generator=_gen())
     assert out.shape == (1, extended_length(2, [F], 1, loop_frames=4), 3, H, W)
     assert torch.isfinite(out).all() and torch.equal(out[:, 0], clip[:, 0])

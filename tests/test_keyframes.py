@@ -111,8 +111,11 @@ def test_keyframe_checkpoint_is_detected_and_conditions_on_both_keyframes(keyfra
     assert not bundle.config.unet.concat_keyframes
     assert resolve_method(keyframe_bundle, "auto") == "concat"
     first, last = _frames()
-    cond, uncond = keyframe_condition(keyframe_bundle, first, last, _params(cond_aug=0.0))
-    single, _ = encode_condition(keyframe_bundle, last, _params(cond_aug=0.0))
+    with pytest.raises(InputError, match="no generator was passed"):  # never torch's global RNG
+        keyframe_condition(keyframe_bundle, first, last, _params())
+    cond, uncond = keyframe_condition(keyframe_bundle, first, last, _params(cond_aug=0.0),
+                                      generator=torch.Generator().manual_seed(0))
+    single, _ = encode_condition(keyframe_bundle, last, _params(cond_aug=0.0), generator=torch.Generator())
     assert cond.concat.shape == (1, 8, H // 8, W // 8) and torch.equal(cond.concat[:, 4:], single.concat)
     assert torch.count_nonzero(uncond.concat) == 0 and torch.count_nonzero(uncond.crossattn) == 0
     latents = _run(keyframe_bundle, 2, (first, last))

@@ -151,6 +151,11 @@ def test_bad_inputs_say_what_is_wrong(bundle):
         encode_condition(bundle, torch.full((1, 3, H, W), 200.0), _params())
     with pytest.raises(InputError, match="params ask for"):
         encode_condition(bundle, torch.zeros(1, 3, 64, 64), _params())
+    with pytest.raises(InputError, match="noise augmentation .* no generator was passed"):  # no global RNG
+        encode_condition(bundle, _image(), _params())
+    cond, uncond = encode_condition(bundle, _image(), _params(), aug_noise=torch.zeros(1, 3, H, W))
+    with pytest.raises(InputError, match="sample_video without a noise tensor draws noise but no generator"):
+        sample_video(bundle, cond, uncond, _params())
     with pytest.raises(ConfigError, match="num_frames"):
         _params(num_frames=0)
     with pytest.raises(ConfigError, match="unknown sampler"):

@@ -15,8 +15,16 @@ import pytest
 import torch
 
 from comfyui_svd_lab.svd_model.errors import ConfigError, InputError
-from comfyui_svd_lab.svd_model.noise import initial_noise, initial_noise_scale, noise_latents
-from comfyui_svd_lab.svd_model.sampling import SAMPLERS, StepInfo, get_sampler, sample_euler
+from comfyui_svd_lab.svd_model.noise import initial_noise, initial_noise_scale, noise_latents, randn, randn_like
+from comfyui_svd_lab.svd_model.sampling import (
+    SAMPLERS,
+    StepInfo,
+    euler_step,
+    get_sampler,
+    heun_step,
+    sample_euler,
+    sample_heun,
+)
 from comfyui_svd_lab.svd_model.scalings import append_dims
 from comfyui_svd_lab.svd_model.schedules import karras_sigmas
 from conftest import assert_golden
@@ -185,6 +193,35 @@ def test_deterministic_samplers_need_no_generator() -> None:
     x, sigmas = torch.randn(1, 3), karras_sigmas(3, 0.002, SIGMA_MAX)
     for name in ("euler", "heun", "dpmpp_2m"):
         assert get_sampler(name)(gaussian_denoiser, x, sigmas).shape == x.shape
+
+
+@pytest.mark.parametrize(("sampler", "step"), [(sample_euler, "euler"), (sample_heun, "heun")])
+def test_samplers_are_their_public_step_in_a_loop(sampler, step) -> None:
+    """sample_euler / sample_heun equal a hand-written loop of euler_step / heun_step, bit for bit."""
+    x, _ = _start()
+    sigmas = karras_sigmas(6, 0.002, SIGMA_MAX)
+    z = x
+    for i in range(6):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = gaussian_denoiser(z, sigma.reshape(1).repeat(z.shape[0]))
+        if step == "heun" and i < 5:
+            z = heun_step(gaussian_denoiser, z, denoised, sigma, sigma_next)
+        else:
+            z = euler_step(z, denoised, sigma, sigma_next)
+    assert torch.equal(sampler(gaussian_denoiser, x, sigmas), z)
+    last = euler_step(x, x * 0.5, sigmas[-2], sigmas[-1])  # a step to sigma 0 lands on denoised
+    torch.testing.assert_close(last, x * 0.5)
+
+
+def test_randn_is_the_one_seeded_draw() -> None:
+    a = randn((2, 3), torch.Generator().manual_seed(5))
+    assert torch.equal(a, torch.randn((2, 3), generator=torch.Generator().manual_seed(5))) and a.dtype == torch.float32
+    like = randn_like(torch.zeros(2, 3, dtype=torch.float64), torch.Generator().manual_seed(5))
+    assert like.dtype == torch.float64 and torch.equal(like, a.double())
+    with pytest.raises(InputError, match="^the test draw draws noise but no generator was passed"):
+        randn((2,), None, what="the test draw")
+    with pytest.raises(InputError, match="needs a torch.Generator, got int"):
+        randn((2,), 5)  # a seed is not a generator
 
 
 def test_get_sampler_unknown_lists_choices() -> None:

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from ..config import VAEConfig
 from ..errors import CheckpointError, InputError, ShapeError
+from ..noise import randn, require_generator
 from .vae_blocks import (
     AE3DConv,
     AttnBlock,
@@ -227,12 +228,11 @@ class AutoencoderKL(nn.Module):
         eps is drawn only from ``generator`` (on the generator's device, then moved), so a seeded generator
         gives the same latents on every call.
         """
-        if not isinstance(generator, torch.Generator):
-            raise InputError(f"encode_sample needs a torch.Generator, got {type(generator).__name__}")
+        require_generator(generator, "encode_sample")  # before the encoder runs
         mean, logvar = self.encode_moments(x).chunk(2, dim=1)
         std = torch.exp(0.5 * logvar.clamp(LOGVAR_MIN, LOGVAR_MAX))
-        eps = torch.randn(mean.shape, generator=generator, device=generator.device, dtype=mean.dtype)
-        return mean + std * eps.to(mean.device)
+        eps = randn(mean.shape, generator, what="encode_sample", dtype=mean.dtype, device=mean.device)
+        return mean + std * eps
 
     # ---------------------------------------------------------------- decoding
 

@@ -46,7 +46,8 @@ _INT_KEYS = {"frames", "motion_bucket_id", "fps", "steps", "seed"}
 
 @dataclass(frozen=True)
 class Segment:
-    """One segment of an extension: its run settings and, optionally, its own noise generator."""
+    """One segment of an extension: its run settings and its own noise generator (required by
+    :func:`extend_video`; :func:`build_segments` seeds one per segment)."""
 
     params: VideoParams
     generator: torch.Generator | None = None
@@ -124,6 +125,17 @@ def _check(bundle: SVDBundle, frames: Tensor, segments: Sequence[Segment], overl
             raise InputError(f"segment {i + 1} is set to {p.width}x{p.height} but the clip is {w}x{h}")
 
 
+def _check_generators(segments: Sequence[Segment], loop: bool, loop_generator: torch.Generator | None) -> None:
+    """Every segment and the loop transition draw noise: refuse a missing generator before any work is done."""
+    for i, seg in enumerate(segments):
+        if seg.generator is None:
+            raise InputError(f"segment {i + 1} has no generator; give it one (Segment(params, "
+                             "torch.Generator().manual_seed(seed)) or build the segments with build_segments)")
+    if loop and loop_generator is None:
+        raise InputError("loop=True needs loop_generator (the transition draws noise), e.g. "
+                         "torch.Generator().manual_seed(seed)")
+
+
 def _decode(bundle: SVDBundle, latents: Tensor, chunk: int | None) -> Tensor:
     return decode_latents(bundle, latents, chunk_size=chunk).clamp(-1.0, 1.0)  # (1, t, 3, H, W) on CPU
 
@@ -153,6 +165,7 @@ def extend_video(
     _check(bundle, frames, segments, overlap, loop)
     if not 0.0 <= drift_correction <= 1.0:  # also refuses NaN, which would silently turn the correction off
         raise InputError(f"drift_correction must be in [0, 1], got {drift_correction}")
+    _check_generators(segments, loop, loop_generator)
     video = frames.detach().float().cpu()[0]  # (t, 3, H, W)
     reference: LabStats | None = lab_stats((video + 1.0) / 2.0) if drift_correction > 0 else None
     total = len(segments) + int(loop)

@@ -12,14 +12,14 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor
 
-from ..conditioning import Cond, augment, check_image, check_size, vector_conditioning
+from ..conditioning import Cond, check_image, check_size, encode_cond_frames, vector_conditioning
 from ..config import Family
 from ..denoiser import make_model_fn
 from ..errors import ConfigError, InputError
 from ..guidance import cfg_denoiser, frame_scales
 from ..loader import SVDBundle
 from ..nn.image_encoder import encode_image
-from ..noise import initial_noise, noise_latents
+from ..noise import initial_noise, noise_latents, randn
 from ..sampling import StepInfo, get_sampler
 from ..schedules import get_schedule, sigmas_for_denoise
 
@@ -88,11 +88,6 @@ class VideoParams:
         return replace(base, **overrides)
 
 
-def _generator_noise(shape: tuple[int, ...], generator: torch.Generator | None) -> Tensor:
-    device = generator.device if generator is not None else torch.device("cpu")
-    return torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
-
-
 @torch.no_grad()
 def encode_condition(
     bundle: SVDBundle,
@@ -105,29 +100,28 @@ def encode_condition(
 ) -> tuple[Cond, Cond]:
     """(cond, uncond) for `image` (b, 3, H, W) in [-1, 1] at the target size.
 
-    The CLIP embedding sees the clean frame, the VAE the noise-augmented one (noise from
-    `generator`, or `aug_noise` (b, 3, H, W) when given). SV3D_p needs `camera` with
-    polars_rad and azimuths_rad ((t,) radians).
+    The CLIP embedding sees the clean frame, the VAE the noise-augmented one
+    (:func:`~..conditioning.encode_cond_frames`; noise from `generator`, or `aug_noise` (b, 3, H, W) when
+    given: one of the two is required). SV3D_p needs `camera` with polars_rad and azimuths_rad ((t,) radians).
     """
     check_image(image, bundle.config.size_multiple)
     if tuple(image.shape[-2:]) != (params.height, params.width):
         raise InputError(
             f"image is {image.shape[-1]}x{image.shape[-2]}, params ask for {params.width}x{params.height}; resize first"
         )
+    if bundle.family is Family.SV3D_P and not camera:
+        raise InputError("an SV3D_p model needs a camera: polars_rad and azimuths_rad per frame")
     model = bundle.model
     b, t = image.shape[0], params.num_frames
     device = bundle.device
     clean = image.to(device, torch.float32)
     crossattn = encode_image(model.image_encoder, clean.to(bundle.dtype)).float()[:, None]  # (b, 1, ctx)
-    noisy = augment(clean, params.cond_aug, generator=generator, noise=aug_noise)
-    vae_dtype = next(model.cond_vae.parameters()).dtype
-    concat = model.cond_vae.encode_mode(noisy.to(vae_dtype)).float()  # (b, 4, h, w), unscaled
+    concat = encode_cond_frames(model.cond_vae, clean, params.cond_aug, device=device, generator=generator,
+                                noise=aug_noise)  # (b, 4, h, w), unscaled
     values: dict[str, Tensor | float] = {
         "fps_id": params.fps_id, "motion_bucket_id": params.motion_bucket_id, "cond_aug": params.cond_aug,
     }
     values.update(camera or {})
-    if bundle.family is Family.SV3D_P and not camera:
-        raise InputError("an SV3D_p model needs a camera: polars_rad and azimuths_rad per frame")
     vector = vector_conditioning(bundle.family, values, b, t).to(device)  # (b, t, adm)
     cond = Cond(crossattn, concat, vector)
     return cond, cond.unconditional()
@@ -147,14 +141,14 @@ def sample_video(
 ) -> Tensor:
     """Guided sampling -> latents (b, t, 4, h, w), 0.18215-scaled.
 
-    noise: optional (b, t, 4, h, w) N(0, 1) draw (else from `generator`). With denoise < 1,
+    noise: optional (b, t, 4, h, w) N(0, 1) draw (else from `generator`, required then). With denoise < 1,
     `init_latents` (b, t, 4, h, w) is noised to the first kept sigma instead of starting from pure noise.
     """
     check_size(params.width, params.height, bundle.config.size_multiple)
     b, t = cond.crossattn.shape[0], params.num_frames
     shape = (b, t, bundle.config.unet.out_channels, params.height // 8, params.width // 8)
     if noise is None:
-        noise = _generator_noise(shape, generator)
+        noise = randn(shape, generator, what="sample_video without a noise tensor")
     if tuple(noise.shape) != shape:
         raise InputError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
     sigmas = get_schedule(params.schedule)(params.steps, params.sigma_min, params.sigma_max, params.rho)

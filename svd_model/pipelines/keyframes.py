@@ -48,8 +48,8 @@ from ..errors import ConfigError, InputError
 from ..guidance import cfg_denoiser, frame_scales
 from ..loader import SVDBundle, save_bundle
 from ..model import SVDModel
-from ..noise import initial_noise
-from ..sampling import Denoiser, StepInfo, get_sampler
+from ..noise import initial_noise, randn, randn_like
+from ..sampling import Denoiser, StepInfo, euler_step, get_sampler
 from ..schedules import get_schedule
 from ..tiny import TINY_NAME_MARK, randomize, tiny_config
 from .decode import decode_latents, encode_frames
@@ -127,27 +127,27 @@ def anchored(denoiser: Denoiser, ends: Tensor) -> Denoiser:
     return wrapped
 
 
-def _euler(x: Tensor, denoised: Tensor, sigma: float, sigma_next: float) -> Tensor:
-    return x + (sigma_next - sigma) * (x - denoised) / sigma  # lands on denoised when sigma_next = 0
+def _renoised(x: Tensor, sigma: float, sigma_next: float, generator: torch.Generator | None) -> Tensor:
+    """x at sigma_next noised back up to sigma with fresh noise of std sqrt(sigma^2 - sigma_next^2)."""
+    return x + math.sqrt(sigma**2 - sigma_next**2) * randn_like(x, generator, what="keyframe re-noising")
 
 
-def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    device = generator.device if generator is not None else torch.device("cpu")
-    return torch.randn(x.shape, generator=generator, device=device, dtype=torch.float32).to(x)
+Step = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
-def _loop(step: Callable[[Tensor, float, float], tuple[Tensor, Tensor]], x: Tensor, sigmas: list[float],
-          renoise: int, generator: torch.Generator | None, callback: Callback | None) -> Tensor:
-    """Run `step(x, sigma, sigma_next) -> (x_next, denoised)` over the schedule, repeating each step after
-    re-noising to sigma `renoise` more times (not the last step)."""
-    n = len(sigmas) - 1
+def _loop(step: Step, x: Tensor, sigmas: Tensor, renoise: int, generator: torch.Generator | None,
+          callback: Callback | None) -> Tensor:
+    """Run `step(x, sigma, sigma_next) -> (x_next, denoised)` (0-d sigmas) over the schedule, repeating each
+    step after re-noising to sigma `renoise` more times (not the last step)."""
+    n = sigmas.shape[0] - 1
+    values = sigmas.tolist()
     for i in range(n):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        sigma, sigma_next = values[i], values[i + 1]
         x_in = x
-        x, denoised = step(x_in, sigma, sigma_next)
+        x, denoised = step(x_in, sigmas[i], sigmas[i + 1])
         for _ in range(renoise if sigma_next > 0 else 0):
-            x_in = x + math.sqrt(sigma**2 - sigma_next**2) * _noise(x, generator)
-            x, denoised = step(x_in, sigma, sigma_next)
+            x_in = _renoised(x, sigma, sigma_next, generator)
+            x, denoised = step(x_in, sigmas[i], sigmas[i + 1])
         if callback is not None:
             callback(StepInfo(i, n, x_in, sigma, sigma_next, denoised))
     return x
@@ -195,7 +195,7 @@ def interpolate_keyframes(
         cond_f, uncond_f = encode_condition(bundle, first, params, generator=generator)
         cond_l, uncond_l = encode_condition(bundle, last, params, generator=generator)
     if noise is None:
-        noise = _noise(torch.empty(shape), generator)
+        noise = randn(shape, generator, what="interpolate_keyframes without a noise tensor")
     if tuple(noise.shape) != shape:
         raise InputError(f"noise must have shape {shape}, got {tuple(noise.shape)}")
     sigmas = get_schedule(params.schedule)(params.steps, params.sigma_min, params.sigma_max, params.rho).to(device)
@@ -215,14 +215,14 @@ def interpolate_keyframes(
         reverse_raw = guided(cond_l, uncond_l)
         backward = pin(lambda z, s: reverse_raw(z.flip(1), s).flip(1))
 
-        def bidirectional_step(z: Tensor, sigma: float, sigma_next: float) -> tuple[Tensor, Tensor]:
-            rows = torch.full((b,), sigma, device=device)
-            z = _euler(z, forward(z, rows), sigma, sigma_next)
-            z = z + math.sqrt(sigma**2 - sigma_next**2) * _noise(z, generator)  # back to sigma
+        def bidirectional_step(z: Tensor, sigma: Tensor, sigma_next: Tensor) -> tuple[Tensor, Tensor]:
+            rows = torch.full((b,), float(sigma), device=device)
+            z = euler_step(z, forward(z, rows), sigma, sigma_next)
+            z = _renoised(z, float(sigma), float(sigma_next), generator)  # back to sigma
             d = backward(z, rows)
-            return _euler(z, d, sigma, sigma_next), d
+            return euler_step(z, d, sigma, sigma_next), d
 
-        return _loop(bidirectional_step, x, sigmas.tolist(), 0, generator, callback)
+        return _loop(bidirectional_step, x, sigmas, 0, generator, callback)
     w = torch.linspace(1.0, 0.0, t, device=device).reshape(1, t, 1, 1, 1)
     if batch_paths:
         both = guided(Cond.cat(cond_f, cond_l), Cond.cat(uncond_f, uncond_l))  # rows: forward, then reversed
@@ -244,11 +244,11 @@ def interpolate_keyframes(
     if renoise == 0:
         return get_sampler(params.sampler)(fused, x, sigmas, generator=generator, callback=callback)
 
-    def fusion_step(z: Tensor, sigma: float, sigma_next: float) -> tuple[Tensor, Tensor]:
-        d = fused(z, torch.full((b,), sigma, device=device))
-        return _euler(z, d, sigma, sigma_next), d
+    def fusion_step(z: Tensor, sigma: Tensor, sigma_next: Tensor) -> tuple[Tensor, Tensor]:
+        d = fused(z, torch.full((b,), float(sigma), device=device))
+        return euler_step(z, d, sigma, sigma_next), d
 
-    return _loop(fusion_step, x, sigmas.tolist(), renoise, generator, callback)
+    return _loop(fusion_step, x, sigmas, renoise, generator, callback)
 
 
 @torch.no_grad()

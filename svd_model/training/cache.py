@@ -51,10 +51,12 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import CheckpointReader, save_checkpoint
+from ..conditioning import encode_cond_frames
 from ..errors import ConfigError, InputError
 from ..fsutil import write_text_atomic
 from ..loader import SVDBundle
 from ..nn.image_encoder import encode_image
+from ..noise import randn
 from .config import CacheConfig, ObjectiveConfig
 from .data import VideoDataset, Window, read_window
 from .state import seed_from
@@ -252,11 +254,9 @@ def encode_window(bundle: SVDBundle, window: Window, frames: Tensor, config: Cac
         out["cond_frames"] = ends.to(store)
         return out
     gen = torch.Generator().manual_seed(seed_from(seed, "cond_aug", window.key))
-    augs = torch.exp(objective.cond_aug_mean + objective.cond_aug_std * torch.randn(config.aug_draws, generator=gen))
-    concat = []
-    for aug in augs:
-        noisy = ends + aug * torch.randn(ends.shape, generator=gen)
-        concat.append(model.cond_vae.encode_mode(noisy.to(device, model.cond_vae.dtype)).float().cpu())
+    z = randn((config.aug_draws,), gen, what="the cond_aug draws")  # (A,)
+    augs = torch.exp(objective.cond_aug_mean + objective.cond_aug_std * z)
+    concat = [encode_cond_frames(model.cond_vae, ends, aug, device=device, generator=gen).cpu() for aug in augs]
     out["concat"] = torch.stack(concat).to(store)  # (A, 2, z, h, w)
     out["cond_aug"] = augs.float()
     return out

@@ -22,11 +22,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..conditioning import Cond, vector_conditioning
+from ..conditioning import Cond, encode_cond_frames, vector_conditioning
 from ..config import Family
 from ..denoiser import make_model_fn
 from ..errors import ConfigError, InputError, SVDError
 from ..nn.vae import LOGVAR_MAX, LOGVAR_MIN
+from ..noise import randn
 from .cache import CacheItem, LatentCache
 from .config import ObjectiveConfig, OptimConfig, TrainConfig
 from .distributed import DistInfo, all_mean, all_true
@@ -149,17 +150,20 @@ def make_batch(items: Sequence[CacheItem], generators: Sequence[torch.Generator]
     """Draw one micro-batch's randomness per sample (in a fixed order) and build the model inputs."""
     k = 2 if keyframes else 1
     x0, sigmas, noises, augs, concat_in, crossattn, keep = [], [], [], [], [], [], []
+    aug_noise: list[Tensor] = []  # exact mode: each conditioning frame's augmentation noise, drawn in order
     for item, gen in zip(items, generators, strict=True):
         mean, logvar = item.moments.chunk(2, dim=1)  # (t, z, h, w) each
-        eps = torch.randn(mean.shape, generator=gen)
+        eps = randn(mean.shape, gen, what="the posterior sample")
         x0.append((mean + torch.exp(0.5 * logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)) * eps) * scale_factor)
         n_sigma = 1 if objective.sigma_per == "clip" else mean.shape[0]
         sigmas.append(lognormal_sigmas(n_sigma, objective.p_mean, objective.p_std, generator=gen))
-        noises.append(torch.randn(mean.shape, generator=gen))
-        if item.cond_frames is not None:  # exact: augment pixels now, encode below
-            aug = math.exp(objective.cond_aug_mean + objective.cond_aug_std * torch.randn(1, generator=gen).item())
+        noises.append(randn(mean.shape, gen, what="the training noise"))
+        if item.cond_frames is not None:  # exact: draw the augmentation now, augment and encode below
+            z = randn((1,), gen, what="the cond_aug draw").item()
+            aug = math.exp(objective.cond_aug_mean + objective.cond_aug_std * z)
             frames = item.cond_frames[:k]  # (k, 3, H, W)
-            concat_in.append(frames + aug * torch.randn(frames.shape, generator=gen))
+            concat_in.append(frames)
+            aug_noise.append(randn(frames.shape, gen, what="the noise augmentation"))
         else:  # cached: pick one of the pre-encoded augmentations
             pick = int(torch.randint(item.concat.shape[0], (1,), generator=gen).item())
             aug = float(item.cond_aug[pick])
@@ -169,9 +173,14 @@ def make_batch(items: Sequence[CacheItem], generators: Sequence[torch.Generator]
         crossattn.append(item.crossattn[:1])  # (1, d): the first frame's embedding
     b, t = len(items), x0[0].shape[0]
     if cond_vae is not None:
+        if len(aug_noise) != b:
+            raise InputError("this cache holds pre-encoded augmentations (cond_aug_mode 'cached'): the trainer "
+                             "needs no conditioner VAE for it")
         with torch.no_grad():
-            pixels = torch.cat(concat_in).to(device, cond_vae.dtype)  # (b k, 3, H, W)
-            concat = cond_vae.encode_mode(pixels).float().reshape(b, -1, *x0[0].shape[-2:])  # (b, k z, h, w)
+            frame_augs = torch.tensor(augs, dtype=torch.float32).repeat_interleave(k)  # (b k,)
+            concat = encode_cond_frames(cond_vae, torch.cat(concat_in), frame_augs, device=device,
+                                        noise=torch.cat(aug_noise))  # (b k, z, h, w)
+            concat = concat.reshape(b, -1, *x0[0].shape[-2:])  # (b, k z, h, w)
     else:
         if any(c.ndim != 3 for c in concat_in):
             raise InputError("this cache holds conditioning frames (cond_aug_mode 'exact'): the trainer needs the "

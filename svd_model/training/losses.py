@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError, ShapeError
+from ..noise import randn
 from ..scalings import append_dims
 
 __all__ = ["diffusion_loss", "edm_loss", "edm_weighting", "lognormal_sigmas"]
@@ -48,7 +49,7 @@ def lognormal_sigmas(
         raise ConfigError(f"number of sigmas must be >= 1, got {n!r}")
     if p_std < 0:
         raise ConfigError(f"p_std must be >= 0, got {p_std!r}")
-    z = torch.randn((n,), generator=generator, device=generator.device, dtype=torch.float32)
+    z = randn((n,), generator, what="lognormal_sigmas")
     log_sigma = p_mean + p_std * z
     return log_sigma.exp().to(generator.device if device is None else device)
 

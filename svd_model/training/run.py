@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from .. import lora as lora_mod
 from ..checkpoint import save_checkpoint
-from ..conditioning import Cond, vector_conditioning
+from ..conditioning import Cond, encode_cond_frames, vector_conditioning
 from ..config import Family
 from ..detect import FIRST_STAGE_PREFIX, cond_vae_prefix
 from ..errors import ConfigError, InputError
@@ -191,9 +191,8 @@ def validation_cond(bundle: SVDBundle, cache: LatentCache, config: TrainConfig, 
         frames, crossattn, aug = None, first.crossattn[:1], float(first.cond_aug[0])
         concat = first.concat[0, : 2 if keyframes else 1].flatten(0, 1)[None]  # (1, k z, h, w)
     if frames is not None:
-        noisy = frames + aug * torch.randn(frames.shape, generator=gen)
         with _moved([cond_vae.encoder, cond_vae.quant_conv], device):
-            concat = cond_vae.encode_mode(noisy.to(device, cond_vae.dtype)).float().cpu()  # (k, z, h, w)
+            concat = encode_cond_frames(cond_vae, frames, aug, device=device, generator=gen).cpu()  # (k, z, h, w)
         concat = concat.reshape(1, -1, *concat.shape[-2:])  # (1, k z, h, w)
     t = cache.num_frames
     vector = vector_conditioning(Family.SVD, {"fps_id": e.fps_id, "motion_bucket_id": e.motion_bucket_id,
