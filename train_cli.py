@@ -19,6 +19,8 @@ import os
 import subprocess
 import sys
 
+from .cli_errors import guarded
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="training config (.toml or .json); see --print-config")
@@ -129,8 +131,6 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
-    from .cli import guarded
-
     return guarded(cmd_train, args, "svd-lab train")
 
 
