@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from keyframe_support import write_tiny_keyframe_checkpoint
 
 from comfyui_svd_lab.nodes.interpolation_nodes import KeyframeInterpolate
 from comfyui_svd_lab.svd_model.conditioning import Cond
@@ -21,7 +22,6 @@ from comfyui_svd_lab.svd_model.pipelines.keyframes import (
     interpolate_keyframes,
     keyframe_condition,
     resolve_method,
-    write_tiny_keyframe_checkpoint,
 )
 from comfyui_svd_lab.svd_model.tiny import make_tiny_model, write_tiny_checkpoint
 

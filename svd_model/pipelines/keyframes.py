@@ -33,10 +33,8 @@ Shapes: keyframes (b, 3, H, W) in [-1, 1] at the params' size; latents (b, t, 4,
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -46,12 +44,11 @@ from ..config import Family
 from ..denoiser import make_model_fn
 from ..errors import ConfigError, InputError
 from ..guidance import cfg_denoiser, frame_scales
-from ..loader import SVDBundle, save_bundle
+from ..loader import SVDBundle
 from ..model import SVDModel
 from ..noise import initial_noise, randn, randn_like
 from ..sampling import Denoiser, StepInfo, euler_step, get_sampler
 from ..schedules import get_schedule
-from ..tiny import TINY_NAME_MARK, randomize, tiny_config
 from .decode import decode_latents, encode_frames
 from .image_to_video import VideoParams, encode_condition
 
@@ -294,16 +291,3 @@ def expand_to_keyframe_model(model: SVDModel) -> SVDModel:
     model.config = config
     model.unet.config = config.unet
     return model
-
-
-def make_tiny_keyframe_model(seed: int = 0) -> SVDModel:
-    """A tiny random model whose UNet has the keyframe layout (every weight random, none zero)."""
-    config = tiny_config(Family.SVD)
-    config = replace(config, unet=replace(config.unet, in_channels=3 * config.unet.out_channels))
-    return randomize(SVDModel(config), seed).eval()
-
-
-def write_tiny_keyframe_checkpoint(path: str | os.PathLike, seed: int = 0) -> Path:
-    """Write :func:`make_tiny_keyframe_model` in the official single-file layout (for tests and demos)."""
-    meta = {"svd_lab.tiny_random": "true", "svd_lab.note": f"{TINY_NAME_MARK} keyframe-interpolation weights"}
-    return save_bundle(make_tiny_keyframe_model(seed), path, meta)
