@@ -145,57 +145,81 @@ class Batch:
     cond: Cond
 
 
+@dataclass
+class ClipDraw:
+    """One clip of a micro-batch: its random draws and its model inputs before stacking."""
+
+    x0: Tensor  # (t, z, h, w) posterior sample, diffusion-scaled
+    sigma: Tensor  # (1,) or (t,)
+    noise: Tensor  # (t, z, h, w)
+    aug: float  # the conditioning augmentation strength
+    keep: float  # 1.0, or 0.0 when the conditioning is dropped
+    crossattn: Tensor  # (1, d): the first frame's embedding
+    concat: Tensor | None = None  # cached mode: the picked pre-encoded augmentation (k z, h, w)
+    cond_frames: Tensor | None = None  # exact mode: the clean conditioning frames (k, 3, H, W) ...
+    aug_noise: Tensor | None = None  # ... and their augmentation noise, encoded for the whole batch at once
+
+
+def draw_clip(item: CacheItem, gen: torch.Generator, *, objective: ObjectiveConfig, k: int,
+              scale_factor: float) -> ClipDraw:
+    """Draw one clip's randomness from `gen` in the fixed order: posterior sample, sigma, noise, then the
+    augmentation (exact: strength and noise; cached: which pre-encoded one), then the conditioning dropout."""
+    mean, logvar = item.moments.chunk(2, dim=1)  # (t, z, h, w) each
+    eps = randn(mean.shape, gen, what="the posterior sample")
+    x0 = (mean + torch.exp(0.5 * logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)) * eps) * scale_factor
+    n_sigma = 1 if objective.sigma_per == "clip" else mean.shape[0]
+    sigma = lognormal_sigmas(n_sigma, objective.p_mean, objective.p_std, generator=gen)
+    noise = randn(mean.shape, gen, what="the training noise")
+    concat = cond_frames = aug_noise = None
+    if item.cond_frames is not None:  # exact: draw the augmentation now, augment and encode per batch
+        z = randn((1,), gen, what="the cond_aug draw").item()
+        aug = math.exp(objective.cond_aug_mean + objective.cond_aug_std * z)
+        cond_frames = item.cond_frames[:k]  # (k, 3, H, W)
+        aug_noise = randn(cond_frames.shape, gen, what="the noise augmentation")
+    else:  # cached: pick one of the pre-encoded augmentations
+        pick = int(torch.randint(item.concat.shape[0], (1,), generator=gen).item())
+        aug = float(item.cond_aug[pick])
+        concat = item.concat[pick, :k].flatten(0, 1)  # (k z, h, w)
+    keep = float(torch.rand(1, generator=gen).item() >= objective.cond_dropout)
+    return ClipDraw(x0, sigma, noise, aug, keep, item.crossattn[:1], concat, cond_frames, aug_noise)
+
+
+def _batch_concat(clips: Sequence[ClipDraw], k: int, cond_vae: nn.Module | None, device: torch.device) -> Tensor:
+    """The concat conditioning (b, k z, h, w): exact mode augments and encodes every clip's frames in one
+    call of the conditioner's VAE; cached mode stacks the picked encodings."""
+    if cond_vae is not None:
+        if any(c.cond_frames is None for c in clips):
+            raise InputError("this cache holds pre-encoded augmentations (cond_aug_mode 'cached'): the trainer "
+                             "needs no conditioner VAE for it")
+        with torch.no_grad():
+            frame_augs = torch.tensor([c.aug for c in clips], dtype=torch.float32).repeat_interleave(k)  # (b k,)
+            concat = encode_cond_frames(cond_vae, torch.cat([c.cond_frames for c in clips]), frame_augs,
+                                        device=device, noise=torch.cat([c.aug_noise for c in clips]))  # (b k, z, h, w)
+            return concat.reshape(len(clips), -1, *clips[0].x0.shape[-2:])  # (b, k z, h, w)
+    if any(c.concat is None for c in clips):
+        raise InputError("this cache holds conditioning frames (cond_aug_mode 'exact'): the trainer needs the "
+                         "conditioner's VAE encoder to encode them")
+    return torch.stack([c.concat for c in clips]).to(device)
+
+
 def make_batch(items: Sequence[CacheItem], generators: Sequence[torch.Generator], *, objective: ObjectiveConfig,
                keyframes: bool, scale_factor: float, cond_vae: nn.Module | None, device: torch.device) -> Batch:
     """Draw one micro-batch's randomness per sample (in a fixed order) and build the model inputs."""
     k = 2 if keyframes else 1
-    x0, sigmas, noises, augs, concat_in, crossattn, keep = [], [], [], [], [], [], []
-    aug_noise: list[Tensor] = []  # exact mode: each conditioning frame's augmentation noise, drawn in order
-    for item, gen in zip(items, generators, strict=True):
-        mean, logvar = item.moments.chunk(2, dim=1)  # (t, z, h, w) each
-        eps = randn(mean.shape, gen, what="the posterior sample")
-        x0.append((mean + torch.exp(0.5 * logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)) * eps) * scale_factor)
-        n_sigma = 1 if objective.sigma_per == "clip" else mean.shape[0]
-        sigmas.append(lognormal_sigmas(n_sigma, objective.p_mean, objective.p_std, generator=gen))
-        noises.append(randn(mean.shape, gen, what="the training noise"))
-        if item.cond_frames is not None:  # exact: draw the augmentation now, augment and encode below
-            z = randn((1,), gen, what="the cond_aug draw").item()
-            aug = math.exp(objective.cond_aug_mean + objective.cond_aug_std * z)
-            frames = item.cond_frames[:k]  # (k, 3, H, W)
-            concat_in.append(frames)
-            aug_noise.append(randn(frames.shape, gen, what="the noise augmentation"))
-        else:  # cached: pick one of the pre-encoded augmentations
-            pick = int(torch.randint(item.concat.shape[0], (1,), generator=gen).item())
-            aug = float(item.cond_aug[pick])
-            concat_in.append(item.concat[pick, :k].flatten(0, 1))  # (k z, h, w)
-        augs.append(aug)
-        keep.append(float(torch.rand(1, generator=gen).item() >= objective.cond_dropout))
-        crossattn.append(item.crossattn[:1])  # (1, d): the first frame's embedding
-    b, t = len(items), x0[0].shape[0]
-    if cond_vae is not None:
-        if len(aug_noise) != b:
-            raise InputError("this cache holds pre-encoded augmentations (cond_aug_mode 'cached'): the trainer "
-                             "needs no conditioner VAE for it")
-        with torch.no_grad():
-            frame_augs = torch.tensor(augs, dtype=torch.float32).repeat_interleave(k)  # (b k,)
-            concat = encode_cond_frames(cond_vae, torch.cat(concat_in), frame_augs, device=device,
-                                        noise=torch.cat(aug_noise))  # (b k, z, h, w)
-            concat = concat.reshape(b, -1, *x0[0].shape[-2:])  # (b, k z, h, w)
-    else:
-        if any(c.ndim != 3 for c in concat_in):
-            raise InputError("this cache holds conditioning frames (cond_aug_mode 'exact'): the trainer needs the "
-                             "conditioner's VAE encoder to encode them")
-        concat = torch.stack(concat_in).to(device)
-    mask = torch.tensor(keep, device=device)
+    clips = [draw_clip(item, gen, objective=objective, k=k, scale_factor=scale_factor)
+             for item, gen in zip(items, generators, strict=True)]
+    b, t = len(clips), clips[0].x0.shape[0]
+    concat = _batch_concat(clips, k, cond_vae, device)
+    mask = torch.tensor([c.keep for c in clips], device=device)
     vector = vector_conditioning(Family.SVD, {
         "fps_id": torch.tensor([it.entry.fps_id for it in items], dtype=torch.float64),
         "motion_bucket_id": torch.tensor([it.entry.motion_bucket_id for it in items], dtype=torch.float64),
-        "cond_aug": torch.tensor(augs, dtype=torch.float64)}, b, t)  # (b, t, adm)
-    cond = Cond(torch.stack(crossattn).to(device) * mask[:, None, None], concat * mask[:, None, None, None],
-                vector.float().to(device))
-    sigma = torch.stack(sigmas).to(device)  # (b, 1) or (b, t)
-    return Batch(torch.stack(x0).to(device), sigma[:, 0] if objective.sigma_per == "clip" else sigma,
-                 torch.stack(noises).to(device), cond)
+        "cond_aug": torch.tensor([c.aug for c in clips], dtype=torch.float64)}, b, t)  # (b, t, adm)
+    cond = Cond(torch.stack([c.crossattn for c in clips]).to(device) * mask[:, None, None],
+                concat * mask[:, None, None, None], vector.float().to(device))
+    sigma = torch.stack([c.sigma for c in clips]).to(device)  # (b, 1) or (b, t)
+    return Batch(torch.stack([c.x0 for c in clips]).to(device), sigma[:, 0] if objective.sigma_per == "clip" else sigma,
+                 torch.stack([c.noise for c in clips]).to(device), cond)
 
 
 @torch.no_grad()
