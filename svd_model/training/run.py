@@ -300,18 +300,14 @@ def _check_resume(saved: dict, config: TrainConfig) -> None:
                           f"({ {k: saved['config'].get(k) for k in diff} }); use resume 'none' or the same settings")
 
 
-def run_training(config: TrainConfig, *, bundle: SVDBundle | None = None, cache: LatentCache | None = None,
-                 dist: DistInfo | None = None, on_step: Callable[[StepEvent], None] | None = None,
-                 validation_image: Tensor | None = None,
-                 on_cache: Callable[[int, int], None] | None = None) -> TrainResult:
-    """Train as configured; see the module docstring. `on_step` runs after every step on rank 0 and may raise
-    to interrupt (a checkpoint of the finished steps is written first, then the exception propagates)."""
-    dist = dist or DistInfo(device=resolve_device(config.device))
-    device, out = dist.device, Path(config.output_dir)
-    ckpt_dir = out / "checkpoints"
+def _write_config(config: TrainConfig, out: Path, dist: DistInfo) -> None:
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(config.to_dict(), indent=1, default=str))
+
+
+def _base_bundle(config: TrainConfig, bundle: SVDBundle | None, device: torch.device) -> SVDBundle:
+    """The given bundle or the configured checkpoint, checked to be an SVD-family model."""
     if bundle is None:
         if not config.checkpoint:
             raise ConfigError("no base model: set checkpoint to an SVD .safetensors file or diffusers folder")
@@ -321,6 +317,132 @@ def run_training(config: TrainConfig, *, bundle: SVDBundle | None = None, cache:
                              dtype=torch.float16 if device.type == "cuda" else torch.float32)
     if bundle.family is not Family.SVD:
         raise ConfigError(f"finetuning supports SVD-family (image-to-video) models, not {bundle.family.value}")
+    return bundle
+
+
+@dataclass
+class _RunLoop:
+    """The step loop of one run and the state its interruption handling needs: a checkpoint is written on an
+    interruption only between two steps (not mid-step, not while a checkpoint is being written) and only when
+    steps were done since the last one."""
+
+    config: TrainConfig
+    dist: DistInfo
+    bundle: SVDBundle
+    unet: VideoUNet
+    trainer: Trainer
+    loss_log: LossLog
+    result: TrainResult
+    out: Path
+    validation: ValidationCond | None = None
+    step: int = 0  # optimizer steps done
+    saved_step: int = 0  # the step of the newest checkpoint (written or resumed from)
+    mid_step: bool = False  # a step is running: the weights are between two steps
+    saving: bool = False  # a checkpoint is being written
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    def resume(self) -> None:
+        """Load the checkpoint config.resume names ('auto': the newest in the output folder), if any."""
+        config, dist = self.config, self.dist
+        resume = None if config.resume == "none" else (
+            str(latest_checkpoint(self.ckpt_dir) or "") if config.resume == "auto" else config.resume)
+        resume = broadcast_text(resume, dist)
+        if resume:
+            saved = load_state(resume)
+            _check_resume(saved, config)
+            if saved["extra"].get("world_size", dist.world_size) != dist.world_size:
+                log.warning("resuming a %s-process run on %d processes: the global batch and the data order "
+                            "change from here on", saved["extra"]["world_size"], dist.world_size)
+            self.trainer.load(saved)
+            restore_rng(saved["rng_tensors"], saved["rng_info"])
+            self.step = self.saved_step = saved["step"]
+            self.result.state_path = Path(resume)
+            log.info("resumed from %s at step %d", resume, self.step)
+
+    def save(self) -> None:
+        """Write the training state of the steps done (rank 0) and prune old checkpoints."""
+        if self.dist.is_main:
+            self.saving = True
+            self.result.state_path = save_state(state_path(self.ckpt_dir, self.step), step=self.step,
+                                                config=self.config.to_dict(),
+                                                extra={"world_size": self.dist.world_size}, **self.trainer.state())
+            prune_checkpoints(self.ckpt_dir, self.config.keep_checkpoints)
+            self.saving = False
+
+    def one_step(self) -> StepStats:
+        """One optimizer step, then its loss-log line, periodic checkpoint and validation video."""
+        config = self.config
+        self.mid_step = True
+        stats = self.trainer.step(self.step)
+        self.step, self.mid_step = stats.step, False
+        step = self.step
+        if self.dist.is_main and (step % config.log_every == 0 or step == config.steps):
+            self.loss_log.append({"step": step, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm,
+                                  "sigma_mean": stats.sigma_mean, "seconds": round(stats.seconds, 4)})
+        if config.save_every and step % config.save_every == 0 and step < config.steps:
+            self.save()
+            self.saved_step = step
+        if self.validation is not None and step % config.validation.every == 0:
+            self.validate()
+        return stats
+
+    def validate(self) -> None:
+        """The validation video of the current weights (the EMA ones when EMA is on)."""
+        config, trainer = self.config, self.trainer
+        path = self.out / "validation" / f"step{self.step:07d}.{config.validation.format}"
+        with trainer.ema.applied() if trainer.ema else contextlib.nullcontext():
+            self.result.validation.append(validation_video(self.bundle, self.unet, self.validation, path, config,
+                                                           self.dist.device))
+
+    def run(self, on_step: Callable[[StepEvent], None] | None) -> None:
+        """Step to config.steps; a final checkpoint unless the last step has one. On an interruption (an
+        exception from `on_step` or a step) a checkpoint of the finished steps is written, then it propagates;
+        a non-finite loss keeps the last checkpoint."""
+        config, dist = self.config, self.dist
+        try:
+            while self.step < config.steps:
+                stats = self.one_step()
+                barrier(dist)
+                if on_step is not None and dist.is_main:
+                    on_step(StepEvent(stats, config.steps, self.loss_log))
+        except NonFiniteLossError:
+            log.error("stopped at step %d on a non-finite loss; last checkpoint: %s", self.step,
+                      self.result.state_path)
+            raise
+        except BaseException:
+            if not self.mid_step and not self.saving and self.step > self.saved_step:
+                log.warning("interrupted after step %d: writing a checkpoint to resume from", self.step)
+                self.save()
+            raise
+        if self.step > self.saved_step or self.result.state_path is None:
+            self.save()
+        barrier(dist)
+
+    def finish(self, lora_paths: list[str]) -> TrainResult:
+        """The loss records and plot, the EMA weights into the model, and the exported result (rank 0)."""
+        result = self.result
+        result.step, result.records = self.step, list(self.loss_log.records)
+        if self.dist.is_main:
+            result.plot_path = save_plot(self.loss_log, self.out / "loss.png")
+            if self.trainer.ema is not None:
+                self.trainer.ema.copy_to_params()  # the returned model and the export use the EMA weights
+            result.weights_path = export_result(self.bundle, self.unet, lora_paths, self.config, self.step, self.out)
+        return result
+
+
+def run_training(config: TrainConfig, *, bundle: SVDBundle | None = None, cache: LatentCache | None = None,
+                 dist: DistInfo | None = None, on_step: Callable[[StepEvent], None] | None = None,
+                 validation_image: Tensor | None = None,
+                 on_cache: Callable[[int, int], None] | None = None) -> TrainResult:
+    """Train as configured; see the module docstring. `on_step` runs after every step on rank 0 and may raise
+    to interrupt (a checkpoint of the finished steps is written first, then the exception propagates)."""
+    dist = dist or DistInfo(device=resolve_device(config.device))
+    device, out = dist.device, Path(config.output_dir)
+    _write_config(config, out, dist)
+    bundle = _base_bundle(config, bundle, device)
     cache = cache or ensure_cache(config, bundle, dist, on_cache)
     unet, lora_paths = training_unet(bundle, config, device)
     params = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
@@ -329,75 +451,15 @@ def run_training(config: TrainConfig, *, bundle: SVDBundle | None = None, cache:
     cond_vae = bundle.model.cond_vae if cache.cond_aug_mode == "exact" else None
     moved = [cond_vae.encoder, cond_vae.quant_conv] if cond_vae is not None else []
     loss_log = LossLog(out / "loss.jsonl" if dist.is_main else None)
-    result = TrainResult(0, unet, None, None, out / "loss.jsonl", None)
     with _moved(moved, device):
         trainer = Trainer(config, wrap_ddp(unet, dist), params, cache, dist=dist,
                           scale_factor=bundle.config.scale_factor, cond_vae=cond_vae)
-        resume = None if config.resume == "none" else (
-            str(latest_checkpoint(ckpt_dir) or "") if config.resume == "auto" else config.resume)
-        resume = broadcast_text(resume, dist)
-        start = 0
-        if resume:
-            saved = load_state(resume)
-            _check_resume(saved, config)
-            if saved["extra"].get("world_size", dist.world_size) != dist.world_size:
-                log.warning("resuming a %s-process run on %d processes: the global batch and the data order "
-                            "change from here on", saved["extra"]["world_size"], dist.world_size)
-            trainer.load(saved)
-            restore_rng(saved["rng_tensors"], saved["rng_info"])
-            start = saved["step"]
-            result.state_path = Path(resume)
-            log.info("resumed from %s at step %d", resume, start)
+        run = _RunLoop(config, dist, bundle, unet, trainer, loss_log,
+                       TrainResult(0, unet, None, None, out / "loss.jsonl", None), out)
+        run.resume()
         if dist.is_main:
-            loss_log.truncate_after(start)
-        val = None
+            loss_log.truncate_after(run.step)
         if dist.is_main and config.validation.every:
-            val = validation_cond(bundle, cache, config, device, validation_image)
-
-        def save(step: int) -> None:
-            nonlocal saving
-            if dist.is_main:
-                saving = True
-                result.state_path = save_state(state_path(ckpt_dir, step), step=step, config=config.to_dict(),
-                                               extra={"world_size": dist.world_size}, **trainer.state())
-                prune_checkpoints(ckpt_dir, config.keep_checkpoints)
-                saving = False
-
-        step, saved_step, consistent, saving = start, start, True, False
-        try:
-            while step < config.steps:
-                consistent = False
-                stats = trainer.step(step)
-                step, consistent = stats.step, True
-                if dist.is_main and (step % config.log_every == 0 or step == config.steps):
-                    loss_log.append({"step": step, "loss": stats.loss, "lr": stats.lr, "grad_norm": stats.grad_norm,
-                                     "sigma_mean": stats.sigma_mean, "seconds": round(stats.seconds, 4)})
-                if config.save_every and step % config.save_every == 0 and step < config.steps:
-                    save(step)
-                    saved_step = step
-                if val is not None and step % config.validation.every == 0:
-                    path = out / "validation" / f"step{step:07d}.{config.validation.format}"
-                    with trainer.ema.applied() if trainer.ema else contextlib.nullcontext():
-                        result.validation.append(validation_video(bundle, unet, val, path, config, device))
-                barrier(dist)
-                if on_step is not None and dist.is_main:
-                    on_step(StepEvent(stats, config.steps, loss_log))
-        except NonFiniteLossError:
-            log.error("stopped at step %d on a non-finite loss; last checkpoint: %s", step, result.state_path)
-            raise
-        except BaseException:
-            if consistent and not saving and step > saved_step:
-                log.warning("interrupted after step %d: writing a checkpoint to resume from", step)
-                save(step)
-            raise
-        if step > saved_step or result.state_path is None:
-            save(step)
-        barrier(dist)
-    result.step, result.records = step, list(loss_log.records)
-    if dist.is_main:
-        result.plot_path = save_plot(loss_log, out / "loss.png")
-        if trainer.ema is not None:
-            trainer.ema.copy_to_params()  # the returned model and the export use the EMA weights
-        result.weights_path = export_result(bundle, unet, lora_paths, config, step, out)
-    return result
-
+            run.validation = validation_cond(bundle, cache, config, device, validation_image)
+        run.run(on_step)
+    return run.finish(lora_paths)
