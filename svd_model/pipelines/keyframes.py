@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -150,6 +151,113 @@ def _loop(step: Step, x: Tensor, sigmas: Tensor, renoise: int, generator: torch.
     return x
 
 
+# ------------------------------------------------------------------------------ per-method sampling
+
+
+@dataclass(frozen=True)
+class _Sampling:
+    """What every method shares: the start latent and schedule, the guidance, the anchors and the sampler."""
+
+    x: Tensor  # (b, t, c, h, w) at sigmas[0]
+    sigmas: Tensor
+    model_fn: Callable
+    scales: Tensor  # per-frame CFG scales
+    ends: Tensor | None  # (b, 2, c, h, w) anchor latents, or None
+    sampler: str
+    device: torch.device | str
+    generator: torch.Generator | None
+    callback: Callback | None
+
+    def guided(self, cond: Cond, uncond: Cond) -> Denoiser:
+        return cfg_denoiser(self.model_fn, cond.to(self.device), uncond.to(self.device), self.scales, cat=Cond.cat)
+
+    def pinned(self, denoiser: Denoiser) -> Denoiser:
+        return anchored(denoiser, self.ends) if self.ends is not None else denoiser
+
+    def sample(self, denoiser: Denoiser) -> Tensor:
+        return get_sampler(self.sampler)(denoiser, self.x, self.sigmas, generator=self.generator,
+                                         callback=self.callback)
+
+
+def _time_reversed(denoiser: Denoiser, x: Tensor, sigma: Tensor) -> Tensor:
+    """`denoiser` run on the frames in reverse order, its estimate flipped back."""
+    return denoiser(x.flip(1), sigma).flip(1)
+
+
+def _rows(sigma: Tensor, x: Tensor) -> Tensor:
+    """A 0-d sigma as one value per batch row of x."""
+    return torch.full((x.shape[0],), float(sigma), device=x.device)
+
+
+def _bidirectional_step(forward: Denoiser, backward: Denoiser, generator: torch.Generator | None, x: Tensor,
+                        sigma: Tensor, sigma_next: Tensor) -> tuple[Tensor, Tensor]:
+    """Forward Euler step to sigma_next, re-noise back to sigma, time-reversed Euler step to sigma_next."""
+    rows = _rows(sigma, x)
+    x = euler_step(x, forward(x, rows), sigma, sigma_next)
+    x = _renoised(x, float(sigma), float(sigma_next), generator)  # back to sigma
+    d = backward(x, rows)
+    return euler_step(x, d, sigma, sigma_next), d
+
+
+def _batched_paths(both: Denoiser, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+    """Both fusion paths in one call: rows forward (first keyframe) then reversed (last keyframe)."""
+    d_fwd, d_rev = both(torch.cat([x, x.flip(1)]), torch.cat([sigma, sigma])).chunk(2)
+    return d_fwd, d_rev
+
+
+def _separate_paths(forward: Denoiser, reverse: Denoiser, x: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+    """The two fusion paths one after the other (half the activations)."""
+    return forward(x, sigma), reverse(x.flip(1), sigma)
+
+
+def _fused(paths: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]], w: Tensor, x: Tensor, sigma: Tensor) -> Tensor:
+    """Per-frame fusion of the forward estimate (weight w) and the flipped-back reversed one (1 - w)."""
+    d_fwd, d_rev = paths(x, sigma)
+    return w * d_fwd + (1.0 - w) * d_rev.flip(1)
+
+
+def _euler_denoised_step(denoiser: Denoiser, x: Tensor, sigma: Tensor, sigma_next: Tensor) -> tuple[Tensor, Tensor]:
+    d = denoiser(x, _rows(sigma, x))
+    return euler_step(x, d, sigma, sigma_next), d
+
+
+def _sample_concat(run: _Sampling, cond: Cond, uncond: Cond) -> Tensor:
+    return run.sample(run.pinned(run.guided(cond, uncond)))
+
+
+def _sample_bidirectional(run: _Sampling, first: tuple[Cond, Cond], last: tuple[Cond, Cond]) -> Tensor:
+    forward = run.pinned(run.guided(*first))
+    backward = run.pinned(partial(_time_reversed, run.guided(*last)))
+    return _loop(partial(_bidirectional_step, forward, backward, run.generator), run.x, run.sigmas, 0,
+                 run.generator, run.callback)
+
+
+def _sample_fusion(run: _Sampling, first: tuple[Cond, Cond], last: tuple[Cond, Cond], *, renoise: int,
+                   batch_paths: bool) -> Tensor:
+    t = run.x.shape[1]
+    w = torch.linspace(1.0, 0.0, t, device=run.device).reshape(1, t, 1, 1, 1)
+    if batch_paths:
+        both = run.guided(Cond.cat(first[0], last[0]), Cond.cat(first[1], last[1]))  # rows: forward, reversed
+        paths = partial(_batched_paths, both)
+    else:
+        paths = partial(_separate_paths, run.guided(*first), run.guided(*last))
+    fused = run.pinned(partial(_fused, paths, w))
+    if renoise == 0:
+        return run.sample(fused)
+    return _loop(partial(_euler_denoised_step, fused), run.x, run.sigmas, renoise, run.generator, run.callback)
+
+
+def _check_options(method: str, params: VideoParams, renoise: int) -> None:
+    if params.denoise != 1.0:
+        raise ConfigError(f"keyframe interpolation starts from noise: denoise must be 1, got {params.denoise}")
+    if renoise < 0 or (renoise and method != "fusion"):
+        raise ConfigError(f"renoise must be >= 0 and only applies to method 'fusion'; got {renoise} for {method!r}")
+    needs_euler = method == "bidirectional" or renoise > 0
+    if needs_euler and params.sampler != "euler":
+        raise ConfigError(f"{method!r} with renoise={renoise} steps with Euler; set sampler='euler' "
+                          f"(got {params.sampler!r})")
+
+
 @torch.no_grad()
 def interpolate_keyframes(
     bundle: SVDBundle,
@@ -175,22 +283,15 @@ def interpolate_keyframes(
     """
     method = resolve_method(bundle, method)
     check_keyframes(first, last, params, bundle.config.size_multiple)
-    if params.denoise != 1.0:
-        raise ConfigError(f"keyframe interpolation starts from noise: denoise must be 1, got {params.denoise}")
-    if renoise < 0 or (renoise and method != "fusion"):
-        raise ConfigError(f"renoise must be >= 0 and only applies to method 'fusion'; got {renoise} for {method!r}")
-    needs_euler = method == "bidirectional" or renoise > 0
-    if needs_euler and params.sampler != "euler":
-        raise ConfigError(f"{method!r} with renoise={renoise} steps with Euler; set sampler='euler' "
-                          f"(got {params.sampler!r})")
+    _check_options(method, params, renoise)
     device = bundle.device
     b, t = first.shape[0], params.num_frames
     shape = (b, t, bundle.config.unet.out_channels, params.height // 8, params.width // 8)
     if method == "concat":
         conds = keyframe_condition(bundle, first, last, params, generator=generator)
     else:
-        cond_f, uncond_f = encode_condition(bundle, first, params, generator=generator)
-        cond_l, uncond_l = encode_condition(bundle, last, params, generator=generator)
+        conds_f = encode_condition(bundle, first, params, generator=generator)
+        conds_l = encode_condition(bundle, last, params, generator=generator)
     if noise is None:
         noise = randn(shape, generator, what="interpolate_keyframes without a noise tensor")
     if tuple(noise.shape) != shape:
@@ -199,53 +300,13 @@ def interpolate_keyframes(
     x = initial_noise(noise.to(device, torch.float32), sigmas[0])
     scales = frame_scales(params.guidance, params.min_cfg, params.max_cfg, t).to(device)
     model_fn = make_model_fn(bundle.model.unet)
-
-    def guided(cond: Cond, uncond: Cond) -> Denoiser:
-        return cfg_denoiser(model_fn, cond.to(device), uncond.to(device), scales, cat=Cond.cat)
-
     ends = encode_frames(bundle, torch.stack([first, last], dim=1)).to(device) if anchor else None
-    pin = (lambda d: anchored(d, ends)) if ends is not None else (lambda d: d)
+    run = _Sampling(x, sigmas, model_fn, scales, ends, params.sampler, device, generator, callback)
     if method == "concat":
-        return get_sampler(params.sampler)(pin(guided(*conds)), x, sigmas, generator=generator, callback=callback)
+        return _sample_concat(run, *conds)
     if method == "bidirectional":
-        forward = pin(guided(cond_f, uncond_f))
-        reverse_raw = guided(cond_l, uncond_l)
-        backward = pin(lambda z, s: reverse_raw(z.flip(1), s).flip(1))
-
-        def bidirectional_step(z: Tensor, sigma: Tensor, sigma_next: Tensor) -> tuple[Tensor, Tensor]:
-            rows = torch.full((b,), float(sigma), device=device)
-            z = euler_step(z, forward(z, rows), sigma, sigma_next)
-            z = _renoised(z, float(sigma), float(sigma_next), generator)  # back to sigma
-            d = backward(z, rows)
-            return euler_step(z, d, sigma, sigma_next), d
-
-        return _loop(bidirectional_step, x, sigmas, 0, generator, callback)
-    w = torch.linspace(1.0, 0.0, t, device=device).reshape(1, t, 1, 1, 1)
-    if batch_paths:
-        both = guided(Cond.cat(cond_f, cond_l), Cond.cat(uncond_f, uncond_l))  # rows: forward, then reversed
-
-        def paths(z: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
-            d_fwd, d_rev = both(torch.cat([z, z.flip(1)]), torch.cat([sigma, sigma])).chunk(2)
-            return d_fwd, d_rev
-    else:
-        forward_only, reverse_only = guided(cond_f, uncond_f), guided(cond_l, uncond_l)
-
-        def paths(z: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
-            return forward_only(z, sigma), reverse_only(z.flip(1), sigma)
-
-    def fused_raw(z: Tensor, sigma: Tensor) -> Tensor:
-        d_fwd, d_rev = paths(z, sigma)
-        return w * d_fwd + (1.0 - w) * d_rev.flip(1)
-
-    fused = pin(fused_raw)
-    if renoise == 0:
-        return get_sampler(params.sampler)(fused, x, sigmas, generator=generator, callback=callback)
-
-    def fusion_step(z: Tensor, sigma: Tensor, sigma_next: Tensor) -> tuple[Tensor, Tensor]:
-        d = fused(z, torch.full((b,), float(sigma), device=device))
-        return euler_step(z, d, sigma, sigma_next), d
-
-    return _loop(fusion_step, x, sigmas, renoise, generator, callback)
+        return _sample_bidirectional(run, conds_f, conds_l)
+    return _sample_fusion(run, conds_f, conds_l, renoise=renoise, batch_paths=batch_paths)
 
 
 @torch.no_grad()
