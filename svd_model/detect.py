@@ -28,8 +28,20 @@ CLIP_PREFIX = "conditioner.embedders.0.open_clip.model."
 IMAGE_ENCODER_PREFIX = CLIP_PREFIX + "visual."
 
 
+#: open_clip vision towers whose attention heads are not 64 wide, by tower width (``conv1`` output channels):
+#: ViT-H-14 (SVD's image encoder) has 16 heads of 80. Any other width gets open_clip's default head width.
+CLIP_HEAD_WIDTH = {1280: 80}
+CLIP_DEFAULT_HEAD_WIDTH = 64
+
+
 def cond_vae_prefix(family: Family) -> str:
-    return f"conditioner.embedders.{COND_VAE_INDEX[family]}.encoder."
+    """The prefix of the conditioning (concat-path) VAE encoder of a ``family`` checkpoint."""
+    return cond_vae_prefix_at(COND_VAE_INDEX[family])
+
+
+def cond_vae_prefix_at(index: int) -> str:
+    """The prefix of a conditioning VAE encoder that is the conditioner's embedder number ``index``."""
+    return f"conditioner.embedders.{index}.encoder."
 
 
 def is_ignored_key(key: str) -> bool:
@@ -41,8 +53,8 @@ def is_ignored_key(key: str) -> bool:
 
 # (pattern that identifies a foreign model, what it is). Checked only when the SVD keys are absent.
 _FOREIGN = (
-    (r"^(model\.diffusion_model\.)?double_blocks\.", "a Flux checkpoint"),
-    (r"^(model\.diffusion_model\.)?joint_blocks\.", "a Stable Diffusion 3 checkpoint"),
+    (rf"^({re.escape(UNET_PREFIX)})?double_blocks\.", "a Flux checkpoint"),
+    (rf"^({re.escape(UNET_PREFIX)})?joint_blocks\.", "a Stable Diffusion 3 checkpoint"),
     (r"^conditioner\.embedders\.1\.model\.", "an SDXL checkpoint"),
     (r"^cond_stage_model\.", "a Stable Diffusion 1.x/2.x checkpoint"),
     (r"^(down_blocks|up_blocks|mid_block)\.", "a diffusers-format component (load the folder, not one file)"),
@@ -150,6 +162,10 @@ def infer_vae_config(shapes: Shapes, prefix: str) -> VAEConfig:
         mult = [_dim(shapes, prefix + f"decoder.up.{i}.block.0.conv2.weight", "VAE decoder block", 0) // ch
                 for i in levels]
         num_res = len(_indices(shapes, prefix + "decoder.up.0.block.")) - 1
+    if not levels:
+        part = "encoder.down" if has_encoder else "decoder.up"
+        raise CheckpointError(f"the VAE under {prefix!r} is incomplete: it has {part.split('.')[0]}.conv_in but no "
+                              f"{part}.N.* keys (its resolution levels)")
     out_channels = _dim(shapes, prefix + "decoder.conv_out.weight", "VAE decoder output conv", 0) if has_decoder else 3
     time_mix = prefix + "decoder.conv_out.time_mix_conv.weight"
     return VAEConfig(
@@ -182,7 +198,7 @@ def infer_image_encoder_config(shapes: Shapes, prefix: str = IMAGE_ENCODER_PREFI
         layers=len(_indices(shapes, prefix + "transformer.resblocks.")),
         mlp_width=_dim(shapes, prefix + "transformer.resblocks.0.mlp.c_fc.weight", "CLIP MLP", 0),
         embed_dim=_dim(shapes, prefix + "proj", "CLIP projection", 1),
-        head_width=80 if width == 1280 else 64,  # open_clip ViT-H-14 vs the open_clip default
+        head_width=CLIP_HEAD_WIDTH.get(width, CLIP_DEFAULT_HEAD_WIDTH),  # not in the weights: by tower width
     )
 
 
@@ -205,13 +221,16 @@ def infer_config(shapes: Shapes) -> ModelConfig:
         raise CheckpointError(
             f"missing the conditioning VAE encoder (no {cond_prefix!r} keys) expected in a {family.value} checkpoint"
         )
-    return ModelConfig(
-        family=family,
-        unet=unet,
-        first_stage=infer_vae_config(shapes, FIRST_STAGE_PREFIX),
-        cond_vae=infer_vae_config(shapes, cond_prefix),
-        image_encoder=image_encoder,
-    )
+    first_stage = infer_vae_config(shapes, FIRST_STAGE_PREFIX)
+    if not first_stage.has_decoder:  # every official file decodes with it; the encoder is optional (SV3D has none)
+        raise CheckpointError(f"the first-stage VAE is incomplete: no {FIRST_STAGE_PREFIX + 'decoder'!r} keys (it "
+                              "decodes the video)")
+    cond_vae = infer_vae_config(shapes, cond_prefix)
+    for part, present in (("encoder", cond_vae.has_encoder), ("quant_conv", cond_vae.has_quant_conv)):
+        if not present:  # both encode the conditioning frame; decoder and post_quant_conv are optional (diffusers)
+            raise CheckpointError(f"the conditioning VAE encoder is incomplete: no {cond_prefix + part!r} keys")
+    return ModelConfig(family=family, unet=unet, first_stage=first_stage, cond_vae=cond_vae,
+                       image_encoder=image_encoder)
 
 
 def guess_variant(family: Family, name: str = "") -> str:

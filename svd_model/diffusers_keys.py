@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from .config import COND_VAE_INDEX, Family
+from .detect import FIRST_STAGE_PREFIX, IMAGE_ENCODER_PREFIX, UNET_PREFIX, cond_vae_prefix_at
 from .diffusers_vae_keys import (
     EXACT,
     Block,
@@ -51,9 +52,10 @@ __all__ = [
     "vae_sgm_to_diffusers",
 ]
 
-SGM_UNET_PREFIX = "model.diffusion_model."
-SGM_FIRST_STAGE_PREFIX = "first_stage_model."
-SGM_VISUAL_PREFIX = "conditioner.embedders.0.open_clip.model.visual."
+#: The official single-file prefixes (declared in detect.py, the one module that knows key names).
+SGM_UNET_PREFIX = UNET_PREFIX
+SGM_FIRST_STAGE_PREFIX = FIRST_STAGE_PREFIX
+SGM_VISUAL_PREFIX = IMAGE_ENCODER_PREFIX
 
 # ---------------------------------------------------------------------------------------------------
 # UNet
@@ -327,7 +329,7 @@ def diffusers_pipeline_to_sgm(
             raise CheckpointError(f"VAE: the diffusers VAE lacks {needed!r}, which the conditioner VAE encoder needs")
     out = _prefixed(SGM_UNET_PREFIX, unet_diffusers_to_sgm(unet_sd))
     out.update(_prefixed(SGM_FIRST_STAGE_PREFIX, vae))
-    cond_prefix = f"conditioner.embedders.{cond_vae_index}.encoder."
+    cond_prefix = cond_vae_prefix_at(cond_vae_index)
     out.update({cond_prefix + k: v for k, v in vae.items() if k.startswith(("encoder.", "quant_conv."))})
     out.update(_prefixed(SGM_VISUAL_PREFIX, clip_vision_hf_to_openclip(image_encoder_sd)))
     return out

@@ -28,6 +28,7 @@ from typing import Any
 
 from torch import nn
 
+from ..detect import UNET_PREFIX as OFFICIAL_UNET_PREFIX  # the checkpoint's: detect.py owns those prefixes
 from .targets import is_temporal
 
 __all__ = [
@@ -43,9 +44,8 @@ __all__ = [
     "validate_lora",
 ]
 
-UNET_PREFIX = "diffusion_model."
+UNET_PREFIX = "diffusion_model."  # ComfyUI's LoRA key convention, not a checkpoint prefix
 KOHYA_PREFIX = "lora_unet_"
-OFFICIAL_UNET_PREFIX = "model.diffusion_model."
 #: (up suffix, down suffix), each pair one naming style.
 PAIRS = (
     (".lora_up.weight", ".lora_down.weight"),
