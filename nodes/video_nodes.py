@@ -7,10 +7,10 @@ from dataclasses import replace
 from typing import Any
 
 from ..svd_model.conditioning import check_size
-from ..svd_model.config import Family
 from ..svd_model.errors import InputError
 from ..svd_model.guidance import FRAME_GUIDANCE
 from ..svd_model.loader import SVDBundle
+from ..svd_model.pipelines.checks import check_input_view, require_image_to_video_model
 from ..svd_model.pipelines.decode import decode_latents, encode_frames
 from ..svd_model.pipelines.image_to_video import MAX_FRAMES, VideoParams, encode_condition, sample_video
 from ..svd_model.pipelines.multiview import with_input_view
@@ -84,14 +84,7 @@ class ImageToVideoConditioning:
 
     def encode(self, model: SVDBundle, image: Any, width: int, height: int, frames: int, fps: int,
                motion_bucket_id: int, cond_aug: float, seed: int) -> tuple[VideoConditioning, dict, str]:
-        if model.family is not Family.SVD:
-            raise InputError(f"{model.variant} is an SV3D (multi-view) model; SVD Lab Image To Video Conditioning "
-                             "needs an SVD / SVD-XT checkpoint. SV3D models need the multi-view node "
-                             "SVD Lab Orbit Conditioning")
-        if model.config.unet.concat_keyframes:
-            raise InputError(f"{model.source} is a keyframe-interpolation checkpoint (UNet input "
-                             f"{model.config.unet.in_channels} channels: first and last keyframe in the concat "
-                             "conditioning); use SVD Lab Keyframe Interpolate with it")
+        require_image_to_video_model(model, "SVD Lab Image To Video Conditioning")
         check_size(width, height, model.config.size_multiple)
         frames = frames or model.defaults.num_frames
         frame, count = adapters.conditioning_frame(image, width, height)
@@ -210,10 +203,7 @@ class Decode:
                                     callback=bridge.chunk_callback(latents.shape[1]))
         view = conditioning.input_view if conditioning is not None else None
         if view is not None:
-            if tuple(view.shape[-2:]) != tuple(frames.shape[-2:]) or frames.shape[0] != 1:
-                raise InputError(f"the conditioning's input view is {view.shape[-1]}x{view.shape[-2]}, the decoded "
-                                 f"frames {frames.shape[-1]}x{frames.shape[-2]}: link the conditioning that made "
-                                 "this latent")
+            check_input_view(frames, view)
             frames = with_input_view(frames, view)
         return (adapters.video_to_images(frames),)
 

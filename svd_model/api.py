@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from .loader import SVDBundle, load_bundle, save_bundle
+from .pipelines.checks import require_image_to_video_model
 from .pipelines.decode import decode_latents, encode_frames
 from .pipelines.extend import extend_video
 from .pipelines.image_to_video import VideoParams, encode_condition, sample_video
@@ -54,5 +55,6 @@ def image_to_video(
 ) -> Tensor:
     """image (b, 3, H, W) in [-1, 1] -> scaled latents (b, t, 4, H/8, W/8). One generator seeds both
     the conditioning noise augmentation and the sampling noise, so a seed fixes the whole video."""
+    require_image_to_video_model(bundle, "image_to_video")
     cond, uncond = encode_condition(bundle, image, params, generator=generator)
     return sample_video(bundle, cond, uncond, params, generator=generator, callback=callback)
