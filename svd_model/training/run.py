@@ -29,18 +29,17 @@ import torch
 from torch import Tensor, nn
 
 from .. import lora as lora_mod
-from ..checkpoint import save_checkpoint
 from ..conditioning import Cond, encode_cond_frames, vector_conditioning
 from ..config import Family
-from ..detect import FIRST_STAGE_PREFIX, cond_vae_prefix
 from ..errors import ConfigError, InputError
-from ..loader import DTYPES, SVDBundle, load_bundle
+from ..loader import DTYPES, SVDBundle, load_bundle, save_bundle
 from ..lora.targets import set_trainable
 from ..model import SVDModel
 from ..nn.image_encoder import encode_image
 from ..nn.unet import VideoUNet
 from ..pipelines.decode import decode_latents
 from ..pipelines.image_to_video import VideoParams, sample_video
+from ..resize import resize_cover
 from ..videoio import write_video
 from .cache import LatentCache, _moved, build_cache
 from .config import TrainConfig
@@ -153,18 +152,6 @@ class ValidationCond:
     params: VideoParams
 
 
-def resize_cover(frames: Tensor, width: int, height: int) -> Tensor:
-    """(n, 3, H, W) -> (n, 3, height, width): scale to cover, centre-crop (antialiased bilinear)."""
-    h, w = frames.shape[-2:]
-    if (h, w) == (height, width):
-        return frames
-    scale = max(width / w, height / h)
-    sh, sw = max(height, round(h * scale)), max(width, round(w * scale))
-    resized = torch.nn.functional.interpolate(frames, size=(sh, sw), mode="bilinear", antialias=True)
-    top, left = (sh - height) // 2, (sw - width) // 2
-    return resized[..., top:top + height, left:left + width].clamp(-1, 1)
-
-
 @torch.no_grad()
 def validation_cond(bundle: SVDBundle, cache: LatentCache, config: TrainConfig, device: torch.device,
                     image: Tensor | None = None) -> ValidationCond:
@@ -243,7 +230,7 @@ def export_result(bundle: SVDBundle, unet: nn.Module, lora_paths: list[str], con
     with torch.device("meta"):
         export = VideoUNet(unet.config)
     export.load_state_dict({k: v.detach() for k, v in merged_state(unet).items()}, assign=True)
-    return save_model(view_bundle(bundle, export), out / "model.safetensors", config.save_dtype, meta)
+    return save_bundle(view_bundle(bundle, export), out / "model.safetensors", meta, dtype=config.save_dtype)
 
 
 @torch.no_grad()
@@ -260,22 +247,6 @@ def trained_bundle(bundle: SVDBundle, unet: nn.Module, device: torch.device) -> 
 def training_bytes(bundle: SVDBundle) -> int:
     """A floor for the device memory a run needs: the fp32 training copy of the UNet plus as much again."""
     return 2 * 4 * sum(p.numel() for p in bundle.model.unet.parameters())
-
-
-def save_model(bundle: SVDBundle, path: str | Path, dtype: str = "fp16",
-               metadata: dict[str, str] | None = None) -> Path:
-    """Save in the official single-file layout with the UNet and image encoder cast to `dtype` (fp16 / bf16 /
-    fp32); the VAEs keep their dtype (the reference runs them in fp32)."""
-    cast = DTYPES[dtype]
-    vae_prefixes = (FIRST_STAGE_PREFIX, cond_vae_prefix(bundle.family))
-    state = {}
-    for prefix, module in bundle.model.components():
-        for key, value in module.state_dict().items():
-            keep = prefix in vae_prefixes or not value.is_floating_point()
-            state[prefix + key] = value.detach() if keep else value.detach().to(cast)
-    meta = {"format": "pt", "svd_lab.family": bundle.family.value, "svd_lab.variant": bundle.variant,
-            **(metadata or {})}
-    return save_checkpoint(path, state, meta)
 
 
 def merged_state(unet: nn.Module) -> dict[str, Tensor]:
