@@ -26,12 +26,12 @@ from torch import Tensor, nn
 from ..config import VAEConfig
 from ..errors import CheckpointError, InputError, ShapeError
 from ..noise import randn, require_generator
+from .layers import Upsample
 from .vae_blocks import (
     AE3DConv,
     AttnBlock,
     Downsample,
     ResnetBlock,
-    Upsample,
     VideoResnetBlock,
     swish,
     vae_norm,

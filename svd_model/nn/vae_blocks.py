@@ -19,7 +19,6 @@ from torch import Tensor, nn
 
 from ..errors import ShapeError
 from .layers import GroupNorm32 as GroupNorm32  # shared with the UNet (layers.py)
-from .layers import Upsample as Upsample
 
 #: GroupNorm settings of the 2-D VAE layers (sgm ``Normalize``).
 VAE_NORM_GROUPS = 32
