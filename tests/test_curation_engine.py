@@ -1,5 +1,6 @@
 """The curation engine on real (tiny, synthetic) videos: bad inputs become rows, engines agree, interruption
-and SIGKILL at any moment resume with no lost and no duplicated rows, the CLI, a worker crash."""
+and a SIGKILL at every named crash point (the manifest's test hook) resume with no lost and no duplicated rows,
+the CLI, a worker crash."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -190,40 +190,100 @@ def _curate_cmd(videos: Path, out: Path, *extra: str, engine_name: str = "local"
             "--config", json.dumps(CONFIG.to_dict()), *extra]
 
 
-def _start_and_kill(cmd: list[str], out: Path, after: int) -> int:
-    """Start the CLI and SIGKILL its process group once `after` videos are logged (0: once the run has
-    written its config, i.e. very early, before any worker exists). Returns the videos logged by then."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    mdir, started = out / "manifest", out / engine.CONFIG_NAME
-    try:
-        deadline = time.monotonic() + 90
-        while proc.poll() is None and time.monotonic() < deadline:
-            if (after == 0 and started.is_file()) or (after and len(manifest.read_log(mdir)) >= after):
-                os.killpg(proc.pid, signal.SIGKILL)
-                break
-            time.sleep(0.002)
-    finally:
-        proc.wait(timeout=30)
-        proc.stderr.close()
-    assert proc.returncode == -signal.SIGKILL, "the run ended by itself before the kill"
-    return len(manifest.read_log(mdir))
+def _killed_at(cmd: list[str], point: str) -> None:
+    """Run `cmd` with the crash test hook armed at `point`; it must die there by SIGKILL."""
+    proc = subprocess.run(cmd, env={**os.environ, manifest.CRASH_ENV: point}, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == -signal.SIGKILL, f"not killed at {point}: rc {proc.returncode}\n{proc.stderr[-3000:]}"
+    assert f"{manifest.CRASH_ENV}={point}: killing this process" in proc.stderr  # the hook, nothing else
 
 
-def test_sigkill_at_any_moment_then_resume_loses_and_duplicates_nothing(videos, reference, tmp_path):
-    out = tmp_path / "killed"
-    logged = [_start_and_kill(_curate_cmd(videos, out), out, 0)]  # very early: config written, no video yet
-    logged.append(_start_and_kill(_curate_cmd(videos, out, "--resume", engine_name="thread"), out, 1))  # 1st video
-    logged.append(_start_and_kill(_curate_cmd(videos, out, "--resume"), out, logged[1] + 2))  # mid-run again
-    assert logged[0] == 0 and 1 <= logged[1] < logged[2] < 6, logged  # every kill hit an unfinished run
-    done = subprocess.run(_curate_cmd(videos, out, "--resume", engine_name="thread"), capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert f"{6 - logged[2]} video(s) curated ({logged[2]} already done)" in done.stdout
+def test_killed_runs_resume_with_nothing_lost_or_duplicated(videos, reference, tmp_path, capsys):
+    """The CLI killed at the engine's crash points (see manifest.CRASH_POINTS), then resumed in process."""
+    out, mdir = tmp_path / "killed", tmp_path / "killed" / "manifest"
+    _killed_at(_curate_cmd(videos, out), "config-written")  # process engine, before any worker exists
+    assert (out / engine.CONFIG_NAME).is_file() and not manifest.read_log(mdir)
+    _killed_at(_curate_cmd(videos, out, "--resume", engine_name="thread"), "result-received@3")
+    assert len(manifest.read_log(mdir)) == 2  # part size 1: two videos logged, the third result in hand is lost
+    argv = _curate_cmd(videos, out, "--resume", engine_name="inline")[3:]
+    assert main(argv) == 0
+    assert "4 video(s) curated (2 already done)" in capsys.readouterr().out
     assert rows_by_clip(manifest.read_manifest(out)) == reference
-    entries = manifest.read_log(out / "manifest")
+    entries = manifest.read_log(mdir)
     assert len({e.video_id for e in entries}) == len(entries) == 6  # each video logged exactly once
-    names = {p.name for p in (out / "manifest").iterdir()}
-    assert names == {manifest.LOG_NAME} | {e.part for e in entries}  # no orphan parts or temp files left
+    assert {p.name for p in mdir.iterdir()} == {manifest.LOG_NAME} | {e.part for e in entries}  # no orphans
+
+
+_WRITER = """
+import json, sys
+from comfyui_svd_lab.svd_model.curation.manifest import ManifestWriter
+writer = ManifestWriter(sys.argv[1], videos_per_part=2)
+for video_id, source, rows in json.loads(sys.argv[2]):
+    writer.add(video_id, source, rows)
+writer.close()
+"""
+#: Five fake videos of two rows each; parts of two videos: [v0 v1] [v2 v3] [v4].
+_FAKE = [(f"v{i}", f"/videos/v{i}.mp4", [{"clip_id": f"v{i}_{c:04d}", "video_id": f"v{i}", "clip_index": c,
+                                          "source": f"/videos/v{i}.mp4", "status": "ok"} for c in range(2)])
+         for i in range(5)]
+
+
+def _temp_parts(mdir: Path) -> list[str]:
+    return [p.name for p in mdir.iterdir() if p.name.startswith(".part-") and p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize(("point", "logged", "left"), [
+    ("part-write@1", 0, "a torn temp part"),
+    ("part-write@2", 2, "a torn temp part"),
+    ("part-renamed@2", 2, "an unlogged part"),
+    ("log-torn@1", 1, "a torn log line"),  # the part holds v0 and v1, only v0's line is complete
+    ("log-torn@3", 4, "a torn log line"),  # the one line of [v4] torn
+    ("logged@2", 4, "nothing"),
+])
+def test_manifest_writer_killed_at_each_crash_point_resumes_exactly(tmp_path, point, logged, left):
+    mdir = tmp_path / manifest.MANIFEST_DIR
+    _killed_at([sys.executable, "-c", _WRITER, str(tmp_path), json.dumps(_FAKE)], point)
+    entries = manifest.read_log(mdir)
+    assert [e.video_id for e in entries] == [f"v{i}" for i in range(logged)]
+    names = {p.name for p in mdir.iterdir()}
+    if left == "a torn temp part":
+        (tmp,) = _temp_parts(mdir)
+        with pytest.raises(pa.ArrowInvalid):
+            pq.read_table(mdir / tmp)
+    elif left == "an unlogged part":
+        assert names - {e.part for e in entries} == {manifest.LOG_NAME, "part-w0-000001.parquet"}
+    elif left == "a torn log line":
+        assert not (mdir / manifest.LOG_NAME).read_bytes().endswith(b"\n")
+    else:
+        assert names == {manifest.LOG_NAME} | {e.part for e in entries}
+    assert len(manifest.read_manifest(tmp_path)) == 2 * logged  # readers see exactly the logged videos
+
+    writer = manifest.ManifestWriter(tmp_path, videos_per_part=2)  # the resumed run: recover, add what is missing
+    done = manifest.completed(mdir)
+    for video_id, source, rows in _FAKE:
+        if video_id not in done:
+            writer.add(video_id, source, rows)
+    writer.close()
+    table = manifest.read_manifest(tmp_path)
+    assert sorted(rows_by_clip(table)) == [r["clip_id"] for _, _, rows in _FAKE for r in rows]
+    entries = manifest.read_log(mdir)
+    assert sorted(e.video_id for e in entries) == [f"v{i}" for i in range(5)]  # each logged exactly once
+    assert {p.name for p in mdir.iterdir()} == {manifest.LOG_NAME} | {e.part for e in entries}
+    assert not _temp_parts(mdir)
+
+
+def test_crash_points_are_inert_unless_the_environment_names_them(tmp_path, monkeypatch):
+    monkeypatch.setenv(manifest.CRASH_ENV, "logged@99")  # another count: never reached here
+    writer = manifest.ManifestWriter(tmp_path, videos_per_part=1)
+    for video_id, source, rows in _FAKE[:2]:
+        writer.add(video_id, source, rows)
+    monkeypatch.setenv(manifest.CRASH_ENV, "part-renamed")  # another point
+    manifest.crash_point("logged")
+    monkeypatch.delenv(manifest.CRASH_ENV)
+    manifest.crash_point("part-renamed")
+    assert len(manifest.read_log(tmp_path / manifest.MANIFEST_DIR)) == 2
+    assert set(manifest.CRASH_POINTS) == {"config-written", "result-received", "part-write", "part-renamed",
+                                          "log-torn", "logged"}
 
 
 @pytest.fixture(scope="session")

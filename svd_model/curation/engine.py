@@ -37,7 +37,7 @@ from ..errors import ConfigError, InputError, SVDError
 from ..fsutil import remove_stale_temps, write_text_atomic
 from . import workers as workers_mod
 from .captioner_registry import CaptionerRegistry, default_registry
-from .manifest import FILTERED_NAME, MANIFEST_DIR, ManifestWriter, completed
+from .manifest import FILTERED_NAME, MANIFEST_DIR, ManifestWriter, completed, crash_point
 from .pipeline import curate_video
 from .records import CurationConfig, VideoRef, VideoResult, error_text, status_record
 
@@ -431,6 +431,7 @@ def run_curation(videos: VideoList | str | os.PathLike[str], out_dir: str | os.P
     out = prepare_output(out_dir, resume=resume, overwrite=overwrite)
     remove_stale_temps(out, recursive=True, before=run_start)  # temp files of killed runs (dead pids)
     _check_config(out, config, resume)
+    crash_point("config-written")  # test hook (environment only)
     writer = ManifestWriter(out, worker=engine, videos_per_part=videos_per_part, flush_seconds=flush_seconds)
     done = completed(writer.dir)
     seen: set[str] = set()
@@ -448,6 +449,7 @@ def run_curation(videos: VideoList | str | os.PathLike[str], out_dir: str | os.P
     results = _ENGINES[engine](jobs, run) if jobs else iter(())
     try:
         for result in results:
+            crash_point("result-received")  # test hook (environment only)
             writer.add(result.video_id, result.source, result.rows)
             state.done += 1
             state.clips += result.clips

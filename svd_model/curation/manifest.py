@@ -15,6 +15,10 @@ Crash safety (a run killed with SIGKILL at any moment loses nothing already logg
    log lines were cut short contributes nothing extra; at restart, parts no log line names and temp
    files are removed, and a torn last log line is truncated away.
 
+Test hook: the crash-safety tests make the process SIGKILL itself at a named moment with the environment
+variable :data:`CRASH_ENV` (see :func:`crash_point`). It is read from the process environment only; no node
+input, workflow, config or manifest field can set it.
+
 Paths in ``clip_path``, ``keyframe_paths`` and ``clip_embedding_path`` are relative to ``OUT`` (posix
 separators), so the folder can be moved; :func:`resolve` turns them into absolute paths. ``source`` is absolute.
 """
@@ -25,8 +29,9 @@ import json
 import logging
 import os
 import re
+import signal
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +50,16 @@ LOG_NAME = "_completed.jsonl"
 FILTERED_NAME = "manifest_filtered.parquet"
 SCHEMA_VERSION = "1"
 _PART_RE = re.compile(r"^part-(?P<worker>[A-Za-z0-9_]+)-(?P<seq>\d+)\.parquet$")
+
+#: TEST HOOK, environment only: ``SVD_LAB_TEST_CRASH=<point>[@<n>]`` makes the process SIGKILL itself the n-th
+#: time (default: the first) it reaches the named point. Unset (always, outside the crash-safety tests), the
+#: points do nothing.
+CRASH_ENV = "SVD_LAB_TEST_CRASH"
+#: The named points, in the order a run reaches them: the engine's config written (no video yet), a video's
+#: result received by the driver (not yet buffered), a part's temp file half written (not renamed), a part
+#: renamed into place (not yet logged), its log lines written but the last one torn, its log lines complete.
+CRASH_POINTS = ("config-written", "result-received", "part-write", "part-renamed", "log-torn", "logged")
+_crash_hits: dict[str, int] = {}
 
 #: Column -> (arrow type, meaning). The trainer reads clip_id, source, clip_path, start/end frame and time,
 #: fps, motion_score, motion_bucket_id, width, height and keep; do not rename those.
@@ -124,6 +139,31 @@ def resolve(out_dir: str | os.PathLike[str], rel: str | None) -> Path | None:
         return None
     path = Path(rel)
     return path if path.is_absolute() else Path(out_dir).absolute() / path
+
+
+def crash_point(name: str, prepare: Callable[[], object] | None = None) -> None:
+    """Test hook: SIGKILL this process here when :data:`CRASH_ENV` names this point and its hit count is reached
+    (`prepare` runs just before, e.g. to leave a half-written file). A no-op when the variable is unset."""
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return
+    point, _, nth = spec.partition("@")
+    if point != name:
+        return
+    _crash_hits[name] = _crash_hits.get(name, 0) + 1
+    if _crash_hits[name] < (int(nth) if nth.isdigit() else 1):
+        return
+    if prepare is not None:
+        prepare()
+    log.critical("%s=%s: killing this process (pid %d) at %r", CRASH_ENV, spec, os.getpid(), name)
+    os.kill(os.getpid(), getattr(signal, "SIGKILL", signal.SIGTERM))
+
+
+def _torn(path: Path) -> None:
+    """Cut a file to half its length (a write the kill interrupted)."""
+    with open(path, "rb+") as handle:
+        handle.truncate(os.path.getsize(path) // 2)
+        os.fsync(handle.fileno())
 
 
 # ------------------------------------------------------------------------------------- atomic files
@@ -290,16 +330,31 @@ class ManifestWriter:
         name = f"part-{self.worker}-{self._seq:06d}.parquet"
         self._seq += 1
         table = to_table(row for _, _, rows in pending for row in rows)
-        write_table_atomic(table, self.dir / name)
+
+        def write_part(tmp: Path) -> None:
+            pq.write_table(table, tmp, compression="zstd")
+            crash_point("part-write", lambda: _torn(tmp))
+
+        replace_atomic(self.dir / name, write_part)
+        crash_point("part-renamed")
         now = time.time()
         lines = "".join(json.dumps({"video_id": vid, "source": src, "part": name, "rows": len(rows),
                                     "status": rows[0].get("status", "ok") if rows else "empty", "time": now,
                                     **({"timed_out": True} if _timed_out(rows) else {})}) + "\n"
                         for vid, src, rows in pending)
         with open(self.dir / LOG_NAME, "a", encoding="utf-8") as handle:
+
+            def write_torn() -> None:  # all lines but the second half of the last one
+                last = len(lines) - (lines.rstrip("\n").rfind("\n") + 1)  # the last line's length
+                handle.write(lines[: len(lines) - last // 2])
+                handle.flush()
+                os.fsync(handle.fileno())
+
+            crash_point("log-torn", write_torn)
             handle.write(lines)
             handle.flush()
             os.fsync(handle.fileno())
+        crash_point("logged")
         self.parts_written += 1
         self.rows_written += len(table)
         return name
