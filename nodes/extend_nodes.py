@@ -18,18 +18,9 @@ from ..svd_model.pipelines.extend import (
 )
 from ..svd_model.pipelines.image_to_video import MAX_FRAMES, VideoParams
 from ..svd_model.sampling import StepInfo
-from . import adapters, bridge
-from .types import (
-    XT,
-    cfg_input,
-    cond_aug_input,
-    fps_input,
-    model_input,
-    motion_bucket_input,
-    number_problem,
-    seed_input,
-    steps_input,
-)
+from . import adapters, bridge, widgets
+from .types import number_problem
+from .widgets import XT
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +45,7 @@ class ExtendVideo:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "model": model_input("An SVD / SVD-XT checkpoint from SVD Lab Checkpoint Loader."),
+                "model": widgets.model("An SVD / SVD-XT checkpoint from SVD Lab Checkpoint Loader."),
                 "images": ("IMAGE", {"tooltip": "The clip to continue (one frame per batch entry; one image works "
                                                 "too). Its size must be a multiple of 64 for official models."}),
                 "segments": ("INT", {"default": 2, "min": 0, "max": MAX_SEGMENTS,
@@ -64,13 +55,13 @@ class ExtendVideo:
                 "overlap": ("INT", {"default": 1, "min": 1, "max": 16, "tooltip": (
                     "Frames each segment shares with the video so far (it starts from the first of them); they "
                     "are cross-faded.")}),
-                "fps": fps_input(),
-                "motion_bucket_id": motion_bucket_input(),
-                "cond_aug": cond_aug_input("Noise added to each segment's start frame."),
-                "seed": seed_input("Seed of segment 1; segment i uses seed + i - 1 unless set below."),
-                "steps": steps_input(0, "Sampling steps per segment; 0 = the loaded variant's."),
-                "min_cfg": cfg_input(XT.min_cfg, "Guidance of a segment's first frame."),
-                "max_cfg": cfg_input(XT.max_cfg, "Guidance of a segment's last frame."),
+                "fps": widgets.fps(),
+                "motion_bucket_id": widgets.motion_bucket(),
+                "cond_aug": widgets.cond_aug("Noise added to each segment's start frame."),
+                "seed": widgets.seed("Seed of segment 1; segment i uses seed + i - 1 unless set below."),
+                "steps": widgets.steps(0, "Sampling steps per segment; 0 = the loaded variant's."),
+                "min_cfg": widgets.cfg(XT.min_cfg, "Guidance of a segment's first frame."),
+                "max_cfg": widgets.cfg(XT.max_cfg, "Guidance of a segment's last frame."),
                 "drift_correction": ("BOOLEAN", {"default": True, "tooltip": (
                     "Re-anchor each segment's colours (CIE Lab mean/std) to the input clip's, against drift.")}),
                 "loop": ("BOOLEAN", {"default": False, "tooltip": (

@@ -12,21 +12,9 @@ from ..svd_model.loader import SVDBundle
 from ..svd_model.pipelines.flow_interp import FLOW_METHODS, FlowSettings, interpolate_images
 from ..svd_model.pipelines.image_to_video import MAX_FRAMES, VideoParams
 from ..svd_model.pipelines.keyframes import KEYFRAME_METHODS, decode_keyframe_video, interpolate_keyframes
-from . import adapters, bridge
-from .types import (
-    MAX_SIZE,
-    XT,
-    cfg_input,
-    cond_aug_input,
-    fps_input,
-    model_input,
-    motion_bucket_input,
-    number_problem,
-    range_problem,
-    seed_input,
-    size_input,
-    steps_input,
-)
+from . import adapters, bridge, widgets
+from .types import MAX_SIZE, number_problem, range_problem
+from .widgets import XT
 
 log = logging.getLogger(__name__)
 
@@ -102,22 +90,22 @@ class KeyframeInterpolate:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
-            "model": model_input(),
+            "model": widgets.model(),
             "first": ("IMAGE", {"tooltip": "First keyframe (of a batch, the first image)."}),
             "last": ("IMAGE", {"tooltip": "Last keyframe (of a batch, the first image); same aspect ratio."}),
-            "width": size_input(XT.width, "Video width; both keyframes are scaled to cover it and centre-cropped."),
-            "height": size_input(XT.height, "Video height."),
+            "width": widgets.size(XT.width, "Video width; both keyframes are scaled to cover it and centre-cropped."),
+            "height": widgets.size(XT.height, "Video height."),
             "frames": ("INT", {"default": XT.num_frames, "min": 0, "max": MAX_FRAMES, "tooltip": (
                 "Frames including both keyframes (at least 3); 0 = the loaded variant's (SVD 14, SVD-XT 25).")}),
-            "steps": steps_input(XT.steps, "Sampling steps; 0 = the loaded variant's."),
-            "min_cfg": cfg_input(XT.min_cfg, "Guidance next to each keyframe."),
-            "max_cfg": cfg_input(XT.max_cfg, "Guidance farthest from it."),
+            "steps": widgets.steps(XT.steps, "Sampling steps; 0 = the loaded variant's."),
+            "min_cfg": widgets.cfg(XT.min_cfg, "Guidance next to each keyframe."),
+            "max_cfg": widgets.cfg(XT.max_cfg, "Guidance farthest from it."),
             "guidance": (list(FRAME_GUIDANCE), {"default": "linear", "tooltip": (
                 "Guidance over the frames, counted from the keyframe each path starts at.")}),
-            "fps": fps_input(),
-            "motion_bucket_id": motion_bucket_input(),
-            "cond_aug": cond_aug_input("Noise added to the keyframes for conditioning."),
-            "seed": seed_input("Seed of all noise (augmentation, sampling, re-noising)."),
+            "fps": widgets.fps(),
+            "motion_bucket_id": widgets.motion_bucket(),
+            "cond_aug": widgets.cond_aug("Noise added to the keyframes for conditioning."),
+            "seed": widgets.seed("Seed of all noise (augmentation, sampling, re-noising)."),
             "method": (list(KEYFRAME_METHODS), {"default": "auto", "tooltip": (
                 "auto: concat for a keyframe checkpoint, else fusion. fusion: time-reversal fusion (Feng et al. "
                 "2024). bidirectional: forward step, re-noise, backward step (ViBiDSampler, without CFG++/DDS). "

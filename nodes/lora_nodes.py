@@ -19,8 +19,8 @@ from ..svd_model.lora import (
     load_lora,
     validate_lora,
 )
-from . import bridge
-from .types import SVDLAB_MODEL, model_input, range_problem
+from . import bridge, widgets
+from .types import SVDLAB_MODEL, range_problem
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class LoraLoader:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "model": model_input("Model from SVDLab_CheckpointLoader (or another LoRA loader)."),
+                "model": widgets.model("Model from SVDLab_CheckpointLoader (or another LoRA loader)."),
                 "lora_name": _lora_input(),
                 "strength": ("FLOAT", {
                     "default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
@@ -113,7 +113,7 @@ class LoraValidate:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "model": model_input("The model the LoRA should fit."),
+                "model": widgets.model("The model the LoRA should fit."),
                 "lora_name": _lora_input(),
                 "compare_base_hash": ("BOOLEAN", {
                     "default": False,
@@ -168,8 +168,8 @@ class LoraConvert:
                 "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing file of that name."}),
             },
             "optional": {
-                "model": model_input("Model whose layer layout to map onto (default: the full-size SVD UNet layout, "
-                                     "shared by svd, svd_xt and sv3d)."),
+                "model": widgets.model("Model whose layer layout to map onto (default: the full-size SVD UNet layout, "
+                                       "shared by svd, svd_xt and sv3d)."),
             },
         }
 

@@ -25,17 +25,8 @@ from ..svd_model.pipelines.multiview import (
     parse_angles,
 )
 from ..svd_model.pipelines.object_image import alpha_from_mask, prepare_object_image
-from . import adapters, bridge
-from .types import (
-    SVDLAB_CAMERAS,
-    SVDLAB_CONDITIONING,
-    VideoConditioning,
-    model_input,
-    number_problem,
-    range_problem,
-    seed_input,
-    size_input,
-)
+from . import adapters, bridge, widgets
+from .types import SVDLAB_CAMERAS, SVDLAB_CONDITIONING, VideoConditioning, number_problem, range_problem
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +65,7 @@ class OrbitCamerasNode:
             "elevation": ("FLOAT", {"default": DEFAULT_ELEVATION, "min": -90.0, "max": 90.0, "step": 0.5, "tooltip": (
                 "Elevation of the input view in degrees above the horizon (static and dynamic orbits; custom "
                 "when its elevation list is empty).")}),
-            "seed": seed_input("Seed of the dynamic orbit."),
+            "seed": widgets.seed("Seed of the dynamic orbit."),
             "elevations": ("STRING", {"default": "", "multiline": True, "tooltip": (
                 "custom: elevations in degrees, 1 value (every frame) or one per frame, separated by commas.")}),
             "azimuths": ("STRING", {"default": "", "multiline": True, "tooltip": (
@@ -119,7 +110,7 @@ class PrepareObjectImage:
         return {
             "required": {
                 "image": ("IMAGE", {"tooltip": "The object photo or render (RGBA uses its alpha)."}),
-                "size": size_input(SV3D_SIZE, "Output side in pixels (SV3D: 576).", minimum=SIZE_MIN),
+                "size": widgets.size(SV3D_SIZE, "Output side in pixels (SV3D: 576).", minimum=SIZE_MIN),
                 "object_ratio": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
                     "Object size / frame size (e.g. 0.85). 0 keeps the input's framing (the reference default).")}),
             },
@@ -162,13 +153,13 @@ class OrbitConditioning:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
-            "model": model_input("An SV3D checkpoint (sv3d_u or sv3d_p) from SVD Lab Checkpoint Loader."),
+            "model": widgets.model("An SV3D checkpoint (sv3d_u or sv3d_p) from SVD Lab Checkpoint Loader."),
             "image": ("IMAGE", {"tooltip": "The object, square and centred (SVD Lab Prepare Object Image); "
                                            "of a batch only the first image is used."}),
             "cameras": (SVDLAB_CAMERAS, {"tooltip": "From SVD Lab Orbit Cameras."}),
-            "size": size_input(SV3D_SIZE, "Orbit frame side (SV3D: 576); the image is scaled to cover it and "
-                                          "centre-cropped.", minimum=SIZE_MIN),
-            "seed": seed_input("Seed of the conditioning noise augmentation."),
+            "size": widgets.size(SV3D_SIZE, "Orbit frame side (SV3D: 576); the image is scaled to cover it and "
+                                            "centre-cropped.", minimum=SIZE_MIN),
+            "seed": widgets.seed("Seed of the conditioning noise augmentation."),
         }}
 
     @classmethod

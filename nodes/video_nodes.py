@@ -16,22 +16,9 @@ from ..svd_model.pipelines.image_to_video import MAX_FRAMES, VideoParams, encode
 from ..svd_model.pipelines.multiview import with_input_view
 from ..svd_model.sampling import SAMPLERS
 from ..svd_model.schedules import SCHEDULES
-from . import adapters, bridge
-from .types import (
-    SVDLAB_CONDITIONING,
-    XT,
-    VideoConditioning,
-    cfg_input,
-    cond_aug_input,
-    fps_input,
-    model_input,
-    motion_bucket_input,
-    number_problem,
-    range_problem,
-    seed_input,
-    size_input,
-    steps_input,
-)
+from . import adapters, bridge, widgets
+from .types import SVDLAB_CONDITIONING, VideoConditioning, number_problem, range_problem
+from .widgets import XT
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +42,17 @@ class ImageToVideoConditioning:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
-            "model": model_input(),
+            "model": widgets.model(),
             "image": ("IMAGE", {"tooltip": "Conditioning frame; of a batch only the first image is used."}),
-            "width": size_input(XT.width, "Video width; official models need a multiple of 64 (checked against the "
-                                          "model)."),
-            "height": size_input(XT.height, "Video height; multiple of 64 for official models."),
+            "width": widgets.size(XT.width, "Video width; official models need a multiple of 64 (checked against the "
+                                            "model)."),
+            "height": widgets.size(XT.height, "Video height; multiple of 64 for official models."),
             "frames": ("INT", {"default": XT.num_frames, "min": 0, "max": MAX_FRAMES,
                                "tooltip": "Frames to generate; 0 = the loaded variant's (SVD 14, SVD-XT 25)."}),
-            "fps": fps_input(),
-            "motion_bucket_id": motion_bucket_input(),
-            "cond_aug": cond_aug_input("Noise added to the conditioning frame: higher follows it less."),
-            "seed": seed_input("Seed of the noise augmentation."),
+            "fps": widgets.fps(),
+            "motion_bucket_id": widgets.motion_bucket(),
+            "cond_aug": widgets.cond_aug("Noise added to the conditioning frame: higher follows it less."),
+            "seed": widgets.seed("Seed of the noise augmentation."),
         }}
 
     @classmethod
@@ -118,17 +105,17 @@ class Sampler:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "model": model_input(),
+                "model": widgets.model(),
                 "conditioning": (SVDLAB_CONDITIONING, {"tooltip": "From SVD Lab Image To Video Conditioning."}),
                 "sampler": (list(SAMPLERS), {"default": "euler", "tooltip": "Sampling method."}),
                 "schedule": (list(SCHEDULES), {"default": "karras", "tooltip": "Noise schedule."}),
-                "steps": steps_input(XT.steps, "Sampling steps; 0 = the loaded variant's (SVD 25, SVD-XT 30)."),
-                "min_cfg": cfg_input(XT.min_cfg, "Guidance of the first frame."),
-                "max_cfg": cfg_input(XT.max_cfg, "Guidance of the last frame."),
+                "steps": widgets.steps(XT.steps, "Sampling steps; 0 = the loaded variant's (SVD 25, SVD-XT 30)."),
+                "min_cfg": widgets.cfg(XT.min_cfg, "Guidance of the first frame."),
+                "max_cfg": widgets.cfg(XT.max_cfg, "Guidance of the last frame."),
                 "guidance": ([GUIDANCE_AUTO, *FRAME_GUIDANCE], {"default": GUIDANCE_AUTO, "tooltip": (
                     "Guidance over the frames: auto = the conditioning's (SVD linear, SV3D orbit triangle), "
                     "linear min->max, triangle (weakest at both ends), constant (max).")}),
-                "seed": seed_input("Seed of the sampling noise."),
+                "seed": widgets.seed("Seed of the sampling noise."),
                 "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": (
                     "1: from pure noise. < 1: from the connected latent, noised part of the way (video-to-video); "
                     "0 returns it unchanged.")}),
@@ -174,7 +161,7 @@ class Decode:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
-            "model": model_input(),
+            "model": widgets.model(),
             "latent": ("LATENT", {"tooltip": "Video latents from SVD Lab Sampler."}),
             "chunk_size": ("INT", {"default": 14, "min": 1, "max": 64, "tooltip": (
                 "Frames decoded at once (the reference uses 14): more needs more memory, fewer seams.")}),
@@ -220,7 +207,7 @@ class EncodeFrames:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
-            "model": model_input(),
+            "model": widgets.model(),
             "images": ("IMAGE", {"tooltip": "The video's frames (e.g. from SVD Lab Load Video)."}),
         }}
 

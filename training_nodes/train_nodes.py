@@ -15,16 +15,8 @@ from typing import Any
 
 import torch
 
-from ..nodes import adapters, bridge
-from ..nodes.types import (
-    SVDLAB_MODEL,
-    config_problem,
-    model_input,
-    number_problem,
-    range_problem,
-    seed_input,
-    size_input,
-)
+from ..nodes import adapters, bridge, widgets
+from ..nodes.types import SVDLAB_MODEL, config_problem, number_problem, range_problem
 from ..svd_model.errors import ConfigError, InputError
 from ..svd_model.jsonfile import parse_json
 from ..svd_model.loader import SVDBundle, save_bundle
@@ -96,11 +88,11 @@ def _data_widgets() -> dict[str, Any]:
                                                                             "SVD-XT 25)."}),
         "fps": ("FLOAT", {"default": 7.0, "min": 0.0, "max": 120.0, "step": 0.5, "tooltip": (
             "Frames are taken at this rate (0 = the clip's own); it is the fps conditioning (fps_id = fps - 1).")}),
-        "width": size_input(1024, "Training width (multiple of 64).", minimum=64),
-        "height": size_input(576, "Training height (multiple of 64).", minimum=64),
+        "width": widgets.size(1024, "Training width (multiple of 64).", minimum=64),
+        "height": widgets.size(576, "Training height (multiple of 64).", minimum=64),
         "windows_per_clip": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": (
             "Frame windows taken from each clip (spread over it); each becomes one cached training sample.")}),
-        "seed": seed_input("Placement of single windows.", control_after_generate=False),
+        "seed": widgets.seed("Placement of single windows.", control_after_generate=False),
     }
 
 
@@ -229,7 +221,7 @@ class BuildLatentCache:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
-            "model": model_input("The model to finetune (its VAE and image encoder encode)."),
+            "model": widgets.model("The model to finetune (its VAE and image encoder encode)."),
             "dataset": (SVDLAB_DATASET, {"tooltip": "From SVD Lab Dataset From Manifest / Folder."}),
             "cache_name": ("STRING", {"default": "", "tooltip": (
                 "Folder name under output/SVDLab/cache (a name, not a path). '' = named after the dataset settings "
@@ -293,7 +285,7 @@ def _train_widgets() -> dict[str, Any]:
                                                                                     "checkpoints (0 = end only)."}),
         "validate_every": ("INT", {"default": 0, "min": 0, "max": 1000000, "tooltip": (
             "Steps between validation videos from a fixed image and seed (0 = none).")}),
-        "seed": seed_input("Seed of every random draw.", control_after_generate=False),
+        "seed": widgets.seed("Seed of every random draw.", control_after_generate=False),
         "run_name": ("STRING", {"default": "svd_finetune", "tooltip": "Folder name under output/SVDLab/train (a "
                                                                       "name, not a path)."}),
         "resume": ("BOOLEAN", {"default": True, "tooltip": "Continue from the newest checkpoint of this run."}),
@@ -315,7 +307,7 @@ class Train:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
-            "model": model_input("The model to finetune (not modified)."),
+            "model": widgets.model("The model to finetune (not modified)."),
             "cache": (SVDLAB_CACHE, {"tooltip": "From SVD Lab Build Latent Cache."}),
             **_train_widgets(),
         }, "optional": {
@@ -442,7 +434,7 @@ class SaveFinetuned:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
-            "model": model_input("E.g. from SVD Lab Train."),
+            "model": widgets.model("E.g. from SVD Lab Train."),
             "filename_prefix": ("STRING", {"default": "SVDLab/finetuned", "tooltip": (
                 "File name prefix inside the output folder.")}),
             "dtype": (list(STORAGE_DTYPES), {"default": "fp16", "tooltip": "Precision of the UNet and image "
