@@ -18,8 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from comfyui_svd_lab.svd_model.media.video import iter_frames
 from comfyui_svd_lab.svd_model.pipelines.flow_interp import FLOW_METHODS, FlowSettings, interpolate_stream
-from comfyui_svd_lab.svd_model.videoio import iter_frames
 
 DEFAULT_VIDEO = Path(__file__).resolve().parents[2] / "shared" / "data" / "issue-195-aspect-ratio.mp4"
 #: (first frame, length) of windows inside the default video's shots [0,69] [70,169] [170,300] [301,420]

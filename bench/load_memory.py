@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 
-from comfyui_svd_lab.svd_model.checkpoint import save_checkpoint
 from comfyui_svd_lab.svd_model.config import ModelConfig
-from comfyui_svd_lab.svd_model.model import SVDModel
+from comfyui_svd_lab.svd_model.nn.model import SVDModel
+from comfyui_svd_lab.svd_model.weights.checkpoint import save_checkpoint
 
 TEXT_LEFTOVERS = {
     "token_embedding.weight": (49408, 1024), "positional_embedding": (77, 1024), "ln_final.weight": (1024,),
@@ -39,7 +39,7 @@ TEXT_LEFTOVERS = {
 
 CHILD = r"""
 import resource, sys, time, torch
-from comfyui_svd_lab.svd_model.loader import load_bundle
+from comfyui_svd_lab.svd_model.weights.loader import load_bundle
 mode = sys.argv[2]
 t0 = time.perf_counter()
 if mode != "baseline":

@@ -45,9 +45,9 @@ import unet_vs_diffusers as uvd  # noqa: E402  (exits with a message when diffus
 
 from comfyui_svd_lab.svd_model.conditioning import Cond, vector_conditioning  # noqa: E402
 from comfyui_svd_lab.svd_model.config import VECTOR_LAYOUT, Family  # noqa: E402
-from comfyui_svd_lab.svd_model.denoiser import make_model_fn  # noqa: E402
+from comfyui_svd_lab.svd_model.diffusion.denoiser import make_model_fn  # noqa: E402
+from comfyui_svd_lab.svd_model.diffusion.scalings import v_scalings_edm_cnoise  # noqa: E402
 from comfyui_svd_lab.svd_model.lora import inject_lora, set_trainable  # noqa: E402
-from comfyui_svd_lab.svd_model.scalings import v_scalings_edm_cnoise  # noqa: E402
 from comfyui_svd_lab.svd_model.training.losses import edm_loss, edm_weighting  # noqa: E402
 
 GIB = 2**30

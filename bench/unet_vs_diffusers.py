@@ -62,9 +62,9 @@ from torch import Tensor
 
 from comfyui_svd_lab.svd_model.conditioning import vector_conditioning
 from comfyui_svd_lab.svd_model.config import VECTOR_LAYOUT, Family, UNetConfig
-from comfyui_svd_lab.svd_model.diffusers_keys import unet_sgm_to_diffusers
 from comfyui_svd_lab.svd_model.nn.unet import VideoUNet
-from comfyui_svd_lab.svd_model.tiny import tiny_config
+from comfyui_svd_lab.svd_model.weights.diffusers_keys import unet_sgm_to_diffusers
+from comfyui_svd_lab.svd_model.weights.tiny import tiny_config
 
 try:
     import diffusers

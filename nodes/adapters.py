@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..svd_model.conditioning import Cond
 from ..svd_model.errors import InputError, ShapeError
-from ..svd_model.resize import resize_cover
+from ..svd_model.media.resize import resize_cover
 
 #: Latent -> RGB projection of SD-VAE latents (ComfyUI latent_formats.SD15), rows = latent channels.
 SD_LATENT_RGB = ((0.3512, 0.2297, 0.3227), (0.3250, 0.4974, 0.2350), (-0.2829, 0.1762, 0.2721),

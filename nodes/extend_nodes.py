@@ -6,8 +6,8 @@ import logging
 from typing import Any
 
 from ..svd_model.conditioning import check_size
+from ..svd_model.diffusion.sampling import StepInfo
 from ..svd_model.errors import SVDError
-from ..svd_model.loader import SVDBundle
 from ..svd_model.pipelines.extend import (
     SEGMENT_KEYS,
     build_segments,
@@ -17,7 +17,7 @@ from ..svd_model.pipelines.extend import (
     parse_segment_overrides,
 )
 from ..svd_model.pipelines.image_to_video import MAX_FRAMES, VideoParams
-from ..svd_model.sampling import StepInfo
+from ..svd_model.weights.loader import SVDBundle
 from . import adapters, bridge, widgets
 from .types import number_problem
 from .widgets import XT

@@ -6,12 +6,12 @@ import logging
 from typing import Any
 
 from ..svd_model.conditioning import check_size
+from ..svd_model.diffusion.guidance import FRAME_GUIDANCE
 from ..svd_model.errors import InputError
-from ..svd_model.guidance import FRAME_GUIDANCE
-from ..svd_model.loader import SVDBundle
 from ..svd_model.pipelines.flow_interp import FLOW_METHODS, FlowSettings, interpolate_images
 from ..svd_model.pipelines.image_to_video import MAX_FRAMES, VideoParams
 from ..svd_model.pipelines.keyframes import KEYFRAME_METHODS, decode_keyframe_video, interpolate_keyframes
+from ..svd_model.weights.loader import SVDBundle
 from . import adapters, bridge, widgets
 from .types import MAX_SIZE, number_problem, range_problem
 from .widgets import XT

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..svd_model.errors import InputError, SVDError
-from ..svd_model.videoio import read_image, read_video, write_video
+from ..svd_model.media.video import read_image, read_video, write_video
 from . import adapters, bridge
 from .types import MAX_SIZE, range_problem
 

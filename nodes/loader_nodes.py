@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..svd_model.config import VARIANT_DEFAULTS
-from ..svd_model.loader import DTYPES, load_bundle, resolve_dtype
+from ..svd_model.weights.loader import DTYPES, load_bundle, resolve_dtype
 from . import bridge
 from .types import SVDLAB_MODEL
 

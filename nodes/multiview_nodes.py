@@ -11,7 +11,6 @@ from typing import Any
 
 from ..svd_model.conditioning import check_size
 from ..svd_model.errors import SVDError
-from ..svd_model.loader import SVDBundle
 from ..svd_model.pipelines.image_to_video import MAX_FRAMES
 from ..svd_model.pipelines.multiview import (
     DEFAULT_ELEVATION,
@@ -25,6 +24,7 @@ from ..svd_model.pipelines.multiview import (
     parse_angles,
 )
 from ..svd_model.pipelines.object_image import alpha_from_mask, prepare_object_image
+from ..svd_model.weights.loader import SVDBundle
 from . import adapters, bridge, widgets
 from .types import SVDLAB_CAMERAS, SVDLAB_CONDITIONING, VideoConditioning, number_problem, range_problem
 

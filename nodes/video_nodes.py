@@ -7,15 +7,15 @@ from dataclasses import replace
 from typing import Any
 
 from ..svd_model.conditioning import check_size
+from ..svd_model.diffusion.guidance import FRAME_GUIDANCE
+from ..svd_model.diffusion.sampling import SAMPLERS
+from ..svd_model.diffusion.schedules import SCHEDULES
 from ..svd_model.errors import InputError
-from ..svd_model.guidance import FRAME_GUIDANCE
-from ..svd_model.loader import SVDBundle
 from ..svd_model.pipelines.checks import check_input_view, require_image_to_video_model
 from ..svd_model.pipelines.decode import decode_latents, encode_frames
 from ..svd_model.pipelines.image_to_video import MAX_FRAMES, VideoParams, encode_condition, sample_video
 from ..svd_model.pipelines.multiview import with_input_view
-from ..svd_model.sampling import SAMPLERS
-from ..svd_model.schedules import SCHEDULES
+from ..svd_model.weights.loader import SVDBundle
 from . import adapters, bridge, widgets
 from .types import SVDLAB_CONDITIONING, VideoConditioning, number_problem, range_problem
 from .widgets import XT

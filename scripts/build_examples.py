@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from comfyui_svd_lab import NODE_CLASS_MAPPINGS
-from comfyui_svd_lab.svd_model.videoio import write_video
+from comfyui_svd_lab.svd_model.media.video import write_video
 from comfyui_svd_lab.workflow.spec import input_specs
 
 ROOT = Path(__file__).resolve().parents[1] / "example_workflows"

@@ -18,14 +18,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .loader import SVDBundle, load_bundle, save_bundle
+from .diffusion.sampling import StepInfo
 from .pipelines.checks import require_image_to_video_model
 from .pipelines.decode import decode_latents, encode_frames
 from .pipelines.extend import extend_video
 from .pipelines.image_to_video import VideoParams, encode_condition, sample_video
 from .pipelines.keyframes import interpolate_keyframes
 from .pipelines.multiview import orbit_cameras, orbit_video
-from .sampling import StepInfo
+from .weights.loader import SVDBundle, load_bundle, save_bundle
 
 __all__ = [
     "SVDBundle",

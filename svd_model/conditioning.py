@@ -16,9 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from .config import VECTOR_LAYOUT, Family
+from .diffusion.noise import randn
 from .errors import InputError, ShapeError
 from .nn.embeddings import timestep_embedding
-from .noise import randn
 
 
 @dataclass(frozen=True)

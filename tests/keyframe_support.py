@@ -7,9 +7,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from comfyui_svd_lab.svd_model.config import Family
-from comfyui_svd_lab.svd_model.loader import save_bundle
-from comfyui_svd_lab.svd_model.model import SVDModel
-from comfyui_svd_lab.svd_model.tiny import TINY_NAME_MARK, randomize, tiny_config
+from comfyui_svd_lab.svd_model.nn.model import SVDModel
+from comfyui_svd_lab.svd_model.weights.loader import save_bundle
+from comfyui_svd_lab.svd_model.weights.tiny import TINY_NAME_MARK, randomize, tiny_config
 
 
 def make_tiny_keyframe_model(seed: int = 0) -> SVDModel:

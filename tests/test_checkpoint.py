@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from comfyui_svd_lab.svd_model.checkpoint import CheckpointReader, read_header, save_checkpoint
 from comfyui_svd_lab.svd_model.errors import CheckpointError
+from comfyui_svd_lab.svd_model.weights.checkpoint import CheckpointReader, read_header, save_checkpoint
 
 
 def _tensors() -> dict[str, torch.Tensor]:

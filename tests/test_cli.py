@@ -159,7 +159,7 @@ def test_run_folder_flags_and_path_opt_in(tmp_path, capsys, bridge_reset):
     assert not bridge.any_path_allowed() and "node 1 (SVDLab_LoadImage)" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("module", ["cli", "train_cli"])
+@pytest.mark.parametrize("module", ["cli", "cli.train"])
 def test_closed_stdout_ends_quietly(module):
     code = ["-m", f"comfyui_svd_lab.{module}"] + (["train"] if module == "cli" else []) + ["--print-config"]
     proc = subprocess.Popen([sys.executable, *code], stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from comfyui_svd_lab.svd_model.colour import (
+from comfyui_svd_lab.svd_model.errors import InputError, ShapeError
+from comfyui_svd_lab.svd_model.media.colour import (
     correct_drift,
     crossfade,
     lab_stats,
     lab_to_srgb,
     srgb_to_lab,
 )
-from comfyui_svd_lab.svd_model.errors import InputError, ShapeError
 
 
 def _pixel(*rgb: float) -> torch.Tensor:

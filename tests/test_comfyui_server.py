@@ -16,9 +16,9 @@ import comfyui_support as support
 import pytest
 
 from comfyui_svd_lab import NODE_CLASS_MAPPINGS
-from comfyui_svd_lab.jobs import TINY_RUN, tiny_name, tiny_overrides
+from comfyui_svd_lab.cli.jobs import TINY_RUN, tiny_name, tiny_overrides
 from comfyui_svd_lab.svd_model.config import Family
-from comfyui_svd_lab.svd_model.tiny import write_tiny_checkpoint
+from comfyui_svd_lab.svd_model.weights.tiny import write_tiny_checkpoint
 from comfyui_svd_lab.workflow import apply_overrides, load_workflow
 from conftest import SMALL_RUN
 
@@ -96,7 +96,7 @@ def test_object_info_lists_every_node(server):
 
 
 def _check_video(root: Path, name: str, prompt: dict, outputs: dict) -> None:
-    from comfyui_svd_lab.svd_model.videoio import probe_video
+    from comfyui_svd_lab.svd_model.media.video import probe_video
 
     saves = {nid: n for nid, n in prompt.items() if n["class_type"] == "SVDLab_SaveVideo"}
     assert len(saves) == 1
@@ -132,9 +132,9 @@ def _check_curation(root: Path, prompt: dict, outputs: dict) -> None:
 
 
 def _check_training(root: Path, prompt: dict, outputs: dict) -> None:
-    from comfyui_svd_lab.svd_model.loader import load_bundle
     from comfyui_svd_lab.svd_model.lora import load_lora
     from comfyui_svd_lab.svd_model.training.report import read_log
+    from comfyui_svd_lab.svd_model.weights.loader import load_bundle
 
     nid = next(nid for nid, n in prompt.items() if n["class_type"] == "SVDLab_Train")
     settings = prompt[nid]["inputs"]

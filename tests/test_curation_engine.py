@@ -25,7 +25,7 @@ from comfyui_svd_lab.svd_model.curation.engine import list_videos, run_curation
 from comfyui_svd_lab.svd_model.curation.pipeline import CurationConfig, VideoRef, curate_video
 from comfyui_svd_lab.svd_model.curation.synthetic import make_video
 from comfyui_svd_lab.svd_model.errors import ConfigError
-from comfyui_svd_lab.svd_model.videoio import probe_video
+from comfyui_svd_lab.svd_model.media.video import probe_video
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (128, 72)

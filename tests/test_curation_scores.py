@@ -16,7 +16,6 @@ import pytest
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from comfyui_svd_lab.svd_model.checkpoint import CheckpointReader, save_checkpoint
 from comfyui_svd_lab.svd_model.config import Family
 from comfyui_svd_lab.svd_model.curation import captioner_registry as reg
 from comfyui_svd_lab.svd_model.curation import captions as cap
@@ -33,10 +32,11 @@ from comfyui_svd_lab.svd_model.curation.text import (
 )
 from comfyui_svd_lab.svd_model.curation.text_dnn import DnnTextDetector
 from comfyui_svd_lab.svd_model.errors import CheckpointError, ConfigError, InputError
-from comfyui_svd_lab.svd_model.loader import load_bundle
 from comfyui_svd_lab.svd_model.nn.image_encoder import encode_image
 from comfyui_svd_lab.svd_model.nn.text_encoder import OpenCLIPTextTower, TextEncoderConfig
-from comfyui_svd_lab.svd_model.tiny import write_tiny_checkpoint
+from comfyui_svd_lab.svd_model.weights.checkpoint import CheckpointReader, save_checkpoint
+from comfyui_svd_lab.svd_model.weights.loader import load_bundle
+from comfyui_svd_lab.svd_model.weights.tiny import write_tiny_checkpoint
 from conftest import SHARED
 
 VIDEO = SHARED / "data" / "issue-195-aspect-ratio.mp4"

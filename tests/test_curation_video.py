@@ -31,7 +31,7 @@ from comfyui_svd_lab.svd_model.curation.frames_at import read_frames_at
 from comfyui_svd_lab.svd_model.curation.motion import MotionCalibration, motion_bucket_id, to_paper_units
 from comfyui_svd_lab.svd_model.curation.synthetic import make_video
 from comfyui_svd_lab.svd_model.errors import ConfigError, InputError
-from comfyui_svd_lab.svd_model.videoio import probe_video, read_video
+from comfyui_svd_lab.svd_model.media.video import probe_video, read_video
 from conftest import SHARED
 
 SHARED_VIDEO = SHARED / "data" / "issue-195-aspect-ratio.mp4"  # 25 fps, keyframes up to 5.2 s apart

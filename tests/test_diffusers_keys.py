@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfyui_svd_lab.svd_model.diffusers_keys import (
+from comfyui_svd_lab.svd_model.errors import CheckpointError
+from comfyui_svd_lab.svd_model.weights.diffusers_keys import (
     SGM_FIRST_STAGE_PREFIX,
     SGM_UNET_PREFIX,
     SGM_VISUAL_PREFIX,
@@ -21,7 +22,6 @@ from comfyui_svd_lab.svd_model.diffusers_keys import (
     vae_diffusers_to_sgm,
     vae_sgm_to_diffusers,
 )
-from comfyui_svd_lab.svd_model.errors import CheckpointError
 
 Shapes = dict[str, list[int]]
 StateDict = dict[str, torch.Tensor]
@@ -377,7 +377,7 @@ def test_inconsistent_unet_layout_raises() -> None:
 
 def test_tiny_model_round_trip() -> None:
     """The package's own tiny model (official layout) survives sgm -> diffusers -> sgm."""
-    from comfyui_svd_lab.svd_model import tiny
+    from comfyui_svd_lab.svd_model.weights import tiny
     sd = tiny.make_tiny_model().official_state_dict()
     parts = {
         prefix: {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}

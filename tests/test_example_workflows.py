@@ -9,10 +9,10 @@ import pytest
 
 from comfyui_svd_lab import NODE_CLASS_MAPPINGS
 from comfyui_svd_lab.cli import main
-from comfyui_svd_lab.jobs import tiny_overrides, write_tiny_stand_ins
+from comfyui_svd_lab.cli.jobs import tiny_overrides, write_tiny_stand_ins
 from comfyui_svd_lab.nodes import bridge
 from comfyui_svd_lab.svd_model.config import Family
-from comfyui_svd_lab.svd_model.videoio import probe_video
+from comfyui_svd_lab.svd_model.media.video import probe_video
 from comfyui_svd_lab.workflow import apply_overrides, execute, load_workflow, validate
 from conftest import SMALL_RUN as SMALL
 

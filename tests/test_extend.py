@@ -8,10 +8,9 @@ import torch
 from train_support import one_thread_fixture
 
 from comfyui_svd_lab.nodes import NODE_CLASS_MAPPINGS, bridge
-from comfyui_svd_lab.svd_model.colour import lab_stats, srgb_to_lab
 from comfyui_svd_lab.svd_model.config import Family
 from comfyui_svd_lab.svd_model.errors import InputError
-from comfyui_svd_lab.svd_model.loader import load_bundle
+from comfyui_svd_lab.svd_model.media.colour import lab_stats, srgb_to_lab
 from comfyui_svd_lab.svd_model.pipelines import keyframes
 from comfyui_svd_lab.svd_model.pipelines.extend import (
     Segment,
@@ -21,7 +20,8 @@ from comfyui_svd_lab.svd_model.pipelines.extend import (
     parse_segment_overrides,
 )
 from comfyui_svd_lab.svd_model.pipelines.image_to_video import VideoParams
-from comfyui_svd_lab.svd_model.tiny import write_tiny_checkpoint
+from comfyui_svd_lab.svd_model.weights.loader import load_bundle
+from comfyui_svd_lab.svd_model.weights.tiny import write_tiny_checkpoint
 
 H, W, F = 32, 48, 3  # tiny segments: 3 frames at 48x32
 

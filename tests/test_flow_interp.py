@@ -117,7 +117,7 @@ def test_moving_object_with_estimated_flow_beats_blending():
 def test_real_video_flow_beats_blending_by_a_fixed_margin():
     if not VIDEO.is_file():
         pytest.skip(f"shared test video not found at {VIDEO} (it lives in ../shared/data)")
-    from comfyui_svd_lab.svd_model.videoio import iter_frames
+    from comfyui_svd_lab.svd_model.media.video import iter_frames
 
     # frames 540..560 lie inside the shot [484, 627] (cuts at 70, 170, 301, 421, 484)
     frames = list(iter_frames(VIDEO, skip_first=540, frame_cap=21, size=(256, 144)))

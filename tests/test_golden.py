@@ -13,12 +13,12 @@ from einops import rearrange
 from comfyui_svd_lab.svd_model.api import VideoParams, decode_latents, encode_condition, encode_frames, sample_video
 from comfyui_svd_lab.svd_model.conditioning import Cond, augment, vector_conditioning
 from comfyui_svd_lab.svd_model.config import Family
-from comfyui_svd_lab.svd_model.denoiser import make_model_fn
-from comfyui_svd_lab.svd_model.guidance import linear_frame_scales
-from comfyui_svd_lab.svd_model.loader import load_bundle
+from comfyui_svd_lab.svd_model.diffusion.denoiser import make_model_fn
+from comfyui_svd_lab.svd_model.diffusion.guidance import linear_frame_scales
+from comfyui_svd_lab.svd_model.diffusion.schedules import karras_sigmas
 from comfyui_svd_lab.svd_model.nn.image_encoder import encode_image, preprocess
-from comfyui_svd_lab.svd_model.schedules import karras_sigmas
 from comfyui_svd_lab.svd_model.training.losses import diffusion_loss, edm_loss, edm_weighting
+from comfyui_svd_lab.svd_model.weights.loader import load_bundle
 from conftest import assert_golden
 
 

@@ -11,13 +11,13 @@ import torch
 from keyframe_support import write_tiny_keyframe_checkpoint
 
 from comfyui_svd_lab.svd_model.config import Family
-from comfyui_svd_lab.svd_model.loader import load_bundle
 from comfyui_svd_lab.svd_model.pipelines.decode import decode_latents
 from comfyui_svd_lab.svd_model.pipelines.extend import build_segments, extend_video, extended_length
 from comfyui_svd_lab.svd_model.pipelines.image_to_video import VideoParams
 from comfyui_svd_lab.svd_model.pipelines.keyframes import interpolate_keyframes
 from comfyui_svd_lab.svd_model.pipelines.multiview import orbit_cameras, orbit_video
-from comfyui_svd_lab.svd_model.tiny import write_tiny_checkpoint
+from comfyui_svd_lab.svd_model.weights.loader import load_bundle
+from comfyui_svd_lab.svd_model.weights.tiny import write_tiny_checkpoint
 
 pytestmark = [
     pytest.mark.gpu,

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfyui_svd_lab.svd_model.errors import ConfigError, ShapeError
-from comfyui_svd_lab.svd_model.guidance import (
+from comfyui_svd_lab.svd_model.diffusion.guidance import (
     FRAME_GUIDANCE,
     cfg_denoiser,
     constant_frame_scales,
@@ -14,9 +13,10 @@ from comfyui_svd_lab.svd_model.guidance import (
     linear_frame_scales,
     triangle_frame_scales,
 )
-from comfyui_svd_lab.svd_model.sampling import sample_euler
-from comfyui_svd_lab.svd_model.scalings import append_dims
-from comfyui_svd_lab.svd_model.schedules import karras_sigmas
+from comfyui_svd_lab.svd_model.diffusion.sampling import sample_euler
+from comfyui_svd_lab.svd_model.diffusion.scalings import append_dims
+from comfyui_svd_lab.svd_model.diffusion.schedules import karras_sigmas
+from comfyui_svd_lab.svd_model.errors import ConfigError, ShapeError
 from conftest import assert_golden
 
 

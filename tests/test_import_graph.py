@@ -246,8 +246,8 @@ def test_every_package_is_listed_for_installation() -> None:
 # ------------------------------------------------------------------------------- curation without diffusion
 
 #: The diffusion stack: networks, sampling, weights loading, pipelines (and the API that re-exports them).
-DIFFUSION = ("svd_model.nn", "svd_model.sampling", "svd_model.loader", "svd_model.pipelines", "svd_model.api",
-             "svd_model.model", "svd_model.denoiser", "svd_model.guidance", "svd_model.schedules")
+DIFFUSION = ("svd_model.nn", "svd_model.diffusion", "svd_model.weights.loader", "svd_model.pipelines",
+             "svd_model.api", "svd_model.nn.model", "svd_model.diffusion.sampling", "svd_model.media.video")
 CURATION_ENTRIES = ("svd_model.curation", "svd_model.curation.engine", "svd_model.curation.workers",
                     "svd_model.curation.pipeline")
 
@@ -264,7 +264,7 @@ def test_curation_does_not_import_the_diffusion_stack(entry: str) -> None:
     models, e.g. the CLIP scorer, load on first use)."""
     code = (
         f"import json, sys\nimport {ROOT_PACKAGE}.{entry}\n"
-        f"print(json.dumps(sorted(m for m in sys.modules if m.startswith({ROOT_PACKAGE!r} + '.'))))\n"
+        f"print(json.dumps(sorted(m for m in sys.modules if m.startswith({ROOT_PACKAGE!r} + '.') or m == 'torch')))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
@@ -273,3 +273,4 @@ def test_curation_does_not_import_the_diffusion_stack(entry: str) -> None:
     heavy = [m for m in loaded for name in DIFFUSION
              if m == f"{ROOT_PACKAGE}.{name}" or m.startswith(f"{ROOT_PACKAGE}.{name}.")]
     assert heavy == [], f"importing {entry} loads the diffusion stack: {heavy}"
+    assert "torch" not in loaded, f"importing {entry} imports torch (workers start slower)"

@@ -11,9 +11,8 @@ from keyframe_support import write_tiny_keyframe_checkpoint
 from comfyui_svd_lab.nodes.interpolation_nodes import KeyframeInterpolate
 from comfyui_svd_lab.svd_model.conditioning import Cond
 from comfyui_svd_lab.svd_model.config import Family
-from comfyui_svd_lab.svd_model.denoiser import make_model_fn
+from comfyui_svd_lab.svd_model.diffusion.denoiser import make_model_fn
 from comfyui_svd_lab.svd_model.errors import ConfigError, InputError
-from comfyui_svd_lab.svd_model.loader import load_bundle, save_bundle
 from comfyui_svd_lab.svd_model.pipelines.decode import encode_frames
 from comfyui_svd_lab.svd_model.pipelines.image_to_video import VideoParams, encode_condition
 from comfyui_svd_lab.svd_model.pipelines.keyframes import (
@@ -23,7 +22,8 @@ from comfyui_svd_lab.svd_model.pipelines.keyframes import (
     keyframe_condition,
     resolve_method,
 )
-from comfyui_svd_lab.svd_model.tiny import make_tiny_model, write_tiny_checkpoint
+from comfyui_svd_lab.svd_model.weights.loader import load_bundle, save_bundle
+from comfyui_svd_lab.svd_model.weights.tiny import make_tiny_model, write_tiny_checkpoint
 
 T, H, W = 4, 32, 48
 

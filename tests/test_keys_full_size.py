@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from comfyui_svd_lab.svd_model.config import Family, ModelConfig
-from comfyui_svd_lab.svd_model.detect import infer_config, is_ignored_key
-from comfyui_svd_lab.svd_model.model import SVDModel
+from comfyui_svd_lab.svd_model.nn.model import SVDModel
+from comfyui_svd_lab.svd_model.weights.detect import infer_config, is_ignored_key
 
 VARIANTS = {
     "svd": Family.SVD,

@@ -5,18 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfyui_svd_lab.svd_model.checkpoint import CheckpointReader, save_checkpoint
 from comfyui_svd_lab.svd_model.config import Family
-from comfyui_svd_lab.svd_model.detect import guess_variant, infer_config
-from comfyui_svd_lab.svd_model.diffusers_keys import (
+from comfyui_svd_lab.svd_model.errors import CheckpointError, ConfigError
+from comfyui_svd_lab.svd_model.nn.model import SVDModel
+from comfyui_svd_lab.svd_model.weights.checkpoint import CheckpointReader, save_checkpoint
+from comfyui_svd_lab.svd_model.weights.detect import guess_variant, infer_config
+from comfyui_svd_lab.svd_model.weights.diffusers_keys import (
     clip_vision_openclip_to_hf,
     unet_sgm_to_diffusers,
     vae_sgm_to_diffusers,
 )
-from comfyui_svd_lab.svd_model.errors import CheckpointError, ConfigError
-from comfyui_svd_lab.svd_model.loader import load_bundle, save_bundle
-from comfyui_svd_lab.svd_model.model import SVDModel
-from comfyui_svd_lab.svd_model.tiny import make_tiny_model, tiny_config, write_tiny_checkpoint
+from comfyui_svd_lab.svd_model.weights.loader import load_bundle, save_bundle
+from comfyui_svd_lab.svd_model.weights.tiny import make_tiny_model, tiny_config, write_tiny_checkpoint
 
 CASES = [(Family.SVD, False), (Family.SVD, True), (Family.SV3D_U, False), (Family.SV3D_P, False)]
 

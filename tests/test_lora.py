@@ -16,10 +16,7 @@ from safetensors.torch import load_file
 from train_support import one_thread_fixture
 
 from comfyui_svd_lab.nodes import NODE_CLASS_MAPPINGS, bridge
-from comfyui_svd_lab.svd_model.checkpoint import save_checkpoint
-from comfyui_svd_lab.svd_model.detect import infer_config
 from comfyui_svd_lab.svd_model.errors import CheckpointError, ConfigError, InputError
-from comfyui_svd_lab.svd_model.loader import SVDBundle
 from comfyui_svd_lab.svd_model.lora import (
     LoRAConv,
     LoRALinear,
@@ -40,7 +37,10 @@ from comfyui_svd_lab.svd_model.lora import (
     validate_lora,
 )
 from comfyui_svd_lab.svd_model.nn.unet import VideoUNet
-from comfyui_svd_lab.svd_model.tiny import make_tiny_model, randomize, tiny_config, write_tiny_checkpoint
+from comfyui_svd_lab.svd_model.weights.checkpoint import save_checkpoint
+from comfyui_svd_lab.svd_model.weights.detect import infer_config
+from comfyui_svd_lab.svd_model.weights.loader import SVDBundle
+from comfyui_svd_lab.svd_model.weights.tiny import make_tiny_model, randomize, tiny_config, write_tiny_checkpoint
 
 OFFICIAL = "model.diffusion_model."
 TEMPORAL = {"time_stack", "time_mixer", "time_pos_embed"}

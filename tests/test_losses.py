@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
+from comfyui_svd_lab.svd_model.diffusion.scalings import append_dims
 from comfyui_svd_lab.svd_model.errors import ConfigError, ShapeError
-from comfyui_svd_lab.svd_model.scalings import append_dims
 from comfyui_svd_lab.svd_model.training.losses import diffusion_loss, edm_loss, edm_weighting, lognormal_sigmas
 from conftest import assert_golden
 

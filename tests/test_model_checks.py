@@ -13,9 +13,9 @@ from comfyui_svd_lab.nodes.video_nodes import Decode, ImageToVideoConditioning
 from comfyui_svd_lab.svd_model.api import VideoParams, image_to_video
 from comfyui_svd_lab.svd_model.config import Family
 from comfyui_svd_lab.svd_model.errors import InputError
-from comfyui_svd_lab.svd_model.loader import load_bundle
 from comfyui_svd_lab.svd_model.pipelines.checks import check_input_view, require_image_to_video_model
-from comfyui_svd_lab.svd_model.tiny import write_tiny_checkpoint
+from comfyui_svd_lab.svd_model.weights.loader import load_bundle
+from comfyui_svd_lab.svd_model.weights.tiny import write_tiny_checkpoint
 
 S = 64
 SV3D = r"sv3d_p is an SV3D \(multi-view\) model; {what} needs an SVD / SVD-XT checkpoint.*multi-view node"

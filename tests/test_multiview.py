@@ -14,9 +14,8 @@ from train_support import one_thread_fixture
 from comfyui_svd_lab.nodes import NODE_CLASS_MAPPINGS, bridge
 from comfyui_svd_lab.nodes import video_nodes as video_nodes_module
 from comfyui_svd_lab.svd_model.config import Family
+from comfyui_svd_lab.svd_model.diffusion.guidance import frame_scales
 from comfyui_svd_lab.svd_model.errors import ConfigError, InputError
-from comfyui_svd_lab.svd_model.guidance import frame_scales
-from comfyui_svd_lab.svd_model.loader import load_bundle
 from comfyui_svd_lab.svd_model.pipelines.multiview import (
     OrbitCameras,
     custom_orbit,
@@ -30,7 +29,8 @@ from comfyui_svd_lab.svd_model.pipelines.multiview import (
     with_input_view,
 )
 from comfyui_svd_lab.svd_model.pipelines.object_image import prepare_object_image
-from comfyui_svd_lab.svd_model.tiny import write_tiny_checkpoint
+from comfyui_svd_lab.svd_model.weights.loader import load_bundle
+from comfyui_svd_lab.svd_model.weights.tiny import write_tiny_checkpoint
 
 S, T = 32, 3  # tiny orbit: 32x32, 3 views
 

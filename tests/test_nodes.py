@@ -19,8 +19,8 @@ from PIL import Image
 from comfyui_svd_lab.nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS, bridge
 from comfyui_svd_lab.svd_model.config import Family
 from comfyui_svd_lab.svd_model.errors import CheckpointError, InputError
-from comfyui_svd_lab.svd_model.tiny import write_tiny_checkpoint
-from comfyui_svd_lab.svd_model.videoio import probe_video, read_video, read_video_metadata
+from comfyui_svd_lab.svd_model.media.video import probe_video, read_video, read_video_metadata
+from comfyui_svd_lab.svd_model.weights.tiny import write_tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 W, H, T = 64, 48, 3

@@ -9,12 +9,12 @@ import functools
 import pytest
 import torch
 
-from comfyui_svd_lab.svd_model import detect, diffusers_keys
 from comfyui_svd_lab.svd_model.config import Family
-from comfyui_svd_lab.svd_model.detect import FIRST_STAGE_PREFIX, cond_vae_prefix, infer_config
 from comfyui_svd_lab.svd_model.errors import CheckpointError
-from comfyui_svd_lab.svd_model.model import SVDModel, check_keys
-from comfyui_svd_lab.svd_model.tiny import tiny_config
+from comfyui_svd_lab.svd_model.nn.model import SVDModel, check_keys
+from comfyui_svd_lab.svd_model.weights import detect, diffusers_keys
+from comfyui_svd_lab.svd_model.weights.detect import FIRST_STAGE_PREFIX, cond_vae_prefix, infer_config
+from comfyui_svd_lab.svd_model.weights.tiny import tiny_config
 
 
 @functools.cache

@@ -16,11 +16,11 @@ from comfyui_svd_lab.svd_model.api import (
     sample_video,
 )
 from comfyui_svd_lab.svd_model.config import Family
+from comfyui_svd_lab.svd_model.diffusion.sampling import SAMPLERS
 from comfyui_svd_lab.svd_model.errors import ConfigError, InputError
-from comfyui_svd_lab.svd_model.loader import load_bundle
 from comfyui_svd_lab.svd_model.nn.vae import chunk_ranges
-from comfyui_svd_lab.svd_model.sampling import SAMPLERS
-from comfyui_svd_lab.svd_model.tiny import write_tiny_checkpoint
+from comfyui_svd_lab.svd_model.weights.loader import load_bundle
+from comfyui_svd_lab.svd_model.weights.tiny import write_tiny_checkpoint
 
 T, H, W = 3, 32, 48
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from comfyui_svd_lab.svd_model.errors import ShapeError
-from comfyui_svd_lab.svd_model.resize import cover_box, resize_cover
+from comfyui_svd_lab.svd_model.media.resize import cover_box, resize_cover
 
 
 @pytest.mark.parametrize(("src", "target", "expect"), [
@@ -39,7 +39,7 @@ def test_nodes_and_cli_condition_on_the_same_frame(tmp_path):
     """The CLI's image reader and the conditioning node's adapter give the same frame for the same picture."""
     from PIL import Image
 
-    from comfyui_svd_lab.jobs import read_image
+    from comfyui_svd_lab.cli.jobs import read_image
     from comfyui_svd_lab.nodes.adapters import conditioning_frame
 
     pixels = (torch.rand(40, 60, 3, generator=torch.Generator().manual_seed(1)) * 255).round().to(torch.uint8)

@@ -14,9 +14,14 @@ import math
 import pytest
 import torch
 
-from comfyui_svd_lab.svd_model.errors import ConfigError, InputError
-from comfyui_svd_lab.svd_model.noise import initial_noise, initial_noise_scale, noise_latents, randn, randn_like
-from comfyui_svd_lab.svd_model.sampling import (
+from comfyui_svd_lab.svd_model.diffusion.noise import (
+    initial_noise,
+    initial_noise_scale,
+    noise_latents,
+    randn,
+    randn_like,
+)
+from comfyui_svd_lab.svd_model.diffusion.sampling import (
     SAMPLERS,
     StepInfo,
     euler_step,
@@ -25,8 +30,9 @@ from comfyui_svd_lab.svd_model.sampling import (
     sample_euler,
     sample_heun,
 )
-from comfyui_svd_lab.svd_model.scalings import append_dims
-from comfyui_svd_lab.svd_model.schedules import karras_sigmas
+from comfyui_svd_lab.svd_model.diffusion.scalings import append_dims
+from comfyui_svd_lab.svd_model.diffusion.schedules import karras_sigmas
+from comfyui_svd_lab.svd_model.errors import ConfigError, InputError
 from conftest import assert_golden
 
 DATA_STD = 0.5
@@ -302,7 +308,7 @@ def test_noise_latents() -> None:
 
 def test_partial_denoise_from_noised_latent() -> None:
     """Start from x0 noised to a mid sigma; the exact ODE then shrinks towards the posterior mean."""
-    from comfyui_svd_lab.svd_model.schedules import sigmas_for_denoise
+    from comfyui_svd_lab.svd_model.diffusion.schedules import sigmas_for_denoise
 
     sigmas = sigmas_for_denoise(karras_sigmas(100, 0.002, SIGMA_MAX), 0.5)
     assert sigmas.shape == (51,)

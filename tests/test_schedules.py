@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from comfyui_svd_lab.svd_model.errors import ConfigError, InputError, ShapeError
-from comfyui_svd_lab.svd_model.scalings import append_dims, v_scalings_edm_cnoise
-from comfyui_svd_lab.svd_model.schedules import (
+from comfyui_svd_lab.svd_model.diffusion.scalings import append_dims, v_scalings_edm_cnoise
+from comfyui_svd_lab.svd_model.diffusion.schedules import (
     SCHEDULES,
     get_schedule,
     karras_sigmas,
     sigmas_for_denoise,
 )
+from comfyui_svd_lab.svd_model.errors import ConfigError, InputError, ShapeError
 from conftest import assert_golden
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from types import SimpleNamespace
 
-from comfyui_svd_lab.curate_cli import _Progress
+from comfyui_svd_lab.cli.curate import _Progress
 from comfyui_svd_lab.workflow.progress import StatusLine
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfyui_svd_lab.svd_model.checkpoint import save_checkpoint
 from comfyui_svd_lab.svd_model.curation import tokenizer as tk
 from comfyui_svd_lab.svd_model.curation.tokenizer import CLIPTokenizer, load_tokenizer
 from comfyui_svd_lab.svd_model.errors import CheckpointError, ConfigError, ShapeError
@@ -20,6 +19,7 @@ from comfyui_svd_lab.svd_model.nn.text_encoder import (
     infer_text_config,
     load_text_tower,
 )
+from comfyui_svd_lab.svd_model.weights.checkpoint import save_checkpoint
 
 MERGES = [
     ("t", "h"),

@@ -14,6 +14,7 @@ import torch
 from train_support import FRAMES, SIZE, clip_frames, micro_setup, one_thread_fixture, train_config
 
 from comfyui_svd_lab.svd_model.errors import ConfigError, InputError
+from comfyui_svd_lab.svd_model.media.video import read_video, write_video
 from comfyui_svd_lab.svd_model.training.cache import LatentCache, StaleCacheError, build_cache
 from comfyui_svd_lab.svd_model.training.config import CacheConfig, DataConfig, config_from_dict, load_config
 from comfyui_svd_lab.svd_model.training.data import (
@@ -25,7 +26,6 @@ from comfyui_svd_lab.svd_model.training.data import (
     window_indices,
 )
 from comfyui_svd_lab.svd_model.training.loop import BatchPlan, make_batch
-from comfyui_svd_lab.svd_model.videoio import read_video, write_video
 
 _one_thread = one_thread_fixture()
 

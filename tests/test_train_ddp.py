@@ -11,10 +11,10 @@ import pytest
 import torch
 from train_support import micro_files, one_thread_fixture, train_config
 
-from comfyui_svd_lab.svd_model.loader import load_bundle
 from comfyui_svd_lab.svd_model.training.report import read_log
 from comfyui_svd_lab.svd_model.training.run import run_training
 from comfyui_svd_lab.svd_model.training.state import latest_checkpoint, load_state
+from comfyui_svd_lab.svd_model.weights.loader import load_bundle
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="torch.distributed with the gloo backend is not available")

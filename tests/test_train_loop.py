@@ -7,8 +7,6 @@ import pytest
 import torch
 from train_support import FRAMES, micro_setup, one_thread_fixture, train_config
 
-from comfyui_svd_lab.svd_model.checkpoint import CheckpointReader
-from comfyui_svd_lab.svd_model.loader import load_bundle
 from comfyui_svd_lab.svd_model.lora import load_lora, validate_lora
 from comfyui_svd_lab.svd_model.training import loop
 from comfyui_svd_lab.svd_model.training.config import OptimConfig
@@ -16,6 +14,8 @@ from comfyui_svd_lab.svd_model.training.distributed import DistInfo
 from comfyui_svd_lab.svd_model.training.loop import EMA, NonFiniteLossError, fixed_sigma_loss, lr_at
 from comfyui_svd_lab.svd_model.training.run import ensure_cache, run_training, training_unet
 from comfyui_svd_lab.svd_model.training.state import list_checkpoints, load_state
+from comfyui_svd_lab.svd_model.weights.checkpoint import CheckpointReader
+from comfyui_svd_lab.svd_model.weights.loader import load_bundle
 
 #: The overfit claim: the fixed-sigma loss on the training clips falls at least this much in OVERFIT_STEPS.
 OVERFIT_FACTOR = 1.4

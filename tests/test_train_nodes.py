@@ -16,9 +16,9 @@ from train_support import micro_files, one_thread_fixture
 from comfyui_svd_lab import NODE_CLASS_MAPPINGS
 from comfyui_svd_lab.nodes import bridge
 from comfyui_svd_lab.svd_model.errors import InputError
-from comfyui_svd_lab.svd_model.loader import load_bundle
 from comfyui_svd_lab.svd_model.training.report import read_log
 from comfyui_svd_lab.svd_model.training.state import list_checkpoints
+from comfyui_svd_lab.svd_model.weights.loader import load_bundle
 from comfyui_svd_lab.training_nodes import train_nodes
 from comfyui_svd_lab.workflow import apply_overrides, execute, load_workflow, validate
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 from train_support import micro_setup, one_thread_fixture, train_config, write_micro_checkpoint
 
-from comfyui_svd_lab.svd_model import checkpoint as checkpoint_mod
 from comfyui_svd_lab.svd_model.errors import CheckpointError, ConfigError
 from comfyui_svd_lab.svd_model.training.report import read_log
 from comfyui_svd_lab.svd_model.training.run import run_training
@@ -22,6 +21,7 @@ from comfyui_svd_lab.svd_model.training.state import (
     save_state,
     state_path,
 )
+from comfyui_svd_lab.svd_model.weights import checkpoint as checkpoint_mod
 
 N = 4
 #: Every source of randomness on: conditioning dropout and augmentation, LoRA dropout, EMA, warmup + cosine.

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from comfyui_svd_lab.svd_model.errors import ConfigError, InputError, ShapeError
-from comfyui_svd_lab.svd_model.videoio import (
+from comfyui_svd_lab.svd_model.media.video import (
     iter_frames,
     probe_video,
     read_image,
@@ -295,7 +295,7 @@ def test_write_errors(tmp_path: Path, counter_frames: torch.Tensor) -> None:
 def test_write_failure_names_folder_and_cleans_up(
     tmp_path: Path, counter_frames: torch.Tensor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from comfyui_svd_lab.svd_model import videoio_write
+    from comfyui_svd_lab.svd_model.media import write as videoio_write
 
     def deny(src: object, dst: object) -> None:
         raise PermissionError(13, "Permission denied")
@@ -378,7 +378,7 @@ def test_truncated_files(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> No
     early_index = make_video(tmp_path / "early.mp4", n=24, frames=noise, options={"movflags": "+faststart"})
     data = early_index.read_bytes()
     (tmp_path / "half.mp4").write_bytes(data[: len(data) // 2])
-    with caplog.at_level(logging.WARNING, logger="comfyui_svd_lab.svd_model.videoio"):
+    with caplog.at_level(logging.WARNING, logger="comfyui_svd_lab.svd_model.media.video"):
         frames, _ = read_video(tmp_path / "half.mp4")
     assert 1 <= frames.shape[0] < 24
     assert "truncated" in caplog.text

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 import torch
 
-from comfyui_svd_lab.svd_model.loader import SVDBundle, load_bundle, save_bundle
-from comfyui_svd_lab.svd_model.model import SVDModel
-from comfyui_svd_lab.svd_model.tiny import randomize, tiny_config
+from comfyui_svd_lab.svd_model.media.video import write_video
+from comfyui_svd_lab.svd_model.nn.model import SVDModel
 from comfyui_svd_lab.svd_model.training.cache import LatentCache
 from comfyui_svd_lab.svd_model.training.config import config_from_dict
 from comfyui_svd_lab.svd_model.training.distributed import DistInfo
 from comfyui_svd_lab.svd_model.training.run import ensure_cache
-from comfyui_svd_lab.svd_model.videoio import write_video
+from comfyui_svd_lab.svd_model.weights.loader import SVDBundle, load_bundle, save_bundle
+from comfyui_svd_lab.svd_model.weights.tiny import randomize, tiny_config
 
 SIZE = 64  # pixels; latents 8x8
 FRAMES = 3  # frames per training window

@@ -19,7 +19,6 @@ from ..nodes import adapters, bridge, widgets
 from ..nodes.types import SVDLAB_MODEL, config_problem, number_problem, range_problem
 from ..svd_model.errors import ConfigError, InputError
 from ..svd_model.jsonfile import parse_json
-from ..svd_model.loader import SVDBundle, save_bundle
 from ..svd_model.training.cache import LatentCache, build_cache, move_module
 from ..svd_model.training.config import (
     COND_AUG_MODES,
@@ -34,6 +33,7 @@ from ..svd_model.training.config import (
 from ..svd_model.training.data import VideoDataset, make_dataset
 from ..svd_model.training.report import image_array, plot_losses
 from ..svd_model.training.run import StepEvent, run_training, trained_bundle, training_bytes
+from ..svd_model.weights.loader import SVDBundle, save_bundle
 
 log = logging.getLogger(__name__)
 

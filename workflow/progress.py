@@ -3,7 +3,7 @@
 Nodes never import this module directly: the pack's bridge module does, when ComfyUI is not present
 (inside ComfyUI the bridge uses ``comfy.utils.ProgressBar`` instead)::
 
-    from ..workflow import progress as headless_progress
+    from . import progress as headless_progress
     headless_progress.report(step, total)   # e.g. after each sampling step; a no-op when nobody listens
 
 ``report(value, total)`` forwards to the reporter installed with ``set_reporter(fn)`` (or the ``reporting(fn)``

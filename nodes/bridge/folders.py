@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ...svd_model.errors import InputError
-from ...svd_model.videoio import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+from ...svd_model.media.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from . import confine
 from .comfy import _comfy_args, _folder_paths, in_comfyui
 from .confine import PathRefused, Root

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import torch
 
-from ...svd_model.loader import SVDBundle
+from ...svd_model.weights.loader import SVDBundle
 from .comfy import _mm
 
 #: Models loaded with offload "cpu between nodes": model -> compute device.

@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ...svd_model.sampling import StepInfo
+from ...svd_model.diffusion.sampling import StepInfo
 from .. import adapters
 from .comfy import _comfy_args, _mm, _progress_bar_class
 

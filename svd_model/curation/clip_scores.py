@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import CheckpointReader
-from ..detect import infer_image_encoder_config
 from ..errors import CheckpointError, ConfigError, InputError
 from ..nn.image_encoder import CLIP_MEAN, CLIP_STD, OpenCLIPVisionTower, preprocess
 from ..nn.text_encoder import OpenCLIPTextTower, load_text_tower
+from ..weights.checkpoint import CheckpointReader
+from ..weights.detect import infer_image_encoder_config
 from .text import check_rgb
 from .tokenizer import CLIPTokenizer, load_tokenizer
 

@@ -26,7 +26,7 @@ import av
 import numpy as np
 
 from ..errors import ConfigError, InputError
-from ..videoio_probe import open_container, pick_video_stream
+from ..media.probe import open_container, pick_video_stream
 from .annotate import VideoAnnotation
 from .decode import open_info
 from .frames_at import read_frames_at

@@ -30,12 +30,13 @@ import cv2
 import numpy as np
 
 from ..errors import InputError
-from ..videoio import VideoInfo, probe_video
-from ..videoio_probe import (
+from ..media.probe import (
     IMAGE_DEMUXERS,
+    VideoInfo,
     mp4_damage,
     open_container,
     pick_video_stream,
+    probe_video,
     size_error,
     undecodable_error,
 )

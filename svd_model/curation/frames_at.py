@@ -14,8 +14,7 @@ import av
 import numpy as np
 
 from ..errors import InputError
-from ..videoio import VideoInfo
-from ..videoio_probe import open_container, pick_video_stream
+from ..media.probe import VideoInfo, open_container, pick_video_stream
 from .decode import DecodeStats, configure_stream, decoded_frames, open_info
 
 

@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..checkpoint import CheckpointReader, save_checkpoint
 from ..errors import CheckpointError
+from ..weights.checkpoint import CheckpointReader, save_checkpoint
 from .keys import parse_lora, unet_module
 
 __all__ = ["LORA_FORMAT", "base_model_hash", "load_lora", "lora_metadata", "pack_version", "save_lora"]

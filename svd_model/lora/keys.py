@@ -28,7 +28,7 @@ from typing import Any
 
 from torch import nn
 
-from ..detect import UNET_PREFIX as OFFICIAL_UNET_PREFIX  # the checkpoint's: detect.py owns those prefixes
+from ..weights.detect import UNET_PREFIX as OFFICIAL_UNET_PREFIX  # the checkpoint's: detect.py owns those prefixes
 from .targets import is_temporal
 
 __all__ = [

@@ -32,10 +32,10 @@ from typing import Any, cast
 import torch
 from torch import Tensor
 
-from ..checkpoint import CheckpointReader, save_checkpoint
 from ..config import UNetConfig
-from ..diffusers_keys import unet_sgm_to_diffusers
 from ..errors import CheckpointError, ConfigError
+from ..weights.checkpoint import CheckpointReader, save_checkpoint
+from ..weights.diffusers_keys import unet_sgm_to_diffusers
 from .format import LORA_FORMAT, pack_version
 from .keys import KOHYA_PREFIX, UNET_PREFIX, parse_lora, unet_shapes
 

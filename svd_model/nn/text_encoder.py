@@ -26,8 +26,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import CheckpointReader
 from ..errors import CheckpointError, ConfigError, InputError, ShapeError
+from ..weights.checkpoint import CheckpointReader
 from .clip_transformer import ACTIVATIONS, LN_EPS, SelfAttention, Transformer
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ import torch
 from torch import Tensor, nn
 
 from ..config import VAEConfig
+from ..diffusion.noise import randn, require_generator
 from ..errors import CheckpointError, InputError, ShapeError
-from ..noise import randn, require_generator
 from .layers import Upsample
 from .vae_blocks import (
     AE3DConv,

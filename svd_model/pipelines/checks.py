@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ..config import Family
 from ..errors import InputError
-from ..loader import SVDBundle
+from ..weights.loader import SVDBundle
 
 
 def require_image_to_video_model(bundle: SVDBundle, what: str = "image-to-video conditioning") -> None:

@@ -12,8 +12,8 @@ from einops import rearrange
 from torch import Tensor
 
 from ..errors import InputError, ShapeError
-from ..loader import SVDBundle
 from ..nn.vae import decode_chunked
+from ..weights.loader import SVDBundle
 
 
 @torch.no_grad()

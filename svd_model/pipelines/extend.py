@@ -25,11 +25,11 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from ..colour import LabStats, correct_drift, crossfade, lab_stats
 from ..config import Family
+from ..diffusion.sampling import StepInfo
 from ..errors import ConfigError, InputError, ShapeError
-from ..loader import SVDBundle
-from ..sampling import StepInfo
+from ..media.colour import LabStats, correct_drift, crossfade, lab_stats
+from ..weights.loader import SVDBundle
 from . import keyframes
 from .decode import decode_latents
 from .image_to_video import VideoParams, encode_condition, sample_video

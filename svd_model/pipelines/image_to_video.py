@@ -14,14 +14,14 @@ from torch import Tensor
 
 from ..conditioning import Cond, check_image, check_size, encode_cond_frames, vector_conditioning
 from ..config import Family
-from ..denoiser import make_model_fn
+from ..diffusion.denoiser import make_model_fn
+from ..diffusion.guidance import cfg_denoiser, frame_scales
+from ..diffusion.noise import initial_noise, noise_latents, randn
+from ..diffusion.sampling import StepInfo, get_sampler
+from ..diffusion.schedules import get_schedule, sigmas_for_denoise
 from ..errors import ConfigError, InputError
-from ..guidance import cfg_denoiser, frame_scales
-from ..loader import SVDBundle
 from ..nn.image_encoder import encode_image
-from ..noise import initial_noise, noise_latents, randn
-from ..sampling import StepInfo, get_sampler
-from ..schedules import get_schedule, sigmas_for_denoise
+from ..weights.loader import SVDBundle
 
 MAX_FRAMES = 128
 

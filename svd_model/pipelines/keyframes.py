@@ -42,14 +42,14 @@ from torch import Tensor, nn
 
 from ..conditioning import Cond, check_image
 from ..config import Family
-from ..denoiser import make_model_fn
+from ..diffusion.denoiser import make_model_fn
+from ..diffusion.guidance import cfg_denoiser, frame_scales
+from ..diffusion.noise import initial_noise, randn, randn_like
+from ..diffusion.sampling import Denoiser, StepInfo, euler_step, get_sampler
+from ..diffusion.schedules import get_schedule
 from ..errors import ConfigError, InputError
-from ..guidance import cfg_denoiser, frame_scales
-from ..loader import SVDBundle
-from ..model import SVDModel
-from ..noise import initial_noise, randn, randn_like
-from ..sampling import Denoiser, StepInfo, euler_step, get_sampler
-from ..schedules import get_schedule
+from ..nn.model import SVDModel
+from ..weights.loader import SVDBundle
 from .decode import decode_latents, encode_frames
 from .image_to_video import VideoParams, encode_condition
 

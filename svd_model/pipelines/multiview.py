@@ -32,9 +32,9 @@ from torch import Tensor
 
 from ..conditioning import Cond
 from ..config import Family
+from ..diffusion.sampling import StepInfo
 from ..errors import ConfigError, InputError
-from ..loader import SVDBundle
-from ..sampling import StepInfo
+from ..weights.loader import SVDBundle
 from .image_to_video import MAX_FRAMES, VideoParams, encode_condition, sample_video
 from .object_image import prepare_object_image
 

@@ -50,13 +50,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import CheckpointReader, save_checkpoint
 from ..conditioning import encode_cond_frames
+from ..diffusion.noise import randn
 from ..errors import ConfigError, InputError
 from ..fsutil import write_text_atomic
-from ..loader import SVDBundle
 from ..nn.image_encoder import encode_image
-from ..noise import randn
+from ..weights.checkpoint import CheckpointReader, save_checkpoint
+from ..weights.loader import SVDBundle
 from .config import CacheConfig, ObjectiveConfig
 from .data import VideoDataset, Window, read_window
 from .state import seed_from

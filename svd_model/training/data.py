@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
-from ..videoio import VIDEO_EXTENSIONS, iter_frames, probe_video
+from ..media.video import VIDEO_EXTENSIONS, iter_frames, probe_video
 from .config import DataConfig
 
 log = logging.getLogger(__name__)

@@ -24,10 +24,10 @@ from torch import Tensor, nn
 
 from ..conditioning import Cond, encode_cond_frames, vector_conditioning
 from ..config import Family
-from ..denoiser import make_model_fn
+from ..diffusion.denoiser import make_model_fn
+from ..diffusion.noise import randn
 from ..errors import ConfigError, InputError, SVDError
 from ..nn.vae import LOGVAR_MAX, LOGVAR_MIN
-from ..noise import randn
 from .cache import CacheItem, LatentCache
 from .config import ObjectiveConfig, OptimConfig, TrainConfig
 from .distributed import DistInfo, all_mean, all_true

@@ -25,9 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..diffusion.noise import randn
+from ..diffusion.scalings import append_dims
 from ..errors import ConfigError, ShapeError
-from ..noise import randn
-from ..scalings import append_dims
 
 __all__ = ["diffusion_loss", "edm_loss", "edm_weighting", "lognormal_sigmas"]
 

@@ -32,15 +32,15 @@ from .. import lora as lora_mod
 from ..conditioning import Cond, encode_cond_frames, vector_conditioning
 from ..config import Family
 from ..errors import ConfigError, InputError
-from ..loader import DTYPES, SVDBundle, load_bundle, save_bundle
 from ..lora.targets import set_trainable
-from ..model import SVDModel
+from ..media.resize import resize_cover
+from ..media.video import write_video
 from ..nn.image_encoder import encode_image
+from ..nn.model import SVDModel
 from ..nn.unet import VideoUNet
 from ..pipelines.decode import decode_latents
 from ..pipelines.image_to_video import VideoParams, sample_video
-from ..resize import resize_cover
-from ..videoio import write_video
+from ..weights.loader import DTYPES, SVDBundle, load_bundle, save_bundle
 from .cache import LatentCache, _moved, build_cache
 from .config import TrainConfig
 from .data import make_dataset
@@ -163,7 +163,7 @@ def validation_cond(bundle: SVDBundle, cache: LatentCache, config: TrainConfig, 
     gen = torch.Generator().manual_seed(val.seed)
     cond_vae = bundle.model.cond_vae
     if image is None and val.image:
-        from ..videoio import read_image
+        from ..media.video import read_image
 
         image = read_image(val.image).permute(0, 3, 1, 2) * 2 - 1  # (1, 3, H, W)
     if image is not None:

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..checkpoint import CheckpointReader, read_header, save_checkpoint
 from ..errors import CheckpointError
+from ..weights.checkpoint import CheckpointReader, read_header, save_checkpoint
 
 log = logging.getLogger(__name__)
 

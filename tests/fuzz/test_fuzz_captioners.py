@@ -140,7 +140,7 @@ def test_registered_names_are_the_node_choices(registered, tmp_path, monkeypatch
 def test_cli_registration_is_the_way_to_name_a_program(tmp_path, capsys, monkeypatch):
     """The CLI user is local and trusted: --register-captioner makes a name, --captioner chooses it."""
     monkeypatch.delenv(reg.ENV_VAR, raising=False)
-    from comfyui_svd_lab.curate_cli import build_registry
+    from comfyui_svd_lab.cli.curate import build_registry
 
     class Args:
         captioner_config = None

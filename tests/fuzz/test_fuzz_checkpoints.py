@@ -25,8 +25,8 @@ import torch
 
 from comfyui_svd_lab.cli import _cmd_info, main
 from comfyui_svd_lab.svd_model.errors import CheckpointError
-from comfyui_svd_lab.svd_model.loader import load_bundle
-from comfyui_svd_lab.svd_model.tiny import write_tiny_checkpoint
+from comfyui_svd_lab.svd_model.weights.loader import load_bundle
+from comfyui_svd_lab.svd_model.weights.tiny import write_tiny_checkpoint
 
 NAME = "fuzz_case.safetensors"
 _TORCH = {"F32": torch.float32, "F16": torch.float16, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
@@ -386,7 +386,7 @@ def test_valid_tiny_checkpoint_loads_and_info_reports_it(sandbox, no_process, ti
 def test_non_finite_weights_load_when_allowed(sandbox, no_process, tiny, caplog):
     path = sandbox.folder("models") / NAME
     path.write_bytes(_edit_tiny(_poison(1, float("nan")))(tiny))
-    with caplog.at_level(logging.WARNING, logger="comfyui_svd_lab.svd_model.loader"):
+    with caplog.at_level(logging.WARNING, logger="comfyui_svd_lab.svd_model.weights.loader"):
         bundle = load_bundle(path, allow_non_finite=True)
     assert "hold NaN or Inf" in caplog.text and "loading it anyway" in caplog.text
     assert any(not torch.isfinite(p).all() for p in bundle.model.unet.parameters())

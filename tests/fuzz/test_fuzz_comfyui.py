@@ -65,7 +65,7 @@ def _png(path: Path, rgb: tuple[int, int, int], size: tuple[int, int] = (64, 64)
 
 
 def _mp4(path: Path, rgb: tuple[int, int, int], frames: int = 8) -> None:
-    from comfyui_svd_lab.svd_model.videoio import write_video
+    from comfyui_svd_lab.svd_model.media.video import write_video
 
     path.parent.mkdir(parents=True, exist_ok=True)
     data = np.empty((frames, 64, 64, 3), np.uint8)
@@ -74,7 +74,7 @@ def _mp4(path: Path, rgb: tuple[int, int, int], frames: int = 8) -> None:
 
 
 def _layout(root: Path) -> None:
-    from comfyui_svd_lab.svd_model.tiny import write_tiny_checkpoint
+    from comfyui_svd_lab.svd_model.weights.tiny import write_tiny_checkpoint
 
     inp, out, outside = root / "input", root / "output", root / "outside"
     _png(inp / "ok.png", OK_RGB)

@@ -24,8 +24,8 @@ import torch
 
 from comfyui_svd_lab import NODE_CLASS_MAPPINGS
 from comfyui_svd_lab.svd_model.config import Family
+from comfyui_svd_lab.svd_model.diffusion.guidance import cfg_denoiser, frame_scales
 from comfyui_svd_lab.svd_model.errors import ConfigError, InputError
-from comfyui_svd_lab.svd_model.guidance import cfg_denoiser, frame_scales
 from comfyui_svd_lab.svd_model.pipelines.extend import Segment, build_segments, extend_video, parse_segment_overrides
 from comfyui_svd_lab.svd_model.pipelines.flow_interp import FlowSettings, resample_step
 from comfyui_svd_lab.svd_model.pipelines.image_to_video import VideoParams

@@ -217,7 +217,7 @@ def test_stale_temp_files_of_dead_writers_are_removed_and_nothing_else(tmp_path)
 def test_write_video_cleans_stale_parts_and_names_its_own_with_its_pid(tmp_path, monkeypatch):
     import numpy as np
 
-    from comfyui_svd_lab.svd_model import videoio_write
+    from comfyui_svd_lab.svd_model.media import write as videoio_write
 
     dead = _dead_pid()
     stale = tmp_path / f".old.mp4.{dead}-0123abcd.part"

@@ -19,7 +19,7 @@ from PIL import Image
 
 from comfyui_svd_lab.svd_model.curation.pipeline import CurationConfig, curate_video
 from comfyui_svd_lab.svd_model.errors import InputError
-from comfyui_svd_lab.svd_model.videoio import read_video
+from comfyui_svd_lab.svd_model.media.video import read_video
 
 CONFIG = CurationConfig.from_dict({"text": False, "keyframe_max_side": 32, "split": {"min_seconds": 2.0}})
 OK = "ok"  # read_video returns frames

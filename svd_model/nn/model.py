@@ -7,12 +7,12 @@ from collections.abc import Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
-from .config import ModelConfig
-from .detect import FIRST_STAGE_PREFIX, IMAGE_ENCODER_PREFIX, UNET_PREFIX, cond_vae_prefix
-from .errors import CheckpointError
-from .nn.image_encoder import OpenCLIPVisionTower
-from .nn.unet import VideoUNet
-from .nn.vae import AutoencoderKL
+from ..config import ModelConfig
+from ..errors import CheckpointError
+from ..weights.detect import FIRST_STAGE_PREFIX, IMAGE_ENCODER_PREFIX, UNET_PREFIX, cond_vae_prefix
+from .image_encoder import OpenCLIPVisionTower
+from .unet import VideoUNet
+from .vae import AutoencoderKL
 
 
 class SVDModel(nn.Module):

@@ -5,9 +5,9 @@
   svd-lab image-to-video [--checkpoint PATH] [--image IMG] [--output-dir DIR] [...]
   svd-lab make-tiny-checkpoint PATH [--family svd|sv3d_u|sv3d_p]
   svd-lab info CHECKPOINT
-  svd-lab curate INPUT --out DIR [...]      (see curate_cli.py)
+  svd-lab curate INPUT --out DIR [...]      (see cli/curate.py)
   svd-lab curate-report DIR [--filter RULE ...]
-  svd-lab train CONFIG [--nproc N] [--set KEY=VALUE ...]   (see train_cli.py)
+  svd-lab train CONFIG [--nproc N] [--set KEY=VALUE ...]   (see cli/train.py)
 
 Bad input (a malformed workflow, checkpoint or config, a missing file) is one error on stderr and exit code 2,
 never a traceback (``--debug`` or ``SVD_LAB_DEBUG=1`` shows it); a closed stdout (``| head``) ends quietly.
@@ -18,10 +18,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from pathlib import Path
 
-from .cli_errors import DEBUG_ENV, guarded
+from .errors import DEBUG_ENV, guarded
 
 log = logging.getLogger("svd_lab")
 
@@ -33,7 +32,7 @@ def _find_checkpoint(arg: str | None) -> Path | None:
         if candidate:
             path = Path(candidate)
             if not path.exists():
-                from .svd_model.errors import InputError
+                from ..svd_model.errors import InputError
 
                 raise InputError(f"checkpoint not found: {path}")
             return path
@@ -41,8 +40,8 @@ def _find_checkpoint(arg: str | None) -> Path | None:
 
 
 def _cmd_make_tiny(args: argparse.Namespace) -> int:
-    from .svd_model.config import Family
-    from .svd_model.tiny import write_tiny_checkpoint
+    from ..svd_model.config import Family
+    from ..svd_model.weights.tiny import write_tiny_checkpoint
 
     path = write_tiny_checkpoint(args.path, Family(args.family), seed=args.seed)
     print(f"wrote a tiny RANDOM-weight {args.family} checkpoint (for tests and demos, not real video): {path}")
@@ -50,9 +49,9 @@ def _cmd_make_tiny(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from .svd_model.checkpoint_diagnose import short
-    from .svd_model.detect import guess_variant
-    from .svd_model.loader import check_checkpoint
+    from ..svd_model.weights.detect import guess_variant
+    from ..svd_model.weights.diagnose import short
+    from ..svd_model.weights.loader import check_checkpoint
 
     checked = check_checkpoint(args.checkpoint)  # the same checks as a load, without reading the weights
     config = checked.config
@@ -88,9 +87,9 @@ def _cmd_image_to_video(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     import tempfile
 
-    from . import NODE_CLASS_MAPPINGS
-    from .nodes import bridge
-    from .workflow import WorkflowError, apply_overrides, load_workflow, run_workflow_cli
+    from .. import NODE_CLASS_MAPPINGS
+    from ..nodes import bridge
+    from ..workflow import WorkflowError, apply_overrides, load_workflow, run_workflow_cli
 
     bridge.configure(models_dirs=args.models_dir or None, output_dir=args.output_dir, input_dir=args.input_dir,
                      allow_any_path=args.allow_any_path)
@@ -159,11 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.set_defaults(func=_cmd_info)
 
-    from .curate_cli import add_commands
+    from .curate import add_commands
 
     add_commands(sub)
 
-    from .train_cli import add_commands as add_train_commands
+    from .train import add_commands as add_train_commands
 
     add_train_commands(sub)
     return parser
@@ -174,7 +173,3 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     return guarded(args.func, args, "svd-lab", debug=args.debug)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

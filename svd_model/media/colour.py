@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .errors import InputError, ShapeError
+from ..errors import InputError, ShapeError
 
 #: Linear sRGB -> CIE XYZ (D65), IEC 61966-2-1.
 _RGB_TO_XYZ = (

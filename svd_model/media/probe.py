@@ -1,6 +1,6 @@
 """Probing media files: :class:`VideoInfo` from container headers, plus the file checks shared by the readers.
 
-Re-exported by :mod:`.videoio`; import from there. See that module for the SAR and rotation conventions.
+Re-exported by :mod:`.video`; import from there. See that module for the SAR and rotation conventions.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import av
 import av.logging
 from PIL import Image
 
-from .errors import InputError
-from .fsutil import stat_regular
+from ..errors import InputError
+from ..fsutil import stat_regular
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from .errors import ShapeError
+from ..errors import ShapeError
 
 
 def cover_box(width: int, height: int, target_width: int, target_height: int) -> tuple[int, int, int, int]:

@@ -2,7 +2,7 @@
 
 Frames leave as ComfyUI ``IMAGE`` tensors: float32 ``(t, H, W, 3)`` in ``[0, 1]``, RGB, height and width
 in *display* orientation. :func:`iter_frames` yields the same frames as uint8 ``(H, W, 3)`` numpy arrays one
-at a time for videos too long to hold in memory. Writing lives in :mod:`.videoio_write` and is re-exported here.
+at a time for videos too long to hold in memory. Writing lives in :mod:`.write` and is re-exported here.
 
 Decisions (the behaviour callers can rely on):
 
@@ -44,10 +44,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import ConfigError, InputError
-from .resize import cover_box
-from .videoio_image import read_image, read_image_rgba
-from .videoio_probe import (
+from ..errors import ConfigError, InputError
+from .image import read_image, read_image_rgba
+from .probe import (
     VideoInfo,
     display_size,
     open_container,
@@ -56,7 +55,8 @@ from .videoio_probe import (
     size_error,
     undecodable_error,
 )
-from .videoio_write import FORMATS, read_video_metadata, write_video
+from .resize import cover_box
+from .write import FORMATS, read_video_metadata, write_video
 
 __all__ = [
     "FORMATS",

@@ -1,6 +1,6 @@
 """Reading still images as ComfyUI ``IMAGE`` tensors (Pillow): EXIF orientation, alpha, 16-bit greyscale.
 
-Re-exported by :mod:`.videoio`; import from there.
+Re-exported by :mod:`.video`; import from there.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import InputError
-from .videoio_probe import check_file
+from ..errors import InputError
+from .probe import check_file
 
 
 def _open_image(path: str | PathLike[str]) -> Image.Image:

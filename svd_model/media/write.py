@@ -1,6 +1,6 @@
 """Writing frames to video files (mp4, webm, animated webp, gif) with embedded metadata, and reading it back.
 
-Re-exported by :mod:`.videoio`; import from there.
+Re-exported by :mod:`.video`; import from there.
 
 Per format (``quality`` is 0..100, higher is better and bigger):
 
@@ -45,8 +45,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import ConfigError, InputError, ShapeError
-from .fsutil import remove_stale_temps, sigterm_as_interrupt
+from ..errors import ConfigError, InputError, ShapeError
+from ..fsutil import remove_stale_temps, sigterm_as_interrupt
 
 logger = logging.getLogger(__name__)
 

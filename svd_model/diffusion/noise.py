@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .errors import InputError, ShapeError
+from ..errors import InputError, ShapeError
 from .scalings import append_dims
 
 

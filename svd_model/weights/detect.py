@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
-from .config import (
+from ..config import (
     COND_VAE_INDEX,
     Family,
     ImageEncoderConfig,
@@ -18,7 +18,7 @@ from .config import (
     VAEConfig,
     family_from_vector_width,
 )
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 Shapes = Mapping[str, Sequence[int]]
 

@@ -21,13 +21,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..config import VARIANT_FAMILY, Family, ModelConfig, SamplingDefaults, sampling_defaults
+from ..errors import CheckpointError, ConfigError, SVDError
+from ..nn.model import SVDModel, check_keys
 from .checkpoint import CheckpointReader, dtype_name, save_checkpoint
-from .checkpoint_diagnose import short
-from .config import VARIANT_FAMILY, Family, ModelConfig, SamplingDefaults, sampling_defaults
 from .detect import FIRST_STAGE_PREFIX, cond_vae_prefix, guess_variant, infer_config, is_ignored_key
+from .diagnose import short
 from .diffusers_keys import diffusers_pipeline_to_sgm
-from .errors import CheckpointError, ConfigError, SVDError
-from .model import SVDModel, check_keys
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 #: (sgm name, diffusers name) pairs. A name matches a key part equal to it or starting with it plus ".".
 Pairs = tuple[tuple[str, str], ...]

@@ -35,7 +35,7 @@ from itertools import pairwise
 import torch
 from torch import Tensor
 
-from .errors import ConfigError, InputError, ShapeError, choose
+from ..errors import ConfigError, InputError, ShapeError, choose
 from .noise import randn_like, require_generator
 
 __all__ = [

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from .config import Family, ImageEncoderConfig, ModelConfig, UNetConfig, VAEConfig, vector_width
+from ..config import Family, ImageEncoderConfig, ModelConfig, UNetConfig, VAEConfig, vector_width
+from ..diffusion.noise import randn
+from ..nn.model import SVDModel
 from .loader import save_bundle
-from .model import SVDModel
-from .noise import randn
 
 TINY_NAME_MARK = "TINY-RANDOM"
 

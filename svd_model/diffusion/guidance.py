@@ -15,7 +15,7 @@ from typing import Protocol, TypeVar
 import torch
 from torch import Tensor
 
-from .errors import ConfigError, ShapeError, choose
+from ..errors import ConfigError, ShapeError, choose
 from .sampling import Denoiser
 
 __all__ = [

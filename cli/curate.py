@@ -24,8 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from .svd_model.curation.engine import ENGINES
-from .workflow.progress import StatusLine
+from ..svd_model.curation.engine import ENGINES
+from ..workflow.progress import StatusLine
 
 FILTER_HELP = ("filter rule SCORE:MODE=VALUE, MODE min|max (absolute) or bottom|top (fraction of all clips), "
                "e.g. motion_score:bottom=0.25 text_area:max=0.07; or a preset: svd, none (repeatable; default: the "
@@ -46,13 +46,13 @@ class _Progress:
 
 
 def build_config(args: argparse.Namespace) -> Any:
-    from .svd_model.configdict import parse_value, set_dotted
-    from .svd_model.curation.records import CurationConfig
-    from .svd_model.errors import ConfigError
+    from ..svd_model.configdict import parse_value, set_dotted
+    from ..svd_model.curation.records import CurationConfig
+    from ..svd_model.errors import ConfigError
 
     data: dict[str, Any] = {}
     if args.config:
-        from .svd_model.jsonfile import parse_json, read_json_file, shorten
+        from ..svd_model.jsonfile import parse_json, read_json_file, shorten
 
         if args.config.lstrip().startswith("{"):
             data = parse_json(args.config, f"--config {shorten(args.config)}")
@@ -83,9 +83,9 @@ def build_config(args: argparse.Namespace) -> Any:
 
 
 def _filter_and_report(out: Path, filters: list[str] | None, stdout: TextIO) -> int:
-    from .svd_model.curation.filtering import filter_manifest, load_rules, parse_rules
-    from .svd_model.curation.manifest import FILTERED_NAME
-    from .svd_model.curation.report import build_report
+    from ..svd_model.curation.filtering import filter_manifest, load_rules, parse_rules
+    from ..svd_model.curation.manifest import FILTERED_NAME
+    from ..svd_model.curation.report import build_report
 
     rules = parse_rules(filters) if filters else load_rules(out)
     rules = parse_rules("svd") if rules is None else rules
@@ -99,7 +99,7 @@ def _filter_and_report(out: Path, filters: list[str] | None, stdout: TextIO) -> 
 def build_registry(args: argparse.Namespace) -> Any:
     """The captioners this (local, trusted) user registered: $SVD_LAB_CAPTIONERS, --captioner-config files,
     then --register-captioner flags (later ones win on a name)."""
-    from .svd_model.curation.captioner_registry import CaptionerRegistry, default_registry, parse_registration
+    from ..svd_model.curation.captioner_registry import CaptionerRegistry, default_registry, parse_registration
 
     registry = default_registry(getattr(args, "captioner_config", None) or ())
     flags = [parse_registration(text) for text in getattr(args, "register_captioner", None) or ()]
@@ -109,8 +109,8 @@ def build_registry(args: argparse.Namespace) -> Any:
 
 
 def cmd_curate(args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
-    from .svd_model.curation.engine import list_videos, run_curation
-    from .svd_model.fsutil import sigterm_as_interrupt
+    from ..svd_model.curation.engine import list_videos, run_curation
+    from ..svd_model.fsutil import sigterm_as_interrupt
 
     out_stream, err_stream = stdout or sys.stdout, stderr or sys.stderr
     config = build_config(args)

@@ -10,8 +10,8 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from .conditioning import Cond
-from .errors import ShapeError
+from ..conditioning import Cond
+from ..errors import ShapeError
 from .scalings import v_scalings_edm_cnoise
 
 #: model(x (b, t, c, h, w), sigma (b,) or (b, t), cond) -> denoised (b, t, c, h, w)

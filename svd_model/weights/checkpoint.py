@@ -24,9 +24,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
-from .checkpoint_diagnose import MAX_HEADER, diagnose, parse_header, short
-from .errors import CheckpointError
-from .fsutil import replace_atomic, stat_regular
+from ..errors import CheckpointError
+from ..fsutil import replace_atomic, stat_regular
+from .diagnose import MAX_HEADER, diagnose, parse_header, short
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from .errors import ConfigError, InputError, choose
+from ..errors import ConfigError, InputError, choose
 
 __all__ = [
     "SCHEDULES",

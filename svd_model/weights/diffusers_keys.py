@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import COND_VAE_INDEX, Family
+from ..config import COND_VAE_INDEX, Family
+from ..errors import CheckpointError
 from .detect import FIRST_STAGE_PREFIX, IMAGE_ENCODER_PREFIX, UNET_PREFIX, cond_vae_prefix_at
 from .diffusers_vae_keys import (
     EXACT,
@@ -36,7 +37,6 @@ from .diffusers_vae_keys import (
     vae_diffusers_to_sgm,
     vae_sgm_to_diffusers,
 )
-from .errors import CheckpointError
 
 __all__ = [
     "SGM_FIRST_STAGE_PREFIX",

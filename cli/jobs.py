@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .svd_model.api import VideoParams, decode_latents, image_to_video, load_bundle
-from .svd_model.config import Family
-from .svd_model.errors import ConfigError, InputError
-from .svd_model.jsonfile import read_bytes
-from .svd_model.resize import resize_cover
-from .svd_model.tiny import write_tiny_checkpoint
+from ..svd_model.api import VideoParams, decode_latents, image_to_video, load_bundle
+from ..svd_model.config import Family
+from ..svd_model.errors import ConfigError, InputError
+from ..svd_model.jsonfile import read_bytes
+from ..svd_model.media.resize import resize_cover
+from ..svd_model.weights.tiny import write_tiny_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def tiny_overrides(prompt: dict, ckpt_name: str, sizes: dict[str, dict[str, obje
 
 def missing_checkpoints(prompt: dict) -> list[str]:
     """Checkpoint names the workflow's loaders ask for that no model folder holds."""
-    from .nodes import bridge
+    from ..nodes import bridge
 
     names = [n["inputs"].get("ckpt_name", "") for n in prompt.values()
              if n.get("class_type") == "SVDLab_CheckpointLoader"]

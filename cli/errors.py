@@ -1,4 +1,4 @@
-"""The command line's error policy, shared by every `svd-lab` entry point (cli.py and train_cli.py, whose
+"""The command line's error policy, shared by every `svd-lab` entry point (cli/__init__.py and cli/train.py, whose
 ``main`` torchrun workers run): bad input is one line on stderr and exit code 2, never a traceback.
 """
 
@@ -17,8 +17,8 @@ def guarded(func: Callable[[argparse.Namespace], int], args: argparse.Namespace,
     """``func(args)`` with the CLI's error policy: bad input (the package's errors, workflow errors, OS errors
     about the user's files) is one line on stderr and exit 2; Ctrl-C exit 130; a closed stdout (``| head``) ends
     quietly with 141. ``debug`` (or ``$SVD_LAB_DEBUG``) lets errors raise with their traceback."""
-    from .svd_model.errors import SVDError
-    from .workflow.errors import WorkflowError
+    from ..svd_model.errors import SVDError
+    from ..workflow.errors import WorkflowError
 
     debug = debug or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     try:

@@ -5,7 +5,7 @@
   svd-lab train --print-config            (the default configuration, every key, as JSON)
 
 With --nproc N > 1 the command starts torchrun (torch.distributed.run) on 127.0.0.1 with N workers, each
-running ``python -m comfyui_svd_lab.train_cli CONFIG ...``; they use NCCL on GPUs (one per worker) and gloo
+running ``python -m comfyui_svd_lab.cli.train CONFIG ...``; they use NCCL on GPUs (one per worker) and gloo
 on the CPU. Running that module under your own torchrun (several nodes) works the same way. A run that stops
 (Ctrl-C, a crash, a full disk) resumes from its newest checkpoint when started again with the same command.
 """
@@ -19,7 +19,7 @@ import os
 import subprocess
 import sys
 
-from .cli_errors import guarded
+from .errors import guarded
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,10 +51,10 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def launch(args: argparse.Namespace) -> int:
     """Start torchrun with args.nproc local workers running this module."""
-    from .svd_model.training.distributed import free_port
+    from ..svd_model.training.distributed import free_port
 
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc-per-node={args.nproc}",
-           "--master-addr=127.0.0.1", f"--master-port={free_port()}", "-m", f"{__package__}.train_cli",
+           "--master-addr=127.0.0.1", f"--master-port={free_port()}", "-m", f"{__package__}.train",
            args.config]
     for text in _overrides(args):
         cmd += ["--set", text]
@@ -65,9 +65,9 @@ def launch(args: argparse.Namespace) -> int:
 def _build_cache(config) -> int:
     import torch
 
-    from .svd_model.loader import load_bundle
-    from .svd_model.training.distributed import DistInfo, resolve_device
-    from .svd_model.training.run import ensure_cache
+    from ..svd_model.training.distributed import DistInfo, resolve_device
+    from ..svd_model.training.run import ensure_cache
+    from ..svd_model.weights.loader import load_bundle
 
     device = resolve_device(config.device)
     bundle = load_bundle(config.checkpoint, device="cpu",
@@ -79,7 +79,7 @@ def _build_cache(config) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .svd_model.training.config import TrainConfig, load_config
+    from ..svd_model.training.config import TrainConfig, load_config
 
     if args.print_config:
         print(json.dumps(TrainConfig().to_dict(), indent=1))
@@ -92,9 +92,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _build_cache(config)
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         return launch(args)
-    from .svd_model.training.distributed import RankFilter, init_distributed, shutdown
-    from .svd_model.training.loop import NonFiniteLossError
-    from .svd_model.training.run import StepEvent, run_training
+    from ..svd_model.training.distributed import RankFilter, init_distributed, shutdown
+    from ..svd_model.training.loop import NonFiniteLossError
+    from ..svd_model.training.run import StepEvent, run_training
 
     dist = init_distributed(config.device)
     for handler in logging.getLogger().handlers:
@@ -125,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of `python -m comfyui_svd_lab.train_cli` (torchrun workers)."""
+    """Entry point of `python -m comfyui_svd_lab.cli.train` (torchrun workers)."""
     parser = argparse.ArgumentParser(prog="svd-lab train", description=__doc__.split("\n", 1)[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="log INFO messages")
     add_arguments(parser)

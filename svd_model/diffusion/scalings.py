@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .errors import ShapeError
+from ..errors import ShapeError
 
 __all__ = ["append_dims", "v_scalings_edm_cnoise"]
 

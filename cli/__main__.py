@@ -1,0 +1,5 @@
+"""``python -m comfyui_svd_lab.cli``: the ``svd-lab`` command."""
+
+from . import main
+
+raise SystemExit(main())
