@@ -22,7 +22,7 @@ from comfyui_svd_lab.svd_model.errors import CheckpointError, InputError
 from comfyui_svd_lab.svd_model.media.video import probe_video, read_video, read_video_metadata
 from comfyui_svd_lab.svd_model.weights.tiny import write_tiny_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 W, H, T = 64, 48, 3
 FORBIDDEN_IN_PACKAGE = {"comfy", "comfy_api", "comfy_extras", "folder_paths", "server", "nodes", "execution",
                         "latent_preview", "diffusers"}

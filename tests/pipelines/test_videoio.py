@@ -29,7 +29,7 @@ from comfyui_svd_lab.svd_model.media.video import (
     write_video,
 )
 
-SHARED_VIDEO = Path(__file__).resolve().parents[1].parent / "shared/data/issue-195-aspect-ratio.mp4"
+SHARED_VIDEO = Path(__file__).resolve().parents[2].parent / "shared/data/issue-195-aspect-ratio.mp4"
 W, H, N, FPS = 64, 48, 32, 30
 
 

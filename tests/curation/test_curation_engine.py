@@ -27,7 +27,7 @@ from comfyui_svd_lab.svd_model.curation.synthetic import make_video
 from comfyui_svd_lab.svd_model.errors import ConfigError
 from comfyui_svd_lab.svd_model.media.video import probe_video
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SIZE = (128, 72)
 #: Fast settings for tests: text detection on, keyframes small.
 CONFIG = CurationConfig.from_dict({"keyframe_max_side": 128, "split": {"min_seconds": 0.5}})

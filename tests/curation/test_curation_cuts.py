@@ -19,7 +19,7 @@ from comfyui_svd_lab.svd_model.curation.cuts import CutConfig, LevelConfig
 from comfyui_svd_lab.svd_model.curation.synthetic import make_video
 from comfyui_svd_lab.svd_model.errors import ConfigError
 
-SHARED_VIDEO = Path(__file__).resolve().parents[1].parent / "shared/data/issue-195-aspect-ratio.mp4"
+SHARED_VIDEO = Path(__file__).resolve().parents[2].parent / "shared/data/issue-195-aspect-ratio.mp4"
 SHARED_CUTS = (70, 170, 301, 421, 484)
 
 

@@ -22,7 +22,7 @@ from comfyui_svd_lab.svd_model.weights.loader import load_bundle
 from comfyui_svd_lab.training_nodes import train_nodes
 from comfyui_svd_lab.workflow import apply_overrides, execute, load_workflow, validate
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "example_workflows" / "training" / "svd_finetune_from_folder.json"
+EXAMPLE = Path(__file__).resolve().parents[2] / "example_workflows" / "training" / "svd_finetune_from_folder.json"
 NODE_IDS = ("SVDLab_DatasetFromManifest", "SVDLab_DatasetFromFolder", "SVDLab_BuildLatentCache", "SVDLab_Train",
             "SVDLab_SaveFinetuned")
 TINY_RUN = {"SVDLab_DatasetFromFolder": {"frames": 3, "fps": 8.0, "width": 64, "height": 64},

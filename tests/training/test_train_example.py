@@ -24,7 +24,7 @@ from comfyui_svd_lab.svd_model.weights.loader import load_bundle
 from comfyui_svd_lab.training_nodes import train_nodes
 from comfyui_svd_lab.workflow import apply_overrides, execute, load_workflow, validate
 
-TRAINING = Path(__file__).resolve().parents[1] / "example_workflows" / "training"
+TRAINING = Path(__file__).resolve().parents[2] / "example_workflows" / "training"
 EXAMPLE = TRAINING / "svd_curate_and_finetune.json"
 #: The micro model at a size and step count that keeps the test fast (the example's ids).
 SMALL = ["4.frames=3", "4.width=64", "4.height=64", "5.storage=fp32", "6.steps=2", "6.precision=fp32",
@@ -118,7 +118,7 @@ def test_curate_and_finetune_example_runs_headless(models, configured):
 
 
 def test_dataset_takes_the_linked_manifest_and_native_fps(configured, tmp_path):
-    folder = Path(__file__).resolve().parents[1] / "example_workflows" / "inputs" / "svd_lab_curation_example"
+    folder = Path(__file__).resolve().parents[2] / "example_workflows" / "inputs" / "svd_lab_curation_example"
     videos, _ = NODE_CLASS_MAPPINGS["SVDLab_LoadVideoFolder"]().load(str(folder), "mp4", 2)
     curate = NODE_CLASS_MAPPINGS["SVDLab_CurateFolder"]().curate(
         videos, "curated", "overwrite", 1, False, "none", "none", False, "none", "")
@@ -158,7 +158,7 @@ def test_tiny_run_shrinks_both_training_examples():
 def test_recurated_manifest_rebuilds_the_unnamed_cache_and_is_refused_by_a_named_one(models, configured):
     """Same manifest path, other clips kept (new filter rules): the auto-named cache is rebuilt in place with the
     new clips; a named cache refuses them (naming what differs) unless rebuild is on."""
-    folder = Path(__file__).resolve().parents[1] / "example_workflows" / "inputs" / "svd_lab_curation_example"
+    folder = Path(__file__).resolve().parents[2] / "example_workflows" / "inputs" / "svd_lab_curation_example"
     videos, _ = NODE_CLASS_MAPPINGS["SVDLab_LoadVideoFolder"]().load(str(folder), "mp4", 2)
     bundle = load_bundle(models / "micro.safetensors")
     node = train_nodes.BuildLatentCache()

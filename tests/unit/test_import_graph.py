@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ROOT_PACKAGE = "comfyui_svd_lab"
 #: Folders of the repository that are not part of the installed package.
 NOT_PACKAGED = frozenset({"tests", "bench", "scripts", "example_workflows", "web", "build", "dist"})

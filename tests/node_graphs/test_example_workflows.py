@@ -16,7 +16,7 @@ from comfyui_svd_lab.svd_model.media.video import probe_video
 from comfyui_svd_lab.workflow import apply_overrides, execute, load_workflow, validate
 from conftest import SMALL_RUN as SMALL
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "example_workflows"
+EXAMPLES = Path(__file__).resolve().parents[2] / "example_workflows"
 UI_FILES = sorted(EXAMPLES.glob("*.json"))
 CURATION_FILES = [p for p in UI_FILES if p.stem.startswith("curate")]  # no model; checked by their own test
 VIDEO_FILES = [p for p in UI_FILES if p not in CURATION_FILES]
