@@ -25,12 +25,12 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from ..config import Family
 from ..diffusion.sampling import StepInfo
 from ..errors import ConfigError, InputError, ShapeError
 from ..media.colour import LabStats, correct_drift, crossfade, lab_stats
 from ..weights.loader import SVDBundle
 from . import keyframes
+from .checks import require_svd_family
 from .decode import decode_latents
 from .image_to_video import VideoParams, encode_condition, sample_video
 
@@ -99,9 +99,7 @@ def extended_length(t0: int, segment_frames: Sequence[int], overlap: int, loop_f
 
 
 def check_svd_model(bundle: SVDBundle) -> None:
-    if bundle.family is not Family.SVD:
-        raise InputError(f"{bundle.variant} is an SV3D (multi-view) checkpoint; extending a video needs an SVD / "
-                         "SVD-XT checkpoint (SV3D renders orbits: use the orbit nodes)")
+    require_svd_family(bundle, "extending a video")
 
 
 def _check(bundle: SVDBundle, frames: Tensor, segments: Sequence[Segment], overlap: int, loop: bool) -> None:

@@ -41,7 +41,6 @@ import torch
 from torch import Tensor, nn
 
 from ..conditioning import Cond, check_image
-from ..config import Family
 from ..diffusion.denoiser import make_model_fn
 from ..diffusion.guidance import cfg_denoiser, frame_scales
 from ..diffusion.noise import initial_noise, randn, randn_like
@@ -50,6 +49,7 @@ from ..diffusion.schedules import get_schedule
 from ..errors import ConfigError, InputError
 from ..nn.model import SVDModel
 from ..weights.loader import SVDBundle
+from .checks import require_svd_family
 from .decode import decode_latents, encode_frames
 from .image_to_video import VideoParams, encode_condition
 
@@ -86,8 +86,7 @@ def resolve_method(bundle: SVDBundle, method: str) -> str:
     """The method to run on this checkpoint ("auto" resolved); a method the UNet cannot run raises ConfigError."""
     if method not in KEYFRAME_METHODS:
         raise ConfigError(f"unknown keyframe method {method!r}; choose from {list(KEYFRAME_METHODS)}")
-    if bundle.family is not Family.SVD:
-        raise InputError(f"{bundle.variant} is an SV3D (orbit) model; keyframe interpolation needs SVD / SVD-XT")
+    require_svd_family(bundle, "keyframe interpolation")
     unet = bundle.config.unet
     keyframe_model = unet.concat_keyframes
     if method == "auto":

@@ -38,6 +38,7 @@ from ..media.video import write_video
 from ..nn.image_encoder import encode_image
 from ..nn.model import SVDModel
 from ..nn.unet import VideoUNet
+from ..pipelines.checks import require_svd_family
 from ..pipelines.decode import decode_latents
 from ..pipelines.image_to_video import VideoParams, sample_video
 from ..weights.loader import DTYPES, SVDBundle, load_bundle, save_bundle
@@ -286,8 +287,7 @@ def _base_bundle(config: TrainConfig, bundle: SVDBundle | None, device: torch.de
         # a GPU (the image encoder then runs in fp16 there, as the reference's autocast does).
         bundle = load_bundle(config.checkpoint, device="cpu",
                              dtype=torch.float16 if device.type == "cuda" else torch.float32)
-    if bundle.family is not Family.SVD:
-        raise ConfigError(f"finetuning supports SVD-family (image-to-video) models, not {bundle.family.value}")
+    require_svd_family(bundle, "finetuning", ConfigError)
     return bundle
 
 
