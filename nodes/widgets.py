@@ -2,7 +2,7 @@
 workflow's values stay valid everywhere: ``"seed": widgets.seed("Seed of the sampling noise.")``.
 
 Each function returns an INPUT_TYPES entry ``(type, options)``; the options' keys and order are part of
-``/object_info`` (tests/test_nodes.py compares them).
+``/object_info`` (tests/node_graphs/test_nodes.py compares them).
 """
 
 from __future__ import annotations

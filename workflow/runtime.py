@@ -20,7 +20,7 @@ from typing import Protocol
 
 from . import progress
 
-OUTPUT_ENV = "SVD_LAB_OUTPUT"  # the same variable nodes/bridge.py reads
+OUTPUT_ENV = "SVD_LAB_OUTPUT"  # the same variable nodes/bridge/folders.py reads
 
 _output_dir: Path | None = None
 

@@ -2,7 +2,7 @@
 
 Reading validates the file with the ``safetensors`` library (header length, UTF-8 JSON, dtypes, shapes,
 byte ranges that neither overlap nor leave gaps and cover the file exactly); a file it refuses is
-explained by :mod:`.checkpoint_diagnose` in specific words (file, tensor, expected, found). The data is
+explained by :mod:`.diagnose` in specific words (file, tensor, expected, found). The data is
 memory-mapped: a tensor of the requested dtype on the CPU is a zero-copy view of the file; a converted
 or moved tensor is copied and the file pages it came from are released at once, so a load never holds
 two copies of the weights. Writing streams one tensor at a time into a temporary file next to the

@@ -47,7 +47,7 @@ def three_shots(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def three_shots_rgb(three_shots) -> np.ndarray:
-    """The reference decode of ``three_shots``: float32 (t, H, W, 3) display RGB from videoio.read_video."""
+    """The reference decode of ``three_shots``: float32 (t, H, W, 3) display RGB from media.video.read_video."""
     return read_video(three_shots[0])[0].numpy()
 
 
