@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from .comfyui_graphs import comfy  # noqa: F401  (the real-server fixture of test_fuzz_comfyui.py)
+
 ALLOWED = ("input", "output", "temp", "models")
 
 
