@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .spec import as_link
@@ -32,14 +32,15 @@ def node_links(node: Any) -> list[tuple[str, str, int]]:
     return links
 
 
-def find_cycles(prompt: Mapping[str, Any]) -> list[list[str]]:
-    """Every set of nodes that depend on each other through links (Tarjan's SCC), each sorted, self-loops included."""
-    edges = {nid: [src for _, src, _ in node_links(node) if src in prompt] for nid, node in prompt.items()}
+def strongly_connected(edges: Mapping[str, Sequence[str]], order: Sequence[str]) -> list[list[str]]:
+    """Tarjan's strongly connected components of the graph ``edges`` (node -> the nodes it points at), visiting
+    roots in ``order``; each component lists its members (the graph's one cycle finder: workflow links and the
+    pack's import graph)."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
     on_stack: set[str] = set()
-    cycles: list[list[str]] = []
+    components: list[list[str]] = []
 
     def visit(root: str) -> None:  # iterative, so long chains cannot hit the recursion limit
         work = [(root, iter(edges[root]))]
@@ -69,12 +70,19 @@ def find_cycles(prompt: Mapping[str, Any]) -> list[list[str]]:
                     members.append(top)
                     if top == nid:
                         break
-                if len(members) > 1 or nid in edges[nid]:
-                    cycles.append(sorted_ids(members))
+                components.append(members)
 
-    for nid in sorted_ids(prompt):
+    for nid in order:
         if nid not in index:
             visit(nid)
+    return components
+
+
+def find_cycles(prompt: Mapping[str, Any]) -> list[list[str]]:
+    """Every set of nodes that depend on each other through links (Tarjan's SCC), each sorted, self-loops included."""
+    edges = {nid: [src for _, src, _ in node_links(node) if src in prompt] for nid, node in prompt.items()}
+    cycles = [sorted_ids(members) for members in strongly_connected(edges, sorted_ids(prompt))
+              if len(members) > 1 or members[0] in edges[members[0]]]
     return sorted(cycles, key=lambda c: id_key(c[0]))
 
 

@@ -60,13 +60,16 @@ def is_inside(path: Path, root: Path) -> bool:
     return real == base or base in real.parents
 
 
-def _text_problem(value: object, what: str) -> str | None:
+def _text_problem(value: object, what: str, *, empty: bool = True) -> str | None:
+    """Why ``value`` is no usable text (not a string, too long, control characters; with ``empty`` also blank)."""
     if not isinstance(value, str):
         return f"{what} must be text, got {type(value).__name__}"
     if len(value) > MAX_TEXT:
         return f"{what} is too long ({len(value)} characters, at most {MAX_TEXT})"
     if any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in value):
         return f"{what} {short(value)} contains control or invisible characters"
+    if empty and not value.strip():
+        return f"{what} is empty: give a name"
     return None
 
 
@@ -91,8 +94,6 @@ def name_problem(value: object, what: str) -> str | None:
     if problem:
         return problem
     assert isinstance(value, str)
-    if not value.strip():
-        return f"{what} is empty: give a name"
     if any(s in value for s in _SEPARATORS):
         return f"{what} {short(value)} must be a name, not a path (no '/' or '\\')"
     return _part_problem(value, value, what)
@@ -105,8 +106,6 @@ def relative_problem(value: object, what: str) -> str | None:
     if problem:
         return problem
     assert isinstance(value, str)
-    if not value.strip():
-        return f"{what} is empty: give a name"
     if value.startswith(_SEPARATORS) or os.path.isabs(value) or (len(value) > 1 and value[1] == ":"):
         return f"{what} {short(value)} is an absolute path; give a name relative to its folder"
     parts = [p for p in value.replace("\\", "/").split("/") if p]
@@ -123,7 +122,7 @@ def find_file(value: str, roots: Sequence[Root], what: str, *, folder: bool | No
     the headless opt-in for a local user's own files). Raises :class:`PathRefused` when it leaves every root and
     :class:`InputError` with one message for missing and unreadable files.
     """
-    problem = _text_problem(value, what)
+    problem = _text_problem(value, what, empty=False)
     if problem:
         raise PathRefused(problem)
     where = " or ".join(dict.fromkeys(r.label for r in roots)) or "the allowed folders"

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from comfyui_svd_lab.workflow.graph import strongly_connected
+
 REPO = Path(__file__).resolve().parents[2]
 ROOT_PACKAGE = "comfyui_svd_lab"
 #: Folders of the repository that are not part of the installed package.
@@ -97,48 +99,10 @@ def import_graph() -> dict[str, set[str]]:
 
 
 def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """One cycle per strongly connected component with more than one module (Tarjan), each printed as a
-    path that returns to its start: [a, b, c, a]."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    components: list[set[str]] = []
-
-    def visit(start: str) -> None:  # iterative Tarjan (the graph is a few hundred modules; no recursion limit)
-        work = [(start, iter(sorted(graph[start])))]
-        index[start] = low[start] = len(index)
-        stack.append(start)
-        on_stack.add(start)
-        while work:
-            node, children = work[-1]
-            child = next(children, None)
-            if child is not None:
-                if child not in index:
-                    index[child] = low[child] = len(index)
-                    stack.append(child)
-                    on_stack.add(child)
-                    work.append((child, iter(sorted(graph[child]))))
-                elif child in on_stack:
-                    low[node] = min(low[node], index[child])
-                continue
-            work.pop()
-            if work:
-                low[work[-1][0]] = min(low[work[-1][0]], low[node])
-            if low[node] == index[node]:
-                component = set()
-                while True:
-                    item = stack.pop()
-                    on_stack.discard(item)
-                    component.add(item)
-                    if item == node:
-                        break
-                if len(component) > 1:
-                    components.append(component)
-
-    for module in sorted(graph):
-        if module not in index:
-            visit(module)
+    """One cycle per strongly connected component with more than one module (the runner's Tarjan), each printed
+    as a path that returns to its start: [a, b, c, a]."""
+    edges = {module: sorted(targets) for module, targets in graph.items()}
+    components = [set(c) for c in strongly_connected(edges, sorted(graph)) if len(c) > 1]
     return [_cycle_in(graph, component) for component in components]
 
 
