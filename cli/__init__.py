@@ -49,8 +49,8 @@ def _cmd_make_tiny(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    from ..svd_model.errors import shorten
     from ..svd_model.weights.detect import guess_variant
-    from ..svd_model.weights.diagnose import short
     from ..svd_model.weights.loader import check_checkpoint
 
     checked = check_checkpoint(args.checkpoint)  # the same checks as a load, without reading the weights
@@ -61,7 +61,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     for name in ("unet", "first_stage", "cond_vae", "image_encoder"):
         print(f"{name}: {getattr(config, name)}")
     if checked.metadata:
-        print(f"metadata: {{{', '.join(f'{short(k, 60)}: {short(v, 200)}' for k, v in checked.metadata.items())}}}")
+        print(f"metadata: {{{', '.join(f'{shorten(k, 60)}: {shorten(v, 200)}' for k, v in checked.metadata.items())}}}")
     return 0
 
 

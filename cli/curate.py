@@ -52,7 +52,8 @@ def build_config(args: argparse.Namespace) -> Any:
 
     data: dict[str, Any] = {}
     if args.config:
-        from ..svd_model.jsonfile import parse_json, read_json_file, shorten
+        from ..svd_model.errors import shorten
+        from ..svd_model.jsonfile import parse_json, read_json_file
 
         if args.config.lstrip().startswith("{"):
             data = parse_json(args.config, f"--config {shorten(args.config)}")

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from ..svd_model.errors import CheckpointError
+from ..svd_model.errors import CheckpointError, shorten
 from ..svd_model.lora import (
     apply_lora,
     base_model_hash,
@@ -192,7 +192,7 @@ class LoraConvert:
             name += ".safetensors"
         target = bridge.lora_output_dir() / name
         if target.is_symlink():
-            raise bridge.PathRefused(f"filename {bridge.confine.short(name)} is a symbolic link in the loras folder")
+            raise bridge.PathRefused(f"filename {shorten(name)} is a symbolic link in the loras folder")
         try:
             result = convert_peft_lora_file(source, target, unet=model, alpha=alpha or None, overwrite=overwrite)
         except CheckpointError as exc:

@@ -15,8 +15,8 @@ import types
 import typing
 from typing import Any, TypeVar
 
-from .errors import ConfigError
-from .jsonfile import parse_json, shorten
+from .errors import ConfigError, shorten
+from .jsonfile import parse_json
 
 T = TypeVar("T")
 

@@ -30,24 +30,11 @@ from .fsutil import stat_regular
 
 MAX_BYTES = 64 * 2**20
 MAX_DEPTH = 64
-SHOWN_CHARS = 80
 
 # A JSON string (skipped whole) or a bracket; the unrolled-loop form keeps the regex linear in the input.
 _TOKENS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]', re.S)
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32-le"), (codecs.BOM_UTF32_BE, "utf-32-be"), (codecs.BOM_UTF8, "utf-8"),
          (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be"))
-
-def shorten(value: Any, limit: int = SHOWN_CHARS) -> str:
-    """``repr(value)`` cut to ``limit`` characters with an ellipsis and the full length when it is longer."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int too long to print (more than 4300 digits)
-        return f"<{type(value).__name__} too long to show>"
-    if len(text) <= limit:
-        return text
-    size = f"{len(value)} characters" if isinstance(value, str) else f"{len(text)} characters as text"
-    return f"{text[:limit]}… ({size})"
-
 
 def _regular_file(path: Path, what: str, max_bytes: int) -> None:
     info = stat_regular(path, what, ConfigError)

@@ -20,8 +20,8 @@ from ..svd_model.curation.captioner_registry import USER_FILE, CaptionerRegistry
 from ..svd_model.curation.engine import VIDEO_EXTENSIONS, VideoList, list_videos
 from ..svd_model.curation.records import ClipRecord, CurationConfig, KeyframeCache, VideoRef
 from ..svd_model.curation.report import build_report
-from ..svd_model.errors import ConfigError
-from ..svd_model.jsonfile import parse_json, shorten
+from ..svd_model.errors import ConfigError, shorten
+from ..svd_model.jsonfile import parse_json
 
 CATEGORY = "SVD Lab/curation"
 VIDEO_LIST, ANNOTATIONS, CLIPS, MANIFEST = ("SVDLAB_VIDEO_LIST", "SVDLAB_VIDEO_ANNOTATIONS", "SVDLAB_CLIPS",

@@ -17,7 +17,7 @@ import torch
 
 from ..nodes import adapters, bridge, widgets
 from ..nodes.types import SVDLAB_MODEL, config_problem, number_problem, range_problem
-from ..svd_model.errors import ConfigError, InputError
+from ..svd_model.errors import ConfigError, InputError, shorten
 from ..svd_model.jsonfile import parse_json
 from ..svd_model.training.cache import LatentCache, build_cache, move_module
 from ..svd_model.training.config import (
@@ -60,7 +60,7 @@ def manifest_source(text: str) -> Path:
     """A curation output folder or a .parquet manifest inside the allowed folders."""
     path = resolve_folder(text, "manifest")
     if path.is_file() and path.suffix.lower() != ".parquet":
-        raise InputError(f"manifest {bridge.confine.short(text)} is a {path.suffix or 'plain'} file: give the "
+        raise InputError(f"manifest {shorten(text)} is a {path.suffix or 'plain'} file: give the "
                          "curation output folder or a .parquet manifest")
     return path
 

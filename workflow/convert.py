@@ -24,8 +24,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..svd_model.errors import ConfigError
-from ..svd_model.jsonfile import check_value_depth, read_json_file, shorten
+from ..svd_model.errors import ConfigError, shorten
+from ..svd_model.jsonfile import check_value_depth, read_json_file
 from .errors import WorkflowError
 from .schema import api_problems, raise_if_any, ui_problems
 from .spec import CONTROL_VALUES, InputSpec, Registry, input_specs

@@ -14,8 +14,8 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..svd_model.errors import ConfigError
-from ..svd_model.jsonfile import parse_json, shorten
+from ..svd_model.errors import ConfigError, shorten
+from ..svd_model.jsonfile import parse_json
 from .errors import WorkflowError
 from .graph import sorted_ids
 from .spec import InputSpec, Registry, as_link, input_specs

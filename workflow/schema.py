@@ -24,7 +24,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from ..svd_model.jsonfile import shorten
+from ..svd_model.errors import shorten
 from .errors import WorkflowError
 
 MAX_LISTED = 20

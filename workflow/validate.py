@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..svd_model.jsonfile import shorten
+from ..svd_model.errors import shorten
 from .errors import WorkflowError
 from .graph import find_cycles, sorted_ids
 from .spec import (

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...svd_model.errors import InputError
+from ...svd_model.errors import InputError, shorten
 
 #: Longest value accepted where a name or relative path is expected (ComfyUI's own limit for names is the OS's).
 MAX_TEXT = 1024
@@ -45,12 +45,6 @@ class Root:
         return (self.base or self.path) / value
 
 
-def short(value: str, limit: int = 80) -> str:
-    """``repr`` of a value cut to ``limit`` characters (so a 50 MB input is never echoed back whole)."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(value)} characters)"
-
-
 def is_inside(path: Path, root: Path) -> bool:
     """True when ``path``, with every symlink resolved, is ``root`` or lies below it (``root`` resolved too)."""
     try:
@@ -67,7 +61,7 @@ def _text_problem(value: object, what: str, *, empty: bool = True) -> str | None
     if len(value) > MAX_TEXT:
         return f"{what} is too long ({len(value)} characters, at most {MAX_TEXT})"
     if any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in value):
-        return f"{what} {short(value)} contains control or invisible characters"
+        return f"{what} {shorten(value)} contains control or invisible characters"
     if empty and not value.strip():
         return f"{what} is empty: give a name"
     return None
@@ -76,15 +70,15 @@ def _text_problem(value: object, what: str, *, empty: bool = True) -> str | None
 def _part_problem(part: str, value: str, what: str) -> str | None:
     folded = unicodedata.normalize("NFKC", part)
     if any(s in folded for s in _SEPARATORS):
-        return f"{what} {short(value)} contains a character that reads as a path separator"
+        return f"{what} {shorten(value)} contains a character that reads as a path separator"
     if folded in (".", "..") or folded.startswith("."):
-        return f"{what} {short(value)}: names may not be '.', '..' or start with '.' (hidden files)"
+        return f"{what} {shorten(value)}: names may not be '.', '..' or start with '.' (hidden files)"
     if _RESERVED & set(folded):
-        return f"{what} {short(value)} contains one of the reserved characters {''.join(sorted(_RESERVED))}"
+        return f"{what} {shorten(value)} contains one of the reserved characters {''.join(sorted(_RESERVED))}"
     if len(part.encode("utf-8")) > MAX_NAME:
-        return f"{what} {short(value)} has a name longer than {MAX_NAME} bytes"
+        return f"{what} {shorten(value)} has a name longer than {MAX_NAME} bytes"
     if part != part.strip() or part.endswith("."):
-        return f"{what} {short(value)}: names may not start or end with spaces or end with '.'"
+        return f"{what} {shorten(value)}: names may not start or end with spaces or end with '.'"
     return None
 
 
@@ -95,7 +89,7 @@ def name_problem(value: object, what: str) -> str | None:
         return problem
     assert isinstance(value, str)
     if any(s in value for s in _SEPARATORS):
-        return f"{what} {short(value)} must be a name, not a path (no '/' or '\\')"
+        return f"{what} {shorten(value)} must be a name, not a path (no '/' or '\\')"
     return _part_problem(value, value, what)
 
 
@@ -107,10 +101,10 @@ def relative_problem(value: object, what: str) -> str | None:
         return problem
     assert isinstance(value, str)
     if value.startswith(_SEPARATORS) or os.path.isabs(value) or (len(value) > 1 and value[1] == ":"):
-        return f"{what} {short(value)} is an absolute path; give a name relative to its folder"
+        return f"{what} {shorten(value)} is an absolute path; give a name relative to its folder"
     parts = [p for p in value.replace("\\", "/").split("/") if p]
     if not parts:
-        return f"{what} {short(value)} names no file"
+        return f"{what} {shorten(value)} names no file"
     return next((p for p in (_part_problem(part, value, what) for part in parts) if p), None)
 
 
@@ -136,16 +130,16 @@ def find_file(value: str, roots: Sequence[Root], what: str, *, folder: bool | No
         candidates = [(r.join(value), r) for r in roots] if not given.is_absolute() else [(given, r) for r in roots]
         candidates = [(c, r) for c, r in candidates if _lexically_inside(c, r.path)]
         if not candidates:
-            raise PathRefused(f"{what} {short(value)} is outside {where}: only what lies inside {where} can be used")
+            raise PathRefused(f"{what} {shorten(value)} is outside {where}: only what lies inside {where} can be used")
     for candidate, root in candidates:
         if not os.path.lexists(candidate):
             continue
         if root is not None and not is_inside(candidate, root.path):
-            raise PathRefused(f"{what} {short(value)} is outside {where}: it is a symbolic link (or lies in a "
+            raise PathRefused(f"{what} {shorten(value)} is outside {where}: it is a symbolic link (or lies in a "
                               f"linked folder) that leads out of {root.label}")
         if _readable(candidate, folder):
             return candidate
-    raise InputError(f"{what} {short(value)}: no readable {kind} of that name in {where}")
+    raise InputError(f"{what} {shorten(value)}: no readable {kind} of that name in {where}")
 
 
 def _lexically_inside(path: Path, root: Path) -> bool:
@@ -169,7 +163,7 @@ def check_inside(paths: Sequence[Path], roots: Sequence[Root], what: str) -> Non
     where = " or ".join(dict.fromkeys(r.label for r in roots))
     for path in paths:
         if not any(is_inside(Path(path), r.path) for r in roots):
-            raise PathRefused(f"{what} names a file outside {where} ({short(Path(path).name)}): every file it "
+            raise PathRefused(f"{what} names a file outside {where} ({shorten(Path(path).name)}): every file it "
                               f"lists must lie inside {where}")
 
 

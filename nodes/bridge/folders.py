@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ...svd_model.errors import InputError
+from ...svd_model.errors import InputError, shorten
 from ...svd_model.media.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from . import confine
 from .comfy import _comfy_args, _folder_paths, in_comfyui
@@ -156,7 +156,7 @@ def output_path(name: str, what: str, *, under: str = "") -> Path:
     base = folder("output").absolute()
     target = base / under / name.strip()
     if not confine.is_inside(target, base):
-        raise PathRefused(f"{what} {confine.short(name)} leads out of the output folder through a symbolic link")
+        raise PathRefused(f"{what} {shorten(name)} leads out of the output folder through a symbolic link")
     return target
 
 
@@ -181,11 +181,11 @@ def prefix_problem(prefix: str | None, kind: str = "output") -> str | None:
     plain = _PATTERNS.sub("x", prefix)  # %date:yyyy-MM-dd% is expanded by ComfyUI, not a path character
     problem = confine.relative_problem(plain, "filename_prefix")
     if problem:
-        return problem.replace(confine.short(plain), confine.short(prefix))
+        return problem.replace(shorten(plain), shorten(prefix))
     literal = prefix.split("%", 1)[0].replace("\\", "/")  # the part no pattern expands: links there are known now
     base = folder(kind).absolute()
     if not confine.is_inside(base / os.path.dirname(literal), base):
-        return (f"filename_prefix {confine.short(prefix)} leads out of the {kind} folder through a symbolic "
+        return (f"filename_prefix {shorten(prefix)} leads out of the {kind} folder through a symbolic "
                 "link")
     return None
 
@@ -208,11 +208,11 @@ def save_target(prefix: str, kind: str, extension: str, size: tuple[int, int] = 
             subfolder, stem = os.path.split(os.path.normpath(prefix))
             target = base / subfolder
         if not confine.is_inside(target, base) or not stem or stem.startswith("."):
-            raise PathRefused(f"filename_prefix {confine.short(prefix)} leads out of the {kind} folder "
+            raise PathRefused(f"filename_prefix {shorten(prefix)} leads out of the {kind} folder "
                               "(through '..' or a symbolic link) or names no file")
         target.mkdir(parents=True, exist_ok=True)
         if not confine.is_inside(target, base):  # a link swapped in while the folder was created
-            raise PathRefused(f"filename_prefix {confine.short(prefix)} leads out of the {kind} folder")
+            raise PathRefused(f"filename_prefix {shorten(prefix)} leads out of the {kind} folder")
         if not os.access(target, os.W_OK):
             raise PermissionError(13, "Permission denied")
     except PathRefused:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ...svd_model.errors import CheckpointError, InputError
+from ...svd_model.errors import CheckpointError, InputError, shorten
 from . import confine
 from .comfy import _folder_paths, in_comfyui
 from .confine import PathRefused
@@ -92,11 +92,11 @@ def _in_model_folder(path: Path, root: Path) -> bool:
 
 def missing_checkpoint_message(name: str) -> str:
     if in_comfyui():
-        return (f"checkpoint {confine.short(name)} not found in ComfyUI's model folders (models/svd, "
+        return (f"checkpoint {shorten(name)} not found in ComfyUI's model folders (models/svd, "
                 "models/checkpoints): put the .safetensors file there and pick it from the list")
     where = "; ".join(f"{path} ({key})" for key, path in _searched_folders())
     hint = "bridge.configure(models_dirs=...) or $SVD_LAB_MODELS"
-    return f"checkpoint {confine.short(name)} not found; looked in: {where}. Put the .safetensors file into {hint}"
+    return f"checkpoint {shorten(name)} not found; looked in: {where}. Put the .safetensors file into {hint}"
 
 
 def resolve_checkpoint(name: str) -> Path:
@@ -153,10 +153,10 @@ def resolve_lora(name: str) -> Path:
     path = find_lora(name)
     if path is None:
         if in_comfyui():
-            raise CheckpointError(f"LoRA {confine.short(name)} not found in ComfyUI's loras folder (or models/svd/"
+            raise CheckpointError(f"LoRA {shorten(name)} not found in ComfyUI's loras folder (or models/svd/"
                                   "loras): put the file there and pick it from the list")
         where = "; ".join(str(root / sub) for root, sub in _lora_roots()) or "(no loras folder configured)"
-        raise CheckpointError(f"LoRA {confine.short(name)} not found; looked in: {where}")
+        raise CheckpointError(f"LoRA {shorten(name)} not found; looked in: {where}")
     return path
 
 
@@ -173,7 +173,7 @@ def model_file(name: str, what: str) -> Path:
     if Path(name).is_absolute() and any_path_allowed():
         if Path(name).is_file():
             return Path(name)
-        raise InputError(f"{what} file not found: {confine.short(name)}")
+        raise InputError(f"{what} file not found: {shorten(name)}")
     problem = confine.relative_problem(name, what)
     if problem:
         raise PathRefused(f"{problem} (files come from the model folders)")
@@ -186,4 +186,4 @@ def model_file(name: str, what: str) -> Path:
         if _in_model_folder(path, root) and path.is_file():
             return path
     where = "the model folders (models/svd, checkpoints, clip, text_encoders)" if fp else "the model folders"
-    raise InputError(f"{what} {confine.short(name)}: no readable file of that name in {where}")
+    raise InputError(f"{what} {shorten(name)}: no readable file of that name in {where}")

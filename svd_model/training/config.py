@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ..configdict import build, parse_override, set_dotted
-from ..errors import ConfigError
-from ..jsonfile import check_depth, read_json_file, read_text_file, shorten
+from ..errors import ConfigError, shorten
+from ..jsonfile import check_depth, read_json_file, read_text_file
 
 MODES = ("image_to_video", "keyframes")
 TRAINABLE = ("temporal", "spatial", "all")

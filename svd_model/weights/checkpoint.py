@@ -24,9 +24,9 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, shorten
 from ..fsutil import replace_atomic, stat_regular
-from .diagnose import MAX_HEADER, diagnose, parse_header, short
+from .diagnose import MAX_HEADER, diagnose, parse_header
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def _library_check(path: Path, raw: bytes, size: int) -> tuple[dict[str, tuple[s
     except SafetensorError as exc:
         detail = str(exc).removeprefix("Error while deserializing header: ")
         raise CheckpointError(diagnose(path.name, raw, size, detail) or f"{path.name} is not a valid .safetensors "
-                              f"file: {short(detail, 300)}") from None
+                              f"file: {shorten(detail, 300)}") from None
     except OSError as exc:
         raise CheckpointError(f"checkpoint {path.name} cannot be read ({exc.strerror or exc})") from None
     return entries, dict(metadata)
@@ -143,10 +143,10 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorInfo], dict[st
     try:
         table = parse_header(raw)
     except (ValueError, RecursionError) as exc:
-        raise CheckpointError(f"{path.name}: its header cannot be read ({short(str(exc), 120)})") from None
+        raise CheckpointError(f"{path.name}: its header cannot be read ({shorten(str(exc), 120)})") from None
     if table.duplicates:
         raise CheckpointError(
-            f"{path.name}: the header names tensor {short(table.duplicates[0])} more than once (a damaged or "
+            f"{path.name}: the header names tensor {shorten(table.duplicates[0])} more than once (a damaged or "
             "hand-edited file)"
         )
     table.pop("__metadata__", None)
@@ -158,7 +158,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict[str, TensorInfo], dict[st
         dtype = _DTYPES.get(name)
         if dtype is None:
             raise CheckpointError(
-                f"{path.name}: tensor {short(key)} has dtype {name}: dtype {name} is not supported yet "
+                f"{path.name}: tensor {shorten(key)} has dtype {name}: dtype {name} is not supported yet "
                 f"(supported: {', '.join(_DTYPES)})"
             )
         start, end = (int(o) for o in table[key]["data_offsets"])

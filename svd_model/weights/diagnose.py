@@ -12,6 +12,8 @@ import json
 import math
 from typing import Any
 
+from ..errors import shorten
+
 #: The largest header the library accepts (bytes).
 MAX_HEADER = 100_000_000
 
@@ -48,18 +50,6 @@ def parse_header(raw: bytes) -> Any:
     return json.loads(raw.decode("utf-8"), object_pairs_hook=_pairs)
 
 
-def short(value: object, limit: int = 80) -> str:
-    """A quoted, shortened rendering of a value from the file (never echoes a huge value back)."""
-    if isinstance(value, str):
-        text = repr(value[: limit + 1])
-    else:
-        try:
-            text = repr(value)
-        except RecursionError:
-            return "<a deeply nested value>"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def kind(value: object) -> str:
     """A JSON-ish name of a value's type, for 'found ...' phrases."""
     if value is None:
@@ -67,9 +57,9 @@ def kind(value: object) -> str:
     if isinstance(value, bool):
         return "true/false"
     if isinstance(value, (int, float)):
-        return f"a number ({short(value, 30)})"
+        return f"a number ({shorten(value, 30)})"
     if isinstance(value, str):
-        return f"a string ({short(value, 40)})"
+        return f"a string ({shorten(value, 40)})"
     if isinstance(value, list):
         return "a list"
     return "an object"
@@ -81,32 +71,32 @@ def _is_count(value: object) -> bool:
 
 def _entry_problem(key: str, entry: object) -> tuple[str, int, int] | str:
     """(dtype, start, end) of a well-formed entry, else the problem (without the file name)."""
-    where = f"tensor {short(key)}"
+    where = f"tensor {shorten(key)}"
     if not isinstance(entry, dict):
         return (f"{where}: malformed header entry: expected an object with dtype, shape and data_offsets, "
                 f"found {kind(entry)}")
     if isinstance(entry, JSONObject) and entry.duplicates:
-        return f"{where}: malformed header entry: field {short(entry.duplicates[0])} is given twice"
+        return f"{where}: malformed header entry: field {shorten(entry.duplicates[0])} is given twice"
     missing = [f for f in _FIELDS if f not in entry]
     if missing:
         return f"{where}: malformed header entry: it has no {missing[0]!r} field"
     dtype, shape, offsets = (entry[f] for f in _FIELDS)
     if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
-        return f"{where}: dtype {short(dtype, 40)} is not a safetensors dtype (expected F32, F16, BF16, F8_E4M3, ...)"
+        return f"{where}: dtype {shorten(dtype, 40)} is not a safetensors dtype (expected F32, F16, BF16, F8_E4M3, ...)"
     if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
-        return f"{where}: shape {short(shape)} is not a list of non-negative integers"
+        return f"{where}: shape {shorten(shape)} is not a list of non-negative integers"
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_count(o) for o in offsets):
-        return f"{where}: data_offsets {short(offsets)} is not a pair of non-negative byte offsets [start, end]"
+        return f"{where}: data_offsets {shorten(offsets)} is not a pair of non-negative byte offsets [start, end]"
     start, end = offsets
     if end < start:
         return f"{where}: data_offsets [{start}, {end}] end before they start"
     bits = math.prod(shape) * DTYPE_BITS[dtype]
     if bits >= 8 * _LIMIT:
-        return f"{where}: shape {short(shape)} {dtype} is too large to be stored in a file"
+        return f"{where}: shape {shorten(shape)} {dtype} is too large to be stored in a file"
     if bits % 8:
-        return f"{where} {short(shape)} {dtype}: the elements do not fill whole bytes"
+        return f"{where} {shorten(shape)} {dtype}: the elements do not fill whole bytes"
     if end - start != bits // 8:
-        return f"{where} {short(shape)} {dtype} should take {bits // 8} bytes, the header gives {end - start}"
+        return f"{where} {shorten(shape)} {dtype} should take {bits // 8} bytes, the header gives {end - start}"
     return dtype, start, end
 
 
@@ -115,10 +105,10 @@ def _layout_problem(name: str, spans: list[tuple[int, int, str]], data_start: in
     pos, previous = 0, ""
     for start, end, key in sorted(spans):
         if start < pos:
-            return (f"{name}: tensors {short(previous)} and {short(key)} overlap: the first ends at data byte {pos}, "
-                    f"the second starts at {start} (byte ranges must not overlap)")
+            return (f"{name}: tensors {shorten(previous)} and {shorten(key)} overlap: the first ends at data byte "
+                    f"{pos}, the second starts at {start} (byte ranges must not overlap)")
         if start > pos:
-            return (f"{name}: {start - pos} unused bytes before tensor {short(key)} (data bytes {pos} to {start}); "
+            return (f"{name}: {start - pos} unused bytes before tensor {shorten(key)} (data bytes {pos} to {start}); "
                     "a safetensors file stores its tensors back to back")
         pos, previous = end, key
     data = size - data_start
@@ -148,18 +138,18 @@ def diagnose(name: str, raw: bytes, size: int, library_detail: str = "") -> str 
     except json.JSONDecodeError as exc:
         return f"{name} is not a .safetensors file: its header is not JSON ({exc.msg} at character {exc.pos})"
     except ValueError as exc:  # e.g. an integer with thousands of digits
-        return f"{name} is not a .safetensors file: its header cannot be read ({short(str(exc), 120)})"
+        return f"{name} is not a .safetensors file: its header cannot be read ({shorten(str(exc), 120)})"
     if not isinstance(header, dict):
         return f"{name} is not a .safetensors file: the header is not a JSON object (found {kind(header)})"
     if isinstance(header, JSONObject) and header.duplicates:
-        return f"{name}: the header names tensor {short(header.duplicates[0])} more than once"
+        return f"{name}: the header names tensor {shorten(header.duplicates[0])} more than once"
     metadata = header.get("__metadata__")
     if metadata is not None:
         if not isinstance(metadata, dict):
             return f"{name}: __metadata__ is {kind(metadata)}, expected an object of text values"
         for key, value in metadata.items():
             if not isinstance(value, str):
-                return f"{name}: __metadata__[{short(key, 40)}] is {kind(value)}, expected text"
+                return f"{name}: __metadata__[{shorten(key, 40)}] is {kind(value)}, expected text"
     spans = []
     for key, entry in header.items():
         if key == "__metadata__":

@@ -22,11 +22,10 @@ import torch
 from torch import Tensor
 
 from ..config import VARIANT_FAMILY, Family, ModelConfig, SamplingDefaults, sampling_defaults
-from ..errors import CheckpointError, ConfigError, SVDError
+from ..errors import CheckpointError, ConfigError, SVDError, shorten
 from ..nn.model import SVDModel, check_keys
 from .checkpoint import CheckpointReader, dtype_name, save_checkpoint
 from .detect import FIRST_STAGE_PREFIX, cond_vae_prefix, guess_variant, infer_config, is_ignored_key
-from .diagnose import short
 from .diffusers_keys import diffusers_pipeline_to_sgm
 
 log = logging.getLogger(__name__)
@@ -121,7 +120,7 @@ def _index_shards(index: Path) -> list[str]:
     shards = sorted(set(weight_map.values()))
     for shard in shards:
         if shard in ("", ".", "..") or "/" in shard or "\\" in shard or "\0" in shard:
-            raise CheckpointError(f"{where}: shard {short(shard)} is not a file name beside the index")
+            raise CheckpointError(f"{where}: shard {shorten(shard)} is not a file name beside the index")
     return shards
 
 
@@ -191,7 +190,7 @@ def _architecture(name: str, shapes: Mapping[str, tuple[int, ...]]) -> tuple[Mod
             model = SVDModel(config)
     except (SVDError, ValueError, RuntimeError, ZeroDivisionError) as exc:
         raise CheckpointError(
-            f"{name}: the architecture read from its tensor shapes cannot be built ({short(str(exc), 200)})"
+            f"{name}: the architecture read from its tensor shapes cannot be built ({shorten(str(exc), 200)})"
         ) from None
     return config, model
 
@@ -205,12 +204,12 @@ def _check_weights(name: str, table: Mapping[str, tuple[tuple[int, ...], torch.d
         found, dtype = table[key]
         if not dtype.is_floating_point:
             raise CheckpointError(
-                f"{name}: tensor {short(key)} is {dtype_name(dtype)}, expected a floating-point dtype (F32, F16, BF16, "
-                "F8_E4M3, F8_E5M2): a weight stored as integers or booleans means a damaged or mislabelled file"
+                f"{name}: tensor {shorten(key)} is {dtype_name(dtype)}, expected a floating-point dtype (F32, F16, "
+                "BF16, F8_E4M3, F8_E5M2): a weight stored as integers or booleans means a damaged or mislabelled file"
             )
         if tuple(found) != tuple(shape) and math.prod(found) == math.prod(shape):
             raise CheckpointError(
-                f"{name}: tensor {short(key)} has shape {list(found)}, the model inferred from the file needs "
+                f"{name}: tensor {shorten(key)} has shape {list(found)}, the model inferred from the file needs "
                 f"{list(shape)}: the same number of elements in another layout (a transposed or reshaped weight)"
             )
 
