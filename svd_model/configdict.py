@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, TypeVar
@@ -19,6 +20,23 @@ from .errors import ConfigError, shorten
 from .jsonfile import parse_json
 
 T = TypeVar("T")
+
+
+def check_finite(obj: Any, prefix: str = "") -> None:
+    """ConfigError naming the first float of the dataclass ``obj`` (nested dataclasses, tuples and lists included)
+    that is NaN or infinite: range checks let NaN through, as every comparison with it is false. ``prefix`` names
+    the section as in :func:`build` (``"optim."``)."""
+    def walk(value: Any, path: str) -> None:
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for f in dataclasses.fields(value):
+                walk(getattr(value, f.name), f"{path}.{f.name}" if path else f.name)
+        elif isinstance(value, (tuple, list)):  # numbers are named by their field, sections by their index
+            for i, item in enumerate(value):
+                walk(item, f"{path}[{i}]" if dataclasses.is_dataclass(item) else path)
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{path} must be a finite number, got {value!r}")
+
+    walk(obj, prefix.rstrip("."))
 
 
 def build(cls: type[T], values: Any, prefix: str = "") -> T:

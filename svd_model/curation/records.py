@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from ..configdict import build
+from ..configdict import build, check_finite
 from ..errors import ConfigError, SVDError
 from . import clips, frames_at
 from .annotate import VideoAnnotation
@@ -82,7 +81,7 @@ class CurationConfig:
     video_timeout: float = 600.0
 
     def __post_init__(self) -> None:
-        check_finite(self, "config")
+        check_finite(self, "config.")
         if self.video_timeout < 0:
             raise ConfigError(f"config.video_timeout must be >= 0 seconds (0 = no limit), got {self.video_timeout!r}")
         if not isinstance(self.captioners, (tuple, list)):
@@ -119,22 +118,6 @@ class CurationConfig:
     @property
     def needs_keyframes(self) -> bool:
         return bool(self.text or self.clip_checkpoint or self.captioners or self.write_keyframes)
-
-
-def check_finite(obj: Any, where: str) -> None:
-    """ConfigError naming the first float field of the dataclass ``obj`` (nested ones and tuples of them
-    included) that is NaN or infinite."""
-    def walk(value: Any, path: str) -> None:
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            for f in dataclasses.fields(value):
-                walk(getattr(value, f.name), f"{path}.{f.name}")
-        elif isinstance(value, (tuple, list)):
-            for i, item in enumerate(value):
-                walk(item, f"{path}[{i}]")
-        elif isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{path} must be a finite number, got {value!r} (NaN and Inf are refused)")
-
-    walk(obj, where)
 
 
 def _plain(value: Any) -> Any:

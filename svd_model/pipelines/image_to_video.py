@@ -5,7 +5,6 @@ Shapes: image (b, 3, H, W) in [-1, 1]; latents (b, t, 4, H/8, W/8) in the 0.1821
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 
@@ -14,6 +13,7 @@ from torch import Tensor
 
 from ..conditioning import Cond, check_image, check_size, encode_cond_frames, vector_conditioning
 from ..config import Family
+from ..configdict import check_finite
 from ..diffusion.denoiser import make_model_fn
 from ..diffusion.guidance import cfg_denoiser, frame_scales
 from ..diffusion.noise import initial_noise, noise_latents, randn
@@ -48,10 +48,7 @@ class VideoParams:
     denoise: float = 1.0  # < 1 starts from given latents, noised to the matching sigma
 
     def __post_init__(self) -> None:
-        for field in fields(self):  # NaN passes every range check below, and inf breaks sampling
-            value = getattr(self, field.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{field.name} must be a finite number, got {value}")
+        check_finite(self)  # NaN passes every range check below, and inf breaks sampling
         if not 1 <= self.num_frames <= MAX_FRAMES:
             raise ConfigError(f"num_frames must be in 1..{MAX_FRAMES}, got {self.num_frames}")
         if self.width % 8 or self.height % 8 or self.width <= 0 or self.height <= 0:

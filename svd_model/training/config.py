@@ -19,13 +19,12 @@ conventions where it does not (10 % conditioning dropout).
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..configdict import build, parse_override, set_dotted
+from ..configdict import build, check_finite, parse_override, set_dotted
 from ..errors import ConfigError, shorten
 from ..jsonfile import check_depth, read_json_file, read_text_file
 
@@ -51,16 +50,6 @@ def _positive(value: float, name: str, *, allow_zero: bool = False) -> None:
         raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {shorten(value)}")
 
 
-def _finite_fields(section: Any, prefix: str) -> None:
-    """ConfigError naming the first float field of a section (or float in a tuple field) that is NaN or infinite."""
-    for f in fields(section):
-        value = getattr(section, f.name)
-        items = value if isinstance(value, tuple) else (value,)
-        for item in items:
-            if isinstance(item, float) and not math.isfinite(item):
-                raise ConfigError(f"{prefix}{f.name} must be a finite number, got {item!r}")
-
-
 @dataclass(frozen=True)
 class DataConfig:
     """Clips and how frames are taken from them."""
@@ -78,7 +67,7 @@ class DataConfig:
     seed: int = 0  # frame-window placement
 
     def __post_init__(self) -> None:
-        _finite_fields(self, "data.")
+        check_finite(self, "data.")
         if self.manifest and self.folder:
             raise ConfigError("data.manifest and data.folder are both set; choose one source of clips")
         if self.num_frames < 2:
@@ -115,7 +104,7 @@ class CacheConfig:
     encode_frames: int = 8  # frames per VAE encoder call while building
 
     def __post_init__(self) -> None:
-        _finite_fields(self, "cache.")
+        check_finite(self, "cache.")
         _choice(self.dtype, STORAGE_DTYPES, "cache.dtype")
         _choice(self.cond_aug_mode, COND_AUG_MODES, "cache.cond_aug_mode")
         for name in ("aug_draws", "shard_clips", "encode_frames"):
@@ -136,7 +125,7 @@ class ObjectiveConfig:
     loss: str = "l2"
 
     def __post_init__(self) -> None:
-        _finite_fields(self, "objective.")
+        check_finite(self, "objective.")
         _choice(self.sigma_per, SIGMA_PER, "objective.sigma_per")
         _choice(self.loss, ("l2", "l1"), "objective.loss")
         _positive(self.p_std, "objective.p_std", allow_zero=True)
@@ -153,7 +142,7 @@ class LoRAConfig:
     patterns: tuple[str, ...] = ()  # extra module-name patterns (the LoRA module's syntax)
 
     def __post_init__(self) -> None:
-        _finite_fields(self, "lora.")
+        check_finite(self, "lora.")
         if self.rank < 1:
             raise ConfigError(f"lora.rank must be >= 1, got {self.rank}")
         _positive(self.alpha, "lora.alpha", allow_zero=True)
@@ -175,7 +164,7 @@ class OptimConfig:
     grad_accum: int = 1  # micro-batches per optimizer step
 
     def __post_init__(self) -> None:
-        _finite_fields(self, "optim.")
+        check_finite(self, "optim.")
         _choice(self.optimizer, OPTIMIZERS, "optim.optimizer")
         _choice(self.schedule, SCHEDULES, "optim.schedule")
         _positive(self.lr, "optim.lr")
@@ -202,7 +191,7 @@ class ValidationConfig:
     format: str = "webp"
 
     def __post_init__(self) -> None:
-        _finite_fields(self, "validation.")
+        check_finite(self, "validation.")
         if self.every < 0 or self.steps < 1:
             raise ConfigError("validation.every must be >= 0 and validation.steps >= 1")
         for name in ("min_cfg", "max_cfg", "cond_aug"):
@@ -237,7 +226,7 @@ class TrainConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
 
     def __post_init__(self) -> None:
-        _finite_fields(self, "")
+        check_finite(self, "")
         _choice(self.mode, MODES, "mode")
         _choice(self.method, METHODS, "method")
         _choice(self.trainable, TRAINABLE, "trainable")
