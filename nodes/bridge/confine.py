@@ -128,7 +128,7 @@ def find_file(value: str, roots: Sequence[Root], what: str, *, folder: bool | No
         candidates = [(c, None) for c in ([given] if given.is_absolute() else [given, *(r.join(value) for r in roots)])]
     else:
         candidates = [(r.join(value), r) for r in roots] if not given.is_absolute() else [(given, r) for r in roots]
-        candidates = [(c, r) for c, r in candidates if _lexically_inside(c, r.path)]
+        candidates = [(c, r) for c, r in candidates if lexically_inside(c, r.path)]
         if not candidates:
             raise PathRefused(f"{what} {shorten(value)} is outside {where}: only what lies inside {where} can be used")
     for candidate, root in candidates:
@@ -142,7 +142,7 @@ def find_file(value: str, roots: Sequence[Root], what: str, *, folder: bool | No
     raise InputError(f"{what} {shorten(value)}: no readable {kind} of that name in {where}")
 
 
-def _lexically_inside(path: Path, root: Path) -> bool:
+def lexically_inside(path: Path, root: Path) -> bool:
     """``path`` lies in ``root`` by its spelling alone ('..' collapsed, symlinks not followed)."""
     real, base = os.path.normpath(os.path.abspath(path)), os.path.normpath(os.path.abspath(root))
     return real == base or real.startswith(base.rstrip(os.sep) + os.sep)

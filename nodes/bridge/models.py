@@ -87,7 +87,7 @@ def _in_model_folder(path: Path, root: Path) -> bool:
     """Lexically inside ``root``. Model folders are the one place where symlinks that leave the folder are
     followed: only the server's owner can place files there (a workflow can name, never create them), and
     linking model files in from shared storage is how ComfyUI installs are commonly set up."""
-    return os.path.commonpath([os.path.abspath(root), os.path.abspath(path)]) == os.path.abspath(root)
+    return confine.lexically_inside(path, root)
 
 
 def missing_checkpoint_message(name: str) -> str:
