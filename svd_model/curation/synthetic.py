@@ -298,6 +298,19 @@ _RGB_TO_YUV = np.array(  # BT.601, limited range: rows Y, U, V
 )
 
 
+def make_audio_only(path: str | PathLike[str], *, rate: int = 16000, frames: int = 10) -> Path:
+    """An AAC file with no video stream (``frames`` frames of 1024 silent samples at ``rate``)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=rate)
+        stream.layout = "mono"
+        for i in range(frames):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = rate, i * 1024
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    return Path(path)
+
+
 def _yuv420(img: np.ndarray, rng: np.random.Generator, noise: float) -> np.ndarray:
     """float RGB (h, w, 3) 0..255 -> uint8 yuv420p planes stacked (h * 3 / 2, w), sensor noise on luma."""
     h, w = img.shape[:2]

@@ -23,7 +23,7 @@ from comfyui_svd_lab.svd_model.curation import engine, manifest
 from comfyui_svd_lab.svd_model.curation.captioner_registry import CaptionerEntry, CaptionerRegistry
 from comfyui_svd_lab.svd_model.curation.engine import list_videos, run_curation
 from comfyui_svd_lab.svd_model.curation.pipeline import CurationConfig, VideoRef, curate_video
-from comfyui_svd_lab.svd_model.curation.synthetic import make_video
+from comfyui_svd_lab.svd_model.curation.synthetic import make_audio_only, make_video
 from comfyui_svd_lab.svd_model.errors import ConfigError
 from comfyui_svd_lab.svd_model.media.video import probe_video
 
@@ -31,17 +31,6 @@ REPO = Path(__file__).resolve().parents[2]
 SIZE = (128, 72)
 #: Fast settings for tests: text detection on, keyframes small.
 CONFIG = CurationConfig.from_dict({"keyframe_max_side": 128, "split": {"min_seconds": 0.5}})
-
-
-def _audio_only(path: Path) -> None:
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("aac", rate=16000)
-        stream.layout = "mono"
-        for i in range(10):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 16000, i * 1024
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
 
 
 def _huge(path: Path) -> None:
@@ -84,7 +73,7 @@ def bad(tmp_path_factory, videos) -> Path:
     (root / "garbage.mp4").write_bytes(os.urandom(5000))
     data = (videos / "a.mp4").read_bytes()
     (root / "truncated.mp4").write_bytes(data[: len(data) // 3])
-    _audio_only(root / "audio.m4a")
+    make_audio_only(root / "audio.m4a")
     (root / "text.txt").write_text("hello")
     _huge(root / "huge.mkv")
     listing = ["empty.mp4", "garbage.mp4", "truncated.mp4", "audio.m4a", "text.txt", "missing.mp4", "huge.mkv",

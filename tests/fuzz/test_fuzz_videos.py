@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from comfyui_svd_lab.svd_model.curation.pipeline import CurationConfig, curate_video
+from comfyui_svd_lab.svd_model.curation.synthetic import make_audio_only
 from comfyui_svd_lab.svd_model.errors import InputError
 from comfyui_svd_lab.svd_model.media.video import read_video
 
@@ -106,14 +107,7 @@ def dangling_symlink(p: Path) -> None:
 
 
 def audio_only(p: Path) -> None:
-    with av.open(str(p), "w") as container:
-        stream = container.add_stream("aac", rate=8000)
-        stream.layout = "mono"
-        for i in range(6):
-            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 8000, i * 1024
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode(None))
+    make_audio_only(p, rate=8000, frames=6)
 
 
 def zero_frames(p: Path) -> None:
