@@ -54,31 +54,32 @@ def is_inside(path: Path, root: Path) -> bool:
     return real == base or base in real.parents
 
 
-def _text_problem(value: object, what: str, *, empty: bool = True) -> str | None:
+def _text_problem(value: object, what: str, *, empty: bool = True, label: str | None = None) -> str | None:
     """Why ``value`` is no usable text (not a string, too long, control characters; with ``empty`` also blank)."""
     if not isinstance(value, str):
         return f"{what} must be text, got {type(value).__name__}"
     if len(value) > MAX_TEXT:
         return f"{what} is too long ({len(value)} characters, at most {MAX_TEXT})"
     if any(unicodedata.category(c) in ("Cc", "Cf", "Cs") for c in value):
-        return f"{what} {shorten(value)} contains control or invisible characters"
+        return f"{what} {label or shorten(value)} contains control or invisible characters"
     if empty and not value.strip():
         return f"{what} is empty: give a name"
     return None
 
 
-def _part_problem(part: str, value: str, what: str) -> str | None:
+def _part_problem(part: str, label: str, what: str) -> str | None:
+    """Why one path component ``part`` is not a plain name; ``label`` is how messages show the whole value."""
     folded = unicodedata.normalize("NFKC", part)
     if any(s in folded for s in _SEPARATORS):
-        return f"{what} {shorten(value)} contains a character that reads as a path separator"
+        return f"{what} {label} contains a character that reads as a path separator"
     if folded in (".", "..") or folded.startswith("."):
-        return f"{what} {shorten(value)}: names may not be '.', '..' or start with '.' (hidden files)"
+        return f"{what} {label}: names may not be '.', '..' or start with '.' (hidden files)"
     if _RESERVED & set(folded):
-        return f"{what} {shorten(value)} contains one of the reserved characters {''.join(sorted(_RESERVED))}"
+        return f"{what} {label} contains one of the reserved characters {''.join(sorted(_RESERVED))}"
     if len(part.encode("utf-8")) > MAX_NAME:
-        return f"{what} {shorten(value)} has a name longer than {MAX_NAME} bytes"
+        return f"{what} {label} has a name longer than {MAX_NAME} bytes"
     if part != part.strip() or part.endswith("."):
-        return f"{what} {shorten(value)}: names may not start or end with spaces or end with '.'"
+        return f"{what} {label}: names may not start or end with spaces or end with '.'"
     return None
 
 
@@ -90,22 +91,23 @@ def name_problem(value: object, what: str) -> str | None:
     assert isinstance(value, str)
     if any(s in value for s in _SEPARATORS):
         return f"{what} {shorten(value)} must be a name, not a path (no '/' or '\\')"
-    return _part_problem(value, value, what)
+    return _part_problem(value, shorten(value), what)
 
 
-def relative_problem(value: object, what: str) -> str | None:
+def relative_problem(value: object, what: str, *, shown: str | None = None) -> str | None:
     """None when ``value`` is a relative path of plain names (``sub/dir/name``): not absolute, no '..', no hidden
-    component, no drive letter."""
-    problem = _text_problem(value, what)
+    component, no drive letter. Messages quote ``shown`` (what the user typed) instead of ``value`` when given."""
+    label = shorten(shown if shown is not None else value)
+    problem = _text_problem(value, what, label=label)
     if problem:
         return problem
     assert isinstance(value, str)
     if value.startswith(_SEPARATORS) or os.path.isabs(value) or (len(value) > 1 and value[1] == ":"):
-        return f"{what} {shorten(value)} is an absolute path; give a name relative to its folder"
+        return f"{what} {label} is an absolute path; give a name relative to its folder"
     parts = [p for p in value.replace("\\", "/").split("/") if p]
     if not parts:
-        return f"{what} {shorten(value)} names no file"
-    return next((p for p in (_part_problem(part, value, what) for part in parts) if p), None)
+        return f"{what} {label} names no file"
+    return next((p for p in (_part_problem(part, label, what) for part in parts) if p), None)
 
 
 def find_file(value: str, roots: Sequence[Root], what: str, *, folder: bool | None = False,

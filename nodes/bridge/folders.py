@@ -179,9 +179,9 @@ def prefix_problem(prefix: str | None, kind: str = "output") -> str | None:
     if prefix is None:
         return None
     plain = _PATTERNS.sub("x", prefix)  # %date:yyyy-MM-dd% is expanded by ComfyUI, not a path character
-    problem = confine.relative_problem(plain, "filename_prefix")
+    problem = confine.relative_problem(plain, "filename_prefix", shown=prefix)
     if problem:
-        return problem.replace(shorten(plain), shorten(prefix))
+        return problem
     literal = prefix.split("%", 1)[0].replace("\\", "/")  # the part no pattern expands: links there are known now
     base = folder(kind).absolute()
     if not confine.is_inside(base / os.path.dirname(literal), base):
