@@ -87,19 +87,7 @@ __all__ = ["ANNOTATIONS", "IMAGE_EXTENSIONS", "LORA_FOLDER", "MODEL_EXTENSIONS",
 def headless_run(*, output_dir: str | Path | None = None, reporter: Reporter | None = None) -> Iterator[None]:
     """For one headless run: write into ``output_dir`` (None: keep the configured folder) and send every node's
     progress to ``reporter(value, total)``; both are restored afterwards. Ignored inside ComfyUI."""
-    previous_output, previous_reporter = folders._config.get("output"), progress._reporter[0]
-    if output_dir is not None:
-        configure(output_dir=output_dir)
-    progress._reporter[0] = reporter
-    try:
+    with folders.using_output(output_dir), progress.reporting(reporter):
         yield
-    finally:
-        progress._reporter[0] = previous_reporter
-        if output_dir is not None:
-            if previous_output is None:
-                folders._config.pop("output", None)
-            else:
-                folders._config["output"] = previous_output
-
 
 register_model_folder()

@@ -8,8 +8,10 @@ Every value a workflow gives is checked by :mod:`.confine` against these folders
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -232,3 +234,20 @@ def save_target(prefix: str, kind: str, extension: str, size: tuple[int, int] = 
 def metadata_enabled() -> bool:
     """False under ComfyUI's --disable-metadata."""
     return not getattr(_comfy_args(), "disable_metadata", False)
+
+
+@contextlib.contextmanager
+def using_output(path: str | os.PathLike | None) -> Iterator[None]:
+    """Headless: write into ``path`` inside the ``with`` block (None: keep the configured folder)."""
+    if path is None:
+        yield
+        return
+    previous = _config.get("output")
+    configure(output_dir=path)
+    try:
+        yield
+    finally:
+        if previous is None:
+            _config.pop("output", None)
+        else:
+            _config["output"] = previous

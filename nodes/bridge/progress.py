@@ -3,8 +3,9 @@ the reporter the workflow runner installs (:func:`~.headless_run`), else the log
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ...svd_model.diffusion.sampling import StepInfo
@@ -14,8 +15,19 @@ from .comfy import _comfy_args, _mm, _progress_bar_class
 log = logging.getLogger(__name__)
 
 Reporter = Callable[[int, int], None]
-#: The headless run's progress receiver (value, total), installed by headless_run; None: log only.
-_reporter: list[Reporter | None] = [None]
+#: The headless run's progress receiver (value, total), installed by :func:`reporting`; None: log only.
+_reporter: Reporter | None = None
+
+
+@contextlib.contextmanager
+def reporting(reporter: Reporter | None) -> Iterator[None]:
+    """Send every node's progress to ``reporter(value, total)`` inside the ``with`` block (headless)."""
+    global _reporter
+    previous, _reporter = _reporter, reporter
+    try:
+        yield
+    finally:
+        _reporter = previous
 
 
 def check_interrupt() -> None:
@@ -51,7 +63,7 @@ class Progress:
         if self._bar is not None:
             self._bar.update_absolute(value, self.total, preview)
             return
-        reporter = _reporter[0]
+        reporter = _reporter
         if reporter is None:
             log.debug("progress %d/%d", value, self.total)
             return

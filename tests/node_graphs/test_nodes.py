@@ -451,4 +451,4 @@ def test_the_runner_hands_its_output_folder_and_progress_to_the_bridge(folders, 
                       progress=Listener())
     entry = results["2"].ui["images"][0]
     assert (tmp_path / "elsewhere" / entry["subfolder"] / entry["filename"]).is_file()
-    assert bridge.folder("output") == before and bridge.progress._reporter[0] is None
+    assert bridge.folder("output") == before and bridge.progress._reporter is None
