@@ -15,7 +15,7 @@ import logging
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ..config import VARIANT_FAMILY, Family, ModelConfig, SamplingDefaults, sampling_defaults
 from ..errors import CheckpointError, ConfigError, SVDError, shorten
+from ..memory import MemoryPlan
 from ..nn.model import SVDModel, check_keys
 from .checkpoint import CheckpointReader, dtype_name, save_checkpoint
 from .detect import FIRST_STAGE_PREFIX, cond_vae_prefix, guess_variant, infer_config, is_ignored_key
@@ -41,6 +42,12 @@ class SVDBundle:
     model: SVDModel
     variant: str
     source: str
+    #: How the networks use device memory (svd_model.memory); set by memory.apply_plan.
+    memory: MemoryPlan = field(default_factory=MemoryPlan)
+    #: Where and in which dtype the networks compute, when their weights live elsewhere (a streamed UNet stays
+    #: in CPU memory; fp8-stored weights compute in bf16/fp16). None: where / what the UNet's weights are.
+    compute_device: torch.device | None = None
+    compute_dtype: torch.dtype | None = None
 
     @property
     def config(self) -> ModelConfig:
@@ -56,11 +63,11 @@ class SVDBundle:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.unet.parameters()).device
+        return self.compute_device or next(self.model.unet.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.model.unet.parameters()).dtype
+        return self.compute_dtype or next(self.model.unet.parameters()).dtype
 
 
 def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
