@@ -63,6 +63,40 @@ _FOREIGN = (
 )
 
 
+#: The top-level parts of a first-stage VAE's keys, in sgm and diffusers names alike.
+VAE_PARTS = ("encoder", "decoder", "quant_conv", "post_quant_conv")
+#: Keys that VAE files carry but no network uses: training leftovers (the LPIPS / discriminator loss, EMA counters).
+VAE_LEFTOVER_PREFIXES = ("loss.", "model_ema.")
+#: How a VAE-only file names its keys (see :func:`vae_file_layout`), for messages.
+VAE_LAYOUTS = {
+    "prefixed": f"official names with the {FIRST_STAGE_PREFIX!r} prefix",
+    "sgm": "official names without prefix (encoder.*, decoder.*, as in ComfyUI's models/vae)",
+    "diffusers": "diffusers AutoencoderKL / AutoencoderKLTemporalDecoder names",
+}
+_DIFFUSERS_VAE = re.compile(r"^(encoder|decoder)\.(down_blocks|up_blocks|mid_block|conv_norm_out|time_conv_out)\.")
+
+
+def vae_file_layout(keys: Sequence[str]) -> str | None:
+    """A key of :data:`VAE_LAYOUTS` when every key (training leftovers aside) belongs to a first-stage VAE: all
+    under ``first_stage_model.`` ("prefixed"), or without prefix in sgm ("sgm") or diffusers ("diffusers") names.
+    None when some key belongs to something else (a full checkpoint, a UNet) or there are none."""
+    used = [k for k in keys if not k.startswith(VAE_LEFTOVER_PREFIXES)]
+    prefixed = bool(used) and all(k.startswith(FIRST_STAGE_PREFIX) for k in used)
+    rests = [k[len(FIRST_STAGE_PREFIX):] for k in used] if prefixed else used
+    if not rests or any(r.split(".")[0] not in VAE_PARTS for r in rests):
+        return None
+    if prefixed:
+        return "prefixed"
+    return "diffusers" if any(_DIFFUSERS_VAE.match(r) for r in rests) else "sgm"
+
+
+def vae_only_message(layout: str) -> str:
+    """Why a VAE-only file does not load as a model, and how to use it instead."""
+    return (f"this is a VAE-only file ({VAE_LAYOUTS[layout]}): it has no UNet, so it is not a model on its own. "
+            "Load a full SVD checkpoint and use this file as its VAE: load_bundle(checkpoint, vae=path) in Python, "
+            "the SVD Lab Checkpoint Loader's vae_name input in ComfyUI (files in models/vae)")
+
+
 def _describe_foreign(keys: Sequence[str]) -> str:
     for pattern, what in _FOREIGN:
         if any(re.match(pattern, k) for k in keys):
@@ -207,6 +241,9 @@ def infer_config(shapes: Shapes) -> ModelConfig:
     keys = list(shapes)
     marker = UNET_PREFIX + "input_blocks.1.0.time_stack.in_layers.2.weight"
     if marker not in shapes:
+        layout = vae_file_layout(keys)
+        if layout is not None:
+            raise CheckpointError(vae_only_message(layout))
         raise CheckpointError(
             f"this is not an SVD-family checkpoint: it looks like {_describe_foreign(keys)}. "
             f"Expected the temporal UNet key {marker!r} (svd, svd_xt, svd_xt_1_1, sv3d_u or sv3d_p)."
