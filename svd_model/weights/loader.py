@@ -287,6 +287,7 @@ def load_bundle(
     vae_dtype: torch.dtype | str = torch.float32,
     variant: str | None = None,
     allow_non_finite: bool = False,
+    vae: str | os.PathLike | None = None,
 ) -> SVDBundle:
     """Load an official single-file ``.safetensors`` (svd, svd_xt, svd_xt_1_1, *_image_decoder, sv3d_u,
     sv3d_p) or a diffusers-format SVD folder. The architecture comes from the weights; `variant`
@@ -295,7 +296,10 @@ def load_bundle(
     as the reference runs them outside autocast). F8_E4M3 / F8_E5M2 files are upcast to these dtypes.
 
     A weight that holds NaN or Inf is a CheckpointError naming the tensors, unless `allow_non_finite`
-    (then it is a logged warning)."""
+    (then it is a logged warning).
+
+    `vae`: a separate VAE file (first-stage keys only, official / ComfyUI models/vae / diffusers names, or a full
+    checkpoint's first stage) that replaces the checkpoint's first stage, in `vae_dtype` (:mod:`.vae_file`)."""
     path = Path(path)
     device = torch.device(device)
     dtype = resolve_dtype(dtype, device)
@@ -329,7 +333,12 @@ def load_bundle(
         "loaded %s: %s (variant %s, unet %s, %d unused text-tower keys ignored)",
         path.name, config.family.value, variant, dtype, len(checked.ignored),
     )
-    return SVDBundle(model=model, variant=variant, source=str(path))
+    bundle = SVDBundle(model=model, variant=variant, source=str(path))
+    if vae is not None:
+        from .vae_file import replace_vae  # it imports this module
+
+        replace_vae(bundle, vae, allow_non_finite=allow_non_finite)
+    return bundle
 
 
 def save_bundle(
