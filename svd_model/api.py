@@ -1,6 +1,6 @@
 """The package's public API in one place (re-exported by ``svd_model``).
 
-    bundle = load_bundle("svd_xt.safetensors", device="cuda")
+    bundle = load_bundle("svd_xt.safetensors", device="cuda")   # vae="other_vae.safetensors": another first stage
     params = VideoParams.for_variant(bundle.variant, num_frames=25)
     cond, uncond = encode_condition(bundle, image, params, generator=gen)   # image (1, 3, H, W) in [-1, 1]
     latents = sample_video(bundle, cond, uncond, params, generator=gen, callback=print)
@@ -26,10 +26,12 @@ from .pipelines.image_to_video import VideoParams, encode_condition, sample_vide
 from .pipelines.keyframes import interpolate_keyframes
 from .pipelines.multiview import orbit_cameras, orbit_video
 from .weights.loader import SVDBundle, load_bundle, save_bundle
+from .weights.vae_file import VAEReplacement, replace_vae
 
 __all__ = [
     "SVDBundle",
     "StepInfo",
+    "VAEReplacement",
     "VideoParams",
     "decode_latents",
     "encode_condition",
@@ -40,6 +42,7 @@ __all__ = [
     "load_bundle",
     "orbit_cameras",
     "orbit_video",
+    "replace_vae",
     "sample_video",
     "save_bundle",
 ]
