@@ -110,7 +110,7 @@ class ExtendVideo:
         def on_step(info: StepInfo) -> None:  # interruption inside a segment
             bridge.check_interrupt()
 
-        with bridge.on_device(model):
+        with bridge.on_device(model, bridge.PARTS):
             out = extend_video(
                 model, video, plan, overlap=overlap, drift_correction=1.0 if drift_correction else 0.0, loop=loop,
                 loop_params=plan[-1].params if plan else base, loop_generator=adapters.generator(seed + len(plan)),

@@ -150,7 +150,7 @@ class KeyframeInterpolate:
         params = VideoParams.for_variant(
             model.variant, num_frames=frames, width=width, height=height, fps=fps, motion_bucket_id=motion_bucket_id,
             cond_aug=cond_aug, steps=steps, min_cfg=min_cfg, max_cfg=max_cfg, guidance=guidance)
-        with bridge.on_device(model):
+        with bridge.on_device(model, bridge.PARTS):
             latents = interpolate_keyframes(model, frame_a, frame_b, params, generator=adapters.generator(seed),
                                             callback=bridge.step_callback(steps), method=method, renoise=renoise)
             video = decode_keyframe_video(model, latents, frame_a, frame_b, chunk_size=chunk_size,

@@ -3,18 +3,24 @@ SVDLab_LoraConvert (diffusers / PEFT names -> ComfyUI names).
 
 LoRA files are listed from ComfyUI's `loras` folder(s) and the `loras/` subfolder of the `svd` model
 folder (headless: bridge.configure(loras_dirs=...) / $SVD_LAB_LORAS, then `<model folder>/loras`).
+
+Inside ComfyUI a LoRA is a set of weight patches on a clone of the UNet's ComfyUI ModelPatcher (the weights are
+patched when ComfyUI loads the clone; no second UNet); headless it is merged into a copy that shares every
+unpatched tensor (svd_model.lora.apply_lora).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
-from ..svd_model.errors import CheckpointError, shorten
+from ..svd_model.errors import CheckpointError, ConfigError, shorten
 from ..svd_model.lora import (
     apply_lora,
     base_model_hash,
+    check_usable,
     convert_peft_lora_file,
     load_lora,
     validate_lora,
@@ -58,14 +64,16 @@ def _listed_name(path: Path, fallback: str) -> str:
 class LoraLoader:
     DESCRIPTION = (
         "Applies a LoRA (ComfyUI / kohya naming, temporal layers included) to an SVD Lab model with a strength. "
-        "Returns a patched copy: the input model is not changed (unpatched weights are shared, not duplicated). "
+        "Returns a patched model, the input model is not changed: inside ComfyUI the LoRA becomes weight patches "
+        "that ComfyUI applies when it loads the UNet (no second copy; a strength change needs no reload), "
+        "headless a merged copy that shares every unpatched weight. "
         "Fails with a clear message when the LoRA fits no layer or was made for a different model."
     )
     CATEGORY = CATEGORY
     FUNCTION = "load"
     RETURN_TYPES = (SVDLAB_MODEL, "STRING")
     RETURN_NAMES = ("model", "info")
-    OUTPUT_TOOLTIPS = ("The model with the LoRA merged into its UNet weights.",
+    OUTPUT_TOOLTIPS = ("The model with the LoRA applied to its UNet weights.",
                        "How many weights were patched and what did not match.")
 
     @classmethod
@@ -84,13 +92,31 @@ class LoraLoader:
     def VALIDATE_INPUTS(cls, lora_name: str | None, strength: float | None = None) -> bool | str:
         return range_problem(cls, "strength", strength) or _missing(lora_name)
 
+    def __init__(self) -> None:
+        self._file: tuple[Any, tuple[dict, dict]] | None = None  # ((path, mtime, size), (state, metadata))
+
+    def _read(self, lora_name: str) -> tuple[dict, dict]:
+        """The file's tensors, read again only when the file changed (a strength change re-uses them)."""
+        path = bridge.resolve_lora(lora_name)
+        stat = path.stat()
+        stamp = (str(path), stat.st_mtime_ns, stat.st_size)
+        if self._file is None or self._file[0] != stamp:
+            self._file = (stamp, load_lora(path))
+        return self._file[1]
+
     def load(self, model: Any, lora_name: str, strength: float) -> tuple[Any, str]:
-        state, meta = load_lora(bridge.resolve_lora(lora_name))
+        state, meta = self._read(lora_name)
         report = validate_lora(model, state)
         if strength == 0:
             return model, f"{lora_name}: strength 0, model unchanged ({report.summary()})"
-        patched = apply_lora(model, state, strength)
-        bridge.inherit_offload(model, patched)
+        if bridge.comfy_managed():
+            if not math.isfinite(strength):
+                raise ConfigError(f"LoRA strength must be a finite number, got {strength!r}")
+            check_usable(report)
+            patched = bridge.with_lora(model, state, report, strength)
+        else:
+            patched = apply_lora(model, state, strength)
+            bridge.inherit_offload(model, patched)
         info = f"{lora_name} at strength {strength:g}: {report.summary()}; {_describe_metadata(meta)}"
         log.info(info)
         return patched, info
@@ -132,7 +158,7 @@ class LoraValidate:
         lines = [f"{lora_name} ({len(state)} tensors): {_describe_metadata(meta)}", report.text()]
         trained_on = meta.get("svd_lab.base_model_hash", "")
         if compare_base_hash:
-            ours = base_model_hash(model)
+            ours = base_model_hash(bridge.unet_state(model))
             verdict = ("same base weights" if ours == trained_on else
                        "no base hash in the file" if not trained_on else "DIFFERENT base weights")
             lines.append(f"base model hash: {verdict} (LoRA: {trained_on or '-'}, model: {ours})")

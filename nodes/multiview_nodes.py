@@ -177,7 +177,7 @@ class OrbitConditioning:
         check_size(size, size, model.config.size_multiple)
         frame, count = adapters.conditioning_frame(image, size, size)
         params = orbit_params(model, cameras, width=size, height=size)
-        with bridge.on_device(model):
+        with bridge.on_device(model, bridge.CONDITIONING):
             cond, uncond = orbit_condition(model, frame, cameras, params, generator=adapters.generator(seed))
         conditioning = VideoConditioning(adapters.cond_to_cpu(cond), adapters.cond_to_cpu(uncond), params,
                                          (size, size), model.variant, input_view=frame.detach().cpu())

@@ -1,7 +1,9 @@
 """Finetuning nodes: dataset (manifest / folder) -> latent cache -> train (LoRA or full) -> save.
 
 Training leaves ComfyUI's torch.inference_mode, reports progress with a live loss chart as the preview, and
-on cancel writes a checkpoint first (the next run with resume on continues from it).
+on cancel writes a checkpoint first (the next run with resume on continues from it). Inside ComfyUI the model's
+networks leave ComfyUI's memory management for the run (bridge.unmanaged: unloaded, a LoRA carried as weight
+patches merged in) and are handed back after it, also on error or interrupt.
 """
 
 from __future__ import annotations
@@ -253,7 +255,7 @@ class BuildLatentCache:
         config = config_from_dict({"cache": {"dir": str(directory), "cond_aug_mode": cond_aug_mode,
                                              "dtype": storage}})
         bar = bridge.Progress(len(dataset.windows))
-        with bridge.on_device(model):
+        with bridge.on_device(model, bridge.FIRST_STAGE + bridge.CONDITIONING):
             cache = build_cache(model, dataset, directory, config.cache, config.objective, device=model.device,
                                 rebuild=rebuild, callback=lambda done, total: bar.update(done, total))
         return cache, cache.describe()
@@ -341,9 +343,10 @@ class Train:
             log.info("step %d/%d loss %.5f", event.stats.step, event.total, event.stats.loss)
             bar.update(event.stats.step, event.total, preview)
 
-        home = model.device
+        home = bridge.resting_device(model)  # where the trained UNet is placed (inside ComfyUI: off the GPU)
         bridge.free_memory(training_bytes(model), device)
-        with torch.inference_mode(False), torch.enable_grad():
+        # inside ComfyUI the networks leave its management for the run (LoRA patches merged) and return after
+        with bridge.unmanaged(model), torch.inference_mode(False), torch.enable_grad():
             image = None
             if validation_image is not None:
                 image = adapters.images_to_video(validation_image.clone())[0, :1]  # (1, 3, H, W)
@@ -447,7 +450,8 @@ class SaveFinetuned:
 
     def save(self, model: SVDBundle, filename_prefix: str, dtype: str) -> dict[str, Any]:
         target, _, _ = bridge.save_target(filename_prefix, "output", "safetensors")
-        written = save_bundle(model, target, dtype=dtype)
+        with bridge.unmanaged(model):  # inside ComfyUI: the weights as this model sees them (LoRA patches merged)
+            written = save_bundle(model, target, dtype=dtype)
         log.info("saved %s", written)
         return {"ui": {"files": [_ui_file(written)], "text": [bridge.display(written)]}, "result": ()}
 

@@ -3,7 +3,9 @@
 * :mod:`.folders`: input / output / temp / user folders and the confinement of every path a workflow names
   (:mod:`.confine`); numbered output files.
 * :mod:`.models`: checkpoints, LoRAs and supporting model files from the model folders.
-* :mod:`.memory`: the compute device, ComfyUI's memory manager, offload between nodes.
+* :mod:`.memory`: the compute device, ComfyUI's memory manager, offload between nodes; :func:`on_device` loads
+  the networks a node names (``UNET``, ``FIRST_STAGE``, ``CONDITIONING``, ``PARTS``).
+* :mod:`.managed`: inside ComfyUI, each network as a ComfyUI ModelPatcher; LoRAs as its weight patches.
 * :mod:`.progress`: progress bars with latent previews, interruption.
 
 Inside ComfyUI all of it is ComfyUI's. Headless (tests, CLI, workflow runner) the folders come from
@@ -18,7 +20,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import confine, folders, memory, models, progress
+from . import confine, folders, managed, memory, models, progress
 from .comfy import in_comfyui
 from .confine import PathRefused, Root
 from .folders import (
@@ -44,15 +46,23 @@ from .folders import (
     save_target,
     user_folder,
 )
+from .managed import CONDITIONING, FIRST_STAGE, PARTS, UNET, with_lora
 from .memory import (
+    comfy_managed,
     cpu_device,
     device,
     free_memory,
     inherit_offload,
+    load_device,
+    manage,
     model_bytes,
     on_device,
+    release,
+    resting_device,
     set_offload,
     soft_empty_cache,
+    unet_state,
+    unmanaged,
 )
 from .models import (
     LORA_FOLDER,
@@ -81,6 +91,8 @@ __all__ = ["ANNOTATIONS", "IMAGE_EXTENSIONS", "LORA_FOLDER", "MODEL_EXTENSIONS",
     "model_dirs", "model_file", "models", "on_device", "output_path", "prefix_problem", "progress",
     "register_model_folder", "reset", "resolve_checkpoint", "resolve_lora", "save_target", "set_offload",
     "soft_empty_cache", "step_callback", "user_folder"]
+__all__ += ["CONDITIONING", "FIRST_STAGE", "PARTS", "UNET", "comfy_managed", "load_device", "manage", "managed",
+            "release", "resting_device", "unet_state", "unmanaged", "with_lora"]
 
 
 @contextlib.contextmanager

@@ -22,6 +22,24 @@ def _mm() -> Any | None:
     return mm
 
 
+def _model_patcher() -> Any | None:
+    """comfy.model_patcher (ModelPatcher: the wrapper ComfyUI's memory manager loads, offloads and patches)."""
+    try:
+        import comfy.model_patcher as model_patcher
+    except ImportError:
+        return None
+    return model_patcher
+
+
+def _comfy_lora() -> Any | None:
+    """comfy.lora (load_lora: LoRA tensors -> ModelPatcher weight patches)."""
+    try:
+        import comfy.lora as lora
+    except ImportError:
+        return None
+    return lora
+
+
 def in_comfyui() -> bool:
     return _folder_paths() is not None
 
@@ -40,3 +58,17 @@ def _progress_bar_class() -> Any | None:
     except ImportError:
         return None
     return comfy.utils.ProgressBar
+
+
+def _video_types() -> tuple[Any, Any] | None:
+    """(VideoFromComponents, VideoComponents) of comfy_api: how core nodes build a VIDEO from frames."""
+    try:
+        from comfy_api.latest import InputImpl, Types
+    except ImportError:
+        try:  # ComfyUI before comfy_api.latest
+            from comfy_api.input_impl import VideoFromComponents
+            from comfy_api.util import VideoComponents
+        except ImportError:
+            return None
+        return VideoFromComponents, VideoComponents
+    return InputImpl.VideoFromComponents, Types.VideoComponents

@@ -12,7 +12,7 @@ The names below are the public API; the modules depend on each other in that ord
 
 from __future__ import annotations
 
-from .apply import LoraPatch, apply_lora
+from .apply import LoraPatch, apply_lora, check_usable
 from .format import LORA_FORMAT, base_model_hash, load_lora, lora_metadata, pack_version, save_lora
 from .keys import LoraReport, ParsedLora, parse_lora, validate_lora
 from .layers import (
@@ -45,6 +45,7 @@ __all__ = [
     "ParsedLora",
     "apply_lora",
     "base_model_hash",
+    "check_usable",
     "convert_peft_lora",
     "convert_peft_lora_file",
     "diffusers_module_map",

@@ -20,12 +20,14 @@ from torch import Tensor, nn
 from ..errors import CheckpointError, ConfigError
 from .keys import LoraEntry, LoraReport, unet_module, validate_lora
 
-__all__ = ["LoraPatch", "apply_lora"]
+__all__ = ["LoraPatch", "apply_lora", "check_usable"]
 
 log = logging.getLogger(__name__)
 
 
-def _raise_if_unusable(report: LoraReport, strict: bool) -> None:
+def check_usable(report: LoraReport, strict: bool = False) -> None:
+    """Raise CheckpointError when a LoRA does not fit the model (the reason and a hint); warn about (or with
+    `strict` refuse) unmatched keys. What :func:`apply_lora` checks first, for callers that patch otherwise."""
     hint = {
         "diffusers/peft": "its keys use diffusers/PEFT module names (down_blocks..., lora_A/lora_B): convert it "
                           "with SVDLab_LoraConvert (svd_model.lora.convert_peft_lora) first",
@@ -144,7 +146,7 @@ def apply_lora(target: Any, state: Mapping[str, Tensor], strength: float = 1.0, 
         raise ConfigError(f"LoRA strength must be a finite number, got {strength!r}")
     unet = unet_module(target)
     report = validate_lora(unet, state)
-    _raise_if_unusable(report, strict)
+    check_usable(report, strict)
     merged = _merged_params(unet, state, report, float(strength))
     if inplace:
         params = dict(unet.named_parameters())
