@@ -36,6 +36,7 @@ from .vae_blocks import (
     swish,
     vae_norm,
 )
+from .vae_tiling import blend_weights, chunk_ranges, tile_ranges
 
 #: Clamp of the posterior log-variance (sgm ``DiagonalGaussianDistribution``).
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
@@ -285,54 +286,6 @@ class AutoencoderKL(nn.Module):
 # -------------------------------------------------------------------- chunked decoding
 
 
-def chunk_ranges(
-    num_frames: int, chunk_size: int, num_frames_per_video: int | None = None, overlap: int = 0
-) -> list[tuple[int, int]]:
-    """[start, stop) frame ranges of the decoding chunks.
-
-    None: sgm ``decode_first_stage`` semantics, consecutive chunks of ``chunk_size`` along the flat frame axis
-    (the last may be shorter; with several videos a chunk may straddle two). With ``num_frames_per_video``,
-    each video is chunked on its own, so no chunk mixes videos. Both agree for a single video. With
-    ``overlap`` > 0, consecutive chunks of a video share that many frames.
-    """
-    if chunk_size < 1:
-        raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
-    if not 0 <= overlap < chunk_size:
-        raise InputError(f"need 0 <= overlap < chunk_size, got overlap {overlap} and chunk_size {chunk_size}")
-    if num_frames == 0:
-        return []
-    per_video = num_frames if num_frames_per_video is None else num_frames_per_video
-    if per_video < 1 or num_frames % per_video:
-        raise InputError(f"{num_frames} frames are not a whole number of videos of {num_frames_per_video} frames")
-    ranges = []
-    for video in range(0, num_frames, per_video):
-        start = 0
-        while True:
-            stop = min(start + chunk_size, per_video)
-            ranges.append((video + start, video + stop))
-            if stop == per_video:
-                break
-            start = stop - overlap
-    return ranges
-
-
-def _blend_weights(ranges: list[tuple[int, int]], num_frames: int, per_video: int, overlap: int) -> list[Tensor]:
-    """Per chunk, (stop - start,) weights ramping linearly over the frames shared with a neighbouring chunk
-    of the same video, normalised so that the weights of every frame sum to 1."""
-    ramp = torch.arange(1, overlap + 1, dtype=torch.float32) / (overlap + 1)
-    weights, total = [], torch.zeros(num_frames)
-    for start, stop in ranges:
-        w = torch.ones(stop - start)
-        n = min(overlap, stop - start)
-        if n and start % per_video:  # not the video's first chunk
-            w[:n] = ramp[:n]
-        if n and stop % per_video:  # not the video's last chunk
-            w[-n:] = torch.minimum(w[-n:], ramp.flip(0)[-n:])
-        weights.append(w)
-        total[start:stop] += w
-    return [w / total[start:stop] for w, (start, stop) in zip(weights, ranges, strict=True)]
-
-
 def decode_chunked(
     vae: AutoencoderKL,
     z: Tensor,
@@ -340,6 +293,8 @@ def decode_chunked(
     *,
     num_frames_per_video: int | None = None,
     overlap: int = 0,
+    tile: int | None = None,
+    tile_overlap: int = 0,
     out_device: torch.device | str | None = None,
     callback: Callable[[int, int], None] | None = None,
 ) -> Tensor:
@@ -349,32 +304,52 @@ def decode_chunked(
     (default: z's device). Each chunk of :func:`chunk_ranges` is decoded independently with num_frames = its
     length. The temporal layers therefore zero-pad at every chunk edge and pool GroupNorm statistics per chunk:
     the output depends on ``chunk_size`` (a seam can appear between chunks), exactly as in the reference.
-
-    Each chunk is copied into a preallocated output and freed, so peak working memory grows with
-    ``chunk_size``, not with n (``out_device="cpu"`` keeps the full clip off the accelerator).
     With ``overlap`` > 0 consecutive chunks of a video share that many frames, cross-faded linearly (hides the
-    seams; overlap 0 is the reference). ``callback(frames_done, frames_total)`` runs after each chunk, counting
-    the frames decoded (overlapping frames twice). Call under ``torch.inference_mode()`` for inference; with
-    autograd enabled the activations of every chunk are kept.
+    seams; overlap 0 is the reference).
+
+    With ``tile`` (latent pixels), each chunk is also cut into spatial tiles of at most ``tile`` x ``tile``
+    (:func:`.vae_tiling.tile_ranges`) sharing ``tile_overlap`` latent pixels with their neighbours; every tile
+    is decoded with all the frames of its chunk (the temporal layers mix frames, not positions) and the
+    tiles are blended with linear ramps over the ``tile_overlap * f`` shared output pixels. The decoder's
+    GroupNorm statistics and its mid-block attention then see one tile, not the frame, so the result
+    differs slightly from untiled decoding (exactly equal when one tile covers the latents).
+
+    Each piece is added into a preallocated output and freed, so peak working memory grows with
+    ``chunk_size`` x the tile area (the frame area when untiled), not with n (``out_device="cpu"`` keeps
+    the full clip off the accelerator). ``callback(frames_done, frames_total)`` runs after each chunk,
+    counting the frames decoded (overlapping frames twice). Call under ``torch.inference_mode()`` for
+    inference; with autograd enabled the activations of every piece are kept.
     """
     if z.ndim != 4:
         raise ShapeError(f"latents must be (n, z, h, w), got {tuple(z.shape)}")
-    total = z.shape[0]
+    total, (h, w) = z.shape[0], z.shape[-2:]
     ranges = chunk_ranges(total, chunk_size, num_frames_per_video, overlap)
-    weights = _blend_weights(ranges, total, num_frames_per_video or total, overlap) if overlap else None
+    frame_weights = blend_weights(ranges, total, num_frames_per_video or total) if overlap else None
+    rows, cols = (tile_ranges(h, tile, tile_overlap), tile_ranges(w, tile, tile_overlap)) if tile else (
+        [(0, h)], [(0, w)])
+    f = vae.config.downsample_factor
+    row_weights = blend_weights([(f * a, f * b) for a, b in rows], f * h)  # each (f * tile rows,)
+    col_weights = blend_weights([(f * a, f * b) for a, b in cols], f * w)
+    blend = frame_weights is not None or len(rows) * len(cols) > 1
     out: Tensor | None = None
     done, work = 0, sum(stop - start for start, stop in ranges)
     for i, (start, stop) in enumerate(ranges):
-        frames = vae.decode(z[start:stop], num_frames=stop - start)  # (stop - start, out, H, W)
-        if out is None:
-            device = z.device if out_device is None else torch.device(out_device)
-            alloc = torch.zeros if weights else torch.empty
-            out = alloc((total, *frames.shape[1:]), dtype=frames.dtype, device=device)
-        if weights:
-            out[start:stop] += (frames * weights[i].to(frames)[:, None, None, None]).to(out.device)
-        else:
-            out[start:stop] = frames
-        del frames
+        for (y0, y1), wy in zip(rows, row_weights, strict=True):
+            for (x0, x1), wx in zip(cols, col_weights, strict=True):
+                piece = vae.decode(z[start:stop, :, y0:y1, x0:x1], num_frames=stop - start)  # (k, out, fy, fx)
+                if out is None:
+                    device = z.device if out_device is None else torch.device(out_device)
+                    out = (torch.zeros if blend else torch.empty)(
+                        (total, piece.shape[1], f * h, f * w), dtype=piece.dtype, device=device)
+                target = out[start:stop, :, f * y0 : f * y1, f * x0 : f * x1]
+                if blend:
+                    weight = wy[:, None] * wx[None, :]  # (fy, fx)
+                    if frame_weights is not None:
+                        weight = frame_weights[i][:, None, None, None] * weight  # (k, 1, fy, fx)
+                    target += (piece * weight.to(piece)).to(out.device)
+                else:
+                    target.copy_(piece)
+                del piece
         done += stop - start
         if callback is not None:
             callback(done, work)

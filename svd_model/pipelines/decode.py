@@ -12,6 +12,7 @@ from einops import rearrange
 from torch import Tensor
 
 from ..errors import InputError, ShapeError
+from ..memory import on_compute
 from ..nn.vae import decode_chunked
 from ..weights.loader import SVDBundle
 
@@ -23,24 +24,40 @@ def decode_latents(
     *,
     chunk_size: int | None = None,
     overlap: int = 0,
+    tile_size: int | None = None,
+    tile_overlap: int | None = None,
     out_device: torch.device | str | None = "cpu",
     callback: Callable[[int, int], None] | None = None,
 ) -> Tensor:
     """Decode (b, t, 4, h, w) scaled latents to (b, t, 3, H, W) frames in [-1, 1] (not clamped).
 
-    Each video is decoded in chunks of `chunk_size` frames (default: the variant's decoding_t, 14,
-    as the reference scripts), so peak memory grows with the chunk size, not the frame count. The
-    temporal decoder sees each chunk alone, so a seam can show between chunks; with `overlap` > 0
-    consecutive chunks share that many frames, cross-faded linearly. overlap=0 is the reference.
-    callback(frames_done, frames_total) runs after each chunk.
+    Each video is decoded in chunks of `chunk_size` frames (default: the bundle's memory plan's
+    decode_chunk, else the variant's decoding_t, 14, as the reference scripts), so peak memory grows with
+    the chunk size, not the frame count. The temporal decoder sees each chunk alone, so a seam can show
+    between chunks; with `overlap` > 0 consecutive chunks share that many frames, cross-faded linearly.
+    overlap=0 is the reference.
+
+    `tile_size` (latent pixels; x8 = image pixels) also cuts every chunk into spatial tiles sharing
+    `tile_overlap` latent pixels, blended linearly (:func:`~..nn.vae.decode_chunked`): peak memory then
+    follows the tile, not the frame size, at a small difference from untiled decoding. None takes the
+    plan's decode_tile / decode_tile_overlap (``bundle.memory``; untiled in the default plan); 0 is
+    untiled. callback(frames_done, frames_total) runs after each chunk.
     """
     if latents.ndim != 5:
         raise ShapeError(f"latents must be (b, t, c, h, w), got {tuple(latents.shape)}")
+    plan = bundle.memory
+    if tile_size is None:
+        tile_size = plan.decode_tile
+    if tile_overlap is None:
+        tile_overlap = plan.decode_tile_overlap
+    if tile_size is not None and tile_size < 0:
+        raise InputError(f"tile_size must be >= 0 latent pixels (0 = untiled), got {tile_size}")
     b, t = latents.shape[:2]
     vae = bundle.model.first_stage
     z = rearrange(latents, "b t c h w -> (b t) c h w").to(bundle.device, vae.dtype) / bundle.config.scale_factor
     frames = decode_chunked(
-        vae, z, chunk_size or bundle.defaults.decoding_t, num_frames_per_video=t, overlap=overlap,
+        vae, z, chunk_size or plan.decode_chunk or bundle.defaults.decoding_t, num_frames_per_video=t,
+        overlap=overlap, tile=tile_size or None, tile_overlap=tile_overlap if tile_size else 0,
         out_device=out_device, callback=callback,
     )  # (b t) 3 H W
     return rearrange(frames.float(), "(b t) c h w -> b t c h w", b=b)
@@ -61,5 +78,7 @@ def encode_frames(bundle: SVDBundle, frames: Tensor, *, generator: torch.Generat
         raise InputError("this checkpoint has no VAE encoder")
     b = frames.shape[0]
     x = rearrange(frames, "b t c h w -> (b t) c h w").to(bundle.device, vae.dtype)
-    z = vae.encode_sample(x, generator) if generator is not None else vae.encode_mode(x)
+    offloaded = (vae,) if vae is model.cond_vae else ()  # the first stage stays on the compute device
+    with on_compute(bundle, *offloaded):
+        z = vae.encode_sample(x, generator) if generator is not None else vae.encode_mode(x)
     return rearrange(z.float() * bundle.config.scale_factor, "(b t) c h w -> b t c h w", b=b)
