@@ -20,6 +20,7 @@ from ..diffusion.noise import initial_noise, noise_latents, randn
 from ..diffusion.sampling import StepInfo, get_sampler
 from ..diffusion.schedules import get_schedule, sigmas_for_denoise
 from ..errors import ConfigError, InputError
+from ..memory import on_compute
 from ..nn.image_encoder import encode_image
 from ..weights.loader import SVDBundle
 
@@ -112,9 +113,10 @@ def encode_condition(
     b, t = image.shape[0], params.num_frames
     device = bundle.device
     clean = image.to(device, torch.float32)
-    crossattn = encode_image(model.image_encoder, clean.to(bundle.dtype)).float()[:, None]  # (b, 1, ctx)
-    concat = encode_cond_frames(model.cond_vae, clean, params.cond_aug, device=device, generator=generator,
-                                noise=aug_noise)  # (b, 4, h, w), unscaled
+    with on_compute(bundle, model.image_encoder, model.cond_vae):  # offloaded encoders visit the device
+        crossattn = encode_image(model.image_encoder, clean.to(bundle.dtype)).float()[:, None]  # (b, 1, ctx)
+        concat = encode_cond_frames(model.cond_vae, clean, params.cond_aug, device=device, generator=generator,
+                                    noise=aug_noise)  # (b, 4, h, w), unscaled
     values: dict[str, Tensor | float] = {
         "fps_id": params.fps_id, "motion_bucket_id": params.motion_bucket_id, "cond_aug": params.cond_aug,
     }
