@@ -9,6 +9,7 @@ from typing import Any
 
 from ..svd_model.config import VARIANT_DEFAULTS
 from ..svd_model.weights.loader import DTYPES, load_bundle, resolve_dtype
+from ..svd_model.weights.vae_file import replace_vae
 from . import bridge
 from .types import SVDLAB_MODEL
 
@@ -16,6 +17,7 @@ log = logging.getLogger(__name__)
 
 OFFLOAD_NONE = "none"
 OFFLOAD_CPU = "cpu between nodes"
+VAE_NONE = "none"  # vae_name: the checkpoint's own first stage
 
 
 def _estimate_bytes(path: Path) -> int:
@@ -29,7 +31,8 @@ class CheckpointLoader:
     DESCRIPTION = (
         "Loads an SVD-family checkpoint (svd, svd_xt, svd_xt_1_1, sv3d_u, sv3d_p; official single-file "
         ".safetensors or a diffusers-format folder) from models/svd or models/checkpoints. The architecture is "
-        "read from the weights; the variant only picks sampling defaults."
+        "read from the weights; the variant only picks sampling defaults. Optionally a separate VAE file "
+        "(models/vae, or another checkpoint's first stage) replaces the checkpoint's decoder."
     )
     CATEGORY = "SVD Lab/loaders"
     FUNCTION = "load"
@@ -61,18 +64,27 @@ class CheckpointLoader:
                     "default": False,
                     "tooltip": "Load a checkpoint even if some weights are NaN or Inf (a damaged file; its videos "
                                "are usually flat grey). Off: such a file is refused with the tensors named."}),
+                "vae_name": ([VAE_NONE, *bridge.models.list_vaes()], {
+                    "default": VAE_NONE,
+                    "tooltip": "none: the checkpoint's own VAE. Else a VAE file from models/vae (or models/svd: a "
+                               "full checkpoint lends its first stage) that replaces the decoder, and the encoder "
+                               "when the file has one: official, ComfyUI or diffusers key names; temporal or image "
+                               "decoder. It must work in SVD's latent space (4 channels, factor 8)."}),
             },
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, ckpt_name: str | None) -> bool | str:
-        if ckpt_name is None or bridge.find_checkpoint(ckpt_name) is not None:
-            return True
-        return bridge.missing_checkpoint_message(ckpt_name)
+    def VALIDATE_INPUTS(cls, ckpt_name: str | None, vae_name: str | None = VAE_NONE) -> bool | str:
+        if ckpt_name is not None and bridge.find_checkpoint(ckpt_name) is None:
+            return bridge.missing_checkpoint_message(ckpt_name)
+        if vae_name not in (None, VAE_NONE) and bridge.models.find_vae(vae_name) is None:
+            return bridge.models.missing_vae_message(vae_name)
+        return True
 
     def load(self, ckpt_name: str, dtype: str, variant: str, offload: str,
-             allow_non_finite: bool = False) -> tuple[Any, str]:
+             allow_non_finite: bool = False, vae_name: str = VAE_NONE) -> tuple[Any, str]:
         path = bridge.resolve_checkpoint(ckpt_name)
+        vae_path = bridge.models.resolve_vae(vae_name) if vae_name != VAE_NONE else None
         compute = bridge.device()
         load_device = compute if offload == OFFLOAD_NONE else bridge.cpu_device()
         weights_dtype = resolve_dtype(dtype, compute)  # "auto" follows the compute device, not the CPU
@@ -80,13 +92,15 @@ class CheckpointLoader:
         bundle = load_bundle(path, device=load_device, dtype=weights_dtype,
                              variant=None if variant == "auto" else variant,
                              allow_non_finite=bool(allow_non_finite))
+        vae = replace_vae(bundle, vae_path, allow_non_finite=bool(allow_non_finite)) if vae_path else None
         if offload != OFFLOAD_NONE:
             bridge.set_offload(bundle, compute)
         bridge.soft_empty_cache()
         moved = f" between nodes, on {compute} while working" if load_device != compute else ""
         info = (f"{os.path.basename(path)}: {bundle.family.value} model, variant {bundle.variant}, "
                 f"{str(weights_dtype).removeprefix('torch.')} on {load_device}{moved}; "
-                f"sizes must be multiples of {bundle.config.size_multiple}")
+                f"sizes must be multiples of {bundle.config.size_multiple}"
+                f"{'; ' + vae.summary() if vae else ''}")
         log.info(info)
         return bundle, info
 

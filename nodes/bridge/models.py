@@ -1,9 +1,10 @@
-"""Model files: the checkpoints and LoRAs a node may load (names from ComfyUI's model folders; headless the
+"""Model files: the checkpoints, VAEs and LoRAs a node may load (names from ComfyUI's model folders; headless the
 configured ones), and supporting model files named relative to a model folder."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from ...svd_model.errors import CheckpointError, InputError, shorten
@@ -72,13 +73,19 @@ def list_checkpoints() -> list[str]:
 def find_checkpoint(name: str) -> Path | None:
     """A listed name (relative to a model folder) -> its path; headless, an absolute path is accepted too.
     Inside ComfyUI a name may not leave its model folder."""
-    if not name or confine.relative_problem(name, "checkpoint") and not any_path_allowed():
+    return _find_model(name, "checkpoint", [root for _, root in _searched_folders()], Path.exists)
+
+
+def _find_model(name: str, what: str, roots: list[Path], usable: Callable[[Path], bool]) -> Path | None:
+    """``name`` in the first of ``roots`` where ``usable(path)``, never outside that root; an absolute path only
+    headless with the opt-in (:func:`any_path_allowed`)."""
+    if not name or confine.relative_problem(name, what) and not any_path_allowed():
         return None
     if Path(name).is_absolute():
-        return Path(name) if any_path_allowed() and Path(name).exists() else None
-    for _, root in _searched_folders():
+        return Path(name) if any_path_allowed() and usable(Path(name)) else None
+    for root in roots:
         path = root / name
-        if _in_model_folder(path, root) and path.exists():
+        if _in_model_folder(path, root) and usable(path):
             return path
     return None
 
@@ -103,6 +110,52 @@ def resolve_checkpoint(name: str) -> Path:
     path = find_checkpoint(name)
     if path is None:
         raise CheckpointError(missing_checkpoint_message(name))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- vaes
+
+VAE_FOLDER = "vae"
+
+
+def _vae_roots() -> list[Path]:
+    """Folders searched for VAE files: ComfyUI's `vae` folders, then the `svd` folders (a full checkpoint there
+    lends its first stage); headless the model folders."""
+    fp = _folder_paths()
+    if fp is None:
+        return model_dirs()
+    keys = [VAE_FOLDER] if VAE_FOLDER in fp.folder_names_and_paths else []
+    return [Path(d) for key in (*keys, SVD_FOLDER) for d in fp.get_folder_paths(key)]
+
+
+def list_vaes() -> list[str]:
+    """VAE names for the loader's vae_name COMBO (.safetensors/.sft files, relative to their folder), `vae`
+    folder first."""
+    names = []
+    for root in _vae_roots():
+        if root.is_dir():
+            names += sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                            if p.suffix.lower() in MODEL_EXTENSIONS and p.is_file())
+    return list(dict.fromkeys(names))
+
+
+def find_vae(name: str) -> Path | None:
+    """A listed VAE name -> its file, confined like :func:`find_checkpoint`."""
+    return _find_model(name, "VAE", _vae_roots(), Path.is_file)
+
+
+def missing_vae_message(name: str) -> str:
+    if in_comfyui():
+        return (f"VAE {shorten(name)} not found in ComfyUI's model folders (models/vae, models/svd): put the "
+                ".safetensors file there and pick it from the list")
+    where = "; ".join(str(root) for root in _vae_roots()) or "(no model folder configured)"
+    return f"VAE {shorten(name)} not found; looked in: {where}"
+
+
+def resolve_vae(name: str) -> Path:
+    path = find_vae(name)
+    if path is None:
+        raise CheckpointError(missing_vae_message(name))
     return path
 
 

@@ -4,9 +4,13 @@ replaced first stage must decode (and encode) as the donor's own, to float32 rou
 
 from __future__ import annotations
 
+import sys
+import types
+
 import pytest
 import torch
 
+from comfyui_svd_lab.nodes import NODE_CLASS_MAPPINGS, bridge
 from comfyui_svd_lab.svd_model.config import VAEConfig
 from comfyui_svd_lab.svd_model.errors import CheckpointError
 from comfyui_svd_lab.svd_model.nn.vae import AutoencoderKL
@@ -159,3 +163,49 @@ def test_a_vae_only_file_given_as_the_checkpoint_says_so(donor, tmp_path, naming
     path = save_checkpoint(tmp_path / "vae.safetensors", _namings(donor.first_stage.state_dict())[naming])
     with pytest.raises(CheckpointError, match=r"vae\.safetensors: this is a VAE-only file .*vae=path.*vae_name"):
         load_bundle(path)
+
+
+# ------------------------------------------------------------------------------------------ the loader node
+
+
+@pytest.fixture
+def vae_folders(checkpoint, donor, tmp_path):
+    """A headless model folder with the checkpoint and a VAE file in a subfolder."""
+    models = tmp_path / "models"
+    (models / "vae").mkdir(parents=True)
+    (models / "tiny.safetensors").write_bytes(checkpoint.read_bytes())
+    save_checkpoint(models / "vae" / "donor.safetensors", donor.first_stage.state_dict())
+    (tmp_path / "outside.safetensors").write_bytes(b"")
+    bridge.configure(models_dirs=[models])
+    yield models
+    bridge.reset()
+
+
+def test_loader_node_vae_name(vae_folders, donor_out):
+    loader = NODE_CLASS_MAPPINGS["SVDLab_CheckpointLoader"]
+    choices, options = loader.INPUT_TYPES()["optional"]["vae_name"]
+    assert choices == ["none", "tiny.safetensors", "vae/donor.safetensors"] and options["default"] == "none"
+    assert loader.VALIDATE_INPUTS("tiny.safetensors", "vae/donor.safetensors") is True
+    assert "VAE 'gone.safetensors' not found; looked in" in loader.VALIDATE_INPUTS("tiny.safetensors",
+                                                                                 "gone.safetensors")
+    assert bridge.models.find_vae("../outside.safetensors") is None  # names stay inside their model folder
+    bundle, info = loader().load("tiny.safetensors", "fp32", "auto", "none", vae_name="vae/donor.safetensors")
+    assert "; VAE donor.safetensors: temporal decoder, with its encoder" in info
+    with torch.no_grad():
+        assert torch.allclose(bundle.model.first_stage.decode(_latents(), T), donor_out[0], atol=ATOL)
+    _, plain = loader().load("tiny.safetensors", "fp32", "auto", "none")
+    assert "VAE" not in plain
+
+
+def test_vae_list_inside_comfyui_puts_the_vae_folder_first(vae_folders, tmp_path, monkeypatch):
+    comfy_vae = tmp_path / "comfy_vae"
+    comfy_vae.mkdir()
+    (comfy_vae / "sd_vae.safetensors").write_bytes(b"")
+    fp = types.ModuleType("folder_paths")
+    fp.folder_names_and_paths = {"vae": ([str(comfy_vae)], {".safetensors"})}
+    fp.get_folder_paths = lambda key: [str(vae_folders)] if key == "svd" else fp.folder_names_and_paths[key][0]
+    monkeypatch.setitem(sys.modules, "folder_paths", fp)
+    assert bridge.models.list_vaes() == ["sd_vae.safetensors", "tiny.safetensors", "vae/donor.safetensors"]
+    assert bridge.models.find_vae("sd_vae.safetensors") == comfy_vae / "sd_vae.safetensors"
+    assert bridge.models.find_vae(str(comfy_vae / "sd_vae.safetensors")) is None  # no absolute paths in ComfyUI
+    assert "models/vae" in bridge.models.missing_vae_message("x.safetensors")
