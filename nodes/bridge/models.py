@@ -73,17 +73,17 @@ def list_checkpoints() -> list[str]:
 def find_checkpoint(name: str) -> Path | None:
     """A listed name (relative to a model folder) -> its path; headless, an absolute path is accepted too.
     Inside ComfyUI a name may not leave its model folder."""
-    return _find_model(name, "checkpoint", [root for _, root in _searched_folders()], Path.exists)
+    return _find_model(name, "checkpoint", lambda: [root for _, root in _searched_folders()], Path.exists)
 
 
-def _find_model(name: str, what: str, roots: list[Path], usable: Callable[[Path], bool]) -> Path | None:
-    """``name`` in the first of ``roots`` where ``usable(path)``, never outside that root; an absolute path only
-    headless with the opt-in (:func:`any_path_allowed`)."""
+def _find_model(name: str, what: str, roots: Callable[[], list[Path]], usable: Callable[[Path], bool]) -> Path | None:
+    """``name`` in the first of the ``roots()`` where ``usable(path)``, never outside that root; an absolute path
+    only headless with the opt-in (:func:`any_path_allowed`), and then no folder is consulted."""
     if not name or confine.relative_problem(name, what) and not any_path_allowed():
         return None
     if Path(name).is_absolute():
         return Path(name) if any_path_allowed() and usable(Path(name)) else None
-    for root in roots:
+    for root in roots():
         path = root / name
         if _in_model_folder(path, root) and usable(path):
             return path
@@ -141,7 +141,7 @@ def list_vaes() -> list[str]:
 
 def find_vae(name: str) -> Path | None:
     """A listed VAE name -> its file, confined like :func:`find_checkpoint`."""
-    return _find_model(name, "VAE", _vae_roots(), Path.is_file)
+    return _find_model(name, "VAE", _vae_roots, Path.is_file)
 
 
 def missing_vae_message(name: str) -> str:
