@@ -19,6 +19,8 @@ from ..svd_model.pipelines.extend import (
 from ..svd_model.pipelines.image_to_video import MAX_FRAMES, VideoParams
 from ..svd_model.weights.loader import SVDBundle
 from . import adapters, bridge, widgets
+from .bridge.video import UNSET, frames_input, source_problem, video_from_frames
+from .io_nodes import VIDEO_OUTPUT_TOOLTIP
 from .types import number_problem
 from .widgets import XT
 
@@ -37,17 +39,16 @@ class ExtendVideo:
     )
     CATEGORY = "SVD Lab/video"
     FUNCTION = "extend"
-    RETURN_TYPES = ("IMAGE", "STRING")
-    RETURN_NAMES = ("images", "info")
-    OUTPUT_TOOLTIPS = ("The whole video: the input clip followed by the new segments.", "Frame count and settings.")
+    RETURN_TYPES = ("IMAGE", "STRING", "VIDEO")
+    RETURN_NAMES = ("images", "info", "video")
+    OUTPUT_TOOLTIPS = ("The whole video: the input clip followed by the new segments.", "Frame count and settings.",
+                       VIDEO_OUTPUT_TOOLTIP + " The rate: the input VIDEO's, else the fps widget.")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
                 "model": widgets.model("An SVD / SVD-XT checkpoint from SVD Lab Checkpoint Loader."),
-                "images": ("IMAGE", {"tooltip": "The clip to continue (one frame per batch entry; one image works "
-                                                "too). Its size must be a multiple of 64 for official models."}),
                 "segments": ("INT", {"default": 2, "min": 0, "max": MAX_SEGMENTS,
                                      "tooltip": "Segments to add (0 with loop: only close the loop)."}),
                 "frames": ("INT", {"default": 0, "min": 0, "max": MAX_FRAMES,
@@ -55,7 +56,9 @@ class ExtendVideo:
                 "overlap": ("INT", {"default": 1, "min": 1, "max": 16, "tooltip": (
                     "Frames each segment shares with the video so far (it starts from the first of them); they "
                     "are cross-faded.")}),
-                "fps": widgets.fps(),
+                "fps": ("INT", {**widgets.fps()[1], "tooltip": (
+                    "Frame-rate conditioning of the segments; a connected VIDEO's frame rate (rounded) replaces "
+                    "it.")}),
                 "motion_bucket_id": widgets.motion_bucket(),
                 "cond_aug": widgets.cond_aug("Noise added to each segment's start frame."),
                 "seed": widgets.seed("Seed of segment 1; segment i uses seed + i - 1 unless set below."),
@@ -69,6 +72,11 @@ class ExtendVideo:
                     "first.")}),
             },
             "optional": {
+                "images": ("IMAGE", {"tooltip": "The clip to continue (one frame per batch entry; one image works "
+                                                "too). Its size must be a multiple of 64 for official models. "
+                                                "Connect this or video."}),
+                "video": ("VIDEO", {"tooltip": "The clip as a VIDEO (core Load Video); its frame rate becomes the "
+                                               "fps conditioning. Connect this or images."}),
                 "per_segment": ("STRING", {"default": "", "multiline": True, "tooltip": (
                     "Optional per-segment settings, one line per segment: key=value pairs with keys "
                     f"{', '.join(SEGMENT_KEYS)}, e.g. 'motion_bucket_id=180 seed=7'. A blank line keeps the above.")}),
@@ -78,7 +86,7 @@ class ExtendVideo:
     @classmethod
     def VALIDATE_INPUTS(cls, segments: int | None, frames: int | None, overlap: int | None,
                         per_segment: str | None = "", cond_aug: float | None = None, min_cfg: float | None = None,
-                        max_cfg: float | None = None) -> bool | str:
+                        max_cfg: float | None = None, images: Any = UNSET, video: Any = UNSET) -> bool | str:
         problem = number_problem(cls, segments=segments, frames=frames, overlap=overlap, cond_aug=cond_aug,
                                  min_cfg=min_cfg, max_cfg=max_cfg)
         if problem:
@@ -90,14 +98,19 @@ class ExtendVideo:
                 parse_segment_overrides(per_segment, segments)
             except SVDError as exc:
                 return str(exc)
-        return True
+        return source_problem(images, video) or True
 
-    def extend(self, model: SVDBundle, images: Any, segments: int, frames: int, overlap: int, fps: int,
-               motion_bucket_id: int, cond_aug: float, seed: int, steps: int, min_cfg: float, max_cfg: float,
-               drift_correction: bool, loop: bool, per_segment: str = "") -> tuple[Any, str]:
+    def extend(self, model: SVDBundle, images: Any = None, segments: int = 2, frames: int = 0, overlap: int = 1,
+               fps: int = XT.fps, motion_bucket_id: int = XT.motion_bucket_id, cond_aug: float = XT.cond_aug,
+               seed: int = 0, steps: int = 0, min_cfg: float = XT.min_cfg, max_cfg: float = XT.max_cfg,
+               drift_correction: bool = True, loop: bool = False, per_segment: str = "",
+               video: Any = None) -> tuple[Any, str, Any]:
         check_svd_model(model)
-        video = adapters.images_to_video(images)  # (1, t, 3, H, W) in [-1, 1]
-        height, width = video.shape[-2:]
+        images, rate = frames_input(images, video, "SVD Lab Extend Video")
+        if rate is not None:
+            fps = min(max(round(rate), 1), 240)  # the fps widget's range
+        clip = adapters.images_to_video(images)  # (1, t, 3, H, W) in [-1, 1]
+        height, width = clip.shape[-2:]
         check_size(width, height, model.config.size_multiple)
         base = VideoParams.for_variant(
             model.variant, num_frames=frames or model.defaults.num_frames, width=width, height=height, fps=fps,
@@ -112,19 +125,21 @@ class ExtendVideo:
 
         with bridge.on_device(model, bridge.PARTS):
             out = extend_video(
-                model, video, plan, overlap=overlap, drift_correction=1.0 if drift_correction else 0.0, loop=loop,
+                model, clip, plan, overlap=overlap, drift_correction=1.0 if drift_correction else 0.0, loop=loop,
                 loop_params=plan[-1].params if plan else base, loop_generator=adapters.generator(seed + len(plan)),
                 step_callback=on_step, segment_callback=lambda done, total: bar.update(done, total),
             )
-        t0 = video.shape[1]
+        t0 = clip.shape[1]
         expected = extended_length(t0, [s.params.num_frames for s in plan], overlap,
                                    (plan[-1].params if plan else base).num_frames if loop else 0)
         info = (f"{t0} input frames + {len(plan)} segments ({', '.join(str(s.params.num_frames) for s in plan)} "
                 f"frames, overlap {overlap}){' + loop' if loop else ''} = {out.shape[1]} frames at {width}x{height}; "
-                f"drift correction {'on' if drift_correction else 'off'}")
+                f"drift correction {'on' if drift_correction else 'off'}; fps {fps}"
+                f"{' (from the VIDEO)' if rate is not None else ''}")
         if out.shape[1] != expected:
             log.warning("extend produced %d frames, expected %d", out.shape[1], expected)
-        return adapters.video_to_images(out), info
+        frames_out = adapters.video_to_images(out)
+        return frames_out, info, video_from_frames(frames_out, rate or fps)
 
 
 NODES: dict[str, tuple[type, str]] = {

@@ -13,6 +13,8 @@ from ..svd_model.pipelines.image_to_video import MAX_FRAMES, VideoParams
 from ..svd_model.pipelines.keyframes import KEYFRAME_METHODS, decode_keyframe_video, interpolate_keyframes
 from ..svd_model.weights.loader import SVDBundle
 from . import adapters, bridge, widgets
+from .bridge.video import UNSET, frames_input, source_problem, video_from_frames, with_latent_fps
+from .io_nodes import VIDEO_OUTPUT_TOOLTIP, frames_inputs
 from .types import MAX_SIZE, number_problem, range_problem
 from .widgets import XT
 
@@ -27,30 +29,30 @@ class FlowInterpolate:
     )
     CATEGORY = "SVD Lab/interpolation"
     FUNCTION = "interpolate"
-    RETURN_TYPES = ("IMAGE", "FLOAT", "INT")
-    RETURN_NAMES = ("images", "fps", "frame_count")
-    OUTPUT_TOOLTIPS = ("The retimed frames.", "Their frame rate (for Save Video).", "How many frames.")
+    RETURN_TYPES = ("IMAGE", "FLOAT", "INT", "VIDEO")
+    RETURN_NAMES = ("images", "fps", "frame_count", "video")
+    OUTPUT_TOOLTIPS = ("The retimed frames.", "Their frame rate (for Save Video).", "How many frames.",
+                       VIDEO_OUTPUT_TOOLTIP)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
-            "images": ("IMAGE", {"tooltip": "The video's frames, in order (at least two)."}),
             "factor": ("FLOAT", {"default": 2.0, "min": 1.0, "max": 16.0, "step": 0.5, "tooltip": (
                 "Frame-rate multiplier (2 = one new frame between each pair). Ignored when target_fps > 0.")}),
             "target_fps": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 240.0, "step": 0.01, "tooltip": (
                 "Resample to this frame rate by timestamps instead (0 = use factor).")}),
             "source_fps": ("FLOAT", {"default": 8.0, "min": 0.01, "max": 240.0, "step": 0.01, "tooltip": (
-                "Frame rate of the input (connect SVD Lab Load Video's fps).")}),
+                "Frame rate of IMAGE frames (connect SVD Lab Load Video's fps); a connected VIDEO brings its own.")}),
             "flow": (list(FLOW_METHODS), {"default": "dis_medium", "tooltip": (
                 "Flow estimator: DIS medium (best), fast, ultrafast, or Farnebaeck.")}),
             "flow_max_side": ("INT", {"default": FlowSettings().max_flow_side, "min": 0, "max": MAX_SIZE,
                                       "step": 16, "tooltip": (
                 "Estimate flow on a copy at most this large (longer side); 0 = full size (slower).")}),
-        }}
+        }, "optional": frames_inputs("The video's frames, in order (at least two).", "source_fps")}
 
     @classmethod
     def VALIDATE_INPUTS(cls, factor: float | None, target_fps: float | None, source_fps: float | None,
-                        flow_max_side: int | None) -> bool | str:
+                        flow_max_side: int | None, images: Any = UNSET, video: Any = UNSET) -> bool | str:
         for name, value in (("factor", factor), ("target_fps", target_fps), ("source_fps", source_fps),
                             ("flow_max_side", flow_max_side)):
             problem = range_problem(cls, name, value)
@@ -58,10 +60,13 @@ class FlowInterpolate:
                 return problem
         if flow_max_side is not None and 0 < flow_max_side < 16:
             return f"flow_max_side = {flow_max_side}: use 0 (full size) or at least 16"
-        return True
+        return source_problem(images, video) or True
 
-    def interpolate(self, images: Any, factor: float, target_fps: float, source_fps: float, flow: str,
-                    flow_max_side: int) -> tuple[Any, float, int]:
+    def interpolate(self, images: Any = None, factor: float = 2.0, target_fps: float = 0.0, source_fps: float = 8.0,
+                    flow: str = "dis_medium", flow_max_side: int = FlowSettings().max_flow_side,
+                    video: Any = None) -> tuple[Any, float, int, Any]:
+        images, rate = frames_input(images, video, "SVD Lab Flow Interpolate")
+        source_fps = rate or source_fps
         settings = FlowSettings(method=flow, max_flow_side=flow_max_side)
         if images.shape[0] < 2:
             raise InputError(f"the IMAGE batch has {images.shape[0]} frame: interpolation needs at least two "
@@ -71,7 +76,7 @@ class FlowInterpolate:
         out, fps = interpolate_images(
             adapters.array_to_images(frames), factor=None if target_fps > 0 else factor, source_fps=source_fps,
             target_fps=target_fps if target_fps > 0 else None, settings=settings, callback=bar.update)
-        return out, float(fps), int(out.shape[0])
+        return out, float(fps), int(out.shape[0]), video_from_frames(out, fps)
 
 
 class KeyframeInterpolate:
@@ -155,7 +160,7 @@ class KeyframeInterpolate:
                                             callback=bridge.step_callback(steps), method=method, renoise=renoise)
             video = decode_keyframe_video(model, latents, frame_a, frame_b, chunk_size=chunk_size,
                                           overlap=min(overlap, chunk_size - 1), callback=bridge.chunk_callback(frames))
-        return adapters.video_to_images(video), adapters.latents_to_comfy(latents)
+        return adapters.video_to_images(video), with_latent_fps(adapters.latents_to_comfy(latents), fps)
 
 
 NODES: dict[str, tuple[type, str]] = {

@@ -19,6 +19,7 @@ from typing import Any
 from ..svd_model.errors import InputError, SVDError
 from ..svd_model.media.video import read_image, read_video, write_video
 from . import adapters, bridge
+from .bridge.video import UNSET, frames_input, source_problem, video_from_frames
 from .types import MAX_SIZE, range_problem
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,15 @@ FORMATS = ["mp4", "webm", "webp", "gif"]
 RESIZE_MODES = ["cover", "contain", "stretch"]
 PATH_INPUT = ("STRING", {"default": "", "tooltip": (
     "Optional file path relative to the input folder (e.g. clips/a.mp4); when set it is used instead of the list.")})
+VIDEO_OUTPUT_TOOLTIP = "The same frames with their frame rate as a VIDEO (core Save Video, Get Video Components)."
+
+
+def frames_inputs(what: str = "The frames (one per batch entry).", fps_widget: str | None = "fps") -> dict[str, Any]:
+    """The optional IMAGE / VIDEO pair of a node that takes frames (exactly one connected, see bridge.video)."""
+    rate = f"; its frame rate replaces the {fps_widget} widget" if fps_widget else ""
+    return {"images": ("IMAGE", {"tooltip": f"{what} Connect this or video."}),
+            "video": ("VIDEO", {"tooltip": f"The frames as a VIDEO (core Load Video, Create Video){rate}. Connect "
+                                           "this or images."})}
 
 
 def _choices(kind: str) -> list[str]:
@@ -133,19 +143,23 @@ class LoadVideo:
 
 
 class SaveVideo:
-    DESCRIPTION = ("Writes the frames as a video (mp4/webm/webp/gif) into ComfyUI's output folder as "
-                   "prefix_00001_.ext, with the workflow embedded as metadata, and shows it in the node.")
+    DESCRIPTION = ("Writes the frames (IMAGE, or a VIDEO with its frame rate) as a video (mp4/webm/webp/gif) into "
+                   "ComfyUI's output folder as prefix_00001_.ext, with the workflow embedded as metadata, and shows it "
+                   "in the node.")
     CATEGORY = "SVD Lab/io"
     FUNCTION = "save"
     OUTPUT_NODE = True
-    RETURN_TYPES = ()
+    RETURN_TYPES = ("VIDEO",)
+    RETURN_NAMES = ("video",)
+    OUTPUT_TOOLTIPS = ("What was saved as a VIDEO: IMAGE frames with the fps widget's rate; a connected VIDEO "
+                       "unchanged (as core Save Video).",)
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {
             "required": {
-                "images": ("IMAGE", {"tooltip": "The frames (one per batch entry)."}),
-                "fps": ("FLOAT", {"default": 7.0, "min": 0.01, "max": 240.0, "step": 0.01, "tooltip": "Frame rate."}),
+                "fps": ("FLOAT", {"default": 7.0, "min": 0.01, "max": 240.0, "step": 0.01, "tooltip": (
+                    "Frame rate of IMAGE frames; a connected VIDEO keeps its own.")}),
                 "format": (FORMATS, {"default": "mp4", "tooltip": "Container / codec: mp4 (H.264), webm (VP9), "
                                                                   "animated webp, gif."}),
                 "quality": ("INT", {"default": 85, "min": 0, "max": 100, "tooltip": "0 = smallest, 100 = best."}),
@@ -153,16 +167,23 @@ class SaveVideo:
                     "File name prefix inside the output folder; may contain subfolders and ComfyUI's "
                     "%date:yyyy-MM-dd% etc.")}),
             },
+            "optional": frames_inputs(),
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, filename_prefix: str | None, fps: float | None = None) -> bool | str:
-        return bridge.prefix_problem(filename_prefix) or range_problem(cls, "fps", fps) or True
+    def VALIDATE_INPUTS(cls, filename_prefix: str | None, fps: float | None = None, images: Any = UNSET,
+                        video: Any = UNSET) -> bool | str:
+        return (bridge.prefix_problem(filename_prefix) or range_problem(cls, "fps", fps)
+                or source_problem(images, video) or True)
 
-    def save(self, images: Any, fps: float, format: str, quality: int, filename_prefix: str,
-             prompt: Any = None, extra_pnginfo: Any = None) -> dict[str, Any]:
-        return _write(images, fps, format, quality, filename_prefix, "output", _metadata(prompt, extra_pnginfo))
+    def save(self, images: Any = None, fps: float = 7.0, format: str = "mp4", quality: int = 85,
+             filename_prefix: str = "SVDLab/video", prompt: Any = None, extra_pnginfo: Any = None,
+             video: Any = None) -> dict[str, Any]:
+        images, rate = frames_input(images, video, "SVD Lab Save Video")
+        fps = rate or fps
+        out = _write(images, fps, format, quality, filename_prefix, "output", _metadata(prompt, extra_pnginfo))
+        return {**out, "result": (video if video is not None else video_from_frames(images, fps),)}
 
 
 class PreviewVideo:
@@ -177,16 +198,17 @@ class PreviewVideo:
         types = SaveVideo.INPUT_TYPES()
         required = {k: v for k, v in types["required"].items() if k != "filename_prefix"}
         required["format"] = (FORMATS, {**required["format"][1], "default": "webp"})
-        return {"required": required, "hidden": types["hidden"]}
+        return {"required": required, "optional": types["optional"], "hidden": types["hidden"]}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, fps: float | None = None) -> bool | str:
-        return range_problem(cls, "fps", fps) or True
+    def VALIDATE_INPUTS(cls, fps: float | None = None, images: Any = UNSET, video: Any = UNSET) -> bool | str:
+        return range_problem(cls, "fps", fps) or source_problem(images, video) or True
 
-    def preview(self, images: Any, fps: float, format: str, quality: int, prompt: Any = None,
-                extra_pnginfo: Any = None) -> dict[str, Any]:
+    def preview(self, images: Any = None, fps: float = 7.0, format: str = "webp", quality: int = 85,
+                prompt: Any = None, extra_pnginfo: Any = None, video: Any = None) -> dict[str, Any]:
+        images, rate = frames_input(images, video, "SVD Lab Preview Video")
         prefix = "SVDLab_temp_" + "".join(random.choices(string.ascii_lowercase, k=5))
-        return _write(images, fps, format, quality, prefix, "temp", _metadata(prompt, extra_pnginfo))
+        return _write(images, rate or fps, format, quality, prefix, "temp", _metadata(prompt, extra_pnginfo))
 
 
 def _write(images: Any, fps: float, format: str, quality: int, prefix: str, folder: str,

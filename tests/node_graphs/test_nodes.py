@@ -197,7 +197,7 @@ def test_image_to_video_end_to_end_writes_a_playable_mp4(model, folders):
     prompt, extra = {"1": {"class_type": "SVDLab_SaveVideo"}}, {"workflow": {"nodes": []}}
     out = node("SVDLab_SaveVideo").save(images, 8.0, "mp4", 90, "clips/run", prompt=prompt, extra_pnginfo=extra)
     entry = out["ui"]["images"][0]
-    assert out["result"] == () and out["ui"]["animated"] == [True]
+    assert out["ui"]["animated"] == [True] and out["result"][0].get_components().images is images
     assert (entry["filename"], entry["subfolder"], entry["type"]) == ("run_00001_.mp4", "clips", "output")
     path = folders / "out" / "clips" / "run_00001_.mp4"
     frames, fps = read_video(path)

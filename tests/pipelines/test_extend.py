@@ -132,7 +132,7 @@ def test_extend_node_progress_and_interruption(bundle, monkeypatch):
     extend = NODE_CLASS_MAPPINGS["SVDLab_ExtendVideo"]()
     reports = []
     with bridge.headless_run(reporter=lambda v, t: reports.append((v, t))):
-        frames, info = extend.extend(bundle, images, **args, per_segment="\nmotion_bucket_id=30")
+        frames, info, _ = extend.extend(bundle, images, **args, per_segment="\nmotion_bucket_id=30")
     assert frames.shape == (6, H, W, 3) and reports == [(1, 2), (2, 2)]
     assert "2 input frames + 2 segments" in info and "= 6 frames" in info
 
@@ -176,7 +176,8 @@ def test_extend_errors(bundle, tmp_path):
     assert "must exceed overlap" in node.VALIDATE_INPUTS(1, 2, 2)
     assert "above the maximum" in node.VALIDATE_INPUTS(1000, 0, 1)
     assert "cannot read" in node.VALIDATE_INPUTS(2, 0, 1, "nonsense")
-    assert node.VALIDATE_INPUTS(2, 0, 1, "seed=4") is True and node.VALIDATE_INPUTS(None, None, None) is True
+    assert node.VALIDATE_INPUTS(2, 0, 1, "seed=4", images=None) is True
+    assert node.VALIDATE_INPUTS(None, None, None, images=None) is True  # images linked
 
 
 # ------------------------------------------------------------------------------------------------ loop

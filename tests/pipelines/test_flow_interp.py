@@ -177,11 +177,11 @@ def test_tensor_wrapper_and_node():
     assert out.shape == (9, 24, 32, 3) and out.dtype == torch.float32 and fps == 16.0
     assert torch.equal(out[0::2], video) and seen[-1] == (9, 9) and len(seen) == 9
     node = FlowInterpolate()
-    images, fps, count = node.interpolate(video, 2.0, 0.0, 8.0, "dis_fast", 0)
+    images, fps, count, _ = node.interpolate(video, 2.0, 0.0, 8.0, "dis_fast", 0)
     assert images.shape == (9, 24, 32, 3) and fps == 16.0 and count == 9
-    images, fps, count = node.interpolate(video, 2.0, 12.0, 8.0, "farneback", 640)  # target fps wins
+    images, fps, count, _ = node.interpolate(video, 2.0, 12.0, 8.0, "farneback", 640)  # target fps wins
     assert fps == 12.0 and count == output_count(5, Fraction(8, 12)) == 7
-    assert FlowInterpolate.VALIDATE_INPUTS(2.0, 0.0, 8.0, 640) is True
+    assert FlowInterpolate.VALIDATE_INPUTS(2.0, 0.0, 8.0, 640, images=None) is True  # images linked
     assert "below the minimum" in FlowInterpolate.VALIDATE_INPUTS(0.5, 0.0, 8.0, 640)
     assert "at least 16" in FlowInterpolate.VALIDATE_INPUTS(2.0, 0.0, 8.0, 4)
     with pytest.raises(InputError, match="at least two"):
