@@ -67,8 +67,9 @@ def comfyui_python() -> str:
 
 
 @contextmanager
-def comfyui_server(root: Path, pack: Path = REPO) -> Iterator[str]:
+def comfyui_server(root: Path, pack: Path = REPO, args: tuple[str, ...] = ()) -> Iterator[str]:
     """Run ComfyUI with `root` as its base directory and `pack` linked into root/custom_nodes; yields the base URL.
+    `args`: more command-line options (e.g. ``("--verbose", "DEBUG")``).
 
     The server's log is root/server.log. Raises :class:`ServerError` when it exits or does not answer in time.
     """
@@ -80,7 +81,7 @@ def comfyui_server(root: Path, pack: Path = REPO) -> Iterator[str]:
         link.symlink_to(pack, target_is_directory=True)
     port = free_port()
     cmd = [comfyui_python(), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-           "--base-directory", str(root), "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK]
+           "--base-directory", str(root), "--disable-all-custom-nodes", "--whitelist-custom-nodes", PACK, *args]
     log_path = root / "server.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=COMFYUI, stdout=log, stderr=subprocess.STDOUT)
