@@ -57,6 +57,7 @@ from .memory import (
     manage,
     model_bytes,
     on_device,
+    place,
     release,
     resting_device,
     set_offload,
@@ -92,7 +93,7 @@ __all__ = ["ANNOTATIONS", "IMAGE_EXTENSIONS", "LORA_FOLDER", "MODEL_EXTENSIONS",
     "register_model_folder", "reset", "resolve_checkpoint", "resolve_lora", "save_target", "set_offload",
     "soft_empty_cache", "step_callback", "user_folder"]
 __all__ += ["CONDITIONING", "FIRST_STAGE", "PARTS", "UNET", "comfy_managed", "load_device", "manage", "managed",
-            "release", "resting_device", "unet_state", "unmanaged", "with_lora"]
+            "place", "release", "resting_device", "unet_state", "unmanaged", "with_lora"]
 
 
 @contextlib.contextmanager

@@ -3,11 +3,12 @@
 uses it, so ComfyUI's memory manager evicts other models first, loads partially when VRAM is short, offloads
 after use, and ``/free {"unload_models": true}`` releases them. LoRAs are the UNet patcher's weight patches.
 
-ComfyUI API used (present unchanged from 0.8 through 0.33): ``model_patcher.ModelPatcher(model, load_device,
-offload_device)``, ``.clone()``, ``.add_patches(patches, strength)``, ``.patch_model(device)``,
-``.unpatch_model(device)``, ``.patches``, ``.backup``, ``.model``; ``model_management.get_torch_device``,
-``unet_offload_device``, ``vae_offload_device``, ``text_encoder_offload_device``, ``load_models_gpu``,
-``free_memory``, ``soft_empty_cache``, ``current_loaded_models`` (``LoadedModel.model``, ``.model_unload()``);
+ComfyUI API used, all of it long-stable (the same in ComfyUI 0.33.0 and in a late-2024 0.3 source, so in 0.8 too):
+``model_patcher.ModelPatcher(model, load_device, offload_device)``, ``.clone()``, ``.add_patches(patches,
+strength)``, ``.patch_model(device)``, ``.unpatch_model(device)``, ``.patches``, ``.backup``, ``.model``;
+``model_management.get_torch_device``, ``unet_offload_device``, ``vae_offload_device``,
+``text_encoder_offload_device``, ``load_models_gpu``, ``free_memory``, ``minimum_inference_memory``,
+``soft_empty_cache``, ``current_loaded_models`` (``LoadedModel.model``, ``.model_unload()``);
 ``lora.load_lora(tensors, to_load)``. The classic ``ModelPatcher`` is used on purpose, not ``CoreModelPatcher``
 (ComfyUI >= 0.15 makes that the Dynamic-VRAM patcher, which needs ComfyUI's own ``comfy.ops`` layers): the
 pack's layers follow the classic low-VRAM protocol (``comfy_cast_weights``, ``weight_function``,
@@ -27,8 +28,9 @@ conditioning VAE from the device after each node that used them" (done through C
 stays right; svd_model.memory.on_compute then moves nothing). ``stream_unet`` (the UNet stays in CPU memory
 and copies blocks to the device itself): the UNet patcher loads and offloads on the CPU, so ComfyUI lists it,
 applies LoRA patches to the CPU weights and never moves it; before the UNet runs, ComfyUI is asked to free the
-streaming working set (two blocks plus its inference reserve) on the compute device. The "cpu between nodes"
-loader option unloads every part after each node (ComfyUI would otherwise keep them until it needs the room).
+streaming working set (the largest block twice: in use and prefetched) plus its minimum inference memory on the
+compute device (streaming must read the parameters at use: ComfyUI's patching replaces them). The loader's
+"cpu between nodes" unloads every part after each node (ComfyUI would otherwise keep them until it needs room).
 """
 
 from __future__ import annotations
@@ -91,8 +93,8 @@ def _offload_device(mm: Any, part: str) -> Any:
 
 
 def _patcher_for(module: Any, load: Any, offload: Any) -> Any:
-    """(module: a torch network; load / offload: torch devices)"""
-    """The patcher of `module` (the one other bundles already share, or a new one)."""
+    """The patcher of the network `module` for torch devices `load` / `offload`: the one other bundles already
+    share, or a new one (the network first moved to `offload`)."""
     ref = _patchers.get(module)
     patcher = ref() if ref is not None else None
     if patcher is not None and patcher.load_device == load and patcher.offload_device == offload:
@@ -151,8 +153,9 @@ def loaded(bundle: SVDBundle, parts: Iterable[str], memory_required: int = 0) ->
         yield bundle
         return
     mm = _mm()
-    if holder.streamed and "unet" in chosen:
-        mm.free_memory(_stream_working_set(bundle.model.unet) + memory_required, bundle.compute_device)
+    if holder.streamed and "unet" in chosen:  # ComfyUI frees room for the blocks in flight and the activations
+        needed = _stream_working_set(bundle.model.unet) + mm.minimum_inference_memory() + memory_required
+        mm.free_memory(needed, bundle.compute_device)
     mm.load_models_gpu([holder.patchers[p] for p in chosen], memory_required=memory_required)
     try:
         yield bundle

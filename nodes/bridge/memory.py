@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
+from ...svd_model.memory import MemoryPlan, apply_plan, plan_for
 from ...svd_model.weights.loader import SVDBundle
 from . import managed
 from .comfy import _mm
@@ -68,6 +69,21 @@ def manage(bundle: SVDBundle) -> SVDBundle:
     if managed.active():
         managed.manage(bundle)
     return bundle
+
+
+def place(bundle: SVDBundle, plan: MemoryPlan | str | None, compute: torch.device) -> SVDBundle:
+    """Give a freshly loaded bundle its memory plan (svd_model.memory). Headless: ``apply_plan`` (the package puts
+    its weights on `compute` or keeps them in CPU memory as the plan says). Inside ComfyUI: the plan is recorded,
+    a streamed UNet is attached for streaming, and every network goes to ComfyUI on its offload device
+    (:func:`manage`; ComfyUI moves each to `compute` when a node needs it). Returns `bundle`."""
+    if not managed.active():
+        return apply_plan(bundle, plan, compute)
+    plan = plan_for(plan)
+    if plan.stream_unet and compute.type != "cpu":
+        apply_plan(bundle, plan, compute)  # the UNet stays in CPU memory with its blocks streamed
+    else:
+        bundle.memory, bundle.compute_device = plan, compute
+    return manage(bundle)
 
 
 def set_offload(bundle: SVDBundle, target: torch.device) -> None:

@@ -124,6 +124,7 @@ def comfy(monkeypatch, tmp_path):
     mm.load_models_gpu = load_models_gpu
     mm.free_memory = lambda n, device, keep_loaded=(): calls["free"].append((n, device))
     mm.soft_empty_cache = lambda force=False: None
+    mm.minimum_inference_memory = lambda: 1000
     mm.throw_exception_if_processing_interrupted = lambda: None
     mp = types.ModuleType("comfy.model_patcher")
     mp.ModelPatcher = FakePatcher
@@ -173,6 +174,18 @@ def test_each_network_gets_its_own_patcher_on_comfy_devices(comfy):
     assert managed.manage(bundle) is holder and len(comfy.calls["offload"]) == 4  # registered once
     assert bridge.load_device(CPU) == CPU  # the loader's target inside ComfyUI: the UNet's offload device
     assert not comfy.calls["load"]  # nothing loaded before a node needs it
+
+
+def test_place_hands_a_loaded_bundle_to_comfy_on_its_offload_devices(comfy):
+    comfy.mm.device = GPU
+    bundle = tiny_bundle()
+    assert bridge.place(bundle, "normal", GPU) is bundle
+    assert bundle.compute_device == GPU and managed._ATTR in bundle.__dict__
+    assert all(next(m.parameters()).device == CPU for m in (bundle.model.unet, bundle.model.first_stage))
+    low = tiny_bundle()
+    bridge.place(low, "low_vram", CPU)  # on a CPU compute device streaming is a no-op; encoders still offloaded
+    assert low.memory == dataclasses.replace(LOW_VRAM, offload_encoders=False)
+    assert managed.manage(low).offload_after == set(bridge.CONDITIONING)
 
 
 def test_nodes_load_exactly_the_parts_they_use_and_compute_as_headless(comfy, monkeypatch):
@@ -260,7 +273,7 @@ def test_low_vram_plan_maps_onto_comfy(comfy):
     [(needed, device)] = comfy.calls["free"]
     blocks = [*bundle.model.unet.input_blocks, bundle.model.unet.middle_block, *bundle.model.unet.output_blocks]
     largest = max(sum(p.numel() * p.element_size() for p in b.parameters()) for b in blocks)
-    assert device == GPU and needed == 2 * largest  # the streaming working set, freed by ComfyUI first
+    assert device == GPU and needed == 2 * largest + 1000  # the streaming working set + inference reserve
     with bridge.on_device(bundle, bridge.CONDITIONING + bridge.FIRST_STAGE):
         pass
     assert sorted(parts_of(holder, comfy.calls["unload"])) == ["cond_vae", "image_encoder"]  # leave after use
@@ -396,6 +409,10 @@ def test_headless_path_is_unchanged(lora_state, monkeypatch, tmp_path):
         assert same is bundle
     assert managed._ATTR not in bundle.__dict__ and bridge.resting_device(bundle) == CPU
     assert bridge.load_device(CPU, offload_between_nodes=True) == CPU and bridge.release(bundle) == 0
+    planned = []
+    monkeypatch.setattr(bridge.memory, "apply_plan", lambda b, plan, device: planned.append((plan, device)) or b)
+    placed = bridge.place(bundle, "low_vram", CPU)  # headless: the package places its weights (apply_plan)
+    assert placed is bundle and planned == [("low_vram", CPU)] and managed._ATTR not in bundle.__dict__
     path = Path(tmp_path / "l.safetensors")
     monkeypatch.setattr(bridge, "resolve_lora", lambda name: path)
     monkeypatch.setattr(lora_nodes, "load_lora", lambda p: (lora_state[0], {}))
