@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,14 +24,14 @@ from ..config import VARIANT_FAMILY, Family, ModelConfig, SamplingDefaults, samp
 from ..errors import CheckpointError, ConfigError, SVDError, shorten
 from ..memory import MemoryPlan
 from ..nn.model import SVDModel, check_keys
-from .checkpoint import CheckpointReader, dtype_name, save_checkpoint
+from .checkpoint import CheckpointReader, save_checkpoint
 from .detect import FIRST_STAGE_PREFIX, cond_vae_prefix, guess_variant, infer_config, is_ignored_key
 from .diffusers_keys import diffusers_pipeline_to_sgm
+from .weight_checks import check_weight_table, non_finite_report, quick_sum
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-_CHUNK = 1 << 22  # elements per step of the exact NaN/Inf count (a bounded temporary)
 
 
 @dataclass
@@ -202,25 +201,6 @@ def _architecture(name: str, shapes: Mapping[str, tuple[int, ...]]) -> tuple[Mod
     return config, model
 
 
-def _check_weights(name: str, table: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
-                   expected: Mapping[str, tuple[int, ...]]) -> None:
-    """Weights are floating point; a tensor with the right element count but another layout is named."""
-    for key, shape in expected.items():
-        if key not in table:
-            continue
-        found, dtype = table[key]
-        if not dtype.is_floating_point:
-            raise CheckpointError(
-                f"{name}: tensor {shorten(key)} is {dtype_name(dtype)}, expected a floating-point dtype (F32, F16, "
-                "BF16, F8_E4M3, F8_E5M2): a weight stored as integers or booleans means a damaged or mislabelled file"
-            )
-        if tuple(found) != tuple(shape) and math.prod(found) == math.prod(shape):
-            raise CheckpointError(
-                f"{name}: tensor {shorten(key)} has shape {list(found)}, the model inferred from the file needs "
-                f"{list(shape)}: the same number of elements in another layout (a transposed or reshaped weight)"
-            )
-
-
 def check_checkpoint(path: str | os.PathLike) -> CheckedCheckpoint:
     """Open a single-file checkpoint or a diffusers folder and run every check that needs no weight values.
 
@@ -235,48 +215,13 @@ def check_checkpoint(path: str | os.PathLike) -> CheckedCheckpoint:
     ignored = tuple(k for k in shapes if is_ignored_key(k))
     needed = {k: s for k, s in shapes.items() if not is_ignored_key(k)}
     expected = model.official_shapes()
-    _check_weights(path.name, table, expected)
+    check_weight_table(path.name, table, expected)
     try:
         check_keys(expected, needed)
     except CheckpointError as exc:
         raise _named(path.name, exc) from None
     return CheckedCheckpoint(path, tensors, config, model, tuple(needed), ignored,
                              {k: dtype for k, (_, dtype) in table.items()})
-
-
-def _quick_sum(t: Tensor) -> Tensor:
-    """One reduction per tensor in its own dtype (no temporary copy; an upcast sum would allocate one):
-    finite when every element is finite, unless the sum overflowed (then the exact count decides)."""
-    if not t.dtype.is_floating_point:
-        return torch.zeros((), device=t.device)
-    if t.dtype.itemsize == 1:  # fp8 (only if asked for): no reductions on every device; fp16 holds every value
-        total = torch.zeros((), dtype=torch.float16, device=t.device)
-        for chunk in t.reshape(-1).split(_CHUNK):
-            total += chunk.to(torch.float16).sum()
-        return total
-    return t.sum()
-
-
-def _count_non_finite(t: Tensor) -> int:
-    """The exact number of NaN/Inf elements, in chunks (a bounded temporary)."""
-    wide = torch.float16 if t.dtype.itemsize == 1 else t.dtype  # isfinite has no fp8 kernel
-    return sum(int((~torch.isfinite(chunk.to(wide))).sum()) for chunk in t.reshape(-1).split(_CHUNK))
-
-
-def _non_finite_report(name: str, state: Mapping[str, Tensor], sums: list[Tensor]) -> str | None:
-    """None when every weight is finite, else which tensors hold NaN/Inf (first few) and how many values."""
-    if not sums:
-        return None
-    finite = torch.stack([s.float() for s in sums]).isfinite().tolist()  # one device sync for all tensors
-    suspects = [k for k, ok in zip(state, finite, strict=True) if not ok]
-    counts = {k: _count_non_finite(state[k]) for k in suspects}  # a finite sum can overflow: count exactly
-    bad = {k: n for k, n in counts.items() if n}
-    if not bad:
-        return None
-    listed = ", ".join(f"{k!r} ({n} of {state[k].numel()} values)" for k, n in list(bad.items())[:3])
-    more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-    return (f"{name}: {len(bad)} tensor(s) hold NaN or Inf values: {listed}{more}. The file is damaged or was "
-            "saved from a diverged training run (its videos would be flat grey)")
 
 
 def load_bundle(
@@ -318,10 +263,10 @@ def load_bundle(
     for key in checked.needed:
         tensor = _load_tensor(tensors, key, _component_dtype(key, config.family, dtype, vae_dtype), device, done)
         state[key] = tensor
-        sums.append(_quick_sum(tensor))
+        sums.append(quick_sum(tensor))
         if reader is not None and tensor.device.type == "cpu" and tensor.dtype == checked.dtypes[key]:
             reader.release(key)  # a zero-copy view was just read for the sum: let its pages go again
-    report = _non_finite_report(path.name, state, sums)
+    report = non_finite_report(path.name, state, sums)
     if report and not allow_non_finite:
         raise CheckpointError(f"{report}. To load it anyway pass allow_non_finite=True (the loader node's "
                               "allow_non_finite input).")

@@ -27,12 +27,13 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from ..config import VAEConfig
-from ..errors import CheckpointError, ConfigError, SVDError, shorten
+from ..errors import CheckpointError, SVDError, shorten
 from ..nn.model import check_keys
 from ..nn.vae import AutoencoderKL
 from .checkpoint import CheckpointReader
@@ -47,7 +48,10 @@ from .detect import (
     vae_file_layout,
 )
 from .diffusers_vae_keys import vae_diffusers_to_sgm
-from .loader import DTYPES, SVDBundle, _check_weights, _non_finite_report, _quick_sum
+from .weight_checks import check_weight_table, non_finite_report, quick_sum
+
+if TYPE_CHECKING:
+    from .loader import SVDBundle
 
 log = logging.getLogger(__name__)
 
@@ -141,20 +145,11 @@ def _same_layout(a: VAEConfig, b: VAEConfig) -> bool:
     return (a.ch, a.ch_mult, a.num_res_blocks, a.z_channels) == (b.ch, b.ch_mult, b.num_res_blocks, b.z_channels)
 
 
-def _resolve(dtype: torch.dtype | str | None, current: torch.dtype) -> torch.dtype:
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype or current
-    try:
-        return DTYPES[dtype]
-    except KeyError:
-        raise ConfigError(f"unknown VAE dtype {dtype!r}; choose from {', '.join(DTYPES)}") from None
-
-
 def replace_vae(
     bundle: SVDBundle,
     path: str | os.PathLike,
     *,
-    dtype: torch.dtype | str | None = None,
+    dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
     allow_non_finite: bool = False,
 ) -> VAEReplacement:
@@ -170,7 +165,7 @@ def replace_vae(
     name = path.name
     old_module = bundle.model.first_stage
     current = next(old_module.parameters())
-    dtype = _resolve(dtype, current.dtype)
+    dtype = dtype or current.dtype
     device = torch.device(device) if device is not None else current.device
     reader = CheckpointReader(path)  # the safetensors library validates the file
     tensors, layout, ignored = _sgm_tensors(reader, name)
@@ -191,13 +186,13 @@ def replace_vae(
         raise CheckpointError(f"{name}: the VAE read from its tensor shapes cannot be built "
                               f"({shorten(str(exc), 200)})") from None
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items() if k not in kept}
-    _check_weights(name, {k: (tuple(t.shape), t.dtype) for k, t in tensors.items()}, expected)
+    check_weight_table(name, {k: (tuple(t.shape), t.dtype) for k, t in tensors.items()}, expected)
     try:
         check_keys(expected, {k: tuple(t.shape) for k, t in tensors.items()})
     except CheckpointError as exc:
         raise CheckpointError(f"{name}: {str(exc).replace('checkpoint', 'VAE file', 1)}") from None
     state = {k: t.to(device=device, dtype=dtype) for k, t in tensors.items()}
-    report = _non_finite_report(name, state, [_quick_sum(t) for t in state.values()])
+    report = non_finite_report(name, state, [quick_sum(t) for t in state.values()])
     if report and not allow_non_finite:
         raise CheckpointError(f"{report}. To load it anyway pass allow_non_finite=True (the loader node's "
                               "allow_non_finite input).")
