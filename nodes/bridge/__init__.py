@@ -2,7 +2,8 @@
 
 * :mod:`.folders`: input / output / temp / user folders and the confinement of every path a workflow names
   (:mod:`.confine`); numbered output files.
-* :mod:`.models`: checkpoints, LoRAs and supporting model files from the model folders.
+* :mod:`.models`: checkpoints, VAEs, LoRAs and supporting model files from the model folders.
+* :mod:`.video`: ComfyUI's VIDEO values <-> IMAGE frames and a frame rate.
 * :mod:`.memory`: the compute device, ComfyUI's memory manager, offload between nodes; :func:`on_device` loads
   the networks a node names (``UNET``, ``FIRST_STAGE``, ``CONDITIONING``, ``PARTS``).
 * :mod:`.managed`: inside ComfyUI, each network as a ComfyUI ModelPatcher; LoRAs as its weight patches.
@@ -20,7 +21,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from . import confine, folders, managed, memory, models, progress
+from . import confine, folders, managed, memory, models, progress, video
 from .comfy import in_comfyui
 from .confine import PathRefused, Root
 from .folders import (
@@ -71,8 +72,10 @@ from .models import (
     SVD_FOLDER,
     find_checkpoint,
     find_lora,
+    find_vae,
     list_checkpoints,
     list_loras,
+    list_vaes,
     lora_output_dir,
     missing_checkpoint_message,
     model_dirs,
@@ -80,6 +83,7 @@ from .models import (
     register_model_folder,
     resolve_checkpoint,
     resolve_lora,
+    resolve_vae,
 )
 from .progress import Progress, Reporter, check_interrupt, chunk_callback, step_callback
 
@@ -94,6 +98,7 @@ __all__ = ["ANNOTATIONS", "IMAGE_EXTENSIONS", "LORA_FOLDER", "MODEL_EXTENSIONS",
     "soft_empty_cache", "step_callback", "user_folder"]
 __all__ += ["CONDITIONING", "FIRST_STAGE", "PARTS", "UNET", "comfy_managed", "load_device", "manage", "managed",
             "place", "release", "resting_device", "unet_state", "unmanaged", "with_lora"]
+__all__ += ["find_vae", "list_vaes", "resolve_vae", "video"]
 
 
 @contextlib.contextmanager
