@@ -64,7 +64,7 @@ class CheckpointLoader:
                     "default": False,
                     "tooltip": "Load a checkpoint even if some weights are NaN or Inf (a damaged file; its videos "
                                "are usually flat grey). Off: such a file is refused with the tensors named."}),
-                "vae_name": ([VAE_NONE, *bridge.models.list_vaes()], {
+                "vae_name": ([VAE_NONE, *bridge.list_vaes()], {
                     "default": VAE_NONE,
                     "tooltip": "none: the checkpoint's own VAE. Else a VAE file from models/vae (or models/svd: a "
                                "full checkpoint lends its first stage) that replaces the decoder, and the encoder "
@@ -74,17 +74,17 @@ class CheckpointLoader:
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, ckpt_name: str | None, vae_name: str | None = VAE_NONE) -> bool | str:
-        if ckpt_name is not None and bridge.find_checkpoint(ckpt_name) is None:
-            return bridge.missing_checkpoint_message(ckpt_name)
-        if vae_name not in (None, VAE_NONE) and bridge.models.find_vae(vae_name) is None:
-            return bridge.models.missing_vae_message(vae_name)
-        return True
+    def VALIDATE_INPUTS(cls, ckpt_name: str | None) -> bool | str:
+        # vae_name is not named here, so ComfyUI (and the headless validator) check it against its choices: names
+        # listed from the model folders; load() resolves it confined like a checkpoint
+        if ckpt_name is None or bridge.find_checkpoint(ckpt_name) is not None:
+            return True
+        return bridge.missing_checkpoint_message(ckpt_name)
 
     def load(self, ckpt_name: str, dtype: str, variant: str, offload: str,
              allow_non_finite: bool = False, vae_name: str = VAE_NONE) -> tuple[Any, str]:
         path = bridge.resolve_checkpoint(ckpt_name)
-        vae_path = bridge.models.resolve_vae(vae_name) if vae_name != VAE_NONE else None
+        vae_path = bridge.resolve_vae(vae_name) if vae_name != VAE_NONE else None
         compute = bridge.device()
         load_device = compute if offload == OFFLOAD_NONE else bridge.cpu_device()
         weights_dtype = resolve_dtype(dtype, compute)  # "auto" follows the compute device, not the CPU

@@ -20,6 +20,7 @@ from comfyui_svd_lab.svd_model.weights.diffusers_vae_keys import vae_sgm_to_diff
 from comfyui_svd_lab.svd_model.weights.loader import load_bundle
 from comfyui_svd_lab.svd_model.weights.tiny import make_tiny_model, write_tiny_checkpoint
 from comfyui_svd_lab.svd_model.weights.vae_file import replace_vae
+from comfyui_svd_lab.workflow import validate
 
 ATOL = 1e-5
 T = 2  # frames of the test latents
@@ -185,10 +186,16 @@ def test_loader_node_vae_name(vae_folders, donor_out):
     loader = NODE_CLASS_MAPPINGS["SVDLab_CheckpointLoader"]
     choices, options = loader.INPUT_TYPES()["optional"]["vae_name"]
     assert choices == ["none", "tiny.safetensors", "vae/donor.safetensors"] and options["default"] == "none"
-    assert loader.VALIDATE_INPUTS("tiny.safetensors", "vae/donor.safetensors") is True
-    assert "VAE 'gone.safetensors' not found; looked in" in loader.VALIDATE_INPUTS("tiny.safetensors",
-                                                                                 "gone.safetensors")
-    assert bridge.models.find_vae("../outside.safetensors") is None  # names stay inside their model folder
+    prompt = {"1": {"class_type": "SVDLab_CheckpointLoader", "inputs": {
+        "ckpt_name": "tiny.safetensors", "dtype": "fp32", "variant": "auto", "offload": "none",
+        "vae_name": "gone.safetensors"}}, "2": {"class_type": "SVDLab_SaveVideo", "inputs": {
+        "images": ["1", 0], "fps": 7.0, "format": "mp4", "quality": 80, "filename_prefix": "x"}}}
+    problems = [str(p) for p in validate(prompt, NODE_CLASS_MAPPINGS) if p.node_id == "1"]
+    assert problems == ["node 1 (SVDLab_CheckpointLoader) input 'vae_name': value 'gone.safetensors' is not one of "
+                        "the choices: 'none', 'tiny.safetensors', 'vae/donor.safetensors'"]
+    with pytest.raises(CheckpointError, match="VAE 'gone.safetensors' not found; looked in"):
+        loader().load("tiny.safetensors", "fp32", "auto", "none", vae_name="gone.safetensors")
+    assert bridge.find_vae("../outside.safetensors") is None  # names stay inside their model folder
     bundle, info = loader().load("tiny.safetensors", "fp32", "auto", "none", vae_name="vae/donor.safetensors")
     assert "; VAE donor.safetensors: temporal decoder, with its encoder" in info
     with torch.no_grad():
