@@ -17,6 +17,7 @@ from ..svd_model.pipelines.image_to_video import MAX_FRAMES, VideoParams, encode
 from ..svd_model.pipelines.multiview import with_input_view
 from ..svd_model.weights.loader import SVDBundle
 from . import adapters, bridge, widgets
+from .bridge.video import UNSET, frames_input, latent_fps, source_problem, video_from_frames, with_latent_fps
 from .types import SVDLAB_CONDITIONING, VideoConditioning, number_problem, range_problem
 from .widgets import XT
 
@@ -81,7 +82,7 @@ class ImageToVideoConditioning:
             log.warning(info)
         params = VideoParams.for_variant(model.variant, num_frames=frames, width=width, height=height, fps=fps,
                                          motion_bucket_id=motion_bucket_id, cond_aug=cond_aug)
-        with bridge.on_device(model):
+        with bridge.on_device(model, bridge.CONDITIONING):
             cond, uncond = encode_condition(model, frame, params, generator=adapters.generator(seed))
         conditioning = VideoConditioning(adapters.cond_to_cpu(cond), adapters.cond_to_cpu(uncond), params,
                                          (width, height), model.variant)
@@ -143,10 +144,14 @@ class Sampler:
         params = replace(conditioning.params, sampler=sampler, schedule=schedule, steps=steps, min_cfg=min_cfg,
                          max_cfg=max_cfg, guidance=guidance, denoise=denoise)
         init = adapters.comfy_to_latents(latent) if denoise < 1.0 else None
-        with bridge.on_device(model):
+        with bridge.on_device(model, bridge.UNET):
             latents = sample_video(model, conditioning.cond, conditioning.uncond, params, init_latents=init,
                                    generator=adapters.generator(seed), callback=bridge.step_callback(steps))
-        return (adapters.latents_to_comfy(latents),)
+        return (with_latent_fps(adapters.latents_to_comfy(latents), conditioning.params.fps),)
+
+
+#: Decode node tile edges (latent pixels): below 8 the decoder sees too little context; 256 = 2048 image pixels.
+MIN_DECODE_TILE, MAX_DECODE_TILE = 8, 256
 
 
 class Decode:
@@ -154,9 +159,11 @@ class Decode:
                    "chunk by chunk to bound memory; overlapping chunks are cross-faded to hide seams.")
     CATEGORY = "SVD Lab/video"
     FUNCTION = "decode"
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("images",)
-    OUTPUT_TOOLTIPS = ("The frames, for Save Video, SaveAnimatedWEBP or VHS Video Combine.",)
+    RETURN_TYPES = ("IMAGE", "VIDEO")
+    RETURN_NAMES = ("images", "video")
+    OUTPUT_TOOLTIPS = ("The frames, for Save Video, SaveAnimatedWEBP or VHS Video Combine.",
+                       "The frames as a VIDEO at the conditioning's fps (of the connected conditioning, else the one "
+                       "SVD Lab Sampler stored in the latent, else the model variant's default).")
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
@@ -171,33 +178,57 @@ class Decode:
             "conditioning": (SVDLAB_CONDITIONING, {"tooltip": (
                 "Optional. From SVD Lab Orbit Conditioning: the orbit's last frame becomes the input view, as the "
                 "reference writes SV3D orbits (the orbit ends where it started). Ignored for image-to-video.")}),
+            "tile_size": ("INT", {"default": 0, "min": 0, "max": MAX_DECODE_TILE, "step": 8, "tooltip": (
+                "Spatial tile edge in latent pixels (x8 = image pixels; 0 = untiled, or the tiling of the model's "
+                "memory mode, e.g. 64 for low_vram). Smaller tiles need less memory but differ a little more "
+                "from untiled decoding and take longer (the overlaps are decoded twice).")}),
+            "tile_overlap": ("INT", {"default": 8, "min": 0, "max": MAX_DECODE_TILE // 2, "tooltip": (
+                "Latent pixels shared by neighbouring tiles, blended smoothly so no seam shows: more hides "
+                "seams better but costs time. Must be smaller than tile_size; unused when tile_size is 0.")}),
         }}
 
     @classmethod
-    def VALIDATE_INPUTS(cls, chunk_size: int | None, overlap: int | None) -> bool | str:
-        problem = range_problem(cls, "chunk_size", chunk_size) or range_problem(cls, "overlap", overlap)
+    def VALIDATE_INPUTS(cls, chunk_size: int | None, overlap: int | None, tile_size: int | None = None,
+                        tile_overlap: int | None = None) -> bool | str:
+        problem = number_problem(cls, chunk_size=chunk_size, overlap=overlap, tile_size=tile_size,
+                                 tile_overlap=tile_overlap)
         if problem:
             return problem
         if chunk_size is not None and overlap is not None and overlap >= chunk_size:
             return f"overlap ({overlap}) must be smaller than chunk_size ({chunk_size})"
+        if tile_size and tile_size < MIN_DECODE_TILE:
+            return f"tile_size ({tile_size}) must be 0 (untiled) or at least {MIN_DECODE_TILE} latent pixels"
+        if tile_size and tile_overlap is not None and tile_overlap >= tile_size:
+            return f"tile_overlap ({tile_overlap}) must be smaller than tile_size ({tile_size})"
         return True
 
     def decode(self, model: SVDBundle, latent: dict, chunk_size: int, overlap: int,
-               conditioning: VideoConditioning | None = None) -> tuple[Any]:
+               conditioning: VideoConditioning | None = None, tile_size: int = 0,
+               tile_overlap: int = 8) -> tuple[Any]:
         latents = adapters.comfy_to_latents(latent, model.config.unet.out_channels)
-        with bridge.on_device(model):
-            frames = decode_latents(model, latents, chunk_size=chunk_size, overlap=overlap,
+        tiles = {"tile_size": tile_size, "tile_overlap": tile_overlap} if tile_size else {}  # 0: the model's plan
+        with bridge.on_device(model, bridge.FIRST_STAGE):
+            frames = decode_latents(model, latents, chunk_size=chunk_size, overlap=overlap, **tiles,
                                     callback=bridge.chunk_callback(latents.shape[1]))
         view = conditioning.input_view if conditioning is not None else None
         if view is not None:
             check_input_view(frames, view)
             frames = with_input_view(frames, view)
-        return (adapters.video_to_images(frames),)
+        images = adapters.video_to_images(frames)
+        return images, video_from_frames(images, _decoded_fps(model, latent, conditioning))
+
+
+def _decoded_fps(model: SVDBundle, latent: dict, conditioning: VideoConditioning | None) -> float:
+    """The frame rate of decoded frames: the conditioning's fps, else the latent's, else the variant's default."""
+    if conditioning is not None:
+        return conditioning.params.fps
+    return latent_fps(latent) or model.defaults.fps
 
 
 class EncodeFrames:
-    DESCRIPTION = ("Encodes frames (IMAGE batch = one video) to latents with the VAE encoder (posterior mean), as "
-                   "the start video of SVD Lab Sampler with denoise < 1. Sizes must fit the conditioning's.")
+    DESCRIPTION = ("Encodes frames (IMAGE batch = one video, or a VIDEO) to latents with the VAE encoder (posterior "
+                   "mean), as the start video of SVD Lab Sampler with denoise < 1. Sizes must fit the "
+                   "conditioning's.")
     CATEGORY = "SVD Lab/video"
     FUNCTION = "encode"
     RETURN_TYPES = ("LATENT",)
@@ -208,13 +239,22 @@ class EncodeFrames:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {
             "model": widgets.model(),
-            "images": ("IMAGE", {"tooltip": "The video's frames (e.g. from SVD Lab Load Video)."}),
+        }, "optional": {
+            "images": ("IMAGE", {"tooltip": "The video's frames (e.g. from SVD Lab Load Video). Connect this or "
+                                            "video."}),
+            "video": ("VIDEO", {"tooltip": "The video as a VIDEO (core Load Video); its frame rate is kept in the "
+                                           "latent. Connect this or images."}),
         }}
 
-    def encode(self, model: SVDBundle, images: Any) -> tuple[dict]:
-        with bridge.on_device(model):
+    @classmethod
+    def VALIDATE_INPUTS(cls, images: Any = UNSET, video: Any = UNSET) -> bool | str:
+        return source_problem(images, video) or True
+
+    def encode(self, model: SVDBundle, images: Any = None, video: Any = None) -> tuple[dict]:
+        images, fps = frames_input(images, video, "SVD Lab Encode Frames")
+        with bridge.on_device(model, bridge.FIRST_STAGE):
             latents = encode_frames(model, adapters.images_to_video(images))
-        return (adapters.latents_to_comfy(latents),)
+        return (with_latent_fps(adapters.latents_to_comfy(latents), fps),)
 
 
 NODES: dict[str, tuple[type, str]] = {

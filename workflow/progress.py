@@ -78,13 +78,14 @@ class StatusLine:
 
     def reset(self) -> None:
         """Forget what was drawn (a new task starts)."""
-        self._last_draw, self._last_part = 0.0, -1
+        self._last_draw: float | None = None  # None: nothing drawn yet (the first value is always drawn)
+        self._last_part = -1
 
     def due(self, value: int, total: int, *, force: bool = False) -> bool:
         """Whether ``value`` of ``total`` should be drawn now (``force``: always, e.g. the final state)."""
         if self.tty:
             now = time.monotonic()
-            if not force and now - self._last_draw < self.min_interval:
+            if not force and self._last_draw is not None and now - self._last_draw < self.min_interval:
                 return False
             self._last_draw = now
             return True

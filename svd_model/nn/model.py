@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from ..errors import CheckpointError
 from ..weights.detect import FIRST_STAGE_PREFIX, IMAGE_ENCODER_PREFIX, UNET_PREFIX, cond_vae_prefix
+from .cast import convert
 from .image_encoder import OpenCLIPVisionTower
 from .unet import VideoUNet
 from .vae import AutoencoderKL
@@ -17,7 +18,11 @@ from .vae import AutoencoderKL
 
 class SVDModel(nn.Module):
     """unet (VideoUNet), first_stage (latents <-> frames), cond_vae (concat-path encoder),
-    image_encoder (OpenCLIP vision tower). ``official_state_dict`` uses the single-file key layout."""
+    image_encoder (OpenCLIP vision tower). ``official_state_dict`` uses the single-file key layout.
+
+    Every layer is cast-on-use (:func:`.cast.convert`): plain torch numerics, plus the protocol that lets weights
+    live elsewhere than the compute (a patcher's partial load, fp8 storage).
+    """
 
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -26,6 +31,7 @@ class SVDModel(nn.Module):
         self.first_stage = AutoencoderKL(config.first_stage)
         self.cond_vae = AutoencoderKL(config.cond_vae)
         self.image_encoder = OpenCLIPVisionTower(config.image_encoder)
+        convert(self)
 
     def components(self) -> Iterator[tuple[str, nn.Module]]:
         """(official key prefix, module) for every network."""
