@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from .layers import GroupNorm32
 
 log = logging.getLogger(__name__)
@@ -197,3 +198,42 @@ def cast_layers(module: nn.Module) -> Iterator[tuple[str, CastLayer]]:
     for path, layer in module.named_modules():
         if isinstance(layer, CastLayer):
             yield path, layer
+
+
+# -------------------------------------------------------------------------------------------------- fp8
+
+#: Storage names (loader option, ``load_bundle(weight_storage=...)``) -> fp8 dtype.
+FP8_STORAGE: dict[str, torch.dtype] = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+_WEIGHT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def fp8_dtype(storage: str) -> torch.dtype:
+    try:
+        return FP8_STORAGE[storage]
+    except KeyError:
+        raise ConfigError(f"unknown weight storage {storage!r}; choose from {', '.join(FP8_STORAGE)}") from None
+
+
+def store_fp8(module: nn.Module, storage: str = "fp8_e4m3fn") -> int:
+    """Keep the weights of every Linear and Conv layer of `module` in fp8 (`storage`, a :data:`FP8_STORAGE` name),
+    computed in the input's dtype: half the weight memory of fp16 / bf16. Biases, norms and everything else
+    keep their dtype. The cast is plain round-to-nearest without a scale (values beyond the format's range
+    saturate), the layout of ComfyUI's fp8 checkpoints, so the state dict saves as an fp8 file that this loader
+    and ComfyUI read back. Returns the number of weights stored in fp8. `module` must be converted
+    (:func:`convert`); the caller records the compute dtype (VideoUNet ``compute_dtype``)."""
+    dtype = fp8_dtype(storage)
+    finfo = torch.finfo(dtype)
+    stored = 0
+    with torch.no_grad():
+        for _, layer in cast_layers(module):
+            if not isinstance(layer, _WEIGHT_LAYERS):
+                continue
+            weight = layer.weight
+            if weight.dtype != dtype:
+                narrow = weight.detach().clamp(finfo.min, finfo.max).to(dtype)
+                layer._parameters["weight"] = nn.Parameter(narrow, requires_grad=False)
+            layer.comfy_cast_weights = True
+            stored += 1
+    if not stored:
+        raise ConfigError(f"{type(module).__name__} has no cast-on-use Linear or Conv layer to store in {storage}")
+    return stored

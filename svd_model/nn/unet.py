@@ -94,9 +94,13 @@ class VideoUNet(nn.Module):
             layers.append(self._transformer(ch_out))
         return layers
 
+    #: The dtype the network computes in when its weights are stored narrower (fp8, :func:`.cast.store_fp8`).
+    compute_dtype: torch.dtype | None = None
+
     @property
     def dtype(self) -> torch.dtype:
-        return self.time_embed[0].weight.dtype
+        """The compute dtype: inputs are cast to it (the weights' dtype unless stored in fp8)."""
+        return self.compute_dtype or self.time_embed[0].weight.dtype
 
     def _check(self, x: Tensor, timesteps: Tensor, context: Tensor, y: Tensor, num_frames: int, ind: Tensor) -> None:
         rows = x.shape[0]

@@ -23,6 +23,7 @@ from torch import Tensor
 from ..config import VARIANT_FAMILY, Family, ModelConfig, SamplingDefaults, sampling_defaults
 from ..errors import CheckpointError, ConfigError, SVDError, shorten
 from ..memory import MemoryPlan
+from ..nn.cast import fp8_dtype, store_fp8
 from ..nn.model import SVDModel, check_keys
 from .checkpoint import CheckpointReader, save_checkpoint
 from .detect import FIRST_STAGE_PREFIX, cond_vae_prefix, guess_variant, infer_config, is_ignored_key
@@ -233,6 +234,7 @@ def load_bundle(
     variant: str | None = None,
     allow_non_finite: bool = False,
     vae: str | os.PathLike | None = None,
+    weight_storage: str | None = None,
 ) -> SVDBundle:
     """Load an official single-file ``.safetensors`` (svd, svd_xt, svd_xt_1_1, *_image_decoder, sv3d_u,
     sv3d_p) or a diffusers-format SVD folder. The architecture comes from the weights; `variant`
@@ -244,8 +246,14 @@ def load_bundle(
     (then it is a logged warning).
 
     `vae`: a separate VAE file (first-stage keys only, official / ComfyUI models/vae / diffusers names, or a full
-    checkpoint's first stage) that replaces the checkpoint's first stage, in `vae_dtype` (:mod:`.vae_file`)."""
+    checkpoint's first stage) that replaces the checkpoint's first stage, in `vae_dtype` (:mod:`.vae_file`).
+
+    `weight_storage` ("fp8_e4m3fn" / "fp8_e5m2", :data:`..nn.cast.FP8_STORAGE`): the UNet's Linear and Conv weights
+    are kept in fp8 and computed in `dtype` (half the UNet's weight memory; ``bundle.compute_dtype`` is `dtype`).
+    An fp8 file keeps its values exactly (fp8 -> fp16 / bf16 -> fp8 is lossless)."""
     path = Path(path)
+    if weight_storage is not None:
+        fp8_dtype(weight_storage)  # validates the name before the file is read
     device = torch.device(device)
     dtype = resolve_dtype(dtype, device)
     vae_dtype = resolve_dtype(vae_dtype, device)
@@ -279,10 +287,26 @@ def load_bundle(
         path.name, config.family.value, variant, dtype, len(checked.ignored),
     )
     bundle = SVDBundle(model=model, variant=variant, source=str(path))
+    if weight_storage is not None:
+        store_unet_fp8(bundle, weight_storage)
     if vae is not None:
         from .vae_file import replace_vae  # it imports this module
 
         replace_vae(bundle, vae, allow_non_finite=allow_non_finite)
+    return bundle
+
+
+def store_unet_fp8(bundle: SVDBundle, storage: str) -> SVDBundle:
+    """Keep `bundle`'s UNet Linear / Conv weights in fp8 (`storage`), computed in the UNet's current dtype
+    (:func:`..nn.cast.store_fp8`); in place, returns `bundle`."""
+    unet = bundle.model.unet
+    compute = unet.dtype
+    if compute.itemsize < 2:
+        raise ConfigError(f"the UNet already computes in {compute}; load it in fp16, bf16 or fp32 to store fp8")
+    count = store_fp8(unet, storage)
+    unet.compute_dtype = compute
+    bundle.compute_dtype = compute
+    log.info("UNet: %d weights stored in %s, computed in %s", count, storage, compute)
     return bundle
 
 
