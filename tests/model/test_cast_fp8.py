@@ -247,7 +247,7 @@ def test_streamed_fp8_weights_travel_as_fp8(tmp_path):
                  for a in _unet_inputs(unet.config, size=8))
     with torch.inference_mode():
         plain = unet(*args[:4], args[4])
-    streamer = streaming.attach(unet, "cpu")
+    streaming.attach(unet, "cpu")
     dtypes: set[torch.dtype] = set()
     hook = unet.out.register_forward_pre_hook(lambda m, a: dtypes.update(p.dtype for p in m.parameters()))
     try:
