@@ -8,6 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from ..svd_model.config import VARIANT_DEFAULTS
+from ..svd_model.errors import InputError
+from ..svd_model.memory import MODES, plan_for
+from ..svd_model.nn.cast import FP8_STORAGE
 from ..svd_model.weights.loader import DTYPES, load_bundle, resolve_dtype
 from ..svd_model.weights.vae_file import replace_vae
 from . import bridge
@@ -18,6 +21,7 @@ log = logging.getLogger(__name__)
 OFFLOAD_NONE = "none"
 OFFLOAD_CPU = "cpu between nodes"
 VAE_NONE = "none"  # vae_name: the checkpoint's own first stage
+WEIGHTS_AS_LOADED = "as dtype"  # weight_storage: every weight in `dtype`
 
 
 def _estimate_bytes(path: Path) -> int:
@@ -70,6 +74,18 @@ class CheckpointLoader:
                                "full checkpoint lends its first stage) that replaces the decoder, and the encoder "
                                "when the file has one: official, ComfyUI or diffusers key names; temporal or image "
                                "decoder. It must work in SVD's latent space (4 channels, factor 8)."}),
+                "memory": (list(MODES), {
+                    "default": "normal",
+                    "tooltip": "normal: every network stays on the GPU while used. low_vram (small GPUs; SVD-XT 25 "
+                               "frames 1024x576 in about 8 GB): the UNet stays in CPU memory and streams block by "
+                               "block to the GPU, the image encoder and conditioning VAE leave the GPU after use, "
+                               "and SVD Lab Decode decodes one frame at a time on 512-pixel tiles (its tile_size "
+                               "overrides). On a CPU only the decode tiling changes anything."}),
+                "weight_storage": ([WEIGHTS_AS_LOADED, *FP8_STORAGE], {
+                    "default": WEIGHTS_AS_LOADED,
+                    "tooltip": "as dtype: the UNet's weights in dtype. fp8_e4m3fn / fp8_e5m2: its linear and conv "
+                               "weights kept in fp8 (half the memory of fp16), computed in dtype; small quality "
+                               "loss (e4m3fn is the closer of the two). An fp8 checkpoint loads either way."}),
             },
         }
 
@@ -82,23 +98,34 @@ class CheckpointLoader:
         return bridge.missing_checkpoint_message(ckpt_name)
 
     def load(self, ckpt_name: str, dtype: str, variant: str, offload: str,
-             allow_non_finite: bool = False, vae_name: str = VAE_NONE) -> tuple[Any, str]:
+             allow_non_finite: bool = False, vae_name: str = VAE_NONE, memory: str = "normal",
+             weight_storage: str = WEIGHTS_AS_LOADED) -> tuple[Any, str]:
+        plan = plan_for(memory)
+        if offload != OFFLOAD_NONE and memory != "normal":
+            raise InputError(f"offload {offload!r} and memory {memory!r} both decide where the weights live; pick "
+                             f"one (memory {memory!r} already keeps the UNet in CPU memory and offloads the encoders)")
         path = bridge.resolve_checkpoint(ckpt_name)
         vae_path = bridge.resolve_vae(vae_name) if vae_name != VAE_NONE else None
         compute = bridge.device()
-        load_device = compute if offload == OFFLOAD_NONE else bridge.cpu_device()
+        keep_in_ram = offload != OFFLOAD_NONE or plan.stream_unet or plan.offload_encoders
+        load_device = bridge.load_device(compute, keep_in_ram)  # inside ComfyUI: its offload device
         weights_dtype = resolve_dtype(dtype, compute)  # "auto" follows the compute device, not the CPU
         bridge.free_memory(_estimate_bytes(path), load_device)
         bundle = load_bundle(path, device=load_device, dtype=weights_dtype,
                              variant=None if variant == "auto" else variant,
-                             allow_non_finite=bool(allow_non_finite))
+                             allow_non_finite=bool(allow_non_finite),
+                             weight_storage=None if weight_storage == WEIGHTS_AS_LOADED else weight_storage)
         vae = replace_vae(bundle, vae_path, allow_non_finite=bool(allow_non_finite)) if vae_path else None
         if offload != OFFLOAD_NONE:
             bridge.set_offload(bundle, compute)
+        else:
+            bridge.place(bundle, plan, compute)
         bridge.soft_empty_cache()
-        moved = f" between nodes, on {compute} while working" if load_device != compute else ""
+        moved = f" between nodes, on {compute} while working" if offload != OFFLOAD_NONE else ""
+        stored = f", UNet weights in {weight_storage}" if weight_storage != WEIGHTS_AS_LOADED else ""
+        mode = f", memory {memory} (computes on {compute})" if memory != "normal" else ""
         info = (f"{os.path.basename(path)}: {bundle.family.value} model, variant {bundle.variant}, "
-                f"{str(weights_dtype).removeprefix('torch.')} on {load_device}{moved}; "
+                f"{str(weights_dtype).removeprefix('torch.')}{stored} on {load_device}{moved}{mode}; "
                 f"sizes must be multiples of {bundle.config.size_multiple}"
                 f"{'; ' + vae.summary() if vae else ''}")
         log.info(info)

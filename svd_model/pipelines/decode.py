@@ -31,11 +31,11 @@ def decode_latents(
 ) -> Tensor:
     """Decode (b, t, 4, h, w) scaled latents to (b, t, 3, H, W) frames in [-1, 1] (not clamped).
 
-    Each video is decoded in chunks of `chunk_size` frames (default: the bundle's memory plan's
-    decode_chunk, else the variant's decoding_t, 14, as the reference scripts), so peak memory grows with
-    the chunk size, not the frame count. The temporal decoder sees each chunk alone, so a seam can show
-    between chunks; with `overlap` > 0 consecutive chunks share that many frames, cross-faded linearly.
-    overlap=0 is the reference.
+    Each video is decoded in chunks of `chunk_size` frames (default: the variant's decoding_t, 14, as the
+    reference scripts), so peak memory grows with the chunk size, not the frame count. A memory plan's
+    decode_chunk (``bundle.memory``; 1 in low_vram) caps the chunk, and `overlap` is then cut to fit it.
+    The temporal decoder sees each chunk alone, so a seam can show between chunks; with `overlap` > 0
+    consecutive chunks share that many frames, cross-faded linearly. overlap=0 is the reference.
 
     `tile_size` (latent pixels; x8 = image pixels) also cuts every chunk into spatial tiles sharing
     `tile_overlap` latent pixels, blended linearly (:func:`~..nn.vae.decode_chunked`): peak memory then
@@ -52,11 +52,14 @@ def decode_latents(
         tile_overlap = plan.decode_tile_overlap
     if tile_size is not None and tile_size < 0:
         raise InputError(f"tile_size must be >= 0 latent pixels (0 = untiled), got {tile_size}")
+    chunk = chunk_size or bundle.defaults.decoding_t
+    if plan.decode_chunk is not None and plan.decode_chunk < chunk:
+        chunk, overlap = plan.decode_chunk, min(overlap, plan.decode_chunk - 1)
     b, t = latents.shape[:2]
     vae = bundle.model.first_stage
     z = rearrange(latents, "b t c h w -> (b t) c h w").to(bundle.device, vae.dtype) / bundle.config.scale_factor
     frames = decode_chunked(
-        vae, z, chunk_size or plan.decode_chunk or bundle.defaults.decoding_t, num_frames_per_video=t,
+        vae, z, chunk, num_frames_per_video=t,
         overlap=overlap, tile=tile_size or None, tile_overlap=tile_overlap if tile_size else 0,
         out_device=out_device, callback=callback,
     )  # (b t) 3 H W

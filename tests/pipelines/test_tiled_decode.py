@@ -170,7 +170,11 @@ def test_decode_latents_follows_the_memory_plan(bundle, latents, untiled):
     expected = decode_latents(bundle, latents, chunk_size=1, tile_size=12, tile_overlap=4)
     assert torch.equal(decode_latents(planned, latents), expected)
     assert not torch.allclose(expected, untiled)
-    assert torch.equal(decode_latents(planned, latents, chunk_size=T, tile_size=0), untiled)  # 0: untiled
+    # 0: untiled; the plan's decode_chunk caps an explicit chunk_size (and its overlap)
+    untiled_chunk_1 = decode_latents(bundle, latents, chunk_size=1, tile_size=0)
+    assert torch.equal(decode_latents(planned, latents, chunk_size=T, overlap=1, tile_size=0), untiled_chunk_1)
+    assert torch.equal(decode_latents(replace(planned, memory=MemoryPlan(decode_tile=12, decode_tile_overlap=4)),
+                                      latents, chunk_size=T, tile_size=0), untiled)
     with pytest.raises(InputError, match="tile_size must be >= 0"):
         decode_latents(bundle, latents, tile_size=-8)
     with pytest.raises(InputError, match="tile overlap"):
