@@ -79,6 +79,8 @@ def _cmd_image_to_video(args: argparse.Namespace) -> int:
         width=args.width,
         height=args.height,
         device=args.device,
+        memory=args.memory,
+        weight_storage=args.weight_storage,
     )
     print(result.summary())
     return 0
@@ -146,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, help="height, multiple of 64 (default: the variant's)")
     p.add_argument("--seed", type=int, default=23)
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--memory", default="normal", choices=["normal", "low_vram"], help="low_vram: the UNet streams "
+                   "from CPU memory block by block, encoders offloaded, decode one frame at a time on tiles")
+    p.add_argument("--weight-storage", choices=["fp8_e4m3fn", "fp8_e5m2"], help="keep the UNet's linear and conv "
+                   "weights in fp8 (half the memory), computed in the load dtype")
     p.set_defaults(func=_cmd_image_to_video)
 
     p = sub.add_parser("make-tiny-checkpoint", help="write a tiny random-weight checkpoint in the official layout")

@@ -19,6 +19,8 @@ from ..svd_model.config import Family
 from ..svd_model.errors import ConfigError, InputError
 from ..svd_model.jsonfile import read_bytes
 from ..svd_model.media.resize import resize_cover
+from ..svd_model.memory import apply_plan, plan_for
+from ..svd_model.weights.loader import resolve_dtype
 from ..svd_model.weights.tiny import write_tiny_checkpoint
 
 log = logging.getLogger(__name__)
@@ -88,15 +90,20 @@ def write_frames(frames: torch.Tensor, output_dir: Path, fps: int) -> tuple[list
 def run_image_to_video(
     *, checkpoint: Path | None, image: str | None, output_dir: Path, num_frames: int | None = None,
     steps: int | None = None, seed: int = 23, width: int | None = None, height: int | None = None,
-    device: str = "auto",
+    device: str = "auto", memory: str = "normal", weight_storage: str | None = None,
 ) -> JobResult:
+    """`memory`: a svd_model.memory mode (normal / low_vram); `weight_storage`: fp8 storage of the UNet."""
     start = time.perf_counter()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    plan = plan_for(memory)
     result = JobResult(output_dir=output_dir, tiny=checkpoint is None)
     with tempfile.TemporaryDirectory() as tmp:
         if checkpoint is None:
             checkpoint = write_tiny_checkpoint(Path(tmp) / "tiny-random-svd.safetensors")
-        bundle = load_bundle(checkpoint, device=device)
+        keep_in_ram = plan.stream_unet or plan.offload_encoders
+        bundle = load_bundle(checkpoint, device="cpu" if keep_in_ram else device,
+                             dtype=resolve_dtype(None, torch.device(device)), weight_storage=weight_storage)
+        apply_plan(bundle, plan, device)
         result.model = f"{bundle.variant} from {checkpoint}" + (" (tiny random weights)" if result.tiny else "")
         overrides = dict(TINY_DEFAULTS) if result.tiny else {}
         given = {"num_frames": num_frames, "steps": steps, "width": width, "height": height}

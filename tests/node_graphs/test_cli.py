@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -37,6 +38,24 @@ def test_image_to_video_on_tiny_model_writes_frames(tmp_path, capsys):
     assert len(frames) == 3 and Image.open(frames[0]).size == (64, 48)
     preview = Image.open(out_dir / "video.webp")
     assert preview.n_frames == 3
+
+
+def test_image_to_video_in_low_vram_and_with_fp8_weights(tmp_path, capsys):
+    argv = ["image-to-video", "--frames", "3", "--steps", "2", "--width", "64", "--height", "48", "--device", "cpu"]
+    assert main([*argv, "--output-dir", str(tmp_path / "normal")]) == 0
+    assert main([*argv, "--output-dir", str(tmp_path / "low"), "--memory", "low_vram"]) == 0
+    assert main([*argv, "--output-dir", str(tmp_path / "fp8"), "--weight-storage", "fp8_e4m3fn"]) == 0
+    capsys.readouterr()
+    frames = {name: [np.asarray(Image.open(p), np.float32) for p in sorted((tmp_path / name).glob("frame_*.png"))]
+              for name in ("normal", "low", "fp8")}
+    assert all(len(f) == 3 for f in frames.values())
+    low = max(np.abs(a - b).max() for a, b in zip(frames["low"], frames["normal"], strict=True))
+    fp8 = np.mean([np.abs(a - b).mean() for a, b in zip(frames["fp8"], frames["normal"], strict=True)])
+    assert low > 0  # the same sampling; the decode at chunk 1 differs (much, with a random temporal decoder)
+    assert 0 < fp8 < 25  # of 255 levels (measured 13): fp8 weights move the random model's frames a little
+    with pytest.raises(SystemExit) as exit_code:
+        main([*argv, "--output-dir", str(tmp_path / "x"), "--weight-storage", "fp4"])
+    assert exit_code.value.code == 2 and "invalid choice: 'fp4'" in capsys.readouterr().err
 
 
 def test_errors_are_reported_not_raised(tmp_path, capsys):
