@@ -88,12 +88,14 @@ SAMPLE = {"sampler": "euler", "schedule": "karras", "steps": 2, "min_cfg": 1.0, 
           "denoise": 1.0}
 
 
-def prompt(seed: int, tag: str, lora: float | None = None, core: bool = False) -> dict:
-    """Load -> [LoRA] -> conditioning -> sampler -> SaveLatent, and decode -> preview; `core`: a core VAE branch."""
+def prompt(seed: int, tag: str, lora: float | None = None, core: bool = False, **loader: str) -> dict:
+    """Load -> [LoRA] -> conditioning -> sampler -> SaveLatent, and decode -> preview; `core`: a core VAE branch;
+    `loader`: more loader inputs (memory, weight_storage)."""
     model = ["1", 0]
     p = {
         "1": {"class_type": "SVDLab_CheckpointLoader",
-              "inputs": {"ckpt_name": "tiny.safetensors", "dtype": "fp32", "variant": "auto", "offload": "none"}},
+              "inputs": {"ckpt_name": "tiny.safetensors", "dtype": "fp32", "variant": "auto", "offload": "none",
+                         **loader}},
         "2": {"class_type": "LoadImage", "inputs": {"image": "frame.png"}},
     }
     if lora is not None:
@@ -144,11 +146,12 @@ def test_pack_models_load_stay_and_are_freed_like_a_core_model(server):
     assert sorted(requested(server.since(mark))) == ["AutoencoderKL", "VideoUNet"]  # loaded again: sampler, decoder
 
 
-def _headless_latent(root: Path, strength: float | None, seed: int) -> torch.Tensor:
+def _headless_latent(root: Path, strength: float | None, seed: int, **loader: str) -> torch.Tensor:
     """The same graph run by the pack headless (LoRA merged with apply_lora)."""
     bridge.configure(models_dirs=[root / "models" / "checkpoints"], loras_dirs=[root / "models" / "loras"])
     try:
-        model, _ = NODE_CLASS_MAPPINGS["SVDLab_CheckpointLoader"]().load("tiny.safetensors", "fp32", "auto", "none")
+        model, _ = NODE_CLASS_MAPPINGS["SVDLab_CheckpointLoader"]().load("tiny.safetensors", "fp32", "auto", "none",
+                                                                          **loader)
         if strength is not None:
             model, _ = NODE_CLASS_MAPPINGS["SVDLab_LoraLoader"]().load(model, "motion.safetensors", strength)
         rgb = np.asarray(Image.open(root / "input" / "frame.png").convert("RGB"), np.float32) / 255.0
@@ -180,6 +183,22 @@ def test_lora_strength_changes_without_a_reload(server):
     assert whole.count("tiny.safetensors: svd model") == 1  # the checkpoint was loaded once in this server's life
 
 
+def test_low_vram_and_fp8_weights_inside_comfyui(server):
+    """The loader's memory modes through /prompt: ComfyUI still loads every network (on a CPU server low_vram
+    streams nothing; the encoders are unloaded after conditioning, so the second prompt loads them again), and the
+    latents equal the headless pack's in the same mode."""
+    for tag, loader in (("low", {"memory": "low_vram"}), ("fp8", {"weight_storage": "fp8_e4m3fn"})):
+        mark = server.mark()
+        latent = server.latent(server.run(prompt(7, tag, **loader)), "6")
+        text = server.since(mark)
+        assert "VideoUNet" in requested(text), text[-3000:]
+        assert _close(latent, _headless_latent(server.root, None, 7, **loader)), tag
+    mark = server.mark()
+    server.run(prompt(8, "low2", memory="low_vram"))
+    again = requested(server.since(mark))
+    assert "OpenCLIPVisionTower" in again  # offloaded after the first prompt's conditioning, loaded for this one
+
+
 # ------------------------------------------------------------------------------------- in-process patcher
 
 SCRIPT = r'''
@@ -200,7 +219,8 @@ sys.modules["comfyui_svd_lab"] = pack
 spec.loader.exec_module(pack)
 from comfyui_svd_lab.nodes.bridge import managed
 from comfyui_svd_lab.svd_model.lora import apply_lora, validate_lora
-from comfyui_svd_lab.svd_model.weights.loader import SVDBundle
+from comfyui_svd_lab.svd_model.nn import streaming
+from comfyui_svd_lab.svd_model.weights.loader import SVDBundle, store_unet_fp8
 from comfyui_svd_lab.svd_model.weights.tiny import make_tiny_model
 from lora_support import run, trained_lora, unet_inputs
 
@@ -236,6 +256,38 @@ clone.unpatch_model(cpu)
 out["unpatched_vs_plain"] = diff(run(unet, inputs), plain)
 out["merged_vs_plain"] = diff(merged, plain)
 
+# a streamed UNet (svd_model.nn.streaming; here streaming to the CPU itself) computes with the weights ComfyUI
+# patched into it: the patcher replaces Parameters, streaming reads them when each block starts
+streaming.attach(unet, cpu)
+clone.patch_model(cpu)
+out["stream_lora_vs_merged"] = diff(run(unet, inputs), merged)
+clone.unpatch_model(cpu)
+out["stream_unpatched_vs_plain"] = diff(run(unet, inputs), plain)
+streaming.detach(unet)
+
+# fp8 storage: ComfyUI's partial load keeps the layers' cast flag (the weights stay fp8), its LoRA patches apply
+# to fp8 weights (ComfyUI rounds the patched weight back to fp8 stochastically; the pack's merge rounds to nearest)
+b8 = SVDBundle(make_tiny_model(seed=2).eval().requires_grad_(False), "svd", "tiny8")
+store_unet_fp8(b8, "fp8_e4m3fn")
+u8 = b8.model.unet
+plain8 = run(u8, inputs)
+out["fp8_vs_plain"] = diff(plain8, plain)
+p8 = managed.manage(b8).patchers["unet"]
+p8.patch_model(cpu, lowvram_model_memory=p8.model_size() // 3)
+out["fp8_lowvram"] = bool(u8.model_lowvram)
+out["fp8_partial_vs_plain8"] = diff(run(u8, inputs), plain8)
+p8.unpatch_model(cpu)
+linears = [m for m in u8.modules() if isinstance(m, torch.nn.Linear)]
+out["fp8_flags_kept"] = all(m.comfy_cast_weights and m.weight.dtype == torch.float8_e4m3fn for m in linears)
+merged8 = run(apply_lora(b8, state, 0.7).model.unet, inputs)
+c8 = managed.manage(managed.with_lora(b8, state, validate_lora(b8, state), 0.7)).patchers["unet"]
+c8.patch_model(cpu)
+out["fp8_lora_vs_merged8"] = diff(run(u8, inputs), merged8)
+out["fp8_merged_vs_plain8"] = diff(merged8, plain8)
+c8.unpatch_model(cpu)
+out["fp8_unpatched_vs_plain8"] = diff(run(u8, inputs), plain8)
+del b8, u8, p8, c8
+
 # eviction: a core model and the pack's, then ComfyUI's free_memory as load_models_gpu calls it before loading
 # another model on a GPU (keep_loaded: the model being loaded; on the CPU it never calls it, so ask directly)
 core = comfy.sd.VAE(sd={"pixel_space_vae": torch.tensor(1.0)})
@@ -268,6 +320,13 @@ def test_comfy_model_patcher_manages_the_pack_unet(tmp_path):
     assert scale > 1e-3  # the LoRA changes the output, so the next comparisons mean something
     assert r["lowvram_patches"] > 0 and r["partial_lora_vs_merged"] <= 1e-5 * (1 + scale)  # ComfyUI's LoRA math
     assert r["full_lora_vs_merged"] <= 1e-5 * (1 + scale) and r["unpatched_vs_plain"] == 0.0
+    assert r["stream_lora_vs_merged"] <= 1e-5 * (1 + scale) and r["stream_unpatched_vs_plain"] <= 1e-5
+    print({k: v for k, v in r.items() if k.startswith("fp8")})
+    assert r["fp8_lowvram"] and r["fp8_partial_vs_plain8"] == 0.0 and r["fp8_flags_kept"]
+    assert 0 < r["fp8_vs_plain"] < 0.5 * float(scale + 1)  # fp8 rounding moves the output, but far less than O(1)
+    assert r["fp8_merged_vs_plain8"] > 1e-3  # the LoRA changes the fp8 model's output too
+    assert r["fp8_lora_vs_merged8"] < 0.5 * r["fp8_merged_vs_plain8"]  # two roundings of the same patched weights
+    assert r["fp8_unpatched_vs_plain8"] == 0.0  # ComfyUI restored the fp8 weights exactly
     assert r["before"] == sorted(["VideoUNet", "AutoencoderKL", "AutoencoderKL", "OpenCLIPVisionTower", CORE])
     assert r["after"] == [CORE]  # the pack's models evicted for the one being loaded, as core ones would be
     assert r["after_all"] == []
