@@ -13,10 +13,11 @@ hooks each unit:
 * after it ran, the original entries are put back and the device copies dropped (on CUDA ``record_stream``
   keeps the caching allocator from reusing their memory before the compute stream is done with them).
 
-At most two units are on the device at any time (in use and prefetched); the order wraps around, so the last
-unit of one denoising step prefetches the first of the next. A unit that runs out of order (another entry point
-of the network) is fetched when it starts. fp8-stored weights travel as fp8 and are widened at use
-(:mod:`.cast`).
+At most two units are on the device at any time (in use and prefetched). Nothing is carried from one call of the
+network to the next: the first unit (``time_embed``, small) is fetched when a call starts, so weights patched
+between two calls (a LoRA strength change in ComfyUI, in place or by replacement) are always the ones used.
+A unit that runs out of order (another entry point of the network) is fetched when it starts. fp8-stored
+weights travel as fp8 and are widened at use (:mod:`.cast`).
 
 On a CPU target nothing is attached by the memory plans (the weights are already where they compute); the
 mechanism itself works for any target device, which is how it is tested without a GPU (copies on the CPU, no
@@ -95,6 +96,8 @@ class BlockStreamer:
     def enter(self, index: int) -> None:
         if index in self.saved:  # re-entered while running (not expected): already on the device
             return
+        if index == 0 and not self.saved:  # a new call: copies left from an earlier one may be stale
+            self.fetched.clear()
         fetched = self._fetch(index)
         if fetched.ready is not None:
             compute = torch.cuda.current_stream(self.device)
@@ -107,7 +110,8 @@ class BlockStreamer:
             saved[(owner, table, name)] = entries[name]
             entries[name] = copy
         self.saved[index] = saved
-        self._fetch((index + 1) % len(self.units))
+        if index + 1 < len(self.units):
+            self._fetch(index + 1)
 
     def exit(self, index: int) -> None:
         saved = self.saved.pop(index, None)

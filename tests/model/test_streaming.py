@@ -54,7 +54,7 @@ def test_streamed_unet_matches_with_at_most_two_units_resident(model):
         probes = [u.register_forward_pre_hook(probe(i)) for i, u in enumerate(streamer.units)]
         with torch.inference_mode():
             out = unet(*args)
-            again = unet(*args)  # the second step starts from the unit the first one prefetched
+            again = unet(*args)  # a second step: nothing carried over from the first
         for handle in probes:
             handle.remove()
     finally:
@@ -69,6 +69,29 @@ def test_streamed_unet_matches_with_at_most_two_units_resident(model):
     assert streamer.peak_resident == 2 and max(k for _, k in seen) <= 2
     assert _entries(unet) == before  # the same Parameter objects back in place
     assert streaming.streamer_of(unet) is None and not streamer.fetched and not streamer.saved
+
+
+def test_weights_changed_between_calls_are_used_in_place_or_replaced(model):
+    """Nothing is prefetched across calls: a patch applied between two steps is never missed."""
+    unet = model.unet
+    args = _inputs(unet)
+    first = unet.time_embed[0]  # the first unit: a cross-call prefetch would hold a stale copy of it
+    streaming.attach(unet, "cpu")
+    try:
+        with torch.inference_mode():
+            plain = unet(*args)
+        with torch.no_grad():
+            first.bias.add_(1.0)  # in place, as ComfyUI's inplace_update patching does
+        with torch.inference_mode():
+            in_place = unet(*args)
+        with torch.no_grad():
+            first.bias.sub_(1.0)
+        with torch.inference_mode():
+            restored = unet(*args)
+    finally:
+        streaming.detach(unet)
+    assert not torch.allclose(in_place, plain, atol=1e-3)
+    torch.testing.assert_close(restored, plain, rtol=1e-5, atol=1e-6)
 
 
 def test_weights_replaced_after_attaching_are_the_ones_streamed(model):
