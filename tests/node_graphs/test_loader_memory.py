@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from comfyui_svd_lab import NODE_CLASS_MAPPINGS
-from comfyui_svd_lab.nodes import bridge
 from comfyui_svd_lab.svd_model.errors import InputError
 from comfyui_svd_lab.svd_model.memory import DEFAULT, LOW_VRAM
 from comfyui_svd_lab.svd_model.nn import streaming
@@ -23,14 +22,6 @@ def models(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("models")
     write_tiny_checkpoint(folder / "tiny.safetensors", seed=3)
     return folder
-
-
-@pytest.fixture
-def folders(models, tmp_path):
-    bridge.configure(models_dirs=[models], output_dir=tmp_path / "out", temp_dir=tmp_path / "temp",
-                     input_dir=tmp_path / "in")
-    yield tmp_path
-    bridge.reset()
 
 
 def _load(**kw):

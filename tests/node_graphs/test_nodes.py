@@ -146,15 +146,6 @@ def models(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture
-def folders(models, tmp_path):
-    bridge.configure(models_dirs=[models], output_dir=tmp_path / "out", temp_dir=tmp_path / "temp",
-                     input_dir=tmp_path / "in")
-    (tmp_path / "in").mkdir()
-    yield tmp_path
-    bridge.reset()
-
-
 @pytest.fixture(scope="module")
 def model(models):
     bridge.configure(models_dirs=[models])

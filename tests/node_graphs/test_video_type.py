@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from comfyui_svd_lab.nodes import NODE_CLASS_MAPPINGS, bridge, extend_nodes
+from comfyui_svd_lab.nodes import NODE_CLASS_MAPPINGS, extend_nodes
 from comfyui_svd_lab.nodes.bridge import video as bridge_video
 from comfyui_svd_lab.nodes.bridge.video import (
     LATENT_FPS,
@@ -62,15 +62,6 @@ def models(tmp_path_factory):
 @pytest.fixture(scope="module")
 def model(models):
     return load_bundle(models / "tiny.safetensors")
-
-
-@pytest.fixture
-def folders(models, tmp_path):
-    bridge.configure(models_dirs=[models], output_dir=tmp_path / "out", temp_dir=tmp_path / "temp",
-                     input_dir=tmp_path / "in")
-    (tmp_path / "in").mkdir()
-    yield tmp_path
-    bridge.reset()
 
 
 # ------------------------------------------------------------------------------------------ conversions
