@@ -45,7 +45,7 @@ def make_model_fn(unet: nn.Module, *, image_only_indicator: Tensor | None = None
             raise ShapeError(
                 f"cond is for {cond.crossattn.shape[0]} videos x {cond.num_frames} frames, x has {b} x {t}"
             )
-        dtype = next(unet.parameters()).dtype
+        dtype = getattr(unet, "dtype", None) or next(unet.parameters()).dtype  # compute dtype (fp8 weights: bf16)
         c_skip, c_out, c_in, c_noise = v_scalings_edm_cnoise(_frame_sigma(sigma, b, t))  # each (b, t)
         x = x.to(torch.float32)
         scaled = x * c_in[..., None, None, None]  # b t c h w

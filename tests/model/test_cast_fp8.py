@@ -279,3 +279,28 @@ def test_fp8_error_on_the_golden_model(golden_dir, golden):
     assert errors["bf16"] < 0.02
     assert errors["bf16"] < errors["fp8_e4m3fn"] < 0.12 and errors["fp8_e4m3fn"] < errors["fp8_e5m2"] < 0.25
     assert vs_bf16["fp8_e4m3fn"] < vs_bf16["fp8_e5m2"]
+
+
+def test_the_denoiser_feeds_an_fp8_unet_in_its_compute_dtype(tmp_path):
+    """The inputs go to the UNet in bf16 (its compute dtype), never narrowed to the fp8 of its first weight."""
+    from comfyui_svd_lab.svd_model.conditioning import Cond
+    from comfyui_svd_lab.svd_model.diffusion.denoiser import make_model_fn
+    from comfyui_svd_lab.svd_model.weights.loader import load_bundle, save_bundle
+
+    bundle = load_bundle(save_bundle(make_tiny_model(), tmp_path / "t.safetensors"), dtype="bf16",
+                         weight_storage="fp8_e4m3fn")
+    unet, config = bundle.model.unet, bundle.config.unet
+    seen: list[torch.dtype] = []
+    hook = unet.register_forward_pre_hook(lambda _m, args, kwargs: seen.extend(
+        [args[0].dtype, kwargs["context"].dtype, kwargs["y"].dtype]), with_kwargs=True)
+    g = _gen(3)
+    b, t, h = 1, T, 8
+    cond = Cond(crossattn=torch.randn(b, 1, config.context_dim, generator=g),
+                concat=torch.randn(b, config.in_channels - config.out_channels, h, h, generator=g),
+                vector=torch.randn(b, t, config.adm_in_channels, generator=g))
+    try:
+        with torch.inference_mode():
+            out = make_model_fn(unet)(torch.randn(b, t, config.out_channels, h, h, generator=g), torch.ones(b), cond)
+    finally:
+        hook.remove()
+    assert seen == [torch.bfloat16] * 3 and out.dtype == torch.float32 and torch.isfinite(out).all()

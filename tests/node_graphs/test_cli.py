@@ -52,7 +52,7 @@ def test_image_to_video_in_low_vram_and_with_fp8_weights(tmp_path, capsys):
     low = max(np.abs(a - b).max() for a, b in zip(frames["low"], frames["normal"], strict=True))
     fp8 = np.mean([np.abs(a - b).mean() for a, b in zip(frames["fp8"], frames["normal"], strict=True)])
     assert low > 0  # the same sampling; the decode at chunk 1 differs (much, with a random temporal decoder)
-    assert 0 < fp8 < 25  # of 255 levels (measured 13): fp8 weights move the random model's frames a little
+    assert 0 < fp8 < 25  # of 255 levels (measured 11.6): fp8 weights move the random model's frames a little
     with pytest.raises(SystemExit) as exit_code:
         main([*argv, "--output-dir", str(tmp_path / "x"), "--weight-storage", "fp4"])
     assert exit_code.value.code == 2 and "invalid choice: 'fp4'" in capsys.readouterr().err
