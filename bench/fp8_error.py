@@ -29,8 +29,8 @@ from pathlib import Path
 import torch
 
 from comfyui_svd_lab.svd_model.config import ModelConfig
-from comfyui_svd_lab.svd_model.nn.cast import store_fp8
-from comfyui_svd_lab.svd_model.nn.model import SVDModel
+from comfyui_svd_lab.svd_model.nn.cast import convert, store_fp8
+from comfyui_svd_lab.svd_model.nn.unet import VideoUNet
 from comfyui_svd_lab.svd_model.weights.loader import load_bundle
 from comfyui_svd_lab.svd_model.weights.tiny import randomize
 
@@ -97,13 +97,10 @@ def golden_part() -> None:
 
 
 def full_part(device: torch.device, frames: int, size: int) -> float:
-    config = ModelConfig()
+    u = ModelConfig().unet
     with torch.device("meta"):
-        model = SVDModel(config)
-    model = randomize(model.to_empty(device="cpu"), seed=0)
-    unet = model.unet.to(device).eval()
-    del model
-    u = config.unet
+        unet = convert(VideoUNet(u))
+    unet = randomize(unet.to_empty(device="cpu"), seed=0).to(device).eval()  # randomize: any module's parameters
     gen = torch.Generator().manual_seed(0)
     rows = 2 * frames
     sigma = torch.tensor([1.0] * frames + [10.0] * frames)
