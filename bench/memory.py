@@ -30,7 +30,9 @@ the wall time of that job (``torch.cuda.synchronize`` around it), load time is r
 
 ``--reps`` rounds run the modes interleaved (normal, low_vram, ..., normal, ...); the table shows the
 minimum over the rounds, the ratios against normal, and the max |frames - normal's frames| (low_vram decodes
-differently: chunk 1 and tiles). The machine load (``os.getloadavg``) is printed before and after. The last
+differently: chunk 1 and tiles; with random weights the temporal decoder's chunking alone moves frames a lot).
+For modes with decode tiles, the tiles' own effect: the same latents decoded untiled at the same chunk, max |d|
+and PSNR (peak-to-peak 2). The machine load (``os.getloadavg``) is printed before and after. The last
 line is "low_vram peak on GPU: X GiB" on CUDA, else "CPU RSS ratio low_vram/normal: R".
 """
 
@@ -39,6 +41,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import math
 import os
 import resource
 import subprocess
@@ -103,11 +106,19 @@ def child(spec: dict) -> dict:
         peak = torch.cuda.max_memory_allocated(device)
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    tiling = None
+    if bundle.memory.decode_tile:  # the same latents untiled at the plan's chunk: what the tiles alone change
+        with torch.inference_mode():
+            untiled = decode_latents(bundle, latents, tile_size=0)
+        mse = float(((frames - untiled) ** 2).mean())
+        tiling = {"max_abs": float((frames - untiled).abs().max()),
+                  "psnr_db": 10 * math.log10(4.0 / mse) if mse > 0 else math.inf}  # peak-to-peak 2 ([-1, 1])
     if spec.get("frames_out"):
         from safetensors.torch import save_file
 
         save_file({"frames": frames[0].half().contiguous()}, spec["frames_out"])
-    return {"load_s": load_s, "job_s": job_s, "peak": peak, "finite": bool(torch.isfinite(frames).all())}
+    return {"load_s": load_s, "job_s": job_s, "peak": peak, "finite": bool(torch.isfinite(frames).all()),
+            "tiling": tiling}
 
 
 def run_child(spec: dict) -> dict:
@@ -189,6 +200,11 @@ def report(results: dict[str, list[dict]], tmp: Path, gpu: bool) -> None:
         diff = f"{(frames[mode] - frames['normal']).abs().max():.4f}" if ref else "-"
         print(f"{mode:14s} {b['load_s']:8.1f} {b['job_s']:9.1f} {b['peak'] / GIB:22.2f} {t_ratio:>12s} "
               f"{p_ratio:>12s} {diff:>17s} {str(b['finite']):>7s}")
+    for mode, rs in results.items():
+        tiling = rs[0].get("tiling")
+        if tiling:
+            print(f"{mode}: tiled vs untiled decode of the same latents (same chunk): max|d| {tiling['max_abs']:.4f}, "
+                  f"PSNR {tiling['psnr_db']:.1f} dB")
     print(json.dumps(best))
     if gpu and "low_vram" in best:
         print(f"low_vram peak on GPU: {best['low_vram']['peak'] / GIB:.2f} GiB")
