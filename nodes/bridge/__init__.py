@@ -87,18 +87,17 @@ from .models import (
 )
 from .progress import Progress, Reporter, check_interrupt, chunk_callback, step_callback
 
-__all__ = ["ANNOTATIONS", "IMAGE_EXTENSIONS", "LORA_FOLDER", "MODEL_EXTENSIONS", "PACK_INPUTS", "PACK_ROOT",
-    "PathRefused", "Progress", "Reporter", "Root", "SVD_FOLDER", "VIDEO_EXTENSIONS", "any_path_allowed",
-    "check_data_files", "check_interrupt", "chunk_callback", "configure", "confine", "cpu_device", "data_path",
-    "device", "display", "find_checkpoint", "find_lora", "folder", "folders", "free_memory", "headless_run",
-    "in_comfyui", "inherit_offload", "input_file", "input_problem", "input_roots", "list_checkpoints", "list_inputs",
-    "list_loras", "lora_output_dir", "memory", "metadata_enabled", "missing_checkpoint_message", "model_bytes",
-    "model_dirs", "model_file", "models", "on_device", "output_path", "prefix_problem", "progress",
-    "register_model_folder", "reset", "resolve_checkpoint", "resolve_lora", "save_target", "set_offload",
-    "soft_empty_cache", "step_callback", "user_folder"]
-__all__ += ["CONDITIONING", "FIRST_STAGE", "PARTS", "UNET", "comfy_managed", "load_device", "manage", "managed",
-            "place", "release", "resting_device", "unet_state", "unmanaged", "with_lora"]
-__all__ += ["find_vae", "list_vaes", "resolve_vae", "video"]
+__all__ = ["ANNOTATIONS", "CONDITIONING", "FIRST_STAGE", "IMAGE_EXTENSIONS", "LORA_FOLDER", "MODEL_EXTENSIONS",
+    "PACK_INPUTS", "PACK_ROOT", "PARTS", "PathRefused", "Progress", "Reporter", "Root", "SVD_FOLDER", "UNET",
+    "VIDEO_EXTENSIONS", "any_path_allowed", "check_data_files", "check_interrupt", "chunk_callback",
+    "comfy_managed", "configure", "confine", "cpu_device", "data_path", "device", "display", "find_checkpoint",
+    "find_lora", "find_vae", "folder", "folders", "free_memory", "headless_run", "in_comfyui", "inherit_offload",
+    "input_file", "input_problem", "input_roots", "list_checkpoints", "list_inputs", "list_loras", "list_vaes",
+    "load_device", "lora_output_dir", "manage", "managed", "memory", "metadata_enabled",
+    "missing_checkpoint_message", "model_bytes", "model_dirs", "model_file", "models", "on_device", "output_path",
+    "place", "prefix_problem", "progress", "register_model_folder", "release", "reset", "resolve_checkpoint",
+    "resolve_lora", "resolve_vae", "resting_device", "save_target", "set_offload", "soft_empty_cache",
+    "step_callback", "unet_state", "unmanaged", "user_folder", "video", "with_lora"]
 
 
 @contextlib.contextmanager
