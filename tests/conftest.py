@@ -83,3 +83,16 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
         for name, (diff, rel) in sorted(GOLDEN_ERRORS.items()):
             terminalreporter.write_line(f"{name:36s} {diff:10.3g} {rel:10.3g}")
         terminalreporter.write_line(f"worst relative error: {worst:.3g} over {len(GOLDEN_ERRORS)} tensors")
+
+
+@pytest.fixture
+def folders(models, tmp_path):
+    """Headless folders for one node test: the module's `models` fixture as the model folder; output, temp and
+    an empty input folder under tmp_path (yielded)."""
+    from comfyui_svd_lab.nodes import bridge
+
+    bridge.configure(models_dirs=[models], output_dir=tmp_path / "out", temp_dir=tmp_path / "temp",
+                     input_dir=tmp_path / "in")
+    (tmp_path / "in").mkdir()
+    yield tmp_path
+    bridge.reset()
