@@ -91,7 +91,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     from .. import NODE_CLASS_MAPPINGS
     from ..nodes import bridge
-    from ..workflow import WorkflowError, apply_overrides, load_workflow, run_workflow_cli
+    from ..workflow import WorkflowError, apply_overrides, check_core_nodes, load_workflow, run_workflow_cli
 
     bridge.configure(models_dirs=args.models_dir or None, output_dir=args.output_dir, input_dir=args.input_dir,
                      allow_any_path=args.allow_any_path)
@@ -102,9 +102,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
             try:
                 loaded, _ = load_workflow(args.workflow, NODE_CLASS_MAPPINGS)
+                check_core_nodes((n["class_type"] for n in loaded.values()), NODE_CLASS_MAPPINGS)
                 prompt = apply_overrides(loaded, sets, NODE_CLASS_MAPPINGS)
             except WorkflowError:
-                prompt = {}  # run_workflow_cli reports the problem
+                prompt = {}  # run_workflow_cli reports the problem (no tiny stand-ins for a workflow it refuses)
             missing = missing_checkpoints(prompt)
             if missing:
                 # SV3D loaders get SV3D-shaped stand-ins

@@ -19,6 +19,7 @@ return ``{"ui": {key: [{"filename", "subfolder", "type"}]}, "result": ()}`` and 
 from __future__ import annotations
 
 from .convert import check_api, load_workflow, ui_to_api
+from .core_nodes import CORE_NODES, CoreNodesError, check_core_nodes
 from .errors import NodeExecutionError, ValidationError, WorkflowError
 from .execute import NodeOutput, execute, ui_outputs
 from .overrides import apply_overrides, parse_value
@@ -27,6 +28,8 @@ from .runner import describe_outputs, run_workflow_cli
 from .validate import Problem, validate
 
 __all__ = [
+    "CORE_NODES",
+    "CoreNodesError",
     "NodeExecutionError",
     "NodeOutput",
     "Problem",
@@ -35,6 +38,7 @@ __all__ = [
     "WorkflowError",
     "apply_overrides",
     "check_api",
+    "check_core_nodes",
     "describe_outputs",
     "execute",
     "load_workflow",

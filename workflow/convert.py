@@ -14,6 +14,8 @@ The conversion follows what the ComfyUI frontend does when it queues a prompt (`
   PrimitiveNode is dropped because the target widget already holds the primitive's value;
 - a widget value that is a list is written as ``{"__value__": [...]}`` so it is not mistaken for a link.
 Subgraphs and legacy group nodes are not expanded: unpack them in ComfyUI or save the workflow in API format.
+A workflow whose running nodes include ComfyUI core nodes the registry lacks is refused first, with one
+:class:`~.core_nodes.CoreNodesError` naming them (their widget values could not be placed anyway).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 
 from ..svd_model.errors import ConfigError, shorten
 from ..svd_model.jsonfile import check_value_depth, read_json_file
+from .core_nodes import check_core_nodes
 from .errors import WorkflowError
 from .schema import api_problems, raise_if_any, ui_problems
 from .spec import CONTROL_VALUES, InputSpec, Registry, input_specs
@@ -91,6 +94,8 @@ def ui_to_api(ui: Mapping, registry: Registry) -> dict:
     """Convert a UI-format workflow (as saved by the ComfyUI editor) to an API-format prompt."""
     raise_if_any("UI workflow", ui_problems(ui))
     nodes = _node_table(ui)
+    running = (n["type"] for n in nodes.values() if n.get("mode", 0) not in (MODE_MUTED, MODE_BYPASS))
+    check_core_nodes((kind for kind in running if kind not in UI_ONLY_TYPES), registry)
     links = _link_table(ui["links"])
     _reject_subgraphs(ui, nodes)
     prompt: dict[str, dict] = {}

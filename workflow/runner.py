@@ -13,6 +13,7 @@ from typing import Any, TextIO
 
 from . import runtime
 from .convert import load_workflow
+from .core_nodes import check_core_nodes
 from .errors import NodeExecutionError, WorkflowError
 from .execute import NodeOutput, execute
 from .overrides import apply_overrides
@@ -30,6 +31,7 @@ def run_workflow_cli(path: str | Path, sets: Iterable[str] | None, output_dir: s
     err = stderr if stderr is not None else sys.stderr
     try:
         prompt, ui_workflow = load_workflow(path, registry)
+        check_core_nodes((node["class_type"] for node in prompt.values()), registry)  # one message, before the rest
         prompt = apply_overrides(prompt, sets or (), registry)
     except WorkflowError as exc:
         print(f"svd-lab: error: {exc}", file=err)

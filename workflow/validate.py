@@ -7,7 +7,8 @@ anything, comma-separated unions match when they overlap), constants have the wi
 ``VALIDATE_INPUTS`` names (all of them if it takes ``**kwargs``) skip the built-in range and choice checks, linked
 inputs reach it as None, and a parameter named ``input_types`` receives ``{input: source output type}``.
 Stricter than ComfyUI: every node is checked (not only those an output needs), undeclared inputs are reported,
-numbers given as strings are rejected, and a workflow without an output node is a problem.
+numbers given as strings are rejected, and a workflow without an output node is a problem. A workflow with ComfyUI
+core nodes (see :mod:`.core_nodes`) is one problem that names them, whatever else is wrong with it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..svd_model.errors import shorten
+from .core_nodes import core_nodes_message, foreign_types
 from .errors import WorkflowError
 from .graph import find_cycles, sorted_ids
 from .spec import (
@@ -51,6 +53,7 @@ CUSTOM_VALIDATION = "custom_validation"
 NO_OUTPUT = "no_output"
 NOT_FINITE = "not_finite"
 TOO_LONG = "too_long"
+CORE_NODES = "core_nodes"
 
 MAX_STRING = 64 * 1024  # characters of one STRING input
 MAX_MESSAGE = 300  # characters shown of a VALIDATE_INPUTS message or exception
@@ -79,6 +82,9 @@ def validate(prompt: Mapping[str, Any], registry: Registry) -> list[Problem]:
     """Every problem of ``prompt`` (API format) against ``registry``; an empty list means it can run."""
     if not isinstance(prompt, Mapping) or not prompt:
         return [Problem(None, None, INVALID_NODE, "the workflow has no nodes")]
+    core, unknown = foreign_types((_class_type(n) for n in prompt.values()), registry)
+    if core:  # it needs ComfyUI: what else is wrong with it does not matter here
+        return [Problem(None, None, CORE_NODES, core_nodes_message(core, unknown))]
     problems: list[Problem] = []
     for nid in sorted_ids(prompt):
         problems += _check_node(str(nid), prompt[nid], prompt, registry)
