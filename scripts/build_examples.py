@@ -5,7 +5,8 @@ in example_workflows/api/, and the small synthetic inputs they use (example_work
     python scripts/build_examples.py NAME ...   # only these WORKFLOWS entries (e.g. training/svd_curate_and_finetune)
 
 The API format is written by hand below; the UI format is derived from it with the node classes'
-INPUT_TYPES (widgets_values in declaration order, links, a simple left-to-right layout).
+INPUT_TYPES (widgets_values in declaration order, links, a simple left-to-right layout). ComfyUI core nodes
+(text_to_image_to_video) are described by CORE_NODES, stand-ins with their declared inputs and outputs.
 """
 
 from __future__ import annotations
@@ -249,6 +250,67 @@ def keyframe_interpolation() -> dict:
     }
 
 
+def _core_node(required: dict, returns: tuple[str, ...]) -> type:
+    """A stand-in for a ComfyUI core node class, for the UI conversion only: its required inputs in declaration
+    order with the options that decide the UI layout, and its output types (as ComfyUI's nodes.py declares them)."""
+    return type("CoreNode", (), {"INPUT_TYPES": classmethod(lambda cls: {"required": required}),
+                                 "RETURN_TYPES": returns})
+
+
+#: The core nodes the examples use, as ComfyUI 0.33's nodes.py declares them (combo choices cut to those used).
+#: KSampler's seed has "control_after_generate", so the editor saves "fixed" after it in widgets_values.
+CORE_NODES = {
+    "CheckpointLoaderSimple": _core_node({"ckpt_name": (["sd15_image_model.safetensors"],)}, ("MODEL", "CLIP", "VAE")),
+    "CLIPTextEncode": _core_node({"text": ("STRING", {"multiline": True, "dynamicPrompts": True}), "clip": ("CLIP",)},
+                                 ("CONDITIONING",)),
+    "EmptyLatentImage": _core_node({
+        "width": ("INT", {"default": 512, "min": 16, "max": 16384, "step": 8}),
+        "height": ("INT", {"default": 512, "min": 16, "max": 16384, "step": 8}),
+        "batch_size": ("INT", {"default": 1, "min": 1, "max": 4096})}, ("LATENT",)),
+    "KSampler": _core_node({
+        "model": ("MODEL",),
+        "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True}),
+        "steps": ("INT", {"default": 20, "min": 1, "max": 10000}),
+        "cfg": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+        "sampler_name": (["euler", "euler_ancestral", "dpmpp_2m"],),
+        "scheduler": (["normal", "karras", "simple"],),
+        "positive": ("CONDITIONING",),
+        "negative": ("CONDITIONING",),
+        "latent_image": ("LATENT",),
+        "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01})}, ("LATENT",)),
+    "VAEDecode": _core_node({"samples": ("LATENT",), "vae": ("VAE",)}, ("IMAGE",)),
+}
+NODES = {**NODE_CLASS_MAPPINGS, **CORE_NODES}
+
+PROMPT = ("a lighthouse on a rocky coast at sunset, waves rolling in, seagulls, warm light, cinematic, highly "
+          "detailed photograph")
+NEGATIVE = "blurry, low quality, text, watermark, deformed"
+
+
+def text_to_image_to_video() -> dict:
+    """Text -> first frame with ComfyUI's core image nodes (an SD1.5-type checkpoint, 1024x576), then SVD-XT
+    image-to-video exactly as in svd_xt_image_to_video (the conditioning node crops/resizes the frame)."""
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15_image_model.safetensors"}},
+        "2": {"class_type": "CLIPTextEncode", "inputs": {"text": PROMPT, "clip": ["1", 1]}},
+        "3": {"class_type": "CLIPTextEncode", "inputs": {"text": NEGATIVE, "clip": ["1", 1]}},
+        "4": {"class_type": "EmptyLatentImage", "inputs": {"width": 1024, "height": 576, "batch_size": 1}},
+        "5": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "seed": 23, "steps": 25, "cfg": 7.0, "sampler_name": "euler", "scheduler": "normal",
+            "positive": ["2", 0], "negative": ["3", 0], "latent_image": ["4", 0], "denoise": 1.0}},
+        "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
+    }
+    video = image_to_video("svd_xt.safetensors", 25, 30, 1.5, 3.0, "SVDLab/text_to_video")
+    del video["2"]  # SVDLab_LoadImage: the frame comes from VAEDecode
+    ids = {old: str(len(prompt) + i) for i, old in enumerate(video, 1)}
+    for old, node in video.items():
+        inputs = {name: [ids[v[0]], v[1]] if isinstance(v, list) and name != "image" else v
+                  for name, v in node["inputs"].items()}
+        prompt[ids[old]] = {**node, "inputs": inputs}
+    prompt[ids["3"]]["inputs"]["image"] = ["6", 0]
+    return prompt
+
+
 def to_ui(prompt: dict) -> dict:
     """UI (editor) format of an API prompt: nodes with positional widgets_values, links, a layout."""
     nodes, links = [], []
@@ -262,7 +324,7 @@ def to_ui(prompt: dict) -> dict:
 
     rows: dict[int, int] = {}
     for nid, node in prompt.items():
-        cls = NODE_CLASS_MAPPINGS[node["class_type"]]
+        cls = NODES[node["class_type"]]
         col = level(nid)
         row = rows.get(col, 0)
         rows[col] = row + 1
@@ -273,7 +335,7 @@ def to_ui(prompt: dict) -> dict:
             value = node["inputs"].get(name)
             if isinstance(value, list):
                 link_id = len(links) + 1
-                out_type = NODE_CLASS_MAPPINGS[prompt[value[0]]["class_type"]].RETURN_TYPES[value[1]]
+                out_type = NODES[prompt[value[0]]["class_type"]].RETURN_TYPES[value[1]]
                 links.append([link_id, int(value[0]), value[1], int(nid), len(inputs), out_type])
                 entry = {"name": name, "type": out_type, "link": link_id}
                 if spec.is_widget:
@@ -309,6 +371,7 @@ WORKFLOWS = {
     "curate_folder": curate_folder(),
     "flow_interpolation_x2": flow_interpolation(),
     "svd_xt_keyframe_interpolation": keyframe_interpolation(),
+    "text_to_image_to_video": text_to_image_to_video(),  # ComfyUI core nodes + the pack's: runs in ComfyUI only
     "training/svd_curate_and_finetune": curate_and_finetune(),  # a "folder/" prefix: written to that subfolder
 }
 
@@ -320,7 +383,7 @@ def write_workflow(name: str, prompt: dict) -> None:
     (base / "api").mkdir(parents=True, exist_ok=True)
     for node in prompt.values():
         node["_meta"] = {"title": node["class_type"]}
-        for input_name, spec in input_specs(NODE_CLASS_MAPPINGS[node["class_type"]]).items():
+        for input_name, spec in input_specs(NODES[node["class_type"]]).items():
             if spec.is_widget and input_name not in node["inputs"] and "default" in spec.options:
                 node["inputs"][input_name] = spec.options["default"]  # as the editor saves an added node
     (base / "api" / f"{stem}.json").write_text(json.dumps(prompt, indent=1) + "\n")

@@ -1,7 +1,13 @@
-"""Every example workflow: the UI file converts to its API twin, and both run headless on a tiny checkpoint."""
+"""Every example workflow: the UI file converts to its API twin, and both run headless on a tiny checkpoint.
+
+text_to_image_to_video makes its first frame with ComfyUI core nodes, so it runs in ComfyUI only
+(tests/comfyui/test_text_to_video_comfyui.py); here it is refused headless with one message, its pack part runs, and
+both files are what scripts/build_examples.py writes.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -13,11 +19,13 @@ from comfyui_svd_lab.cli.jobs import tiny_overrides, write_tiny_stand_ins
 from comfyui_svd_lab.nodes import bridge
 from comfyui_svd_lab.svd_model.config import Family
 from comfyui_svd_lab.svd_model.media.video import probe_video
-from comfyui_svd_lab.workflow import apply_overrides, execute, load_workflow, validate
+from comfyui_svd_lab.workflow import CoreNodesError, apply_overrides, execute, load_workflow, validate
 from conftest import SMALL_RUN as SMALL
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "example_workflows"
-UI_FILES = sorted(EXAMPLES.glob("*.json"))
+#: Examples with ComfyUI core nodes: ComfyUI runs them, the headless runner refuses them (tests at the end).
+COMFYUI_ONLY = ("text_to_image_to_video",)
+UI_FILES = sorted(p for p in EXAMPLES.glob("*.json") if p.stem not in COMFYUI_ONLY)
 CURATION_FILES = [p for p in UI_FILES if p.stem.startswith("curate")]  # no model; checked by their own test
 VIDEO_FILES = [p for p in UI_FILES if p not in CURATION_FILES]
 #: (frames, width, height) of the saved video under SMALL where it is not (3, 64, 48). Extend: 3 frames + 2
@@ -113,3 +121,90 @@ def test_cli_run_with_overrides(models, tmp_path, capsys):
     finally:
         bridge.reset()
     assert "svd_00001_.mp4" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------ text_to_image_to_video
+
+T2V = EXAMPLES / "text_to_image_to_video.json"
+T2V_API = EXAMPLES / "api" / T2V.name
+CORE_TYPES = ["CheckpointLoaderSimple", "CLIPTextEncode", "EmptyLatentImage", "KSampler", "VAEDecode"]
+REFUSAL = ("this workflow uses ComfyUI core nodes the headless runner cannot run: CheckpointLoaderSimple, "
+           "CLIPTextEncode, EmptyLatentImage, KSampler, VAEDecode; run it in ComfyUI: open it in the editor, queue it "
+           "on a server (POST /prompt), or `comfy run --workflow FILE` (comfy-cli)")
+
+
+def _build_examples():
+    """scripts/build_examples.py as a module (scripts/ is not a package)."""
+    path = Path(__file__).resolve().parents[2] / "scripts" / "build_examples.py"
+    spec = importlib.util.spec_from_file_location("build_examples_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_text_to_video_library_refuses_it_with_one_problem():
+    with pytest.raises(CoreNodesError) as refused:  # UI format: refused before the conversion
+        load_workflow(T2V, NODE_CLASS_MAPPINGS)
+    assert refused.value.class_types == CORE_TYPES and str(refused.value) == REFUSAL
+    prompt, ui = load_workflow(T2V_API, NODE_CLASS_MAPPINGS)  # API format: loads, one validation problem
+    assert ui is None
+    (problem,) = validate(prompt, NODE_CLASS_MAPPINGS)
+    assert problem.kind == "core_nodes" and problem.node_id is None and str(problem) == f"workflow: {REFUSAL}"
+
+
+@pytest.mark.parametrize("extra", [[], ["--tiny-if-missing"]], ids=["plain", "tiny_if_missing"])
+@pytest.mark.parametrize("path", [T2V, T2V_API], ids=["ui", "api"])
+def test_cli_refuses_text_to_video_with_one_message(path, extra, tmp_path, capsys):
+    out_dir = tmp_path / "out"
+    try:
+        assert main(["run", str(path), "--output-dir", str(out_dir), *extra]) == 2
+    finally:
+        bridge.reset()
+    out, err = capsys.readouterr()
+    assert err == f"svd-lab: error: {REFUSAL}\n"  # one line: no per-node problems, no traceback
+    assert "comfy run --workflow" in err and out == ""  # no --tiny-if-missing note: nothing would run
+    assert not out_dir.exists()
+
+
+def test_text_to_video_pack_part_is_the_svd_xt_example_and_runs(configured):
+    prompt, _ = load_workflow(T2V_API, NODE_CLASS_MAPPINGS)
+    core = {nid for nid, n in prompt.items() if n["class_type"] not in NODE_CLASS_MAPPINGS}
+    assert sorted({prompt[nid]["class_type"] for nid in core}) == sorted(CORE_TYPES)
+    pack = {nid: n for nid, n in prompt.items() if nid not in core}
+    (cond,) = [nid for nid, n in pack.items() if n["class_type"] == "SVDLab_ImageToVideoConditioning"]
+    decode = next(nid for nid in core if prompt[nid]["class_type"] == "VAEDecode")
+    assert pack[cond]["inputs"]["image"] == [decode, 0]  # the only link from the core part into the pack's
+    assert all(v[0] not in core for nid, n in pack.items() for name, v in n["inputs"].items()
+               if isinstance(v, list) and (nid, name) != (cond, "image"))
+    # the same nodes and values as svd_xt_image_to_video, whose LoadImage stands in for the generated frame
+    reference, _ = load_workflow(EXAMPLES / "api" / "svd_xt_image_to_video.json", NODE_CLASS_MAPPINGS)
+
+    def shape(p: dict) -> list:
+        order = list(p)
+        return [(n["class_type"], {k: ["link", order.index(v[0]), v[1]] if isinstance(v, list) else v
+                                   for k, v in n["inputs"].items() if k not in ("image", "filename_prefix")})
+                for n in p.values()]
+    assert shape(pack) == shape({k: v for k, v in reference.items() if v["class_type"] != "SVDLab_LoadImage"})
+    # it validates and runs headless with a loaded image in place of the core part
+    pack["0"] = {"class_type": "SVDLab_LoadImage", "inputs": {"image": "svd_lab_example.png", "path": ""}}
+    pack[cond]["inputs"]["image"] = ["0", 0]
+    pack = apply_overrides(pack, tiny_overrides(pack, "tiny.safetensors", SMALL), NODE_CLASS_MAPPINGS)
+    assert validate(pack, NODE_CLASS_MAPPINGS) == []
+    results = execute(pack, NODE_CLASS_MAPPINGS)
+    (saved,) = [item for r in results.values() for item in r.ui.get("images", [])]
+    info = probe_video(configured / saved["subfolder"] / saved["filename"], count_frames=True)
+    assert (info.frame_count, info.width, info.height) == (3, 64, 48)
+
+
+def test_text_to_video_files_are_what_build_examples_writes(tmp_path, monkeypatch):
+    build = _build_examples()
+    monkeypatch.setattr(build, "ROOT", tmp_path)
+    build.main(["text_to_image_to_video"])
+    assert (tmp_path / "api" / T2V.name).read_text() == T2V_API.read_text()
+    assert (tmp_path / T2V.name).read_text() == T2V.read_text()
+    # the UI file converts to its API twin with the core nodes' declared inputs (build_examples.CORE_NODES)
+    ui_prompt, _ = load_workflow(T2V, {**NODE_CLASS_MAPPINGS, **build.CORE_NODES})
+    api_prompt, _ = load_workflow(T2V_API, NODE_CLASS_MAPPINGS)
+    assert ui_prompt == api_prompt
+    ksampler = next(n for n in json.loads(T2V.read_text())["nodes"] if n["type"] == "KSampler")
+    assert ksampler["widgets_values"] == [23, "fixed", 25, 7.0, "euler", "normal", 1.0]
