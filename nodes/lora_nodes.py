@@ -25,6 +25,7 @@ from ..svd_model.lora import (
     load_lora,
     validate_lora,
 )
+from ..svd_model.text_conditioning import CONDITIONING_KEY, CONDITIONINGS
 from . import bridge, widgets
 from .types import SVDLAB_MODEL, range_problem
 
@@ -117,6 +118,8 @@ class LoraLoader:
         else:
             patched = apply_lora(model, state, strength)
             bridge.inherit_offload(model, patched)
+        if meta.get(CONDITIONING_KEY) in CONDITIONINGS:  # a t2v LoRA makes a text-conditioned model
+            patched.conditioning = meta[CONDITIONING_KEY]
         info = f"{lora_name} at strength {strength:g}: {report.summary()}; {_describe_metadata(meta)}"
         log.info(info)
         return patched, info

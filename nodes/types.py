@@ -4,6 +4,7 @@
 - ``SVDLAB_CONDITIONING``: a :class:`VideoConditioning` (the encoded conditioning frame, both CFG
   branches, the run's :class:`~..svd_model.pipelines.image_to_video.VideoParams` and the frame size).
 - ``SVDLAB_CAMERAS``: an :class:`~..svd_model.pipelines.multiview.OrbitCameras` (SV3D camera per frame).
+- ``SVDLAB_TEXT``: a :class:`~..svd_model.text_conditioning.TextEncoder` (OpenCLIP text tower + tokenizer).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..svd_model.pipelines.image_to_video import VideoParams
 SVDLAB_MODEL = "SVDLAB_MODEL"
 SVDLAB_CONDITIONING = "SVDLAB_CONDITIONING"
 SVDLAB_CAMERAS = "SVDLAB_CAMERAS"
+SVDLAB_TEXT = "SVDLAB_TEXT"
 
 #: Upper bound of seed widgets (ComfyUI's core seed range).
 MAX_SEED = 0xFFFFFFFFFFFFFFFF

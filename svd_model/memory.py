@@ -110,3 +110,24 @@ def on_compute(bundle: SVDBundle, *modules: nn.Module) -> Iterator[None]:
             module.to("cpu")
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def visiting(module: nn.Module, device: torch.device | str) -> Iterator[nn.Module]:
+    """`module` on `device` for the block and back where it was after (a network the bundle does not hold, e.g. a
+    text tower kept in CPU memory between prompts). No move when it already is there."""
+    device = torch.device(device)
+    first = next(module.parameters(), None)
+    home = first.device if first is not None else device
+    if home == device:
+        yield module
+        return
+    with torch.inference_mode(first.is_inference()):  # weights loaded under inference mode move inside it
+        module.to(device)
+    try:
+        yield module
+    finally:
+        with torch.inference_mode(first.is_inference()):
+            module.to(home)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()

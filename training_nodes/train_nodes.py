@@ -18,9 +18,10 @@ from typing import Any
 import torch
 
 from ..nodes import adapters, bridge, widgets
-from ..nodes.types import SVDLAB_MODEL, config_problem, number_problem, range_problem
+from ..nodes.types import SVDLAB_MODEL, SVDLAB_TEXT, config_problem, number_problem, range_problem
 from ..svd_model.errors import ConfigError, InputError, shorten
 from ..svd_model.jsonfile import parse_json
+from ..svd_model.text_conditioning import TextEncoder
 from ..svd_model.training.cache import LatentCache, build_cache, move_module
 from ..svd_model.training.config import (
     COND_AUG_MODES,
@@ -34,7 +35,7 @@ from ..svd_model.training.config import (
 )
 from ..svd_model.training.data import VideoDataset, make_dataset
 from ..svd_model.training.report import image_array, plot_losses
-from ..svd_model.training.run import StepEvent, run_training, trained_bundle, training_bytes
+from ..svd_model.training.run import StepEvent, conditioning_of, run_training, trained_bundle, training_bytes
 from ..svd_model.weights.loader import SVDBundle, save_bundle
 
 log = logging.getLogger(__name__)
@@ -236,6 +237,10 @@ class BuildLatentCache:
             "rebuild": ("BOOLEAN", {"default": False, "tooltip": (
                 "Replace a named cache that holds other clips or was made with other settings (off: that is an "
                 "error). An up-to-date cache is always reused.")}),
+        }, "optional": {
+            "text_encoder": (SVDLAB_TEXT, {"tooltip": (
+                "For SVD Lab Train with mode t2v: from SVD Lab Text Encoder Loader; each clip's caption (manifest "
+                "caption columns, or clip.txt beside each clip of a folder) is embedded into the cache.")}),
         }}
 
     @classmethod
@@ -245,8 +250,9 @@ class BuildLatentCache:
         return config_problem(_cache_dir, cache_name) or True
 
     def build(self, model: SVDBundle, dataset: VideoDataset, cache_name: str, cond_aug_mode: str, storage: str,
-              rebuild: bool) -> tuple[LatentCache, str]:
-        key = json.dumps([asdict(dataset.config), model.source, cond_aug_mode, storage], default=str)
+              rebuild: bool, text_encoder: TextEncoder | None = None) -> tuple[LatentCache, str]:
+        text = text_encoder.source if text_encoder is not None else None
+        key = json.dumps([asdict(dataset.config), model.source, cond_aug_mode, storage, text], default=str)
         name = cache_name.strip() or f"cache_{hashlib.sha1(key.encode()).hexdigest()[:10]}"
         directory = _cache_dir(name)
         # build_cache refuses a folder holding other windows or settings; the unnamed folder is this node's own,
@@ -257,7 +263,8 @@ class BuildLatentCache:
         bar = bridge.Progress(len(dataset.windows))
         with bridge.on_device(model, bridge.FIRST_STAGE + bridge.CONDITIONING):
             cache = build_cache(model, dataset, directory, config.cache, config.objective, device=model.device,
-                                rebuild=rebuild, callback=lambda done, total: bar.update(done, total))
+                                rebuild=rebuild, callback=lambda done, total: bar.update(done, total),
+                                text_encoder=text_encoder)
         return cache, cache.describe()
 
 
@@ -268,7 +275,9 @@ def _train_widgets() -> dict[str, Any]:
         "trainable": (list(TRAINABLE), {"default": "temporal", "tooltip": "Which layers train: temporal (motion), "
                                                                           "spatial (appearance) or all."}),
         "mode": (list(MODES), {"default": "image_to_video", "tooltip": (
-            "image_to_video: first frame conditions. keyframes: first and last frame (interpolation model).")}),
+            "image_to_video: first frame conditions. keyframes: first and last frame (interpolation model). t2v: "
+            "the clips' captions condition through a text encoder (the cache must be built with one); the result "
+            "is a text-to-video model for SVD Lab Text To Video Conditioning.")}),
         "steps": ("INT", {"default": 500, "min": 1, "max": 1000000, "tooltip": "Optimizer steps."}),
         "learning_rate": ("FLOAT", {"default": 1e-4, "min": 1e-8, "max": 1.0, "step": 1e-6, "round": False,
                                     "tooltip": "AdamW learning rate (LoRA ~1e-4, full ~1e-5)."}),
@@ -354,7 +363,7 @@ class Train:
             try:
                 result = run_training(config.replace(device=str(device)), bundle=model, cache=cache,
                                       on_step=on_step, validation_image=image)
-                trained = trained_bundle(model, result.unet, home)
+                trained = trained_bundle(model, result.unet, home, conditioning_of(config, model))
             finally:
                 move_module(model.model, home)
                 bridge.soft_empty_cache()
@@ -401,7 +410,7 @@ def _cache_dir(name: str) -> Path:
 
 #: Training settings that name files or folders: the node sets them itself (from its inputs and run name), so the
 #: workflow's extra_config may not (it would read or write anywhere).
-PATH_SETTINGS = ("checkpoint", "output_dir", "resume", "data", "cache", "validation.image")
+PATH_SETTINGS = ("checkpoint", "output_dir", "resume", "data", "cache", "validation.image", "text")
 
 
 def _extra_config(text: str) -> dict[str, Any]:

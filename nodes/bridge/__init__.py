@@ -57,6 +57,7 @@ from .memory import (
     load_device,
     manage,
     model_bytes,
+    network_on_device,
     on_device,
     place,
     release,
@@ -75,6 +76,7 @@ from .models import (
     find_vae,
     list_checkpoints,
     list_loras,
+    list_model_files,
     list_vaes,
     lora_output_dir,
     missing_checkpoint_message,
@@ -92,12 +94,13 @@ __all__ = ["ANNOTATIONS", "CONDITIONING", "FIRST_STAGE", "IMAGE_EXTENSIONS", "LO
     "VIDEO_EXTENSIONS", "any_path_allowed", "check_data_files", "check_interrupt", "chunk_callback",
     "comfy_managed", "configure", "confine", "cpu_device", "data_path", "device", "display", "find_checkpoint",
     "find_lora", "find_vae", "folder", "folders", "free_memory", "headless_run", "in_comfyui", "inherit_offload",
-    "input_file", "input_problem", "input_roots", "list_checkpoints", "list_inputs", "list_loras", "list_vaes",
-    "load_device", "lora_output_dir", "manage", "managed", "memory", "metadata_enabled",
-    "missing_checkpoint_message", "model_bytes", "model_dirs", "model_file", "models", "on_device", "output_path",
-    "place", "prefix_problem", "progress", "register_model_folder", "release", "reset", "resolve_checkpoint",
-    "resolve_lora", "resolve_vae", "resting_device", "save_target", "set_offload", "soft_empty_cache",
-    "step_callback", "unet_state", "unmanaged", "user_folder", "video", "with_lora"]
+    "input_file", "input_problem", "input_roots", "list_checkpoints", "list_inputs", "list_loras",
+    "list_model_files", "list_vaes", "load_device", "lora_output_dir", "manage", "managed", "memory",
+    "metadata_enabled", "missing_checkpoint_message", "model_bytes", "model_dirs", "model_file", "models",
+    "network_on_device", "on_device", "output_path", "place", "prefix_problem", "progress", "register_model_folder",
+    "release", "reset", "resolve_checkpoint", "resolve_lora", "resolve_vae", "resting_device", "save_target",
+    "set_offload", "soft_empty_cache", "step_callback", "unet_state", "unmanaged", "user_folder", "video",
+    "with_lora"]
 
 
 @contextlib.contextmanager

@@ -132,6 +132,18 @@ def manage(bundle: SVDBundle) -> Managed:
     return holder
 
 
+@contextlib.contextmanager
+def loaded_network(module: Any, compute: Any) -> Iterator[Any]:
+    """A network outside any bundle (a text tower) as a ComfyUI model for the block: its own ModelPatcher (held by
+    the module, so it lives as long as the network), loaded with load_models_gpu on `compute`, offloaded to the
+    text-encoder offload device when ComfyUI needs the room."""
+    mm = _mm()
+    patcher = _patcher_for(module, compute, mm.text_encoder_offload_device())
+    module.__dict__[_ATTR] = patcher
+    mm.load_models_gpu([patcher])
+    yield module
+
+
 def offload_between_nodes(bundle: SVDBundle) -> None:
     """The loader's "cpu between nodes": every part leaves the device after each node that used it."""
     manage(bundle).offload_after.update(PARTS)

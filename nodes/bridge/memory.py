@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from ...svd_model.memory import MemoryPlan, apply_plan, plan_for
+from ...svd_model.memory import MemoryPlan, apply_plan, plan_for, visiting
 from ...svd_model.weights.loader import SVDBundle
 from . import managed
 from .comfy import _mm
@@ -127,6 +127,18 @@ def on_device(bundle: SVDBundle, parts: Iterable[str] = managed.PARTS, *,
     finally:
         bundle.model.to("cpu")
         soft_empty_cache()
+
+
+@contextlib.contextmanager
+def network_on_device(module: torch.nn.Module, compute: torch.device) -> Iterator[torch.nn.Module]:
+    """A network no bundle holds (a text tower) on `compute` for the block: inside ComfyUI loaded by ComfyUI's
+    manager as a model of its own (it stays until ComfyUI needs the room); headless moved there and back."""
+    if managed.active():
+        with managed.loaded_network(module, compute):
+            yield module
+        return
+    with visiting(module, compute):
+        yield module
 
 
 @contextlib.contextmanager

@@ -219,6 +219,27 @@ def lora_output_dir() -> Path:
     return folder("output").absolute() / "SVDLab" / LORA_FOLDER
 
 
+def _support_roots() -> list[Path]:
+    """Folders of supporting model files: the svd folders, then ComfyUI's checkpoints / clip / text_encoders
+    folders; headless the model folders."""
+    fp = _folder_paths()
+    if fp is None:
+        return [Path(d) for d in model_dirs()]
+    keys = (SVD_FOLDER, "checkpoints", "clip", "text_encoders")
+    return [Path(d) for key in keys if key in fp.folder_names_and_paths for d in fp.get_folder_paths(key)]
+
+
+def list_model_files(suffixes: tuple[str, ...]) -> list[str]:
+    """Names (relative to their folder) of the supporting model files whose name ends with one of `suffixes`
+    (lower case), for a loader's COMBO; the folders of :func:`model_file`, in order, without duplicates."""
+    names: list[str] = []
+    for root in _support_roots():
+        if root.is_dir():
+            names += sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                            if p.name.lower().endswith(suffixes) and p.is_file())
+    return list(dict.fromkeys(names))
+
+
 def model_file(name: str, what: str) -> Path:
     """A supporting model file (aesthetic head, text tower, tokenizer, OpenCV text model) named relative to a
     model folder (the svd folders, then ComfyUI's checkpoints / clip / text_encoders folders); absolute paths
@@ -231,10 +252,7 @@ def model_file(name: str, what: str) -> Path:
     if problem:
         raise PathRefused(f"{problem} (files come from the model folders)")
     fp = _folder_paths()
-    keys = (SVD_FOLDER, "checkpoints", "clip", "text_encoders")
-    roots = [Path(d) for d in model_dirs()] if fp is None else [
-        Path(d) for key in keys if key in fp.folder_names_and_paths for d in fp.get_folder_paths(key)]
-    for root in roots:
+    for root in _support_roots():
         path = root / name
         if _in_model_folder(path, root) and path.is_file():
             return path

@@ -9,6 +9,7 @@ Layout of a cache folder::
                                                    K/crossattn (2, d)        CLIP embedding of first, last frame
                                                    K/cond_frames (2, 3, H, W)  clean first/last frame ("exact")
                                                    K/concat (A, 2, z, h, w), K/cond_aug (A,)            ("cached")
+                                                   K/text (1, d)  CLIP text embedding of the caption (text cache)
 
 Latents: the first-stage posterior's moments are stored, not a sample, so every step draws a fresh posterior
 sample ``mean + exp(logvar / 2) * eps`` (times 0.18215) as sgm's ``encode_first_stage`` does for training.
@@ -26,6 +27,9 @@ frame cannot be augmented exactly. Two choices (``cache.cond_aug_mode``):
   cond_aug); every step picks one of them at random and conditions on its cond_aug. No VAE is needed during
   training. Deviation from the reference: the augmentation noise comes from a finite set of ``aug_draws``
   draws per clip, not a fresh draw per step.
+
+A cache built with a text encoder (the ``t2v`` finetune) also holds each window's caption embedding; its index
+records that, and the captions are part of the window signatures (a changed caption makes the cache stale).
 
 Both always cache the first *and* the last frame, so one cache serves the image-to-video and the keyframe
 (first + last frame) modes. Building is resumable: shards are written atomically and the index lists only
@@ -55,6 +59,7 @@ from ..diffusion.noise import randn
 from ..errors import ConfigError, InputError
 from ..fsutil import write_text_atomic
 from ..nn.image_encoder import encode_image
+from ..text_conditioning import TextEncoder, encode_text
 from ..weights.checkpoint import CheckpointReader, save_checkpoint
 from ..weights.loader import SVDBundle
 from .config import CacheConfig, ObjectiveConfig
@@ -91,6 +96,7 @@ class CacheItem:
     cond_frames: Tensor | None  # (2, 3, H, W) in [-1, 1] ("exact")
     concat: Tensor | None  # (A, 2, z, h, w) augmented conditioner latents ("cached")
     cond_aug: Tensor | None  # (A,)
+    text: Tensor | None = None  # (1, d) caption embedding (a cache built with a text encoder)
 
 
 def model_fingerprint(bundle: SVDBundle) -> str:
@@ -113,9 +119,10 @@ def settings_fingerprint(config: CacheConfig, objective: ObjectiveConfig, bundle
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def window_signatures(dataset: VideoDataset) -> dict[str, str]:
+def window_signatures(dataset: VideoDataset, captions: bool = False) -> dict[str, str]:
     """Window key -> a short hash of what its cached tensors depend on: the clip id, the frame indices taken, the
-    size, fps_id and motion bucket, and the clip file's size and modification time (a file replaced in place)."""
+    size, fps_id and motion bucket, and the clip file's size and modification time (a file replaced in place);
+    with `captions` (a text cache) the caption too."""
     files: dict[Path, tuple[int, int] | None] = {}
     out: dict[str, str] = {}
     for w in dataset.windows:
@@ -127,6 +134,8 @@ def window_signatures(dataset: VideoDataset) -> dict[str, str]:
             except OSError:
                 files[path] = None
         parts = (w.clip.clip_id, w.indices, w.size, w.fps_id, w.motion_bucket_id, files[path])
+        if captions:
+            parts += (w.clip.caption,)
         out[w.key] = hashlib.sha1(repr(parts).encode()).hexdigest()[:12]
     return out
 
@@ -174,6 +183,11 @@ class LatentCache:
     def num_frames(self) -> int:
         return int(self.meta["num_frames"])
 
+    @property
+    def has_text(self) -> bool:
+        """Built with a text encoder: every window holds its caption's embedding (the t2v finetune needs it)."""
+        return bool(self.meta.get("text"))
+
     def __len__(self) -> int:
         return len(self.entries)
 
@@ -198,12 +212,13 @@ class LatentCache:
             return reader[key].float() if key in reader else None
 
         return CacheItem(entry, get("moments"), get("crossattn"), get("cond_frames"), get("concat"),
-                         get("cond_aug"))
+                         get("cond_aug"), get("text"))
 
     def describe(self) -> str:
         sizes = ", ".join(f"{len(v)} at {w}x{h}" for (w, h), v in sorted(self.groups().items()))
+        text = ", caption embeddings" if self.has_text else ""
         return (f"latent cache {self.dir}: {len(self)} windows of {self.num_frames} frames ({sizes}), "
-                f"noise augmentation {self.cond_aug_mode}, {self.meta['dtype']}")
+                f"noise augmentation {self.cond_aug_mode}, {self.meta['dtype']}{text}")
 
 
 # ------------------------------------------------------------------------------------------------ building
@@ -262,6 +277,19 @@ def encode_window(bundle: SVDBundle, window: Window, frames: Tensor, config: Cac
     return out
 
 
+def _check_text(bundle: SVDBundle, dataset: VideoDataset, text_encoder: TextEncoder) -> None:
+    """A text cache needs a caption for every clip and text embeddings as wide as the UNet's context."""
+    context = bundle.config.unet.context_dim
+    if text_encoder.embed_dim != context:
+        raise ConfigError(f"the text tower embeds into {text_encoder.embed_dim} dims, the UNet's cross-attention "
+                          f"takes {context}: use the OpenCLIP text tower of the model's CLIP (ViT-H/14: 1024)")
+    missing = sorted({w.clip.clip_id for w in dataset.windows if not w.clip.caption.strip()})
+    if missing:
+        raise InputError(f"{len(missing)} clip(s) have no caption, e.g. {missing[:3]}: a text (t2v) cache needs one "
+                         "per clip (manifest caption_summary / caption_video / caption_image, or clip.txt beside "
+                         "each clip of a folder)")
+
+
 def _write_index(directory: Path, meta: dict, entries: list[CacheEntry], status: str) -> None:
     body = {**meta, "status": status, "entries": [asdict(e) for e in entries]}
     write_text_atomic(json.dumps(body, indent=1), directory / INDEX)
@@ -306,8 +334,11 @@ def _reusable(directory: Path, fingerprint: str, planned: Mapping[str, str], reb
 
 def build_cache(bundle: SVDBundle, dataset: VideoDataset, directory: str | os.PathLike, config: CacheConfig,
                 objective: ObjectiveConfig, *, seed: int = 0, device: torch.device | str | None = None,
-                rebuild: bool = False, callback: Callable[[int, int], None] | None = None) -> LatentCache:
+                rebuild: bool = False, callback: Callable[[int, int], None] | None = None,
+                text_encoder: TextEncoder | None = None) -> LatentCache:
     """Encode every window of `dataset` into `directory` (resumable). callback(done, total) after each window.
+    With `text_encoder` each window also gets its clip caption's embedding (for the t2v finetune); every clip
+    needs a caption then (an InputError names the ones without).
 
     A folder built with other settings (storage, augmentation mode, encoder weights) or holding other windows
     (clips added, removed or changed; other frames, sizes, fps or motion buckets) raises StaleCacheError, or with
@@ -315,11 +346,16 @@ def build_cache(bundle: SVDBundle, dataset: VideoDataset, directory: str | os.Pa
     """
     directory = Path(directory)
     device = torch.device(device) if device is not None else bundle.device
-    fingerprint = settings_fingerprint(config, objective, model_fingerprint(bundle), seed)
-    planned = window_signatures(dataset)
+    model_fp = model_fingerprint(bundle)
+    if text_encoder is not None:
+        _check_text(bundle, dataset, text_encoder)
+        model_fp += "+text:" + text_encoder.fingerprint()
+    fingerprint = settings_fingerprint(config, objective, model_fp, seed)
+    planned = window_signatures(dataset, captions=text_encoder is not None)
     meta = {"format": CACHE_FORMAT, "fingerprint": fingerprint, "num_frames": dataset.config.num_frames,
             "cond_aug_mode": config.cond_aug_mode, "dtype": config.dtype, "source": bundle.source,
-            "latent_channels": bundle.config.first_stage.z_channels, "windows": planned}
+            "latent_channels": bundle.config.first_stage.z_channels, "windows": planned,
+            "text": text_encoder is not None}
     done: list[CacheEntry] = []
     old = _reusable(directory, fingerprint, planned, rebuild)
     if old is not None:
@@ -338,6 +374,8 @@ def build_cache(bundle: SVDBundle, dataset: VideoDataset, directory: str | os.Pa
     parts = [vae.encoder, vae.quant_conv, model.image_encoder]
     if config.cond_aug_mode == "cached":
         parts += [model.cond_vae.encoder, model.cond_vae.quant_conv]
+    if text_encoder is not None:
+        parts.append(text_encoder.tower)
     pending: dict[str, Tensor] = {}
     pending_entries: list[CacheEntry] = []
 
@@ -354,7 +392,10 @@ def build_cache(bundle: SVDBundle, dataset: VideoDataset, directory: str | os.Pa
     with _moved(parts, device):
         for window in todo:
             frames = read_window(window)  # (T, 3, H, W)
-            for name, tensor in encode_window(bundle, window, frames, config, objective, seed, device).items():
+            tensors = encode_window(bundle, window, frames, config, objective, seed, device)
+            if text_encoder is not None:
+                tensors["text"] = encode_text(text_encoder, [window.clip.caption]).cpu()  # (1, d), float32
+            for name, tensor in tensors.items():
                 pending[f"{window.key}/{name}"] = tensor.contiguous()
             w, h = window.size
             pending_entries.append(CacheEntry(window.key, "", window.clip.clip_id, window.fps_id,

@@ -28,7 +28,7 @@ from ..configdict import build, check_finite, parse_override, set_dotted
 from ..errors import ConfigError, shorten
 from ..jsonfile import check_depth, read_json_file, read_text_file
 
-MODES = ("image_to_video", "keyframes")
+MODES = ("image_to_video", "keyframes", "t2v")
 TRAINABLE = ("temporal", "spatial", "all")
 METHODS = ("lora", "full")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -199,10 +199,20 @@ class ValidationConfig:
 
 
 @dataclass(frozen=True)
+class TextConfig:
+    """Mode "t2v": the OpenCLIP text tower and tokenizer whose embeddings of the clips' captions (manifest caption
+    columns, or clip.txt beside each clip of a folder) are cached and condition the UNet."""
+
+    tower: str = ""  # open_clip model file with the text tower (safetensors)
+    tokenizer: str = ""  # bpe_simple_vocab_16e6.txt.gz, or a folder with vocab.json + merges.txt
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     checkpoint: str = ""  # base model: official single-file .safetensors or diffusers folder
     output_dir: str = "output/svd-lab-train"
-    mode: str = "image_to_video"  # or "keyframes": first and last frame condition (interpolation model)
+    mode: str = "image_to_video"  # or "keyframes": first and last frame condition (interpolation model); or "t2v":
+    # captions condition through the text tower (text.tower + text.tokenizer), no conditioning frame
     method: str = "lora"  # "lora" or "full" (the selected weights themselves)
     trainable: str = "temporal"  # which layers train: temporal (default), spatial or all
     patterns: tuple[str, ...] = ()  # method "full": extra module-name patterns that also train
@@ -224,6 +234,7 @@ class TrainConfig:
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    text: TextConfig = field(default_factory=TextConfig)
 
     def __post_init__(self) -> None:
         check_finite(self, "")

@@ -47,10 +47,19 @@ class ClipRecord:
     width: int
     height: int
     source: str = ""
+    caption: str = ""  # the text a t2v finetune conditions on ('' when the clip has none)
 
     @property
     def num_frames(self) -> int:
         return self.end_frame - self.start_frame
+
+
+#: Manifest caption columns, in the order the first non-empty one is taken (the summary of the image and video
+#: captions first, as the paper's captions).
+CAPTION_COLUMNS = ("caption_summary", "caption_video", "caption_image")
+#: Sidecar caption of a clip file in a folder dataset: the same path with this suffix (clip.mp4 -> clip.txt).
+CAPTION_SUFFIX = ".txt"
+MAX_CAPTION_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -129,8 +138,9 @@ def load_manifest(path: str | os.PathLike, *, only_kept: bool = True) -> list[Cl
         if bucket is None or row.get("fps") is None:
             raise InputError(f"manifest {path}: clip {row['clip_id']} has no measured fps / motion_bucket_id; "
                              "run the curation's motion pass, or train from a folder with a fixed motion bucket")
+        caption = next((str(row[c]).strip() for c in CAPTION_COLUMNS if row.get(c) and str(row[c]).strip()), "")
         clips.append(ClipRecord(str(row["clip_id"]), file, start, end, float(row["fps"]), int(bucket),
-                                int(row["width"]), int(row["height"]), str(row["source"])))
+                                int(row["width"]), int(row["height"]), str(row["source"]), caption))
     if not clips:
         raise InputError(f"manifest {path} has no usable clip ({len(table)} rows; only status 'ok'"
                          f"{' and keep = true' if only_kept else ''} rows are used)")
@@ -151,8 +161,21 @@ def scan_folder(folder: str | os.PathLike, *, motion_bucket_id: int = 127) -> li
         info = probe_video(file, count_frames=True)
         clip_id = file.relative_to(root).as_posix()
         clips.append(ClipRecord(clip_id, file, 0, info.frame_count, float(info.fps), motion_bucket_id,
-                                info.width, info.height, str(file)))
+                                info.width, info.height, str(file), read_sidecar_caption(file)))
     return clips
+
+
+def read_sidecar_caption(video: Path) -> str:
+    """The caption in the text file beside `video` (clip.mp4 -> clip.txt, UTF-8, whitespace collapsed), or ''."""
+    sidecar = video.with_suffix(CAPTION_SUFFIX)
+    if not sidecar.is_file():
+        return ""
+    if sidecar.stat().st_size > MAX_CAPTION_BYTES:
+        raise InputError(f"caption file {sidecar} is larger than {MAX_CAPTION_BYTES // 1024} KiB")
+    try:
+        return " ".join(sidecar.read_text(encoding="utf-8-sig").split())
+    except UnicodeDecodeError:
+        raise InputError(f"caption file {sidecar} is not UTF-8 text") from None
 
 
 # -------------------------------------------------------------------------------------------- planning

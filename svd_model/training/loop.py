@@ -161,9 +161,11 @@ class ClipDraw:
 
 
 def draw_clip(item: CacheItem, gen: torch.Generator, *, objective: ObjectiveConfig, k: int,
-              scale_factor: float) -> ClipDraw:
+              scale_factor: float, text: bool = False) -> ClipDraw:
     """Draw one clip's randomness from `gen` in the fixed order: posterior sample, sigma, noise, then the
-    augmentation (exact: strength and noise; cached: which pre-encoded one), then the conditioning dropout."""
+    augmentation (exact: strength and noise; cached: which pre-encoded one), then the conditioning dropout.
+    `text` (t2v): the caption embedding conditions, the concat frame is zeros and cond_aug 0 (no augmentation
+    draw)."""
     mean, logvar = item.moments.chunk(2, dim=1)  # (t, z, h, w) each
     eps = randn(mean.shape, gen, what="the posterior sample")
     x0 = (mean + torch.exp(0.5 * logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)) * eps) * scale_factor
@@ -171,6 +173,11 @@ def draw_clip(item: CacheItem, gen: torch.Generator, *, objective: ObjectiveConf
     sigma = lognormal_sigmas(n_sigma, objective.p_mean, objective.p_std, generator=gen)
     noise = randn(mean.shape, gen, what="the training noise")
     concat = cond_frames = aug_noise = None
+    if text:
+        if item.text is None:
+            raise InputError("this latent cache holds no caption embeddings: build it with a text encoder for t2v")
+        keep = float(torch.rand(1, generator=gen).item() >= objective.cond_dropout)
+        return ClipDraw(x0, sigma, noise, 0.0, keep, item.text[:1], torch.zeros(k * mean.shape[1], *mean.shape[2:]))
     if item.cond_frames is not None:  # exact: draw the augmentation now, augment and encode per batch
         z = randn((1,), gen, what="the cond_aug draw").item()
         aug = math.exp(objective.cond_aug_mean + objective.cond_aug_std * z)
@@ -203,13 +210,15 @@ def _batch_concat(clips: Sequence[ClipDraw], k: int, cond_vae: nn.Module | None,
 
 
 def make_batch(items: Sequence[CacheItem], generators: Sequence[torch.Generator], *, objective: ObjectiveConfig,
-               keyframes: bool, scale_factor: float, cond_vae: nn.Module | None, device: torch.device) -> Batch:
-    """Draw one micro-batch's randomness per sample (in a fixed order) and build the model inputs."""
+               keyframes: bool, scale_factor: float, cond_vae: nn.Module | None, device: torch.device,
+               text: bool = False) -> Batch:
+    """Draw one micro-batch's randomness per sample (in a fixed order) and build the model inputs. `text`: the
+    t2v finetune (caption embeddings, zero concat)."""
     k = 2 if keyframes else 1
-    clips = [draw_clip(item, gen, objective=objective, k=k, scale_factor=scale_factor)
+    clips = [draw_clip(item, gen, objective=objective, k=k, scale_factor=scale_factor, text=text)
              for item, gen in zip(items, generators, strict=True)]
     b, t = len(clips), clips[0].x0.shape[0]
-    concat = _batch_concat(clips, k, cond_vae, device)
+    concat = torch.stack([c.concat for c in clips]).to(device) if text else _batch_concat(clips, k, cond_vae, device)
     mask = torch.tensor([c.keep for c in clips], device=device)
     vector = vector_conditioning(Family.SVD, {
         "fps_id": torch.tensor([it.entry.fps_id for it in items], dtype=torch.float64),
@@ -226,7 +235,7 @@ def make_batch(items: Sequence[CacheItem], generators: Sequence[torch.Generator]
 def fixed_sigma_loss(unet: nn.Module, cache: LatentCache, indices: Sequence[int], *, objective: ObjectiveConfig,
                      sigmas: Sequence[float] = (0.2, 0.5, 1.0, 2.0, 5.0), seed: int = 0, keyframes: bool = False,
                      scale_factor: float = 0.18215, cond_vae: nn.Module | None = None,
-                     device: torch.device | str = "cpu") -> float:
+                     device: torch.device | str = "cpu", text: bool = False) -> float:
     """A low-variance loss for monitoring: the EDM loss of the cache entries `indices` at fixed noise levels,
     with fixed noise and augmentation draws (`seed`) and no conditioning dropout; the mean over clips and
     sigmas. The same arguments give the same draws, so two calls compare weights, not luck."""
@@ -235,7 +244,7 @@ def fixed_sigma_loss(unet: nn.Module, cache: LatentCache, indices: Sequence[int]
     items = [cache.item(i) for i in indices]
     gens = [torch.Generator().manual_seed(seed_from(seed, "eval", i)) for i in indices]
     batch = make_batch(items, gens, objective=objective, keyframes=keyframes, scale_factor=scale_factor,
-                       cond_vae=cond_vae, device=device)
+                       cond_vae=cond_vae, device=device, text=text)
     was_training = unet.training
     unet.eval()
     try:
@@ -302,7 +311,8 @@ class Trainer:
         items = [self.cache.item(indices[j]) for j in mine]
         gens = [torch.Generator().manual_seed(seed_from(cfg.seed, "sample", step, micro, j)) for j in mine]
         batch = make_batch(items, gens, objective=cfg.objective, keyframes=cfg.mode == "keyframes",
-                           scale_factor=self.scale_factor, cond_vae=self.cond_vae, device=self.device)
+                           scale_factor=self.scale_factor, cond_vae=self.cond_vae, device=self.device,
+                           text=cfg.mode == "t2v")
         with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
             loss = edm_loss(self.model_fn, batch.x0, batch.sigma, batch.noise, batch.cond,
                             loss_type=cfg.objective.loss).mean()

@@ -41,8 +41,9 @@ from ..nn.unet import VideoUNet
 from ..pipelines.checks import require_svd_family
 from ..pipelines.decode import decode_latents
 from ..pipelines.image_to_video import VideoParams, sample_video
+from ..text_conditioning import CONDITIONING_KEY, TextEncoder, load_text_encoder
 from ..weights.loader import DTYPES, SVDBundle, load_bundle, save_bundle
-from .cache import LatentCache, _moved, build_cache
+from .cache import CacheItem, LatentCache, _moved, build_cache
 from .config import TrainConfig
 from .data import make_dataset
 from .distributed import DistInfo, barrier, broadcast_text, resolve_device, wrap_ddp
@@ -90,7 +91,7 @@ def ensure_cache(config: TrainConfig, bundle: SVDBundle, dist: DistInfo,
             ready = False
         if not ready:
             build_cache(bundle, make_dataset(config.data), directory, config.cache, config.objective,
-                        seed=config.seed, device=dist.device, callback=callback)
+                        seed=config.seed, device=dist.device, callback=callback, text_encoder=_text_encoder(config))
     barrier(dist)
     cache = LatentCache(directory)
     if not cache.complete:
@@ -144,6 +145,21 @@ def view_bundle(bundle: SVDBundle, unet: nn.Module) -> SVDBundle:
     return SVDBundle(model=model, variant=bundle.variant, source=bundle.source)
 
 
+def _text_encoder(config: TrainConfig) -> TextEncoder | None:
+    """Mode t2v: the configured text tower and tokenizer (both required); other modes: None."""
+    if config.mode != "t2v":
+        return None
+    if not config.text.tower or not config.text.tokenizer:
+        raise ConfigError("mode t2v needs text.tower (an open_clip model file with the text tower) and "
+                          "text.tokenizer (bpe_simple_vocab_16e6.txt.gz) to embed the clips' captions")
+    return load_text_encoder(config.text.tower, config.text.tokenizer)
+
+
+def conditioning_of(config: TrainConfig, bundle: SVDBundle) -> str:
+    """What the trained model is conditioned on: text after a t2v run, else what the base model was."""
+    return "text" if config.mode == "t2v" else bundle.conditioning
+
+
 # ------------------------------------------------------------------------------------------- validation
 
 
@@ -161,6 +177,8 @@ def validation_cond(bundle: SVDBundle, cache: LatentCache, config: TrainConfig, 
     val, keyframes = config.validation, config.mode == "keyframes"
     first = cache.item(0)
     e = first.entry
+    if config.mode == "t2v":  # the first cached clip's caption, no conditioning frame
+        return _text_validation_cond(first, cache, config)
     gen = torch.Generator().manual_seed(val.seed)
     cond_vae = bundle.model.cond_vae
     if image is None and val.image:
@@ -189,6 +207,18 @@ def validation_cond(bundle: SVDBundle, cache: LatentCache, config: TrainConfig, 
                          motion_bucket_id=e.motion_bucket_id, cond_aug=aug, steps=val.steps, min_cfg=val.min_cfg,
                          max_cfg=val.max_cfg)
     return ValidationCond(Cond(crossattn.reshape(1, 1, -1), concat, vector.float()), params)
+
+
+def _text_validation_cond(first: CacheItem, cache: LatentCache, config: TrainConfig) -> ValidationCond:
+    e, val, t = first.entry, config.validation, cache.num_frames
+    latent_channels = first.moments.shape[1] // 2
+    concat = torch.zeros(1, latent_channels, *first.moments.shape[-2:])  # (1, z, h, w): no image
+    vector = vector_conditioning(Family.SVD, {"fps_id": e.fps_id, "motion_bucket_id": e.motion_bucket_id,
+                                              "cond_aug": 0.0}, 1, t)
+    params = VideoParams(num_frames=t, width=e.width, height=e.height, fps=e.fps_id + 1,
+                         motion_bucket_id=e.motion_bucket_id, cond_aug=0.0, steps=val.steps, min_cfg=val.min_cfg,
+                         max_cfg=val.max_cfg)
+    return ValidationCond(Cond(first.text.reshape(1, 1, -1), concat, vector.float()), params)
 
 
 @torch.no_grad()
@@ -220,6 +250,7 @@ def export_result(bundle: SVDBundle, unet: nn.Module, lora_paths: list[str], con
     """Write lora.safetensors (ComfyUI keys) or model.safetensors (official layout) into `out`."""
     dtype = DTYPES[config.save_dtype]
     meta = {"svd_lab.train.mode": config.mode, "svd_lab.train.steps": str(step),
+            CONDITIONING_KEY: conditioning_of(config, bundle),
             "svd_lab.train.config": json.dumps(config.to_dict(), default=str)}
     if config.method == "lora" and config.mode != "keyframes":
         state = lora_mod.lora_state_dict(unet, dtype=dtype)
@@ -231,18 +262,22 @@ def export_result(bundle: SVDBundle, unet: nn.Module, lora_paths: list[str], con
     with torch.device("meta"):
         export = VideoUNet(unet.config)
     export.load_state_dict({k: v.detach() for k, v in merged_state(unet).items()}, assign=True)
-    return save_bundle(view_bundle(bundle, export), out / "model.safetensors", meta, dtype=config.save_dtype)
+    view = dataclasses.replace(view_bundle(bundle, export), conditioning=conditioning_of(config, bundle))
+    return save_bundle(view, out / "model.safetensors", meta, dtype=config.save_dtype)
 
 
 @torch.no_grad()
-def trained_bundle(bundle: SVDBundle, unet: nn.Module, device: torch.device) -> SVDBundle:
+def trained_bundle(bundle: SVDBundle, unet: nn.Module, device: torch.device,
+                   conditioning: str | None = None) -> SVDBundle:
     """A new bundle whose UNet is the trained one (LoRA merged) in the base model's dtype on `device`; the
-    VAEs and image encoder are shared with `bundle`, which is not modified."""
+    VAEs and image encoder are shared with `bundle`, which is not modified. `conditioning`: what the trained
+    model is conditioned on (:func:`conditioning_of`; default: the base model's)."""
     with torch.device("meta"):
         plain = VideoUNet(unet.config)
     plain.load_state_dict({k: v.detach().to(device, bundle.dtype, copy=True) for k, v in merged_state(unet).items()},
                           assign=True)
-    return view_bundle(bundle, plain.eval().requires_grad_(False))
+    view = view_bundle(bundle, plain.eval().requires_grad_(False))
+    return dataclasses.replace(view, conditioning=conditioning or bundle.conditioning)
 
 
 def training_bytes(bundle: SVDBundle) -> int:
@@ -419,7 +454,12 @@ def run_training(config: TrainConfig, *, bundle: SVDBundle | None = None, cache:
     params = [(n, p) for n, p in unet.named_parameters() if p.requires_grad]
     log.info("training %d tensors (%.2f M parameters) of %s with %s on %s", len(params),
              sum(p.numel() for _, p in params) / 1e6, config.trainable, config.method, device)
-    cond_vae = bundle.model.cond_vae if cache.cond_aug_mode == "exact" else None
+    if config.mode == "t2v" and not cache.has_text:
+        raise ConfigError(f"mode t2v needs a latent cache with caption embeddings; {cache.dir} was built without a "
+                          "text encoder (SVD Lab Build Latent Cache's text_encoder input, or text.tower + "
+                          "text.tokenizer for svd-lab train)")
+    text = config.mode == "t2v"
+    cond_vae = bundle.model.cond_vae if cache.cond_aug_mode == "exact" and not text else None
     moved = [cond_vae.encoder, cond_vae.quant_conv] if cond_vae is not None else []
     loss_log = LossLog(out / "loss.jsonl" if dist.is_main else None)
     with _moved(moved, device):

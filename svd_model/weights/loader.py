@@ -25,6 +25,7 @@ from ..errors import CheckpointError, ConfigError, SVDError, shorten
 from ..memory import MemoryPlan
 from ..nn.cast import fp8_dtype, store_fp8
 from ..nn.model import SVDModel, check_keys
+from ..text_conditioning import CONDITIONING_KEY, CONDITIONINGS
 from .checkpoint import CheckpointReader, save_checkpoint
 from .detect import FIRST_STAGE_PREFIX, cond_vae_prefix, guess_variant, infer_config, is_ignored_key
 from .diffusers_keys import diffusers_pipeline_to_sgm
@@ -48,6 +49,9 @@ class SVDBundle:
     #: in CPU memory; fp8-stored weights compute in bf16/fp16). None: where / what the UNet's weights are.
     compute_device: torch.device | None = None
     compute_dtype: torch.dtype | None = None
+    #: What the UNet's cross-attention was trained on: "image" (SVD's image embedding) or "text" (CLIP text
+    #: embeddings, the t2v finetune); from the checkpoint's metadata (svd_model.text_conditioning).
+    conditioning: str = "image"
 
     @property
     def config(self) -> ModelConfig:
@@ -286,7 +290,7 @@ def load_bundle(
         "loaded %s: %s (variant %s, unet %s, %d unused text-tower keys ignored)",
         path.name, config.family.value, variant, dtype, len(checked.ignored),
     )
-    bundle = SVDBundle(model=model, variant=variant, source=str(path))
+    bundle = SVDBundle(model=model, variant=variant, source=str(path), conditioning=_conditioning(checked))
     if weight_storage is not None:
         store_unet_fp8(bundle, weight_storage)
     if vae is not None:
@@ -294,6 +298,16 @@ def load_bundle(
 
         replace_vae(bundle, vae, allow_non_finite=allow_non_finite)
     return bundle
+
+
+def _conditioning(checked: CheckedCheckpoint) -> str:
+    """The conditioning a checkpoint records (svd_lab.conditioning metadata; official files: image)."""
+    value = checked.metadata.get(CONDITIONING_KEY, "image")
+    if value not in CONDITIONINGS:
+        log.warning("%s: unknown %s %r in the metadata; taking it as an image-to-video model",
+                    checked.path.name, CONDITIONING_KEY, shorten(value))
+        return "image"
+    return value
 
 
 def store_unet_fp8(bundle: SVDBundle, storage: str) -> SVDBundle:
@@ -331,5 +345,6 @@ def save_bundle(
     meta = {"format": "pt", "svd_lab.family": model.config.family.value}
     if isinstance(bundle, SVDBundle):
         meta["svd_lab.variant"] = bundle.variant
+        meta[CONDITIONING_KEY] = bundle.conditioning
     meta.update(metadata or {})
     return save_checkpoint(path, state, meta)

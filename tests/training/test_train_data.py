@@ -23,6 +23,7 @@ from comfyui_svd_lab.svd_model.training.data import (
     nearest_bucket,
     plan_windows,
     read_window,
+    scan_folder,
     window_indices,
 )
 from comfyui_svd_lab.svd_model.training.loop import BatchPlan, make_batch
@@ -73,6 +74,26 @@ def test_manifest_clips_use_measured_values_and_read_the_right_frames(micro):
     expected = source[list(windows[1].indices)].permute(0, 3, 1, 2) * 2 - 1
     assert torch.allclose(frames, expected, atol=1e-6)
     assert min(windows[1].indices) >= 4
+
+
+def test_captions_come_from_the_manifest_columns_or_sidecar_files(micro, tmp_path):
+    root, _, _ = micro
+    rows = manifest_rows(root, root / "clips")[:3]
+    rows[0].update(caption_summary="  a summary ", caption_video="a video caption", caption_image="an image")
+    rows[1].update(caption_summary="", caption_video=None, caption_image="only the image caption")
+    rows[2].update(caption_summary=None, caption_video=None, caption_image=None)
+    path = tmp_path / "captioned.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    assert [c.caption for c in load_manifest(path)] == ["a summary", "only the image caption", ""]
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    for name in ("clip0.mp4", "clip1.mp4"):
+        (folder / name).write_bytes((root / "clips" / name).read_bytes())
+    (folder / "clip0.txt").write_text("\ufeffa red square\n  moving right\n", encoding="utf-8")
+    assert [c.caption for c in scan_folder(folder)] == ["a red square moving right", ""]
+    (folder / "clip1.txt").write_bytes(b"\xff\xfe\xfa not utf-8")
+    with pytest.raises(InputError, match="clip1.txt is not UTF-8 text"):
+        scan_folder(folder)
 
 
 def test_manifest_folder_layout_reads_completed_parts(micro):
