@@ -11,7 +11,7 @@ from ..svd_model.pipelines.text_to_video import encode_text_condition
 from ..svd_model.text_conditioning import TextEncoder, load_text_encoder
 from ..svd_model.weights.loader import SVDBundle
 from . import adapters, bridge, widgets
-from .types import SVDLAB_CONDITIONING, SVDLAB_TEXT, VideoConditioning, range_problem
+from .types import SVDLAB_CONDITIONING, SVDLAB_TEXT, VideoConditioning, size_problem
 from .widgets import XT
 
 log = logging.getLogger(__name__)
@@ -96,15 +96,9 @@ class TextToVideoConditioning:
 
     @classmethod
     def VALIDATE_INPUTS(cls, width: int | None, height: int | None, prompt: str | None = None) -> bool | str:
-        for name, value in (("width", width), ("height", height)):
-            problem = range_problem(cls, name, value)
-            if problem:
-                return problem
-            if value is not None and value % 8:
-                return f"{name} = {value} is not a multiple of 8 (the VAE's factor)"
         if prompt is not None and not prompt.strip():
             return "prompt is empty: write what the video should show"
-        return True
+        return size_problem(cls, width, height) or True
 
     def encode(self, model: SVDBundle, text_encoder: TextEncoder, prompt: str, negative_prompt: str, width: int,
                height: int, frames: int, fps: int, motion_bucket_id: int,

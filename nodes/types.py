@@ -96,6 +96,19 @@ def number_problem(node: type, **values: Any) -> str | None:
     return None
 
 
+def size_problem(node: type, width: int | None, height: int | None) -> str | None:
+    """For VALIDATE_INPUTS of a node with width / height widgets: their range, and the VAE's factor 8 (official
+    models need multiples of 64, checked against the loaded model when the node runs)."""
+    for name, value in (("width", width), ("height", height)):
+        problem = range_problem(node, name, value)
+        if problem:
+            return problem
+        if value is not None and value % 8:
+            return (f"{name} = {value} is not a multiple of 8 (the VAE's factor); official SVD models need "
+                    "multiples of 64, checked against the loaded model at run time")
+    return None
+
+
 def config_problem(check: Callable[[Any], object], value: Any) -> str | None:
     """For VALIDATE_INPUTS: the message of the package error (ConfigError, InputError, ...) ``check(value)``
     raises; None when it passes or the value is not known yet (None: the input is linked)."""

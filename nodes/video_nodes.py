@@ -18,7 +18,7 @@ from ..svd_model.pipelines.multiview import with_input_view
 from ..svd_model.weights.loader import SVDBundle
 from . import adapters, bridge, widgets
 from .bridge.video import UNSET, frames_input, latent_fps, source_problem, video_from_frames, with_latent_fps
-from .types import SVDLAB_CONDITIONING, VideoConditioning, number_problem, range_problem
+from .types import SVDLAB_CONDITIONING, VideoConditioning, number_problem, range_problem, size_problem
 from .widgets import XT
 
 log = logging.getLogger(__name__)
@@ -58,17 +58,7 @@ class ImageToVideoConditioning:
 
     @classmethod
     def VALIDATE_INPUTS(cls, width: int | None, height: int | None, cond_aug: float | None = None) -> bool | str:
-        problem = range_problem(cls, "cond_aug", cond_aug)
-        if problem:
-            return problem
-        for name, value in (("width", width), ("height", height)):
-            problem = range_problem(cls, name, value)
-            if problem:
-                return problem
-            if value is not None and value % 8:
-                return (f"{name} = {value} is not a multiple of 8 (the VAE's factor); official SVD models need "
-                        "multiples of 64, checked against the loaded model at run time")
-        return True
+        return range_problem(cls, "cond_aug", cond_aug) or size_problem(cls, width, height) or True
 
     def encode(self, model: SVDBundle, image: Any, width: int, height: int, frames: int, fps: int,
                motion_bucket_id: int, cond_aug: float, seed: int) -> tuple[VideoConditioning, dict, str]:
