@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ..errors import CheckpointError, ConfigError, InputError, ShapeError
 from ..weights.checkpoint import CheckpointReader
+from .cast import convert
 from .clip_transformer import ACTIVATIONS, LN_EPS, SelfAttention, Transformer
 
 log = logging.getLogger(__name__)
@@ -193,6 +194,7 @@ def load_text_tower(
         )
     state = {k[len(prefix) :]: reader.load(k, dtype, device) for k in expected}
     tower.load_state_dict(state, strict=True, assign=True)
+    convert(tower)  # cast-on-use layers, as SVDModel's networks: ComfyUI can load it partially (text-to-video)
     log.info(
         "loaded open_clip text tower from %s: width %d, %d layers, embed %d",
         path,
