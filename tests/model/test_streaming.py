@@ -152,3 +152,51 @@ def test_low_vram_plan_streams_nothing_on_a_cpu_device(model):
     apply_plan(bundle, LOW_VRAM, "cpu")
     assert streaming.streamer_of(model.unet) is None  # a no-op on the CPU: the weights already compute there
     assert bundle.memory is LOW_VRAM and bundle.device == torch.device("cpu")
+
+
+# ------------------------------------------------------------------------------------------- CUDA
+
+
+@pytest.mark.gpu
+def test_cuda_streaming_matches_the_resident_unet_with_less_weight_memory(model):
+    """On a GPU: the streamed UNet (pinned CPU weights, side-stream prefetch) computes what the resident one does,
+    and holds at most two units' weights on the device (fp8 storage: those bytes halve)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    import copy
+
+    from comfyui_svd_lab.svd_model.nn.cast import store_fp8
+
+    unet = copy.deepcopy(model.unet).half()
+    args = tuple(a.cuda().half() if torch.is_tensor(a) else a for a in _inputs(unet))
+    with torch.inference_mode():
+        resident = unet.cuda()(*args)
+    unet.cpu()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    streamer = streaming.attach(unet, "cuda")
+    try:
+        assert all(p.is_pinned() for p in unet.parameters())
+        with torch.inference_mode():
+            streamed = unet(*args)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+    finally:
+        streaming.detach(unet)
+    torch.testing.assert_close(streamed, resident, rtol=1e-3, atol=1e-3)  # the same values; fp16 kernels may differ
+    largest = max(streaming.unit_bytes(streamer.units))
+    assert streamer.peak_resident == 2 and next(unet.parameters()).device.type == "cpu"
+    total = sum(streaming.unit_bytes(streamer.units))
+    print(f"streamed peak {peak / 2**20:.1f} MiB (weights {total / 2**20:.1f} MiB, largest unit "
+          f"{largest / 2**20:.1f} MiB)")
+    store_fp8(unet, "fp8_e4m3fn")
+    unet.compute_dtype = torch.float16
+    streaming.attach(unet, "cuda")
+    try:
+        with torch.inference_mode():
+            fp8 = unet(*args)
+    finally:
+        streaming.detach(unet)
+    assert torch.isfinite(fp8).all()
