@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, ConfigError
+from ..nn import streaming
 from .keys import LoraEntry, LoraReport, unet_module, validate_lora
 
 __all__ = ["LoraPatch", "apply_lora", "check_usable"]
@@ -108,9 +109,20 @@ class LoraPatch:
 
 
 def _shared_copy(module: nn.Module) -> nn.Module:
-    """A structural copy of `module` that shares every parameter and buffer (no weight memory)."""
-    memo: dict[int, Any] = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}
-    return copy.deepcopy(module, memo)
+    """A structural copy of `module` that shares every parameter and buffer (no weight memory). A UNet that
+    streams its blocks (nn.streaming) is copied without its hooks, and the copy streams to the same device."""
+    streamer = streaming.streamer_of(module)
+    if streamer is not None:
+        streaming.detach(module)
+    try:
+        memo: dict[int, Any] = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}
+        clone = copy.deepcopy(module, memo)
+    finally:
+        if streamer is not None:
+            streaming.attach(module, streamer.device)
+    if streamer is not None:
+        streaming.attach(clone, streamer.device)
+    return clone
 
 
 def _with_unet(target: Any, unet: nn.Module) -> Any:

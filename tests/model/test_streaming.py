@@ -134,6 +134,37 @@ def test_an_error_inside_a_unit_restores_everything(model):
     assert _entries(unet) == before and not streamer.fetched
 
 
+def test_a_lora_copy_of_a_streamed_unet_streams_its_own_weights():
+    """apply_lora copies the UNet structure (deepcopy): the copy gets hooks of its own, the original keeps its."""
+    from lora_support import run, tiny_unet, trained_lora, unet_inputs
+
+    from comfyui_svd_lab.svd_model.lora import apply_lora
+
+    unet, inputs = tiny_unet(2), unet_inputs()
+    _, state, _ = trained_lora()
+    merged = run(apply_lora(unet, state, 0.7), inputs)
+    plain = run(unet, inputs)
+    streaming.attach(unet, "cpu")
+    try:
+        clone = apply_lora(unet, state, 0.7)
+        original, copy = streaming.streamer_of(unet), streaming.streamer_of(clone)
+        assert original is not None and copy is not None and original is not copy
+        assert all(len(u._forward_pre_hooks) == 1 for u in copy.units)  # its own hook only, none copied
+        stored = {id(p) for p in clone.parameters()}
+        swapped: list[bool] = []
+        probes = [u.register_forward_pre_hook(lambda m, _a: swapped.append(
+            all(id(p) not in stored for p in m.parameters()))) for u in copy.units]
+        out = run(clone, inputs)
+        for handle in probes:
+            handle.remove()
+        assert len(swapped) == len(copy.units) and all(swapped)  # the copy's own units ran on device copies
+        torch.testing.assert_close(out, merged, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(run(unet, inputs), plain, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(merged, plain, atol=1e-3)
+    finally:
+        streaming.detach(unet)
+
+
 def test_tensors_outside_the_units_are_refused():
     net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
     with pytest.raises(ConfigError, match="outside its blocks.*'1.weight'"):
