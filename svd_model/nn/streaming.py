@@ -6,7 +6,8 @@ while it runs, the next block's copy overlapping the current block's compute on 
 hooks each unit:
 
 * before a unit runs, its parameters and buffers are swapped for device copies: the entries of each submodule's
-  ``_parameters`` / ``_buffers`` are replaced (the Parameter objects themselves are never changed), read at that
+  ``_parameters`` / ``_buffers`` are replaced (the Parameter objects are not touched while streaming; on CUDA
+  :func:`attach` replaces them once by pinned copies), read at that
   moment, so weights that a ComfyUI ``ModelPatcher`` patched (it replaces Parameters) are the ones streamed;
   the copy of the *next* unit is started at once (on CUDA on a side stream, waited for by an event when that
   unit starts), so one unit computes while the next one travels;
