@@ -130,6 +130,22 @@ def wait_history(base: str, prompt_id: str, timeout: float = 300.0) -> dict:
     raise ServerError(f"prompt {prompt_id} did not finish within {timeout:.0f} s")
 
 
+def run_prompt(base: str, prompt: dict, workflow: dict | None = None, timeout: float = 300.0) -> dict:
+    """Queue `prompt` (with the UI `workflow` as the frontend sends it, when given), wait for it and return its
+    /history entry; assertion errors for a refused prompt or a failed run (naming ComfyUI's execution errors),
+    pytest.fail on a time-out."""
+    import pytest
+
+    status, reply = queue_prompt(base, prompt, {"extra_pnginfo": {"workflow": workflow}} if workflow else None)
+    assert status == 200, reply
+    try:
+        entry = wait_history(base, reply["prompt_id"], timeout)
+    except ServerError as exc:
+        pytest.fail(str(exc))
+    assert entry["status"]["status_str"] == "success", execution_errors(entry) or entry["status"]
+    return entry
+
+
 def execution_errors(entry: dict) -> list[dict]:
     """The execution_error messages of a history entry (each a dict with node_type, exception_message, ...)."""
     return [m[1] for m in entry["status"].get("messages", []) if m[0] == "execution_error"]

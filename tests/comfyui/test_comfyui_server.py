@@ -52,15 +52,7 @@ def server(tmp_path_factory):
 
 def _run(base: str, prompt: dict, workflow: dict | None = None) -> dict:
     """Queue `prompt` (with the UI workflow as the frontend sends it) and return its finished history entry."""
-    extra = {"extra_pnginfo": {"workflow": workflow}} if workflow else {}
-    status, reply = support.queue_prompt(base, prompt, extra)
-    assert status == 200, reply
-    try:
-        entry = support.wait_history(base, reply["prompt_id"], 300)
-    except support.ServerError as exc:
-        pytest.fail(str(exc))
-    assert entry["status"]["status_str"] == "success", support.execution_errors(entry) or entry["status"]
-    return entry
+    return support.run_prompt(base, prompt, workflow)
 
 
 def _file(root: Path, item: dict) -> Path:

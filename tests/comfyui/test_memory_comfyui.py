@@ -53,11 +53,7 @@ class Server:
             return f.read().decode("utf-8", "replace")
 
     def run(self, prompt: dict) -> dict:
-        status, reply = support.queue_prompt(self.base, prompt)
-        assert status == 200, reply
-        entry = support.wait_history(self.base, reply["prompt_id"], 300)
-        assert entry["status"]["status_str"] == "success", support.execution_errors(entry) or entry["status"]
-        return entry
+        return support.run_prompt(self.base, prompt)
 
     def latent(self, entry: dict, node_id: str) -> torch.Tensor:
         item = entry["outputs"][node_id]["latents"][0]

@@ -228,14 +228,7 @@ def test_core_nodes_of_the_ui_file_are_declared_as_the_server_declares_them(serv
 
 def test_text_to_video_runs_through_prompt(server):
     base, root = server
-    status, reply = support.queue_prompt(base, small("t2v_prompt"), {"extra_pnginfo": {
-        "workflow": json.loads(UI_FILE.read_text())}})
-    assert status == 200, reply
-    try:
-        entry = support.wait_history(base, reply["prompt_id"], 120)
-    except support.ServerError as exc:
-        pytest.fail(str(exc))
-    assert entry["status"]["status_str"] == "success", support.execution_errors(entry) or entry["status"]
+    support.run_prompt(base, small("t2v_prompt"), json.loads(UI_FILE.read_text()), timeout=120)
     (video,) = videos(root, "t2v_prompt")
     check_video(video)
     log = (root / "server.log").read_text()

@@ -32,11 +32,7 @@ def server(tmp_path_factory):
 
 
 def _run(base: str, prompt: dict) -> dict:
-    status, reply = support.queue_prompt(base, prompt)
-    assert status == 200, reply
-    entry = support.wait_history(base, reply["prompt_id"], 300)
-    assert entry["status"]["status_str"] == "success", support.execution_errors(entry) or entry["status"]
-    return entry["outputs"]
+    return support.run_prompt(base, prompt)["outputs"]
 
 
 def _saved(root, outputs: dict, nid: str):
