@@ -112,22 +112,29 @@ def on_compute(bundle: SVDBundle, *modules: nn.Module) -> Iterator[None]:
             torch.cuda.empty_cache()
 
 
-@contextlib.contextmanager
-def visiting(module: nn.Module, device: torch.device | str) -> Iterator[nn.Module]:
-    """`module` on `device` for the block and back where it was after (a network the bundle does not hold, e.g. a
-    text tower kept in CPU memory between prompts). No move when it already is there."""
-    device = torch.device(device)
+def move_module(module: nn.Module, device: torch.device | str) -> None:
+    """module.to(device), skipped when already there; weights loaded under torch.inference_mode (ComfyUI runs
+    every node in it) are moved inside it too, since their data cannot be replaced outside."""
     first = next(module.parameters(), None)
-    home = first.device if first is not None else device
-    if home == device:
-        yield module
+    if first is None or first.device == torch.device(device):
         return
-    with torch.inference_mode(first.is_inference()):  # weights loaded under inference mode move inside it
+    with torch.inference_mode(first.is_inference()):
         module.to(device)
+
+
+@contextlib.contextmanager
+def moved(modules: list[nn.Module | None], device: torch.device | str) -> Iterator[None]:
+    """`modules` (None entries skipped) on `device` for the block, then back where each was, also on error; the
+    CUDA cache is emptied after modules left a GPU. How a network visits a device and returns: a text tower, the
+    trainer's and the cache builder's networks (an offload plan's encoders: :func:`on_compute`)."""
+    device = torch.device(device)
+    homes = [(m, first.device) for m in modules if m is not None and (first := next(m.parameters(), None)) is not None]
+    for m, _ in homes:
+        move_module(m, device)
     try:
-        yield module
+        yield
     finally:
-        with torch.inference_mode(first.is_inference()):
-            module.to(home)
-        if device.type == "cuda":
+        for m, home in homes:
+            move_module(m, home)
+        if device.type == "cuda" and any(home != device for _, home in homes):
             torch.cuda.empty_cache()

@@ -21,8 +21,9 @@ from ..nodes import adapters, bridge, widgets
 from ..nodes.types import SVDLAB_MODEL, SVDLAB_TEXT, config_problem, number_problem, range_problem
 from ..svd_model.errors import ConfigError, InputError, shorten
 from ..svd_model.jsonfile import parse_json
+from ..svd_model.memory import move_module
 from ..svd_model.text_conditioning import TextEncoder
-from ..svd_model.training.cache import LatentCache, build_cache, move_module
+from ..svd_model.training.cache import LatentCache, build_cache
 from ..svd_model.training.config import (
     COND_AUG_MODES,
     METHODS,

@@ -45,7 +45,7 @@ from typing import Any
 
 from ...svd_model.errors import CheckpointError, ConfigError
 from ...svd_model.lora import LoraReport
-from ...svd_model.training.cache import move_module
+from ...svd_model.memory import move_module
 from ...svd_model.weights.loader import SVDBundle
 from .comfy import _comfy_lora, _mm, _model_patcher, in_comfyui
 

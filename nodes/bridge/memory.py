@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator
 
 import torch
 
-from ...svd_model.memory import MemoryPlan, apply_plan, plan_for, visiting
+from ...svd_model.memory import MemoryPlan, apply_plan, plan_for
 from ...svd_model.weights.loader import SVDBundle
 from . import managed
 from .comfy import _mm
@@ -131,14 +131,14 @@ def on_device(bundle: SVDBundle, parts: Iterable[str] = managed.PARTS, *,
 
 @contextlib.contextmanager
 def network_on_device(module: torch.nn.Module, compute: torch.device) -> Iterator[torch.nn.Module]:
-    """A network no bundle holds (a text tower) on `compute` for the block: inside ComfyUI loaded by ComfyUI's
-    manager as a model of its own (it stays until ComfyUI needs the room); headless moved there and back."""
+    """A network no bundle holds (a text tower) for the block: inside ComfyUI loaded on `compute` by ComfyUI's
+    manager as a model of its own (it stays until ComfyUI needs the room); headless nothing, the package moves
+    it there and back itself (svd_model.memory.moved)."""
     if managed.active():
         with managed.loaded_network(module, compute):
             yield module
         return
-    with visiting(module, compute):
-        yield module
+    yield module
 
 
 @contextlib.contextmanager

@@ -41,13 +41,12 @@ when a rebuild is asked for, never reused or mixed with new windows.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -58,6 +57,7 @@ from ..conditioning import encode_cond_frames
 from ..diffusion.noise import randn
 from ..errors import ConfigError, InputError
 from ..fsutil import write_text_atomic
+from ..memory import moved
 from ..nn.image_encoder import encode_image
 from ..text_conditioning import TextEncoder, encode_text
 from ..weights.checkpoint import CheckpointReader, save_checkpoint
@@ -224,29 +224,6 @@ class LatentCache:
 # ------------------------------------------------------------------------------------------------ building
 
 
-def move_module(module: nn.Module, device: torch.device) -> None:
-    """module.to(device), skipped when already there; weights loaded under torch.inference_mode (ComfyUI runs
-    every node in it) are moved inside it too, since their data cannot be replaced outside."""
-    first = next(module.parameters(), None)
-    if first is None or first.device == torch.device(device):
-        return
-    with torch.inference_mode(first.is_inference()):
-        module.to(device)
-
-
-@contextlib.contextmanager
-def _moved(modules: list[nn.Module | None], device: torch.device) -> Iterator[None]:
-    """Move modules to `device` for the block, then back to where each was."""
-    homes = [(m, next(m.parameters()).device) for m in modules if m is not None]
-    for m, _ in homes:
-        move_module(m, device)
-    try:
-        yield
-    finally:
-        for m, home in homes:
-            move_module(m, home)
-
-
 def latent_vae(bundle: SVDBundle) -> nn.Module:
     """The VAE whose posterior the diffusion latents come from (the first stage; SV3D: the conditioner's)."""
     model = bundle.model
@@ -389,7 +366,7 @@ def build_cache(bundle: SVDBundle, dataset: VideoDataset, directory: str | os.Pa
         _write_index(directory, meta, done, "building")
         shard_no, pending, pending_entries = shard_no + 1, {}, []
 
-    with _moved(parts, device):
+    with moved(parts, device):
         for window in todo:
             frames = read_window(window)  # (T, 3, H, W)
             tensors = encode_window(bundle, window, frames, config, objective, seed, device)

@@ -35,6 +35,7 @@ from ..errors import ConfigError, InputError
 from ..lora.targets import set_trainable
 from ..media.resize import resize_cover
 from ..media.video import write_video
+from ..memory import moved
 from ..nn.image_encoder import encode_image
 from ..nn.model import SVDModel
 from ..nn.unet import VideoUNet
@@ -43,7 +44,7 @@ from ..pipelines.decode import decode_latents
 from ..pipelines.image_to_video import VideoParams, sample_video
 from ..text_conditioning import CONDITIONING_KEY, TextEncoder, load_text_encoder
 from ..weights.loader import DTYPES, SVDBundle, load_bundle, save_bundle
-from .cache import CacheItem, LatentCache, _moved, build_cache
+from .cache import CacheItem, LatentCache, build_cache
 from .config import TrainConfig
 from .data import make_dataset
 from .distributed import DistInfo, barrier, broadcast_text, resolve_device, wrap_ddp
@@ -188,7 +189,7 @@ def validation_cond(bundle: SVDBundle, cache: LatentCache, config: TrainConfig, 
     if image is not None:
         frames = resize_cover(image.float(), e.width, e.height).expand(2 if keyframes else 1, -1, -1, -1)
         tower = bundle.model.image_encoder
-        with _moved([tower], device):
+        with moved([tower], device):
             crossattn = encode_image(tower, frames[:1].to(device, tower.dtype))
         crossattn, aug = crossattn.float().cpu(), val.cond_aug
     elif first.cond_frames is not None:
@@ -197,7 +198,7 @@ def validation_cond(bundle: SVDBundle, cache: LatentCache, config: TrainConfig, 
         frames, crossattn, aug = None, first.crossattn[:1], float(first.cond_aug[0])
         concat = first.concat[0, : 2 if keyframes else 1].flatten(0, 1)[None]  # (1, k z, h, w)
     if frames is not None:
-        with _moved([cond_vae.encoder, cond_vae.quant_conv], device):
+        with moved([cond_vae.encoder, cond_vae.quant_conv], device):
             concat = encode_cond_frames(cond_vae, frames, aug, device=device, generator=gen).cpu()  # (k, z, h, w)
         concat = concat.reshape(1, -1, *concat.shape[-2:])  # (1, k z, h, w)
     t = cache.num_frames
@@ -233,7 +234,7 @@ def validation_video(bundle: SVDBundle, unet: nn.Module, val: ValidationCond, pa
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             latents = sample_video(view, val.cond, val.cond.unconditional(), val.params,
                                    generator=torch.Generator().manual_seed(config.validation.seed))
-        with _moved([bundle.model.first_stage], device):
+        with moved([bundle.model.first_stage], device):
             frames = decode_latents(view, latents.float())[0]  # (t, 3, H, W)
     finally:
         unet.train(was_training)
@@ -460,9 +461,9 @@ def run_training(config: TrainConfig, *, bundle: SVDBundle | None = None, cache:
                           "text.tokenizer for svd-lab train)")
     text = config.mode == "t2v"
     cond_vae = bundle.model.cond_vae if cache.cond_aug_mode == "exact" and not text else None
-    moved = [cond_vae.encoder, cond_vae.quant_conv] if cond_vae is not None else []
+    encoders = [cond_vae.encoder, cond_vae.quant_conv] if cond_vae is not None else []
     loss_log = LossLog(out / "loss.jsonl" if dist.is_main else None)
-    with _moved(moved, device):
+    with moved(encoders, device):
         trainer = Trainer(config, wrap_ddp(unet, dist), params, cache, dist=dist,
                           scale_factor=bundle.config.scale_factor, cond_vae=cond_vae)
         run = _RunLoop(config, dist, bundle, unet, trainer, loss_log,
