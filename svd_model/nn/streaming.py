@@ -27,6 +27,7 @@ streams).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -82,7 +83,7 @@ class BlockStreamer:
         if index in self.fetched:
             return self.fetched[index]
         cuda = self.stream is not None
-        context = torch.cuda.stream(self.stream) if cuda else _nullcontext()
+        context = torch.cuda.stream(self.stream) if cuda else contextlib.nullcontext()
         with torch.no_grad(), context:
             copies = {(owner, table, name): tensor.to(self.device, non_blocking=cuda, copy=True)
                       for owner, table, name, tensor in _slots(self.units[index])}
@@ -130,14 +131,6 @@ class BlockStreamer:
 
     def resident_bytes(self) -> int:
         return sum(c.numel() * c.element_size() for f in self.fetched.values() for c in f.copies.values())
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def attach(network: nn.Module, device: torch.device | str, units: Sequence[nn.Module] | None = None, *,
