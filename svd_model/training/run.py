@@ -44,7 +44,7 @@ from ..pipelines.decode import decode_latents
 from ..pipelines.image_to_video import VideoParams, sample_video
 from ..text_conditioning import CONDITIONING_KEY, TextEncoder, load_text_encoder
 from ..weights.loader import DTYPES, SVDBundle, load_bundle, save_bundle
-from .cache import CacheItem, LatentCache, build_cache
+from .cache import LatentCache, build_cache
 from .config import TrainConfig
 from .data import make_dataset
 from .distributed import DistInfo, barrier, broadcast_text, resolve_device, wrap_ddp
@@ -174,19 +174,21 @@ class ValidationCond:
 def validation_cond(bundle: SVDBundle, cache: LatentCache, config: TrainConfig, device: torch.device,
                     image: Tensor | None = None) -> ValidationCond:
     """The fixed conditioning of the validation videos: `image` (1, 3, H, W) in [-1, 1] (or validation.image),
-    else the first cached clip's conditioning (its fps and motion bucket; cached clean frame or augmentation)."""
-    val, keyframes = config.validation, config.mode == "keyframes"
+    else the first cached clip's conditioning (its fps and motion bucket; cached clean frame or augmentation).
+    Mode t2v: the first cached clip's caption with no conditioning frame (an image is not used)."""
+    val, keyframes, text = config.validation, config.mode == "keyframes", config.mode == "t2v"
     first = cache.item(0)
     e = first.entry
-    if config.mode == "t2v":  # the first cached clip's caption, no conditioning frame
-        return _text_validation_cond(first, cache, config)
     gen = torch.Generator().manual_seed(val.seed)
     cond_vae = bundle.model.cond_vae
-    if image is None and val.image:
+    if image is None and val.image and not text:
         from ..media.video import read_image
 
         image = read_image(val.image).permute(0, 3, 1, 2) * 2 - 1  # (1, 3, H, W)
-    if image is not None:
+    if text:
+        frames, crossattn, aug = None, first.text, 0.0
+        concat = torch.zeros(1, first.moments.shape[1] // 2, *first.moments.shape[-2:])  # (1, z, h, w): no image
+    elif image is not None:
         frames = resize_cover(image.float(), e.width, e.height).expand(2 if keyframes else 1, -1, -1, -1)
         tower = bundle.model.image_encoder
         with moved([tower], device):
@@ -208,18 +210,6 @@ def validation_cond(bundle: SVDBundle, cache: LatentCache, config: TrainConfig, 
                          motion_bucket_id=e.motion_bucket_id, cond_aug=aug, steps=val.steps, min_cfg=val.min_cfg,
                          max_cfg=val.max_cfg)
     return ValidationCond(Cond(crossattn.reshape(1, 1, -1), concat, vector.float()), params)
-
-
-def _text_validation_cond(first: CacheItem, cache: LatentCache, config: TrainConfig) -> ValidationCond:
-    e, val, t = first.entry, config.validation, cache.num_frames
-    latent_channels = first.moments.shape[1] // 2
-    concat = torch.zeros(1, latent_channels, *first.moments.shape[-2:])  # (1, z, h, w): no image
-    vector = vector_conditioning(Family.SVD, {"fps_id": e.fps_id, "motion_bucket_id": e.motion_bucket_id,
-                                              "cond_aug": 0.0}, 1, t)
-    params = VideoParams(num_frames=t, width=e.width, height=e.height, fps=e.fps_id + 1,
-                         motion_bucket_id=e.motion_bucket_id, cond_aug=0.0, steps=val.steps, min_cfg=val.min_cfg,
-                         max_cfg=val.max_cfg)
-    return ValidationCond(Cond(first.text.reshape(1, 1, -1), concat, vector.float()), params)
 
 
 @torch.no_grad()

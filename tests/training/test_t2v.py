@@ -159,7 +159,8 @@ def test_t2v_resume_is_exact(t2v, tmp_path):
 
 def test_t2v_lora_marks_the_model_text_conditioned_in_the_nodes(t2v, tmp_path):
     root, _, bundle, tower, vocab = t2v
-    result = run_training(_config(t2v, tmp_path, steps=2), bundle=bundle)
+    result = run_training(_config(t2v, tmp_path, steps=2, validation__every=2, validation__steps=2), bundle=bundle)
+    assert [p.name for p in result.validation] == ["step0000002.webp"]  # from the first clip's caption
     assert result.weights_path.name == "lora.safetensors"
     assert CheckpointReader(result.weights_path).metadata[CONDITIONING_KEY] == "text"
     lora_dir = tmp_path / "loras"
