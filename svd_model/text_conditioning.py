@@ -13,7 +13,6 @@ Which conditioning a checkpoint was trained for is recorded in its metadata (:da
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -54,13 +53,6 @@ class TextEncoder:
     @property
     def device(self) -> torch.device:
         return self.tower.token_embedding.weight.device
-
-    def fingerprint(self) -> str:
-        """A short hash of the weights and the vocabulary (what cached text embeddings depend on)."""
-        digest = hashlib.sha1(repr((self.tokenizer.vocab_size, self.tower.config)).encode())
-        for _, p in list(self.tower.named_parameters())[:4]:
-            digest.update(p.detach().reshape(-1)[:4096].float().cpu().numpy().tobytes())
-        return digest.hexdigest()[:16]
 
 
 def load_text_encoder(tower: str | os.PathLike, tokenizer: str | os.PathLike, *, device: torch.device | str = "cpu",

@@ -46,7 +46,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -99,16 +99,26 @@ class CacheItem:
     text: Tensor | None = None  # (1, d) caption embedding (a cache built with a text encoder)
 
 
-def model_fingerprint(bundle: SVDBundle) -> str:
-    """A short hash of the encoder weights the cache depends on (first stage / conditioner VAE, CLIP)."""
-    model = bundle.model
-    digest = hashlib.sha1()
-    for module in (model.first_stage.encoder, model.cond_vae.encoder, model.image_encoder):
+def weights_fingerprint(modules: Iterable[nn.Module | None], salt: str = "") -> str:
+    """A short hash of `salt` and the leading values of each module's first four parameters (None skipped)."""
+    digest = hashlib.sha1(salt.encode())
+    for module in modules:
         if module is None:
             continue
         for _, p in list(module.named_parameters())[:4]:
             digest.update(p.detach().reshape(-1)[:4096].float().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def model_fingerprint(bundle: SVDBundle) -> str:
+    """A short hash of the encoder weights the cache depends on (first stage / conditioner VAE, CLIP)."""
+    model = bundle.model
+    return weights_fingerprint((model.first_stage.encoder, model.cond_vae.encoder, model.image_encoder))
+
+
+def text_fingerprint(encoder: TextEncoder) -> str:
+    """A short hash of a text encoder's weights and vocabulary (what cached caption embeddings depend on)."""
+    return weights_fingerprint([encoder.tower], repr((encoder.tokenizer.vocab_size, encoder.tower.config)))
 
 
 def settings_fingerprint(config: CacheConfig, objective: ObjectiveConfig, bundle_fp: str, seed: int) -> str:
@@ -326,7 +336,7 @@ def build_cache(bundle: SVDBundle, dataset: VideoDataset, directory: str | os.Pa
     model_fp = model_fingerprint(bundle)
     if text_encoder is not None:
         _check_text(bundle, dataset, text_encoder)
-        model_fp += "+text:" + text_encoder.fingerprint()
+        model_fp += "+text:" + text_fingerprint(text_encoder)
     fingerprint = settings_fingerprint(config, objective, model_fp, seed)
     planned = window_signatures(dataset, captions=text_encoder is not None)
     meta = {"format": CACHE_FORMAT, "fingerprint": fingerprint, "num_frames": dataset.config.num_frames,
