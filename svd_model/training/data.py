@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
+from ..jsonfile import read_text_file
 from ..media.video import VIDEO_EXTENSIONS, iter_frames, probe_video
 from .config import DataConfig
 
@@ -170,12 +171,10 @@ def read_sidecar_caption(video: Path) -> str:
     sidecar = video.with_suffix(CAPTION_SUFFIX)
     if not sidecar.is_file():
         return ""
-    if sidecar.stat().st_size > MAX_CAPTION_BYTES:
-        raise InputError(f"caption file {sidecar} is larger than {MAX_CAPTION_BYTES // 1024} KiB")
-    try:
-        return " ".join(sidecar.read_text(encoding="utf-8-sig").split())
-    except UnicodeDecodeError:
-        raise InputError(f"caption file {sidecar} is not UTF-8 text") from None
+    try:  # the project's one reader of user text files: regular file, size limit, BOM / UTF-8 / UTF-16
+        return " ".join(read_text_file(sidecar, what="caption file", max_bytes=MAX_CAPTION_BYTES).split())
+    except ConfigError as exc:
+        raise InputError(str(exc)) from None
 
 
 # -------------------------------------------------------------------------------------------- planning
