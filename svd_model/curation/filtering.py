@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 MODES = ("min", "max", "bottom", "top")
 FILTER_JSON = "filter.json"
+#: How the near-duplicate pass (dedup.py) starts the drop reason it writes: "duplicate of <clip id> (...)".
+DUPLICATE_PREFIX = "duplicate of "
 #: Scores the report draws and rules usually name (any numeric column works in a rule).
 SCORES = ("motion_score", "text_area", "aesthetic", "clip_score", "duration")
 _NUMERIC = {name for name, (kind, _) in COLUMNS.items() if pa.types.is_integer(kind) or pa.types.is_floating(kind)}
@@ -143,8 +145,9 @@ class FilterResult:
                                   strict=True):
             if status != "ok":
                 counts[f"status {status}"] += 1
-            elif reason:
-                counts.update(reason.split("; "))
+            elif reason:  # each duplicate names its own representative: they count as one reason
+                counts.update("near-duplicate of a kept clip" if r.startswith(DUPLICATE_PREFIX) else r
+                              for r in reason.split("; "))
         return counts
 
     def to_json(self, rules: Sequence[FilterRule]) -> str:
@@ -210,8 +213,11 @@ def load_rules(out_dir: str | os.PathLike[str]) -> list[FilterRule] | None:
 
 
 def filter_manifest(out_dir: str | os.PathLike[str], rules: Sequence[FilterRule]) -> FilterResult:
-    """Second pass over a finished run: writes OUT/manifest_filtered.parquet and OUT/filter.json atomically."""
-    result = apply_filters(read_manifest(out_dir), rules)
+    """Second pass over a finished run: writes OUT/manifest_filtered.parquet and OUT/filter.json atomically.
+    A folder deduplicated before (OUT/dedup.json) is deduplicated again with the same settings."""
+    from .dedup import reapply  # dedup builds on this module
+
+    result = reapply(out_dir, apply_filters(read_manifest(out_dir), rules))  # the folder's dedup, if it has one
     write_table_atomic(result.table, Path(out_dir) / FILTERED_NAME)
     write_text_atomic(result.to_json(rules), Path(out_dir) / FILTER_JSON)
     return result

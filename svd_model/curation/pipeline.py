@@ -146,6 +146,10 @@ def curate_video(path: str | os.PathLike[str], root: str | os.PathLike[str] | No
             cache = KeyframeCache(config)
             if config.needs_keyframes:
                 cache.prefetch(records, threads=config.threads)
+            if config.perceptual_hash:
+                from .dedup import add_hashes
+
+                add_hashes(records, cache)
             if config.text:
                 scoring.add_text(records, cache, config)
             models = models if models is not None else scoring.get_models(config, registry)

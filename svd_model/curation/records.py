@@ -55,6 +55,8 @@ class CurationConfig:
     keyframes: which frames of a clip the scorers see; keyframe_max_side: their longest side (0 = full size).
     write_clips: 'none', or write each clip as a file: 'copy' (stream copy, keyframe-snapped), 'reencode'
     (frame-exact), 'auto'; write_keyframes: JPEGs of the keyframes; save_embeddings: the CLIP embeddings.
+    perceptual_hash: a 64-bit DCT hash of each clip's middle keyframe in ``extra`` (dedup.py's model-free
+    near-duplicate signal; decodes the keyframes even when no other step needs them).
     threads: decoder threads per video (1 for batch runs: one process per core scales better).
     video_timeout: seconds one video may take before it becomes an ``error`` row "timed out after N s"
     (0 = no limit); like ``threads`` it is not part of the hash.
@@ -77,6 +79,7 @@ class CurationConfig:
     write_clips: str = "none"
     write_keyframes: bool = False
     save_embeddings: bool = False
+    perceptual_hash: bool = True
     threads: int = 1
     video_timeout: float = 600.0
 
@@ -117,7 +120,8 @@ class CurationConfig:
 
     @property
     def needs_keyframes(self) -> bool:
-        return bool(self.text or self.clip_checkpoint or self.captioners or self.write_keyframes)
+        return bool(self.text or self.clip_checkpoint or self.captioners or self.write_keyframes
+                    or self.perceptual_hash)
 
 
 def _plain(value: Any) -> Any:

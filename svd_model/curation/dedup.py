@@ -1,0 +1,438 @@
+"""Near-duplicate clips (re-uploads, the same shot under several names, re-encoded / resized / cropped copies):
+found over the whole curated dataset, one representative kept per group, the others marked dropped with
+"duplicate of <clip id>".
+
+Two signals, either of which makes a pair near-duplicate:
+
+* a 64-bit perceptual hash of the clip's middle keyframe (DCT hash, :func:`perceptual_hash`), computed in the
+  worker for every clip (``CurationConfig.perceptual_hash``) and stored in the row's ``extra`` JSON as
+  ``"phash"`` (16 hex digits): pairs within ``hamming`` differing bits. It needs no model, so clips are
+  comparable without a CLIP checkpoint;
+* the CLIP image embeddings the pipeline saves (``save_embeddings``, one (k, d) tensor per clip): the mean of the
+  clip's unit-length keyframe embeddings, renormalised; pairs with cosine similarity >= ``cosine``.
+
+Pairs are found with blocked all-pairs comparisons (XOR + popcount for hashes, matrix products for
+embeddings), so memory stays at O(n d) for the embeddings plus one block of at most ``block_elements``
+similarities, whatever the dataset size (100k clips x 1024 dims: 400 MB of embeddings and 64 MB blocks).
+Groups are the connected components of the pairs (union-find). Per group the representative is the best clip
+by: passes the filter rules, then aesthetic score (when present), then resolution (pixels), then duration,
+then the smallest clip id (deterministic). Every other member is marked ``keep = False`` with the reason
+``duplicate of <representative> (cosine 0.987, hash distance 3/64)`` (its own similarity to the
+representative; in a chain it can be below the threshold). Nothing is deleted; the dedup runs after the filter
+pass, in the driver, over the merged manifest, so it works the same for every engine.
+
+Files in the output folder: ``dedup.json`` (the settings, counts and the (kept, dropped) pairs the report
+draws); once it exists, every later filter pass (``svd-lab curate-report``, the report node) applies the
+dedup again with the same settings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..configdict import build, check_finite
+from ..errors import ConfigError, InputError
+from ..fsutil import write_text_atomic
+from .filtering import DUPLICATE_PREFIX, FilterResult, apply_filters
+from .manifest import FILTERED_NAME, read_manifest, write_table_atomic
+
+log = logging.getLogger(__name__)
+
+DEDUP_JSON = "dedup.json"
+HASH_KEY = "phash"
+HASH_BITS = 64
+_HASH_SIDE, _DCT_SIDE = 32, 8
+BLOCK = 16_000_000
+Pairs = tuple[np.ndarray, np.ndarray]  # (i, j) index arrays, i < j
+
+
+# ------------------------------------------------------------------------------------------ the hash
+
+
+def perceptual_hash(frame: np.ndarray) -> str:
+    """A 64-bit DCT hash of an RGB uint8 (H, W, 3) frame, as 16 hex digits.
+
+    Grey (kornia, BT.601 weights), resized to 32x32 with antialiasing (kornia), 2-D DCT; bit i is set when the
+    i-th of the 8x8 lowest-frequency coefficients (row-major) is above their median (DC excluded from the
+    median). Re-encoding, resizing and small crops flip few bits; different scenes differ in about half.
+    """
+    import cv2
+    import kornia
+    import torch
+
+    if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        shape = getattr(frame, "shape", None)
+        raise InputError(f"perceptual_hash needs an RGB uint8 (H, W, 3) frame, got {type(frame).__name__} {shape}")
+    x = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float() / 255.0  # (1, 3, H, W)
+    grey = kornia.color.rgb_to_grayscale(x)  # (1, 1, H, W)
+    small = kornia.geometry.transform.resize(grey, (_HASH_SIDE, _HASH_SIDE), interpolation="area"
+                                             if min(frame.shape[:2]) >= _HASH_SIDE else "bilinear", antialias=True)
+    coeffs = cv2.dct(small[0, 0].numpy().astype(np.float32))[:_DCT_SIDE, :_DCT_SIDE].reshape(-1)  # (64,)
+    bits = coeffs > np.median(coeffs[1:])
+    return f"{int(np.packbits(bits).view('>u8')[0]):016x}"
+
+
+def hamming(a: str, b: str) -> int:
+    """Differing bits of two hashes from :func:`perceptual_hash` (0..64)."""
+    return (int(a, 16) ^ int(b, 16)).bit_count()
+
+
+def add_hashes(records: Sequence[Any], cache: Any) -> None:
+    """Store the perceptual hash of each ok record's middle keyframe in its row's ``extra`` JSON (``phash``).
+    ``records``: ClipRecords of one video; ``cache``: their KeyframeCache. A failure leaves the hash out and logs
+    it (the clip then takes part in the dedup by its embedding only)."""
+    for rec in records:
+        if not rec.ok:
+            continue
+        try:
+            frames = cache.get(rec)
+            digest = perceptual_hash(frames[len(frames) // 2])
+        except (ValueError, OSError, InputError, RuntimeError) as exc:
+            log.info("clip %s: no perceptual hash (%s)", rec.clip_id, exc)
+            continue
+        extra = json.loads(rec.row.get("extra") or "{}")
+        extra[HASH_KEY] = digest
+        rec.row["extra"] = json.dumps(extra)
+
+
+# ------------------------------------------------------------------------------------------ settings
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    """cosine: CLIP cosine similarity at or above which two clips are duplicates (0..1; 0.95 default: copies of
+    one shot score ~0.98-1.0, different shots of one scene lower); hamming: hash bits that may differ (0..64,
+    -1 = no hash pairs; 8 default: re-encodes and resizes differ by 0-4 bits, unrelated frames by ~32);
+    use_clip: use the saved CLIP embeddings where clips have them; block_elements: similarities per block of
+    the pair search (memory: 4 bytes each for embeddings, 9 for hashes)."""
+
+    cosine: float = 0.95
+    hamming: int = 8
+    use_clip: bool = True
+    block_elements: int = BLOCK
+
+    def __post_init__(self) -> None:
+        check_finite(self, "dedup.")
+        if not 0.0 < self.cosine <= 1.0:
+            raise ConfigError(f"dedup cosine threshold must be in (0, 1] (1 = identical embeddings only), got "
+                              f"{self.cosine!r}")
+        if not -1 <= self.hamming <= HASH_BITS:
+            raise ConfigError(f"dedup hamming distance must be -1 (hashes off) .. {HASH_BITS} bits, got "
+                              f"{self.hamming!r}")
+        if self.block_elements < 1:
+            raise ConfigError(f"dedup block_elements must be >= 1, got {self.block_elements!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DedupConfig:
+        return build(cls, data)
+
+    def describe(self) -> str:
+        parts = [f"hash distance <= {self.hamming}/{HASH_BITS}"] if self.hamming >= 0 else []
+        parts += [f"CLIP cosine >= {self.cosine:g}"] if self.use_clip else []
+        return " or ".join(parts) or "nothing (hashes off and CLIP off)"
+
+
+# ------------------------------------------------------------------------------------------ results
+
+
+@dataclass(frozen=True)
+class DedupPair:
+    """A dropped clip and the representative kept in its place, with their own similarities (None: a signal
+    one of them lacks)."""
+
+    kept: str
+    dropped: str
+    cosine: float | None
+    hamming: int | None
+
+    def reason(self) -> str:
+        sims = [f"cosine {self.cosine:.3f}"] if self.cosine is not None else []
+        sims += [f"hash distance {self.hamming}/{HASH_BITS}"] if self.hamming is not None else []
+        return f"{DUPLICATE_PREFIX}{self.kept}" + (f" ({', '.join(sims)})" if sims else "")
+
+
+@dataclass
+class DedupResult:
+    """The table with duplicates marked, the pairs, and what was compared."""
+
+    table: pa.Table
+    config: DedupConfig
+    pairs: list[DedupPair] = field(default_factory=list)
+    groups: int = 0
+    clips: int = 0
+    hashed: int = 0
+    embedded: int = 0
+
+    @property
+    def dropped(self) -> int:
+        return len(self.pairs)
+
+    def summary(self) -> str:
+        return (f"near-duplicates: {self.dropped} clip(s) dropped in {self.groups} group(s) of {self.clips} clips "
+                f"({self.config.describe()}; {self.hashed} with a hash, {self.embedded} with a CLIP embedding)")
+
+    def to_json(self) -> str:
+        return json.dumps({"config": asdict(self.config), "clips": self.clips, "hashed": self.hashed,
+                           "embedded": self.embedded, "groups": self.groups, "dropped": self.dropped,
+                           "pairs": [asdict(p) for p in self.pairs]}, indent=1)
+
+
+# ------------------------------------------------------------------------------------------ pair search
+
+
+class _UnionFind:
+    def __init__(self, n: int) -> None:
+        self.parent = np.arange(n)
+
+    def find(self, i: int) -> int:
+        parent = self.parent
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return int(i)
+
+    def union_pairs(self, a: np.ndarray, b: np.ndarray) -> None:
+        for i, j in zip(a.tolist(), b.tolist(), strict=True):
+            ri, rj = self.find(i), self.find(j)
+            if ri != rj:
+                self.parent[max(ri, rj)] = min(ri, rj)
+
+
+def _rows_per_block(n: int, budget: int) -> int:
+    return max(1, min(n, budget // max(n, 1)))
+
+
+def hash_pairs(hashes: np.ndarray, max_distance: int, block_elements: int = BLOCK) -> Pairs:
+    """hashes: (n,) uint64 -> index arrays (i, j), i < j, of the pairs at most ``max_distance`` bits apart.
+    Blocked XOR + popcount: at most ``block_elements`` distances in memory at once."""
+    n = len(hashes)
+    rows = _rows_per_block(n, block_elements)
+    found_i, found_j = [], []
+    for start in range(0, n, rows):
+        block = hashes[start : start + rows, None] ^ hashes[None, start:]  # (b, n - start)
+        close = np.bitwise_count(block) <= max_distance
+        i, j = np.nonzero(close)
+        keep = j > i  # j is offset by start like i: the upper triangle only
+        found_i.append(i[keep] + start)
+        found_j.append(j[keep] + start)
+    return _cat(found_i), _cat(found_j)
+
+
+def embedding_pairs(emb: np.ndarray, threshold: float, block_elements: int = BLOCK) -> Pairs:
+    """emb: (n, d) float32 unit rows -> index arrays (i, j), i < j, of the pairs with cosine >= ``threshold``.
+    Blocked matrix products (torch, float32): at most ``block_elements`` similarities in memory at once."""
+    import torch
+
+    n = len(emb)
+    rows = _rows_per_block(n, block_elements)
+    x = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))
+    found_i, found_j = [], []
+    for start in range(0, n, rows):
+        sims = x[start : start + rows] @ x[start:].T  # (b, n - start)
+        i, j = (t.numpy() for t in torch.nonzero(sims >= threshold, as_tuple=True))
+        keep = j > i
+        found_i.append(i[keep] + start)
+        found_j.append(j[keep] + start)
+    return _cat(found_i), _cat(found_j)
+
+
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def row_hash(row: dict[str, Any]) -> str | None:
+    """The perceptual hash stored in a manifest row's ``extra`` (None when absent or malformed)."""
+    try:
+        value = json.loads(row.get("extra") or "{}").get(HASH_KEY)
+        int(value, 16)
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return value if isinstance(value, str) and len(value) == 16 else None
+
+
+def _inside(out: Path, rel: str) -> Path | None:
+    """``rel`` under the output folder (symlinks resolved); None when it points outside (a manifest is data, it
+    never names files elsewhere)."""
+    base = out.resolve()
+    path = (base / rel).resolve()
+    return path if path.is_relative_to(base) else None
+
+
+def load_embeddings(out_dir: str | os.PathLike[str], rows: Sequence[dict[str, Any]]) -> dict[int, np.ndarray]:
+    """Row index -> the clip's unit-length mean CLIP embedding (d,), float32, for rows whose
+    ``clip_embedding_path`` file (relative to the output folder, one safetensors file per video) holds their
+    clip id. Missing or unreadable files are skipped with one warning each."""
+    from safetensors import SafetensorError, safe_open
+
+    out = Path(out_dir)
+    by_file: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        if row.get("clip_embedding_path"):
+            by_file.setdefault(row["clip_embedding_path"], []).append(i)
+    found: dict[int, np.ndarray] = {}
+    for rel, indices in sorted(by_file.items()):
+        path = _inside(out, rel)
+        if path is None or not path.is_file():
+            log.warning("dedup: embedding file %s is %s: its %d clip(s) use their hash only", rel,
+                        "outside the output folder" if path is None else "missing", len(indices))
+            continue
+        try:
+            with safe_open(str(path), framework="numpy") as handle:
+                names = set(handle.keys())
+                for i in indices:
+                    cid = rows[i]["clip_id"]
+                    if cid in names:
+                        emb = np.atleast_2d(handle.get_tensor(cid).astype(np.float32))  # (k, d)
+                        unit = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)  # (k, d)
+                        mean = unit.mean(0)
+                        found[i] = mean / max(float(np.linalg.norm(mean)), 1e-12)
+        except (OSError, ValueError, SafetensorError) as exc:
+            log.warning("dedup: cannot read %s (%s): its clip(s) use their hash only", rel, exc)
+    return found
+
+
+# ------------------------------------------------------------------------------------------ the pass
+
+
+def _strip(reason: str) -> str:
+    """A drop reason without earlier dedup marks (so a rerun starts from the filter's verdict)."""
+    return "; ".join(p for p in (reason or "").split("; ") if p and not p.startswith(DUPLICATE_PREFIX))
+
+
+def _rank_key(row: dict[str, Any]) -> tuple:
+    """Sort key: the best representative first (kept by the filter, aesthetic, pixels, duration, clip id)."""
+    aesthetic = row.get("aesthetic")
+    aesthetic = float(aesthetic) if aesthetic is not None and np.isfinite(aesthetic) else -np.inf
+    pixels = int(row.get("width") or 0) * int(row.get("height") or 0)
+    return (not row["keep"], -aesthetic, -pixels, -float(row.get("duration") or 0.0), str(row["clip_id"]))
+
+
+def dedup_table(table: pa.Table, out_dir: str | os.PathLike[str], config: DedupConfig | None = None) -> DedupResult:
+    """Mark near-duplicates in a (filtered) manifest table; returns a new table (``keep`` / ``drop_reason``
+    updated) with the pairs. ``out_dir``: the run's output folder, where the embedding files are."""
+    config = config or DedupConfig()
+    rows = table.to_pylist()
+    for row in rows:  # undo an earlier dedup pass: the filter's verdict is what stays
+        if row["status"] == "ok":
+            row["drop_reason"] = _strip(row["drop_reason"])
+            row["keep"] = not row["drop_reason"]
+    ok = [i for i, r in enumerate(rows) if r["status"] == "ok"]
+    hashes = {i: h for i in ok if (h := row_hash(rows[i])) is not None} if config.hamming >= 0 else {}
+    found = load_embeddings(out_dir, [rows[i] for i in ok]) if config.use_clip else {}
+    embeddings = {ok[k]: e for k, e in found.items()}
+    if embeddings and len({e.shape for e in embeddings.values()}) > 1:
+        raise InputError("dedup: the saved CLIP embeddings have different sizes (clips embedded by different "
+                         "towers); curate with one clip_checkpoint")
+    uf = _UnionFind(len(rows))
+    if len(hashes) > 1:
+        index = np.array(sorted(hashes), np.int64)
+        values = np.array([int(hashes[i], 16) for i in index], np.uint64)
+        a, b = hash_pairs(values, config.hamming, config.block_elements)
+        uf.union_pairs(index[a], index[b])
+    if len(embeddings) > 1:
+        index = np.array(sorted(embeddings), np.int64)
+        a, b = embedding_pairs(np.stack([embeddings[i] for i in index]), config.cosine, config.block_elements)
+        uf.union_pairs(index[a], index[b])
+    groups: dict[int, list[int]] = {}
+    for i in ok:
+        groups.setdefault(uf.find(i), []).append(i)
+    pairs = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        members.sort(key=lambda i: _rank_key(rows[i]))
+        best = members[0]
+        for i in members[1:]:
+            cos = float(embeddings[i] @ embeddings[best]) if i in embeddings and best in embeddings else None
+            dist = hamming(hashes[i], hashes[best]) if i in hashes and best in hashes else None
+            pair = DedupPair(str(rows[best]["clip_id"]), str(rows[i]["clip_id"]), cos, dist)
+            rows[i]["drop_reason"] = "; ".join(p for p in (rows[i]["drop_reason"], pair.reason()) if p)
+            rows[i]["keep"] = False
+            pairs.append(pair)
+    pairs.sort(key=lambda p: (p.kept, p.dropped))
+    keep = pa.array([bool(r["keep"]) for r in rows], pa.bool_())
+    reasons = pa.array([r["drop_reason"] for r in rows], pa.string())
+    out = table.set_column(table.schema.get_field_index("keep"), "keep", keep)
+    out = out.set_column(out.schema.get_field_index("drop_reason"), "drop_reason", reasons)
+    n_groups = sum(len(m) > 1 for m in groups.values())
+    result = DedupResult(out, config, pairs, n_groups, len(ok), len(hashes), len(embeddings))
+    log.info("%s", result.summary())
+    return result
+
+
+# ------------------------------------------------------------------------------------------ the folder
+
+
+def load_config(out_dir: str | os.PathLike[str]) -> DedupConfig | None:
+    """The dedup settings stored in ``out_dir`` (None when the folder was never deduplicated)."""
+    path = Path(out_dir) / DEDUP_JSON
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}); delete it or run the dedup again") from None
+    if not isinstance(data, dict) or not isinstance(data.get("config"), dict):
+        raise InputError(f"{path} has no 'config' object; delete it or run the dedup again")
+    return DedupConfig.from_dict(data["config"])
+
+
+def store_config(out_dir: str | os.PathLike[str], config: DedupConfig | None) -> None:
+    """Make later filter passes in ``out_dir`` deduplicate with ``config`` (None: stop deduplicating)."""
+    path = Path(out_dir) / DEDUP_JSON
+    if config is None:
+        path.unlink(missing_ok=True)
+    else:
+        write_text_atomic(json.dumps({"config": asdict(config)}, indent=1), path)
+
+
+def reapply(out_dir: str | os.PathLike[str], result: FilterResult) -> FilterResult:
+    """After a filter pass: the dedup with the folder's stored settings (unchanged when there are none)."""
+    config = load_config(out_dir)
+    if config is None:
+        return result
+    found = dedup_table(result.table, out_dir, config)
+    write_text_atomic(found.to_json(), Path(out_dir) / DEDUP_JSON)
+    return FilterResult(found.table, result.thresholds)
+
+
+def dedup_manifest(out_dir: str | os.PathLike[str], config: DedupConfig | None = None) -> DedupResult:
+    """Deduplicate a finished run: reads OUT/manifest_filtered.parquet (else the manifest, unfiltered), writes it
+    back with duplicates marked, and OUT/dedup.json (settings, counts, pairs), both atomically."""
+    out = Path(out_dir)
+    filtered = out / FILTERED_NAME
+    if filtered.is_file():
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(filtered)
+    else:
+        table = apply_filters(read_manifest(out), []).table
+    found = dedup_table(table, out, config)
+    write_table_atomic(found.table, filtered)
+    write_text_atomic(found.to_json(), out / DEDUP_JSON)
+    return found
+
+
+def stored_pairs(out_dir: str | os.PathLike[str]) -> list[DedupPair]:
+    """The pairs of the folder's last dedup pass ([] when none)."""
+    path = Path(out_dir) / DEDUP_JSON
+    if not path.is_file():
+        return []
+    try:
+        items = json.loads(path.read_text(encoding="utf-8")).get("pairs", [])
+        return [DedupPair(str(p["kept"]), str(p["dropped"]), p.get("cosine"), p.get("hamming")) for p in items]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("%s: unreadable pairs (%s)", path, exc)
+        return []
