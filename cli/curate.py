@@ -6,10 +6,14 @@
                  [--captioner-config FILE] [--register-captioner NAME[:KIND]=COMMAND ...]
                  [--video-timeout S] [--retry-timeouts]
                  [--write-clips auto|copy|reencode] [--write-keyframes] [--save-embeddings] [--no-text]
-  svd-lab curate-report DIR [--filter RULE ...]
+                 [--dedup [--dedup-threshold COS] [--dedup-hamming BITS]]
+  svd-lab curate-report DIR [--filter RULE ...] [--dedup ... | --no-dedup]
 
 INPUT is a folder (searched recursively for video files) or a text file with one path per line. After the
-videos are annotated, the filter pass runs over the whole manifest and the HTML report is written.
+videos are annotated, the filter pass runs over the whole manifest and the HTML report is written. With
+--dedup, near-duplicate clips (perceptual hash of the middle keyframe, and CLIP embeddings with
+--clip-checkpoint) are then marked dropped as "duplicate of <clip id>", one representative kept per group; the
+folder keeps the setting for later curate-report runs (--no-dedup turns it off).
 
 Captioners are chosen by name (--captioner, or "captioners" in --config); the names are registered by you,
 never by a config: --register-captioner NAME[:KIND]=COMMAND (run without a shell), --captioner-config FILE and
@@ -71,8 +75,8 @@ def build_config(args: argparse.Namespace) -> Any:
         data["video_timeout"] = args.video_timeout
     if args.write_keyframes:
         data["write_keyframes"] = True
-    if args.save_embeddings:
-        data["save_embeddings"] = True
+    if args.save_embeddings or (getattr(args, "dedup", False) and data.get("clip_checkpoint")):
+        data["save_embeddings"] = True  # the dedup reads the saved embeddings
     if args.no_text:
         data["text"] = False
     for item in args.set or []:
@@ -83,16 +87,33 @@ def build_config(args: argparse.Namespace) -> Any:
     return CurationConfig.from_dict(data)
 
 
-def _filter_and_report(out: Path, filters: list[str] | None, stdout: TextIO) -> int:
+def dedup_setting(args: argparse.Namespace) -> Any:
+    """--dedup / --no-dedup -> a DedupConfig to store, None to stop deduplicating, or ... to keep the folder's."""
+    from ..svd_model.curation.dedup import DedupConfig
+
+    if getattr(args, "no_dedup", False):
+        return None
+    if not getattr(args, "dedup", False):
+        return ...
+    return DedupConfig(cosine=args.dedup_threshold, hamming=args.dedup_hamming)
+
+
+def _filter_and_report(out: Path, filters: list[str] | None, stdout: TextIO, dedup: Any = ...) -> int:
+    from ..svd_model.curation import dedup as dedup_mod
     from ..svd_model.curation.filtering import filter_manifest, load_rules, parse_rules
     from ..svd_model.curation.manifest import FILTERED_NAME
     from ..svd_model.curation.report import build_report
 
     rules = parse_rules(filters) if filters else load_rules(out)
     rules = parse_rules("svd") if rules is None else rules
+    if dedup is not ...:
+        dedup_mod.store_config(out, dedup)  # the filter pass deduplicates a folder that has a stored setting
     result = filter_manifest(out, rules)
     info = build_report(out, result)
     print(info.summary(), file=stdout)
+    found = dedup_mod.stored_summary(out)
+    if found:
+        print(found, file=stdout)
     print(f"filtered manifest: {out / FILTERED_NAME}\nreport: {info.path}", file=stdout)
     return 0
 
@@ -129,7 +150,7 @@ def cmd_curate(args: argparse.Namespace, stdout: TextIO | None = None, stderr: T
             print(summary.text(), file=out_stream)
             if args.no_report:
                 return 0
-            return _filter_and_report(Path(args.out), args.filter, out_stream)
+            return _filter_and_report(Path(args.out), args.filter, out_stream, dedup_setting(args))
     except KeyboardInterrupt:
         print(f"svd-lab: interrupted; finished videos are saved, continue with --resume --out {args.out}",
               file=err_stream)
@@ -137,7 +158,22 @@ def cmd_curate(args: argparse.Namespace, stdout: TextIO | None = None, stderr: T
 
 
 def cmd_report(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
-    return _filter_and_report(Path(args.dir), args.filter, stdout or sys.stdout)
+    return _filter_and_report(Path(args.dir), args.filter, stdout or sys.stdout, dedup_setting(args))
+
+
+def _add_dedup_flags(p: argparse.ArgumentParser) -> None:
+    from ..svd_model.curation.dedup import DedupConfig
+
+    default = DedupConfig()
+    p.add_argument("--dedup", action="store_true", help="mark near-duplicate clips dropped ('duplicate of <clip "
+                   "id>'), keeping one per group: the best by filter, aesthetic, resolution, duration (perceptual "
+                   "hash of the middle keyframe; CLIP embeddings too with --clip-checkpoint)")
+    p.add_argument("--dedup-threshold", type=float, default=default.cosine, metavar="COS", help="CLIP cosine "
+                   f"similarity from which two clips are duplicates (default {default.cosine:g}; lower finds more, "
+                   "and more false duplicates)")
+    p.add_argument("--dedup-hamming", type=int, default=default.hamming, metavar="BITS", help="perceptual-hash bits "
+                   f"(of 64) that may differ between duplicates (default {default.hamming}; -1 = hash off; higher "
+                   "finds more cropped / re-encoded copies, and more false duplicates)")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -179,9 +215,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--part-size", type=int, default=32, help="videos per manifest part file (default 32)")
     p.add_argument("--no-report", action="store_true", help="skip the filter pass and the report")
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    _add_dedup_flags(p)
     p.set_defaults(func=cmd_curate)
 
     p = sub.add_parser("curate-report", help="re-run the filter pass on a curated folder and rebuild its report")
     p.add_argument("dir", help="the --out folder of `svd-lab curate`")
     p.add_argument("--filter", action="append", metavar="RULE", help=FILTER_HELP)
+    _add_dedup_flags(p)
+    p.add_argument("--no-dedup", action="store_true", help="stop deduplicating this folder (default: as before)")
     p.set_defaults(func=cmd_report)

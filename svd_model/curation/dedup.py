@@ -181,8 +181,9 @@ class DedupResult:
                 f"({self.config.describe()}; {self.hashed} with a hash, {self.embedded} with a CLIP embedding)")
 
     def to_json(self) -> str:
-        return json.dumps({"config": asdict(self.config), "clips": self.clips, "hashed": self.hashed,
-                           "embedded": self.embedded, "groups": self.groups, "dropped": self.dropped,
+        return json.dumps({"config": asdict(self.config), "summary": self.summary(), "clips": self.clips,
+                           "hashed": self.hashed, "embedded": self.embedded, "groups": self.groups,
+                           "dropped": self.dropped,
                            "pairs": [asdict(p) for p in self.pairs]}, indent=1)
 
 
@@ -423,6 +424,16 @@ def dedup_manifest(out_dir: str | os.PathLike[str], config: DedupConfig | None =
     write_table_atomic(found.table, filtered)
     write_text_atomic(found.to_json(), out / DEDUP_JSON)
     return found
+
+
+def stored_summary(out_dir: str | os.PathLike[str]) -> str:
+    """The summary line of the folder's last dedup pass ('' when none)."""
+    path = Path(out_dir) / DEDUP_JSON
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except ValueError:
+        return ""
+    return str(data.get("summary", "")) if isinstance(data, dict) else ""
 
 
 def stored_pairs(out_dir: str | os.PathLike[str]) -> list[DedupPair]:
