@@ -2,7 +2,8 @@
 
 One file (inline SVG, thumbnails as base64 JPEG): counts, a histogram per score with the chosen thresholds
 marked and kept / dropped clips stacked, for every threshold the keyframes of the clips just on either side
-of it, the clips dropped per reason, and a table of the files that failed.
+of it, near-duplicate pairs (kept next to dropped), the clips dropped per reason, and a table of the files that
+failed.
 """
 
 from __future__ import annotations
@@ -160,6 +161,44 @@ def _near_threshold(out_dir: Path, rows: list[dict[str, Any]], t: Threshold, per
             "</div></div>")
 
 
+DUP_CSS = (".dups{display:flex;flex-wrap:wrap;gap:10px}.dup{display:flex;gap:4px;align-items:flex-start;"
+           "border:1px solid #ccc;padding:4px}.dup .sim{font-size:11px;max-width:90px}")
+
+
+def _duplicates(out_dir: Path, rows: list[dict[str, Any]], max_pairs: int) -> list[str]:
+    """The near-duplicates section (empty when the folder was never deduplicated): the count, then per dropped
+    clip its thumbnail next to the kept representative's, with their similarities (from OUT/dedup.json; pairs
+    the current table no longer marks are left out)."""
+    from .dedup import stored_pairs, stored_summary
+
+    summary = stored_summary(out_dir)
+    if not summary:
+        return []
+    by_id = {r["clip_id"]: r for r in rows}
+    pairs = [p for p in stored_pairs(out_dir) if p.kept in by_id and p.dropped in by_id
+             and p.reason() in (by_id[p.dropped]["drop_reason"] or "").split("; ")]
+    parts = [f"<style>{DUP_CSS}</style><h2>Near-duplicates ({len(pairs)} dropped)</h2>",
+             f'<p class="note">{html.escape(summary)}</p>']
+    if not pairs:
+        return [*parts, "<p>none found</p>"]
+    figures = []
+    for pair in pairs[:max_pairs]:
+        sims = [f"cosine {pair.cosine:.3f}"] if pair.cosine is not None else []
+        sims += [f"hash distance {pair.hamming}"] if pair.hamming is not None else []
+        cells = []
+        for row, state in ((by_id[pair.kept], "kept"), (by_id[pair.dropped], "dropped")):
+            uri = _thumbnail(out_dir, row)
+            img = f'<img src="{uri}" alt="">' if uri else '<div class="noimg">no image</div>'
+            title = html.escape(f"{row['source_rel']} {row['start_time']:.2f}-{row['end_time']:.2f} s")
+            cells.append(f'<figure class="{state}" title="{title}">{img}<figcaption>{state}<br>'
+                         f"{html.escape(row['clip_id'])}</figcaption></figure>")
+        figures.append(f'<div class="dup">{"".join(cells)}<div class="sim">{html.escape(", ".join(sims))}</div></div>')
+    parts.append(f'<div class="dups">{"".join(figures)}</div>')
+    if len(pairs) > max_pairs:
+        parts.append(f'<p class="note">{len(pairs) - max_pairs} more pairs in dedup.json</p>')
+    return parts
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
@@ -182,7 +221,7 @@ def _stored_thresholds(out: Path) -> list[Threshold]:
 
 
 def build_report(out_dir: str | os.PathLike[str], result: FilterResult | None = None, *, path: str | None = None,
-                 per_side: int = 4, max_errors: int = 500) -> ReportInfo:
+                 per_side: int = 4, max_errors: int = 500, max_duplicates: int = 60) -> ReportInfo:
     """Write OUT/report.html (or ``path``) from a filter result, else the filtered manifest, else the raw one."""
     out = Path(out_dir)
     if result is None:
@@ -224,6 +263,7 @@ def build_report(out_dir: str | os.PathLike[str], result: FilterResult | None = 
             if t.score == score:
                 body.append(f"<h4>{html.escape(t.rule)}: {html.escape(t.reason)}</h4>")
                 body.append(_near_threshold(out, rows, t, per_side))
+    body += _duplicates(out, rows, max_duplicates)
     reasons = result.reason_counts()
     body += ["<h2>Dropped clips per reason</h2>",
              _table(("reason", "rows"), sorted(reasons.items(), key=lambda kv: -kv[1])) if reasons else "<p>none</p>"]
