@@ -51,7 +51,11 @@ SAMPLER_CASES: dict[str, tuple[dict[str, object], int | None]] = {
     "dpmpp_2s_ancestral": ({}, None),
     "dpmpp_2m": ({}, 2),
     "dpmpp_2m_sde": ({}, None),
+    "lcm": ({}, None),
 }
+#: Samplers for consistency models: they recover the data only with the consistency function (the ODE's endpoint,
+#: :func:`consistency_denoiser`), not with the posterior mean (tests/unit/test_few_step.py).
+CONSISTENCY_SAMPLERS = {"lcm"}
 
 #: extra option rows: stochastic churn, the other SDE solver, eta = 0 (deterministic) variants
 OPTION_CASES: list[tuple[str, dict[str, object], int | None]] = [
@@ -70,6 +74,16 @@ def gaussian_denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return x * (s2 / (s2 + append_dims(sigma, x.ndim) ** 2))
 
 
+def consistency_denoiser(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The exact consistency function for Gaussian data: the probability-flow ODE solution at 0 from (x, sigma)."""
+    assert sigma.shape == (x.shape[0],)
+    return x * (DATA_STD / torch.sqrt(DATA_STD**2 + append_dims(sigma, x.ndim) ** 2))
+
+
+def denoiser_for(name: str):
+    return consistency_denoiser if name in CONSISTENCY_SAMPLERS else gaussian_denoiser
+
+
 def _start(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     sigmas = karras_sigmas(STEPS, sigma_min=0.002, sigma_max=SIGMA_MAX)
     x = initial_noise(SHAPE, sigmas[0], torch.Generator().manual_seed(seed))
@@ -84,7 +98,8 @@ def _exact(x: torch.Tensor, sigma_from: float) -> torch.Tensor:
 def _run(name: str, options: dict[str, object], order: int | None) -> None:
     x, sigmas = _start()
     x_before, sigmas_before = x.clone(), sigmas.clone()
-    out = get_sampler(name)(gaussian_denoiser, x, sigmas, generator=torch.Generator().manual_seed(1), **options)
+    denoiser = denoiser_for(name)
+    out = get_sampler(name)(denoiser, x, sigmas, generator=torch.Generator().manual_seed(1), **options)
     assert out.shape == x.shape and out.dtype == x.dtype
     assert torch.equal(x, x_before) and torch.equal(sigmas, sigmas_before)  # inputs untouched
     assert out.std().item() == pytest.approx(DATA_STD, rel=0.05)

@@ -17,6 +17,9 @@ from comfyui_svd_lab.svd_model.diffusion.schedules import (
 from comfyui_svd_lab.svd_model.errors import ConfigError, InputError, ShapeError
 from conftest import assert_golden
 
+#: Schedules whose last level before 0 is not sigma_min (svd_model.diffusion.schedules; tests/unit/test_few_step.py).
+SHORT_OF_SIGMA_MIN = {"ays", "animatelcm"}
+
 
 @pytest.mark.parametrize("name", sorted(SCHEDULES))
 @pytest.mark.parametrize("n", [1, 4, 25])
@@ -27,7 +30,7 @@ def test_schedule_shape_monotone_endpoints(name: str, n: int) -> None:
     assert sigmas[-1].item() == 0.0
     assert torch.all(sigmas[1:] < sigmas[:-1])
     assert sigmas[0].item() == pytest.approx(700.0, rel=1e-5)
-    if n > 1:
+    if n > 1 and name not in SHORT_OF_SIGMA_MIN:
         assert sigmas[-2].item() == pytest.approx(0.002, rel=1e-4)
 
 
@@ -35,7 +38,8 @@ def test_schedule_shape_monotone_endpoints(name: str, n: int) -> None:
 def test_schedule_defaults_are_svd(name: str) -> None:
     sigmas = get_schedule(name)(10)
     assert sigmas[0].item() == pytest.approx(700.0, rel=1e-5)
-    assert sigmas[-2].item() == pytest.approx(0.002, rel=1e-4)
+    if name not in SHORT_OF_SIGMA_MIN:
+        assert sigmas[-2].item() == pytest.approx(0.002, rel=1e-4)
 
 
 def test_karras_matches_golden(golden: dict[str, torch.Tensor]) -> None:
