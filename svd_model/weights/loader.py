@@ -74,10 +74,22 @@ class SVDBundle:
         return self.compute_dtype or next(self.model.unet.parameters()).dtype
 
 
+def native_bf16(device: torch.device) -> bool:
+    """True on a CUDA device with native bfloat16 math (compute capability 8.0+: Ampere, Ada, Hopper and later);
+    older GPUs only emulate it (slowly)."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def resolve_dtype(dtype: torch.dtype | str | None, device: torch.device) -> torch.dtype:
-    """None/"auto": fp16 on CUDA (as the reference runs under autocast), fp32 elsewhere."""
+    """None/"auto": bf16 on CUDA GPUs with native bf16 (float32's range: no attention upcast needed, so the fused
+    half-precision attention kernels run), fp16 on older CUDA GPUs (as the reference runs under autocast), fp32
+    elsewhere."""
     if dtype is None or dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda":
+            return torch.bfloat16 if native_bf16(device) else torch.float16
+        return torch.float32
     if isinstance(dtype, str):
         try:
             return DTYPES[dtype]
@@ -243,8 +255,9 @@ def load_bundle(
     """Load an official single-file ``.safetensors`` (svd, svd_xt, svd_xt_1_1, *_image_decoder, sv3d_u,
     sv3d_p) or a diffusers-format SVD folder. The architecture comes from the weights; `variant`
     (sampling defaults) is guessed from the family and file name unless given. UNet and image
-    encoder use `dtype` (auto: fp16 on CUDA, else fp32); both VAEs use `vae_dtype` (fp32 by default,
-    as the reference runs them outside autocast). F8_E4M3 / F8_E5M2 files are upcast to these dtypes.
+    encoder use `dtype` (auto: bf16 on CUDA GPUs with native bf16, fp16 on older ones, else fp32; see
+    :func:`resolve_dtype`); both VAEs use `vae_dtype` (fp32 by default, as the reference runs them outside
+    autocast). F8_E4M3 / F8_E5M2 files are upcast to these dtypes.
 
     A weight that holds NaN or Inf is a CheckpointError naming the tensors, unless `allow_non_finite`
     (then it is a logged warning).
