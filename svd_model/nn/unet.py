@@ -6,6 +6,8 @@ so ``VideoUNet(config).load_state_dict(sub_state_dict, strict=True)`` loads offi
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -16,6 +18,9 @@ from .blocks import Downsample, VideoResBlock, normalization
 from .embeddings import timestep_embedding
 from .layers import Upsample
 from .transformer import SpatialVideoTransformer
+
+if TYPE_CHECKING:
+    from ..diffusion.step_cache import StepCache
 
 
 class UNetBlock(nn.Sequential):
@@ -137,30 +142,49 @@ class VideoUNet(nn.Module):
         y: Tensor,
         num_video_frames: int,
         image_only_indicator: Tensor | None = None,
+        *,
+        step_cache: StepCache | None = None,
     ) -> Tensor:
         """Predict the network output for a batch of videos folded into rows.
 
         x: ((b t), in_channels, h, w), h and w multiples of 2**(levels-1); timesteps: ((b t),) float
         (c_noise); context: ((b t), m, context_dim); y: ((b t), adm_in_channels);
         image_only_indicator: (b, t), nonzero marks frames that skip the temporal layers (None: zeros).
+        step_cache: a sampling run's :class:`~..diffusion.step_cache.StepCache` (inference only), which may let
+        this call reuse the deep blocks' feature or the whole output of an earlier call; None runs every block.
         Inputs are cast to the weights' dtype; returns ((b t), out_channels, h, w) in x's dtype.
         """
         if image_only_indicator is None:
             image_only_indicator = x.new_zeros(x.shape[0] // max(num_video_frames, 1), num_video_frames)
         self._check(x, timesteps, context, y, num_video_frames, image_only_indicator)
+        if step_cache is not None and not step_cache.active:
+            step_cache = None
         dtype = self.dtype
         t_emb = timestep_embedding(timesteps, self.config.model_channels).to(dtype)  # ((b t), mc)
         emb = self.time_embed(t_emb) + self.label_emb(y.to(dtype))  # ((b t), 4 mc)
         h = x.to(dtype)
         context = context.to(dtype)
         args = (emb, context, num_video_frames, image_only_indicator)
-        skips = []
-        for block in self.input_blocks:
-            h = self._run(block, h, *args)
-            skips.append(h)
-        h = self._run(self.middle_block, h, *args)
-        for block in self.output_blocks:
-            h = self._run(block, torch.cat([h, skips.pop()], dim=1), *args)  # ((b t), c + c_skip, h, w)
+        skips = [self._run(self.input_blocks[0], h, *args)]  # ((b t), mc, h, w)
+        reuse = None if step_cache is None else step_cache.decide(self, h, skips[0], timesteps, num_video_frames)
+        if reuse is not None and reuse.value == "teacache":  # everything after the first block reused
+            return step_cache.reused_output(h).to(x.dtype)  # type: ignore[union-attr]
+        if reuse is not None and reuse.value == "deepcache":  # the deep blocks' feature of the last full call
+            h = step_cache.deep_feature()  # type: ignore[union-attr]
+            h = self._run(self.output_blocks[-1], torch.cat([h, skips.pop()], dim=1), *args)
+        else:
+            h = skips[0]
+            for block in self.input_blocks[1:]:
+                h = self._run(block, h, *args)
+                skips.append(h)
+            h = self._run(self.middle_block, h, *args)
+            for block in self.output_blocks:
+                if step_cache is not None and block is self.output_blocks[-1]:
+                    step_cache.store_deep(h)
+                h = self._run(block, torch.cat([h, skips.pop()], dim=1), *args)  # ((b t), c + c_skip, h, w)
         # The reference casts back to the input dtype before `out` (a no-op unless autocast changed it).
         h = h.to(dtype)
-        return self.out(h).to(x.dtype)
+        out = self.out(h)
+        if step_cache is not None:
+            step_cache.store_output(x.to(dtype), out, num_video_frames)
+        return out.to(x.dtype)

@@ -19,6 +19,7 @@ from ..diffusion.guidance import cfg_denoiser, frame_scales
 from ..diffusion.noise import initial_noise, noise_latents, randn
 from ..diffusion.sampling import StepInfo, get_sampler
 from ..diffusion.schedules import get_schedule, sigmas_for_denoise
+from ..diffusion.step_cache import CacheStats, StepCache, StepCacheOptions
 from ..errors import ConfigError, InputError
 from ..memory import on_compute
 from ..nn.image_encoder import encode_image
@@ -47,6 +48,12 @@ class VideoParams:
     sigma_max: float = 700.0
     rho: float = 7.0
     denoise: float = 1.0  # < 1 starts from given latents, noised to the matching sigma
+    # Step caching (diffusion/step_cache.py): off | deepcache | teacache. Faster, at a bounded distance from the
+    # uncached result that grows with the threshold; off by default.
+    step_cache: str = "off"
+    cache_threshold: float = 0.1  # accumulated relative change of the gate's signal before a full evaluation
+    cache_start: float = 0.15  # fraction of the steps before which nothing is reused
+    cache_end: float = 0.9  # fraction of the steps from which every evaluation runs in full
 
     def __post_init__(self) -> None:
         check_finite(self)  # NaN passes every range check below, and inf breaks sampling
@@ -65,6 +72,11 @@ class VideoParams:
         get_sampler(self.sampler)
         get_schedule(self.schedule)
         frame_scales(self.guidance, self.min_cfg, self.max_cfg, 2)
+        _ = self.cache_options  # validates the step cache fields (ConfigError)
+
+    @property
+    def cache_options(self) -> StepCacheOptions:
+        return StepCacheOptions(self.step_cache, self.cache_threshold, self.cache_start, self.cache_end)
 
     @property
     def fps_id(self) -> int:
@@ -78,7 +90,7 @@ class VideoParams:
         base = cls(
             num_frames=d.num_frames, width=d.width, height=d.height, fps=d.fps,
             motion_bucket_id=d.motion_bucket_id, cond_aug=d.cond_aug, steps=d.steps,
-            min_cfg=d.min_cfg, max_cfg=d.max_cfg, guidance=d.guidance,
+            min_cfg=d.min_cfg, max_cfg=d.max_cfg, guidance=d.guidance, sampler=d.sampler, schedule=d.schedule,
         )
         unknown = set(overrides) - {f.name for f in fields(cls)}
         if unknown:
@@ -137,11 +149,14 @@ def sample_video(
     noise: Tensor | None = None,
     init_latents: Tensor | None = None,
     callback: Callable[[StepInfo], None] | None = None,
+    cache_stats: CacheStats | None = None,
 ) -> Tensor:
     """Guided sampling -> latents (b, t, 4, h, w), 0.18215-scaled.
 
     noise: optional (b, t, 4, h, w) N(0, 1) draw (else from `generator`, required then). With denoise < 1,
     `init_latents` (b, t, 4, h, w) is noised to the first kept sigma instead of starting from pure noise.
+    With ``params.step_cache`` on, a new :class:`~..diffusion.step_cache.StepCache` serves this run; what it reused is
+    logged and written into `cache_stats` when given (e.g. for the video's metadata).
     """
     check_size(params.width, params.height, bundle.config.size_multiple)
     b, t = cond.crossattn.shape[0], params.num_frames
@@ -160,6 +175,10 @@ def sample_video(
     else:
         x = initial_noise(noise.to(device), sigmas[0])
     scales = frame_scales(params.guidance, params.min_cfg, params.max_cfg, t).to(device)
-    model_fn = make_model_fn(bundle.model.unet)
+    unet = bundle.model.unet
+    cache = StepCache.for_sigmas(params.cache_options, sigmas, cache_stats)
+    model_fn = make_model_fn(cache.bind(unet) if cache.active else unet)  # type: ignore[arg-type]
     denoiser = cfg_denoiser(model_fn, cond.to(device), uncond.to(device), scales, cat=Cond.cat)
-    return get_sampler(params.sampler)(denoiser, x, sigmas.to(device), generator=generator, callback=callback)
+    out = get_sampler(params.sampler)(denoiser, x, sigmas.to(device), generator=generator, callback=callback)
+    cache.log_summary()
+    return out
