@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 
 from ..config import (
     COND_VAE_INDEX,
+    FEW_STEP_VARIANT,
     Family,
     ImageEncoderConfig,
     ModelConfig,
@@ -95,6 +96,66 @@ def vae_only_message(layout: str) -> str:
     return (f"this is a VAE-only file ({VAE_LAYOUTS[layout]}): it has no UNet, so it is not a model on its own. "
             "Load a full SVD checkpoint and use this file as its VAE: load_bundle(checkpoint, vae=path) in Python, "
             "the SVD Lab Checkpoint Loader's vae_name input in ComfyUI (files in models/vae)")
+
+
+#: The top-level parts of a VideoUNet's keys in sgm names, and in diffusers ``UNetSpatioTemporalConditionModel`` names.
+UNET_PARTS = ("input_blocks", "middle_block", "output_blocks", "time_embed", "label_emb", "out")
+DIFFUSERS_UNET_PARTS = ("conv_in", "time_embedding", "add_embedding", "down_blocks", "mid_block", "up_blocks",
+                        "conv_norm_out", "conv_out")
+#: How a UNet-only file names its keys (see :func:`unet_file_layout`), for messages.
+UNET_LAYOUTS = {
+    "prefixed": f"official names with the {UNET_PREFIX!r} prefix",
+    "sgm": "official names without prefix (input_blocks.*, middle_block.*, ...)",
+    "diffusers": "diffusers UNetSpatioTemporalConditionModel names (down_blocks.*, mid_block.*, ...), as "
+                 "AnimateLCM-SVD-xt's file",
+    "checkpoint": "the UNet of a full checkpoint",
+}
+#: The key every SVD-family UNet has and an image model's UNet lacks (a temporal res block), without prefix.
+UNET_TEMPORAL_MARKER = "input_blocks.1.0.time_stack.in_layers.2.weight"
+_LORA_KEY = re.compile(r"\.(lora_up|lora_down|lora_A|lora_B|lora\.up|lora\.down)\.|\.alpha$|\.lokr_|\.hada_")
+
+
+def unet_file_layout(keys: Sequence[str]) -> str | None:
+    """A key of :data:`UNET_LAYOUTS` for a file that holds a UNet: every key under ``model.diffusion_model.``
+    ("prefixed"); every key a top-level UNet part in sgm ("sgm") or diffusers ("diffusers") names; or a full
+    checkpoint, whose ``model.diffusion_model.*`` keys are taken ("checkpoint"). None otherwise (a VAE, a LoRA,
+    another model, no tensors)."""
+    if not keys or any(_LORA_KEY.search(k) for k in keys):
+        return None
+    under = [k.startswith(UNET_PREFIX) for k in keys]
+    if all(under):
+        return "prefixed"
+    if any(under):
+        return "checkpoint"
+    tops = {k.split(".")[0] for k in keys}
+    if tops <= set(UNET_PARTS):
+        return "sgm"
+    if tops <= set(DIFFUSERS_UNET_PARTS):
+        return "diffusers"
+    return None
+
+
+def unet_file_keys(keys: Sequence[str], layout: str) -> dict[str, str]:
+    """{file key: key without prefix} for the UNet keys of a file of `layout` (:func:`unet_file_layout`); the names
+    stay in the file's naming (diffusers names are converted by :mod:`.diffusers_keys`)."""
+    if layout in ("prefixed", "checkpoint"):
+        return {k: k[len(UNET_PREFIX):] for k in keys if k.startswith(UNET_PREFIX)}
+    return {k: k for k in keys}
+
+
+def not_a_unet_message(keys: Sequence[str]) -> str:
+    """What a file with no usable UNet holds, and where it belongs instead."""
+    if any(_LORA_KEY.search(k) for k in keys):
+        return "it is a LoRA (lora_up / lora_down keys): load it with SVD Lab LoRA Loader (models/loras)"
+    layout = vae_file_layout(keys)
+    if layout is not None:
+        return f"it is a VAE-only file ({VAE_LAYOUTS[layout]}): choose it as the checkpoint loader's vae_name"
+    return f"it looks like {_describe_foreign(keys)}"
+
+
+def has_temporal_layers(keys: Sequence[str]) -> bool:
+    """Whether UNet keys without prefix (sgm names) include the temporal layers every SVD-family UNet has."""
+    return UNET_TEMPORAL_MARKER in keys
 
 
 def _describe_foreign(keys: Sequence[str]) -> str:
@@ -272,10 +333,13 @@ def infer_config(shapes: Shapes) -> ModelConfig:
 
 def guess_variant(family: Family, name: str = "") -> str:
     """Sampling-defaults variant. SVD and SVD-XT have identical shapes, so the file name decides
-    ("xt" -> svd_xt, "1_1"/"1.1" -> svd_xt_1_1), else svd; SV3D variants follow from the family."""
+    ("lcm" -> the few-step variant, e.g. AnimateLCM-SVD-xt; "xt" -> svd_xt, "1_1"/"1.1" -> svd_xt_1_1), else svd;
+    SV3D variants follow from the family."""
     if family is not Family.SVD:
         return family.value
     lowered = name.lower()
+    if "lcm" in lowered:
+        return FEW_STEP_VARIANT
     if "xt" in lowered:
         return "svd_xt_1_1" if re.search(r"1[._-]1", lowered) else "svd_xt"
     return "svd"
