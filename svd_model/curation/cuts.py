@@ -14,6 +14,12 @@ the level's sampling grid), so a transition's alignment with the grid does not m
   dissolve fails the concentration test: one frame must carry ``hard_concentration`` of the change seen
   over ``flash_frames`` frames. Sustained camera motion raises the baseline, so it is not a cut. A cut
   through a dark frame is reported as a fade.
+  *Brief transitions* are tested first: up to ``flash_frames`` frames entered and left by big changes and
+  alike among themselves (a dip to black or white, a flash frame). When the pictures on either side of them
+  differ by ``threshold`` times the change over the same distance just before and just after (and by
+  ``min_change``), the excursion is the transition between two shots: a ``fade`` (through a dark frame) or
+  a ``flash`` (through a bright one), spanning exactly its frames. Otherwise it is a flash inside one shot,
+  not a cut.
 * **Levels 2 and 3 (default 6 fps and 1.5 fps): gradual transitions.** At a low rate a fade or a
   cross-dissolve is a big change between two samples. Local maxima of ``d_l`` (or of the motion-robust
   ``h_l``) that stand ``threshold`` times above their baseline (the lower of the medians on either side,
@@ -21,7 +27,8 @@ the level's sampling grid), so a transition's alignment with the grid does not m
   (:mod:`.transitions`):
 
   - fade: the darkest frame is below ``fade_black_level`` and well below both sides; the span is where
-    the mean luma falls towards it and rises after it;
+    the mean luma falls towards it and rises after it faster than twice the content's own median drift
+    (a slow brightness ramp next to a fade is not part of it);
   - dissolve: the frames of the span are blends ``A + a_j (B - A)`` of the frames just before (A) and
     after (B) it, with ``a_j`` rising: the blend residual is under ``max_blend_residual`` of ``|B - A|`` and
     the steps along the span point towards B (``min_coherence``); or the contrast dips in the middle, as
@@ -46,7 +53,7 @@ from .transitions import HIST_BINS, GrowingArray, dissolve_fit, fade_span, histo
 
 logger = logging.getLogger(__name__)
 
-KINDS: tuple[str, ...] = ("hard", "fade", "dissolve")
+KINDS: tuple[str, ...] = ("hard", "fade", "dissolve", "flash")
 
 
 @dataclass(frozen=True)
@@ -132,7 +139,8 @@ class CutConfig:
 @dataclass(frozen=True)
 class Cut:
     """A shot boundary. ``frame``..``end_frame`` (inclusive) is the transition; for a hard cut both are the
-    first frame of the new shot. ``center`` is the first frame of the new shot for every kind (for a fade or
+    first frame of the new shot; for a ``flash`` (or a brief dip reported as ``fade``) the 1..``flash_frames``
+    frames between the two shots. ``center`` is the first frame of the new shot for every kind (for a fade or
     dissolve, the middle of the span). ``time`` is the pts (s) of ``frame``. ``score``: the adaptive ratio
     of the level that found it; ``change``: the difference across it (see ``LevelConfig.min_change``);
     ``level``: 1-based cascade level that proposed it."""
@@ -357,7 +365,15 @@ class CascadeDetector:
         idx, ratios = self._candidates(d1, max(lo, 1), hi, 1, lv.threshold, self.cfg.noise_floor, lv.min_change,
                                        sides=False)  # fmt: skip
         for k, ratio in zip(idx.tolist(), ratios.tolist(), strict=True):
+            if any(e.start <= k <= e.end + 1 for e in self.events[-4:]):
+                continue  # the way out of a brief transition found at its way in
             v = float(d1[k])
+            brief = self._brief(k, v, lv)
+            if brief is not None:
+                if brief.kind:  # a dip or a flash between two shots; else one inside a shot: not a cut
+                    brief.score, brief.level = ratio, level
+                    self.events.append(brief)
+                continue
             around = [float(dp[j]) for j in (k + p, k) if j < n and j - p - 1 >= 0 and math.isfinite(dp[j])]
             if around and min(around) < self.cfg.persistence * v:
                 continue  # a flash: the picture comes back
@@ -369,6 +385,35 @@ class CascadeDetector:
             event = event or _Event(k, k, "hard", 0.0, 0, v)
             event.score, event.level = ratio, level
             self.events.append(event)
+
+    def _brief(self, k: int, v: float, lv: LevelConfig) -> _Event | None:
+        """A brief excursion at candidate ``k`` (``v = d_1[k]``): frames ``s .. s + m - 1`` (``m <= flash_frames``)
+        entered and left by changes of at least half ``v``, alike among themselves (a dip to black or white, a
+        flash), with ``k`` the way in or the way out. None when there is none. Else an event over the
+        excursion, kind ``fade`` (dark) or ``flash``, when the pictures on either side (frames ``s - 1`` and
+        ``s + m``) differ as a cut does: by ``min_change`` and ``threshold`` times the change over the same
+        distance just before and just after; kind ``""`` when they do not (a flash inside one shot)."""
+        d1 = self.series.diffs[1].view
+        lo_w, hi_w = self._window(k, 0)
+        best, quality = None, 0.0
+        for m in range(1, self.frames.flash + 1):
+            for s in (k, k - m):  # k is the way in / the way out
+                if s - 1 < lo_w or s + m > hi_w:
+                    continue
+                edge = min(float(d1[s]), float(d1[s + m]))
+                inner = max((float(d1[i]) for i in range(s + 1, s + m)), default=0.0)
+                if edge >= max(0.5 * v, lv.min_change) and inner <= 0.5 * edge and edge > quality:
+                    best, quality = (s, m), edge
+        if best is None:
+            return None
+        s, m = best
+        across = self._change(s - 1, s + m)  # shot before vs shot after
+        ref = max(self._change(max(lo_w, s - 2 - m), s - 1), self._change(s + m, min(hi_w, s + 2 * m + 1)),
+                  self.cfg.noise_floor)  # fmt: skip
+        if across < max(lv.min_change, lv.threshold * ref):
+            return _Event(s, s + m - 1, "", 0.0, 0, across)
+        dark = float(np.min(self.series.mean.view[s : s + m])) <= self.cfg.fade_black_level
+        return _Event(s, s + m - 1, "fade" if dark else "flash", 0.0, 0, across)
 
     def _scan_gradual(self, lo: int, hi: int, lag: int, lv: LevelConfig, level: int) -> None:
         cfg = self.cfg

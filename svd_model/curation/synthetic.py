@@ -8,6 +8,13 @@ come hard cuts or gradual transitions of ``transition_frames`` frames:
 * ``"fade"``: the first half fades shot A out to black, the second half fades shot B in from black
   (frame j of T: A * (1 - (2j+1)/T) while (2j+1)/T < 1, else B * ((2j+1)/T - 1)).
 * ``"dissolve"``: a cross-dissolve, frame j = (1 - a) A + a B with a = (j + 1) / (T + 1).
+* ``"dip_black"`` / ``"dip_white"``: ``dip_frames`` (1-2) frames of near black (A * 0.04) or near white
+  (A * 0.08 + 0.92 * 255) between the shots: a brief dip, as an editor's "dip to black/white".
+* ``"flash"``: ``dip_frames`` frames of shot A overexposed (0.25 A + 0.75 * 255) between the shots: a camera
+  flash or a flash-frame edit at the cut.
+
+``gain`` gives each shot a slow brightness ramp (start and end factor over the shot's own frames, held
+during transitions), the "gradual brightness change" that fades and dips must be told apart from.
 
 Gradual transitions are inserted *between* the shots' own frames, and both scenes keep moving during the
 transition. :class:`SyntheticTruth` gives the exact frame indices (0-based decoded order).
@@ -32,7 +39,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import ConfigError
 
-TRANSITION_KINDS: tuple[str, ...] = ("hard", "fade", "dissolve")
+TRANSITION_KINDS: tuple[str, ...] = ("hard", "fade", "dissolve", "dip_black", "dip_white", "flash")
+#: The brief transitions: ``dip_frames`` frames between the shots (see the module docstring).
+BRIEF_KINDS: tuple[str, ...] = ("dip_black", "dip_white", "flash")
 MOTION_KINDS: tuple[str, ...] = ("pan", "zoom")
 
 
@@ -40,11 +49,12 @@ MOTION_KINDS: tuple[str, ...] = ("pan", "zoom")
 class SyntheticTruth:
     """Ground truth of a :func:`make_video` file (frame indices are 0-based, in decoded order).
 
-    ``cuts``: first frame of each new shot; for a gradual transition the frame in its middle
+    ``cuts``: first frame of each new shot; for a gradual or brief transition the frame in its middle
     (``first + T // 2``). ``transitions``: ``(first, last, kind)`` with ``last`` inclusive; a hard cut is
-    ``(cut, cut, "hard")``. ``shots``: ``(start, end)`` frame ranges of each shot's own frames, ``end``
-    exclusive (transition frames belong to no shot). ``keyframes``: frames encoded as keyframes.
-    ``flashes``: frames replaced by a near-white flash. ``times``: presentation time of every frame (s).
+    ``(cut, cut, "hard")``; a brief one (dip, flash) spans its ``dip_frames`` frames. ``shots``: ``(start, end)``
+    frame ranges of each shot's own frames, ``end`` exclusive (transition frames belong to no shot).
+    ``keyframes``: frames encoded as keyframes. ``flashes``: frames replaced by a near-white flash (inside a shot).
+    ``times``: presentation time of every frame (s).
     """
 
     cuts: tuple[int, ...]
@@ -132,6 +142,8 @@ class _Shot:
     velocity: tuple[float, float]  # px per frame
     zoom_rate: float  # relative scale change per frame
     text: tuple[np.ndarray, np.ndarray] | None
+    gain: tuple[float, float] = (1.0, 1.0)  # brightness factor at the shot's first and last own frame
+    length: int = 1  # the shot's own frames
 
     def render(self, tau: float, width: int, height: int) -> np.ndarray:
         """View at local time ``tau`` (frames): float32 (height, width, 3)."""
@@ -148,12 +160,15 @@ class _Shot:
         if self.text is not None:
             rgb, alpha = self.text
             out = out * (1 - alpha) + rgb * alpha
+        g0, g1 = self.gain
+        if g0 != 1.0 or g1 != 1.0:
+            out = np.clip(out * (g0 + (g1 - g0) * min(1.0, max(0.0, tau / max(1, self.length - 1)))), 0, 255)
         return out
 
 
 def _make_shot(
     rng: np.random.Generator, index: int, length: int, pad: int, size: tuple[int, int], speed: float, kind: str,
-    text: bool,
+    text: bool, gain: tuple[float, float] = (1.0, 1.0),
 ) -> _Shot:  # fmt: skip
     width, height = size
     hue = (0.13 + index * 0.618034) % 1.0
@@ -164,7 +179,7 @@ def _make_shot(
         world = _scene(rng, height + 16, width + 16, hue)
         rate = speed / (width / 2) * (64 / (64 + length + 2 * pad))
         layer = _text_layer(rng, height, width) if text else None
-        return _Shot(world, ((width + 16) / 2, (height + 16) / 2), (0.0, 0.0), rate, layer)
+        return _Shot(world, ((width + 16) / 2, (height + 16) / 2), (0.0, 0.0), rate, layer, gain, length)
     angle = float(rng.uniform(0, 2 * math.pi))
     vx, vy = speed * math.cos(angle), speed * math.sin(angle)
     ww, wh = width + int(abs(vx) / max(speed, 1e-9) * span) + 8, height + int(abs(vy) / max(speed, 1e-9) * span) + 8
@@ -173,7 +188,7 @@ def _make_shot(
     x0 = 4 + (abs(vx) * pad if vx >= 0 else ww - width - 4 - abs(vx) * pad)
     y0 = 4 + (abs(vy) * pad if vy >= 0 else wh - height - 4 - abs(vy) * pad)
     layer = _text_layer(rng, height, width) if text else None
-    return _Shot(world, (x0, y0), (vx, vy), 0.0, layer)
+    return _Shot(world, (x0, y0), (vx, vy), 0.0, layer, gain, length)
 
 
 # ----------------------------------------------------------------------------------------------- encode
@@ -207,6 +222,8 @@ def make_video(
     rotation: int = 0,
     noise: float = 2.0,
     preset: str = "veryfast",
+    dip_frames: int = 2,
+    gain: Sequence[tuple[float, float]] | None = None,
 ) -> SyntheticTruth:
     """Render and encode a synthetic multi-shot H.264 video; return its ground truth.
 
@@ -214,7 +231,7 @@ def make_video(
         path: output file (.mp4 / .mkv / .mov), overwritten.
         shots: number of frames of each shot's own content.
         transitions: kind of each of the ``len(shots) - 1`` transitions (``"hard"``, ``"fade"``,
-            ``"dissolve"``); None = all hard.
+            ``"dissolve"``, ``"dip_black"``, ``"dip_white"``, ``"flash"``); None = all hard.
         transition_frames: length T of each gradual transition (frames inserted between the shots).
         size: ``(width, height)``, even numbers (yuv420p).
         fps: frame rate (the encoder's rate; ``timestamps`` can make it variable).
@@ -232,6 +249,9 @@ def make_video(
         rotation: display rotation to store in the container (0, 90, 180, 270; counter-clockwise).
         noise: standard deviation of per-frame sensor noise on luma (0..255 scale).
         preset: libx264 preset.
+        dip_frames: length (frames, 1..4) of the brief transitions (dips and flashes).
+        gain: per shot ``(start, end)`` brightness factor (0.1..2), linear over the shot's own frames and
+            held during the transitions next to it; None = 1 (constant brightness).
     """
     n_shots = len(shots)
     if n_shots < 1 or any(int(s) < 1 for s in shots):
@@ -239,7 +259,12 @@ def make_video(
     kinds = _per_shot(transitions, n_shots - 1, "hard", "transitions")
     if any(k not in TRANSITION_KINDS for k in kinds):
         raise ConfigError(f"transitions must be from {TRANSITION_KINDS}, got {kinds!r}")
-    if transition_frames < 2 and any(k != "hard" for k in kinds):
+    if not 1 <= dip_frames <= 4:
+        raise ConfigError(f"dip_frames must be 1..4 (a brief transition), got {dip_frames}")
+    gains = [(float(g[0]), float(g[1])) for g in _per_shot(gain, n_shots, (1.0, 1.0), "gain")]
+    if any(not (0.1 <= g <= 2.0) for pair in gains for g in pair):
+        raise ConfigError(f"gain factors must be in 0.1..2, got {gains}")
+    if transition_frames < 2 and any(k in ("fade", "dissolve") for k in kinds):
         raise ConfigError(f"transition_frames must be >= 2 for gradual transitions, got {transition_frames}")
     width, height = size
     if width % 2 or height % 2 or width < 16 or height < 16:
@@ -250,7 +275,7 @@ def make_video(
     rng = np.random.default_rng(seed)
     pad = transition_frames
     scenes = [
-        _make_shot(np.random.default_rng([seed, i]), i, shots[i], pad, size, speeds[i], mkinds[i], texts[i])
+        _make_shot(np.random.default_rng([seed, i]), i, shots[i], pad, size, speeds[i], mkinds[i], texts[i], gains[i])
         for i in range(n_shots)
     ]
     # timeline: (shot a, local time a, shot b, local time b, weight of b, darkness) per frame
@@ -267,10 +292,12 @@ def make_video(
             cuts.append(first)
             spans.append((first, first, kind))
             continue
-        t_len = transition_frames
+        t_len = dip_frames if kind in BRIEF_KINDS else transition_frames
         for j in range(t_len):
             ta, tb = float(length + j), float(j - t_len)
-            if kind == "dissolve":
+            if kind in BRIEF_KINDS:  # darkness 1 = black; negative: towards white (-0.92 = 0.08 A + 0.92 white)
+                plan.append((i, ta, i, ta, 0.0, {"dip_black": 0.96, "dip_white": -0.92, "flash": -0.75}[kind]))
+            elif kind == "dissolve":
                 plan.append((i, ta, i + 1, tb, (j + 1) / (t_len + 1), 0.0))
             else:
                 u = (2 * j + 1) / t_len
@@ -352,8 +379,10 @@ def _encode(
             img = scenes[a].render(ta, width, height)
             if wb:
                 img = img * (1 - wb) + scenes[b].render(tb, width, height) * wb
-            if dark:
+            if dark > 0:
                 img = img * (1 - dark)
+            elif dark < 0:  # towards white
+                img = img * (1 + dark) - 255 * dark
             if k in flashes:
                 img = img * 0.25 + 255 * 0.75
             frame = av.VideoFrame.from_ndarray(_yuv420(img, rng, noise), format="yuv420p")

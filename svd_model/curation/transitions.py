@@ -20,6 +20,7 @@ import numpy as np
 HIST_BINS = 32  # Y 16 + U 8 + V 8
 MAX_ITERATIONS = 8  # re-fits of the dissolve with the references moved to the span's ends
 STEPS = 8  # the coherence test looks at about this many steps along a transition
+DRIFT_FACTOR = 2.0  # a fade's luma steps exceed this many times the content's median luma drift per frame
 
 
 def ramp(x: np.ndarray, j: int, lo: int, hi: int, delta: float, *, direction: int) -> int:
@@ -57,7 +58,10 @@ def fade_span(mu: np.ndarray, lo: int, hi: int, lo_w: int, hi_w: int, black: flo
     """A fade whose darkest frame is near ``lo..hi``: ``(first, last, darkest)`` or None.
 
     The darkest frame (a local minimum of ``mu`` reached by descent) must be at most ``black``; the
-    span extends on each side while the picture keeps brightening away from it.
+    span extends on each side while the picture keeps brightening away from it faster than the content's
+    own brightness drifts: each step must exceed ``DRIFT_FACTOR`` times the median |step| of ``mu`` over
+    ``lo_w..hi_w`` (at least 0.2 levels), so a slow brightness ramp next to a fade or a dip (a sunset, an
+    exposure change) does not join it.
     """
     lo, hi = max(lo, lo_w), min(hi, hi_w)
     j = lo + int(np.argmin(mu[lo : hi + 1]))
@@ -71,15 +75,16 @@ def fade_span(mu: np.ndarray, lo: int, hi: int, lo_w: int, hi_w: int, black: flo
     dark = float(mu[j])
     if dark > black:
         return None
-    flat = max(0.5, 0.05 * dark)
+    steps = np.abs(np.diff(np.asarray(mu[lo_w : hi_w + 1], np.float64)))
+    delta = max(0.2, DRIFT_FACTOR * float(np.median(steps))) if steps.size else 0.2
+    flat = max(0.5, 0.05 * dark, min(delta, 0.25 * black))  # the dark plateau: e.g. the last frame out, first in
     j0 = j1 = j
     while j0 - 1 >= lo_w and mu[j0 - 1] <= dark + flat:
         j0 -= 1
     while j1 + 1 <= hi_w and mu[j1 + 1] <= dark + flat:
         j1 += 1
-    neg = -np.asarray(mu, np.float64)
-    a = _span(neg, j0, lo_w, j0, 0.2)[0]  # fade-out: mu falls towards the dark frame
-    b = _span(np.asarray(mu, np.float64), j1, j1, hi_w, 0.2)[1]  # fade-in: mu rises after it
+    a = _span(-np.asarray(mu, np.float64), j0, lo_w, j0, delta)[0]  # fade-out: mu falls towards the dark frame
+    b = _span(np.asarray(mu, np.float64), j1, j1, hi_w, delta)[1]  # fade-in: mu rises after it
     return a, b, j
 
 

@@ -114,13 +114,6 @@ def test_streaming_with_a_small_ring_gives_the_same_result(videos, monkeypatch):
     assert np.allclose(small.motion_magnitudes, reference.motion_magnitudes)
 
 
-def test_flash_would_be_a_cut_without_the_persistence_test(videos):
-    path, _ = videos["flash"]
-    lenient = CutConfig(levels=(LevelConfig(None, 3.0, 6.0),), persistence=0.01, hard_concentration=0.01)
-    ann = annotate_video(path, lenient, None)
-    assert ann.cuts, "the flash frames are large changes; only the persistence test rejects them"
-
-
 def test_cut_config_validation():
     with pytest.raises(ConfigError):
         CutConfig(levels=())

@@ -1,0 +1,87 @@
+"""Brief transitions (issue 15): dips to black or white of one or two frames, flashes between shots and fades over
+slowly changing brightness are found and localised; slow brightness changes and flashes inside one shot are not cuts.
+
+The videos come from ``synthetic.make_video`` with exact truth: each transition is ``(first, last, kind)``; a
+detection matches when both of its ends are within one frame of the truth's. Every shot's brightness ramps
+(``gain``), the slow change a dip or a fade must be told apart from.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from comfyui_svd_lab.svd_model.curation.annotate import annotate_video
+from comfyui_svd_lab.svd_model.curation.synthetic import make_video
+
+SIZE = (192, 108)
+#: Per shot brightness factor at its first and last frame: about half or double over 2 s.
+RAMPS = ((1.0, 0.5), (0.5, 1.0), (1.0, 0.55), (0.6, 1.0), (1.2, 0.7))
+#: What the detector calls each synthetic kind: a brief excursion through black is a fade, one through white a flash.
+KIND = {"dip_black": "fade", "dip_white": "flash", "flash": "flash", "fade": "fade", "dissolve": "dissolve",
+        "hard": "hard"}  # fmt: skip
+
+CASES = {
+    "dips 1 frame": dict(shots=(50, 50, 50, 50), transitions=("dip_black", "dip_white", "dip_black"), dip_frames=1,
+                         gain=RAMPS[:4], motion=(0.5, 1.0, 0.3, 0.5), seed=21),
+    "dips 2 frames 30 fps": dict(shots=(55, 60, 50, 60), transitions=("dip_white", "dip_black", "dip_white"),
+                                 dip_frames=2, fps=30, gain=RAMPS[1:], motion=(1.0, 0.5, 2.0, 0.3), seed=22),
+    "flashes between shots": dict(shots=(50, 50, 50), transitions=("flash", "flash"), dip_frames=1, gain=RAMPS[:3],
+                                  motion=(1.0, 0.5, 2.0), seed=23),
+    "2-frame flashes, fast pan": dict(shots=(50, 50, 50), transitions=("flash", "flash"), dip_frames=2,
+                                      motion=(1.0, 6.0, 2.0), seed=24),
+    "fades over ramps": dict(shots=(60, 60, 60), transitions=("fade", "fade"), transition_frames=16, gain=RAMPS[:3],
+                             motion=(0.3, 0.5, 0.3), seed=25),
+    "fades over ramps 50 fps": dict(shots=(100, 100, 100), transitions=("fade", "fade"), transition_frames=30,
+                                    fps=50, gain=RAMPS[2:], motion=(0.5, 1.0, 0.5), seed=26),
+    "mixed": dict(shots=(45, 50, 40, 55, 45), transitions=("hard", "dip_black", "dissolve", "flash"), dip_frames=1,
+                  gain=RAMPS, motion=(0.5, 2.0, 0.3, 1.0, 4.0), seed=27),
+}  # fmt: skip
+
+NEGATIVES = {
+    "darkening to near black, flashes": dict(shots=(150,), gain=((1.0, 0.2),), motion=(0.5,), flashes=(40, 41, 100),
+                                             seed=31),
+    "brightening": dict(shots=(120,), gain=((0.25, 1.3),), motion=(1.0,), seed=32),
+    "fast ramp while panning": dict(shots=(60,), gain=((1.0, 0.3),), motion=(3.0,), flashes=(30,), seed=33),
+}  # fmt: skip
+
+
+def _match(cuts, truth, tol: int = 1):
+    """(matched pairs, extra detections, missed truths): a cut matches a truth whose first and last frames are both
+    within ``tol`` of its own."""
+    pairs, left = [], list(truth)
+    for cut in cuts:
+        hit = next((t for t in left if abs(cut.frame - t[0]) <= tol and abs(cut.end_frame - t[1]) <= tol), None)
+        if hit is not None:
+            pairs.append((cut, hit))
+            left.remove(hit)
+    return pairs, [c for c in cuts if all(c is not p[0] for p in pairs)], left
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_brief_transitions_are_found_and_localised(tmp_path, name):
+    path = tmp_path / "v.mp4"
+    truth = make_video(path, size=SIZE, preset="ultrafast", **CASES[name])
+    cuts = annotate_video(path, motion=None).cuts
+    pairs, extra, missed = _match(cuts, truth.transitions)
+    assert not extra and not missed, (cuts, truth.transitions)  # F1 = 1 with both ends within one frame
+    assert [c.kind for c, _ in pairs] == [KIND[t[2]] for _, t in pairs]
+
+
+@pytest.mark.parametrize("name", list(NEGATIVES))
+def test_slow_brightness_changes_and_flashes_inside_a_shot_are_not_cuts(tmp_path, name):
+    path = tmp_path / "v.mp4"
+    truth = make_video(path, size=SIZE, preset="ultrafast", **NEGATIVES[name])
+    assert truth.cuts == ()
+    assert annotate_video(path, motion=None).cuts == ()
+
+
+def test_a_flash_is_a_cut_only_between_different_shots(tmp_path):
+    """The same overexposed frame: inside one shot the picture comes back (no cut); between two shots it is the cut."""
+    inside = make_video(tmp_path / "in.mp4", size=SIZE, shots=(100,), motion=(1.0,), flashes=(50,), seed=41,
+                        preset="ultrafast")  # fmt: skip
+    between = make_video(tmp_path / "between.mp4", size=SIZE, shots=(50, 49), transitions=("flash",), dip_frames=1,
+                         motion=(1.0, 1.0), seed=41, preset="ultrafast")  # fmt: skip
+    assert inside.num_frames == between.num_frames and between.transitions == ((50, 50, "flash"),)
+    assert annotate_video(tmp_path / "in.mp4", motion=None).cuts == ()
+    cuts = annotate_video(tmp_path / "between.mp4", motion=None).cuts
+    assert [(c.frame, c.end_frame, c.kind) for c in cuts] == [(50, 50, "flash")]
