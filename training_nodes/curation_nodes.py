@@ -14,9 +14,12 @@ from typing import Any
 
 from ..nodes import bridge
 from ..nodes.types import number_problem
-from ..svd_model.curation import filtering, manifest, pipeline, scoring
+from ..svd_model.curation import dedup, filtering, manifest, pipeline, scoring
+from ..svd_model.curation.cuts import DETECTORS
+from ..svd_model.curation.dedup import DedupConfig
 from ..svd_model.curation.engine import VIDEO_EXTENSIONS, prepare_output, run_curation
 from ..svd_model.curation.records import ClipRecord, CurationConfig, KeyframeCache, VideoRef
+from ..svd_model.curation.shot_model import ShotModel
 from ..svd_model.errors import ConfigError, InputError
 from ..svd_model.fsutil import write_text_atomic
 from .curation_base import (
@@ -115,14 +118,23 @@ class AnnotateVideos(CurationNode):
     }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, cut_settings: str | None, min_scene_s: float | None = None,
-                        motion_fps: float | None = None) -> bool | str:
-        problem = number_problem(cls, min_scene_s=min_scene_s, motion_fps=motion_fps)
-        return problem or json_problem(cut_settings, "cut_settings") or True
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {**super().INPUT_TYPES(), "optional": shot_inputs()}
 
-    def annotate(self, videos: Any, min_scene_s: float, motion_fps: float, cut_settings: str) -> tuple[Annotations]:
-        config = CurationConfig.from_dict({"cut": {**parse_settings(cut_settings, "cut_settings"),
-                                                   "min_scene_s": min_scene_s}, "motion": {"fps": motion_fps}})
+    @classmethod
+    def VALIDATE_INPUTS(cls, cut_settings: str | None, min_scene_s: float | None = None,
+                        motion_fps: float | None = None, shot_model: str | None = None,
+                        shot_threshold: float | None = None) -> bool | str:
+        problem = number_problem(cls, min_scene_s=min_scene_s, motion_fps=motion_fps, shot_threshold=shot_threshold)
+        return problem or json_problem(cut_settings, "cut_settings") or shot_model_problem(shot_model) or True
+
+    def annotate(self, videos: Any, min_scene_s: float, motion_fps: float, cut_settings: str,
+                 detector: str | None = None, shot_model: str | None = None,
+                 shot_threshold: float | None = None) -> tuple[Annotations]:
+        cut = with_shot_widgets(parse_settings(cut_settings, "cut_settings"), "cut_settings", detector=detector,
+                                shot_model=shot_model, shot_threshold=shot_threshold)
+        config = CurationConfig.from_dict({"cut": {**cut, "min_scene_s": min_scene_s}, "motion": {"fps": motion_fps}})
+        check_shot_model(config)
         bar = bridge.Progress(len(videos))
         items = []
         for i, path in enumerate(videos.paths):
@@ -369,6 +381,45 @@ class CurationReport(CurationNode):
         return {"ui": ui, "result": (text,)}
 
 
+class DedupClips(CurationNode):
+    DESCRIPTION = ("Finds near-duplicate clips across the whole curated folder (re-uploads, the same shot under "
+                   "several names, re-encoded / resized / cropped copies) and keeps one per group: the best by the "
+                   "filter, then aesthetic score, resolution, duration. The others are marked dropped with "
+                   "'duplicate of <clip id>'; nothing is deleted. Two clips are duplicates when the perceptual "
+                   "hashes of their middle frames are close, or (when the folder saved CLIP embeddings: CLIP "
+                   "checkpoint and save_embeddings) their CLIP embeddings are. The folder keeps the setting: later "
+                   "filter passes and reports deduplicate again.")
+    FUNCTION = "run"
+    OUTPUT_NODE = True
+    RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = declare_outputs(
+        (MANIFEST, "manifest", "The same folder, duplicates marked (for Curation Report)."),
+        ("STRING", "summary", "Groups found and clips dropped."))
+    REQUIRED = {
+        "manifest": (MANIFEST, {"tooltip": "From Curate Folder or Write Manifest."}),
+        "cosine_threshold": ("FLOAT", {"default": DedupConfig().cosine, "min": 0.5, "max": 1.0, "step": 0.005,
+                                       "tooltip": (
+            "CLIP cosine similarity from which two clips count as duplicates. Lower finds more copies (crops, "
+            "colour changes) but also merges different shots of one scene; higher drops only near-identical ones.")}),
+        "hash_distance": ("INT", {"default": DedupConfig().hamming, "min": -1, "max": 64, "tooltip": (
+            "Perceptual-hash bits (of 64) that may differ between duplicates (-1 = hashes off). Re-encodes and "
+            "resizes differ by 0-4 bits, small crops by ~6-12, unrelated frames by ~30: higher finds more "
+            "cropped copies, and more false duplicates among similar-looking clips.")}),
+        "use_clip": ("BOOLEAN", {"default": True, "tooltip": (
+            "Also compare the saved CLIP embeddings (more robust to crops and re-framing than the hash; needs "
+            "the folder curated with a CLIP checkpoint and save_embeddings).")}),
+    }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, cosine_threshold: float | None = None, hash_distance: int | None = None) -> bool | str:
+        return number_problem(cls, cosine_threshold=cosine_threshold, hash_distance=hash_distance) or True
+
+    def run(self, manifest: Manifest, cosine_threshold: float, hash_distance: int, use_clip: bool) -> dict[str, Any]:
+        config = DedupConfig(cosine=cosine_threshold, hamming=hash_distance, use_clip=use_clip)
+        found = dedup.dedup_manifest(manifest.out_dir, config)
+        text = found.summary()
+        return {"ui": {"text": [text]}, "result": (manifest, text)}
+
+
 class CurateFolder(CurationNode):
     DESCRIPTION = ("Runs the whole curation over a video folder: annotate, split, motion / text / CLIP scores, "
                    "captions, manifest, filter, report. Progress per video; cancelling keeps the finished videos "
@@ -397,18 +448,30 @@ class CurateFolder(CurationNode):
     }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, rules: str | None, settings: str | None, output_name: str | None = None) -> bool | str:
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {**super().INPUT_TYPES(), "optional": shot_inputs()}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, rules: str | None, settings: str | None, output_name: str | None = None,
+                        shot_model: str | None = None, shot_threshold: float | None = None) -> bool | str:
         return (config_problem(output_folder, output_name) or config_problem(filtering.parse_rules, rules)
-                or config_problem(_settings, settings) or settings_captioners_problem(settings) or True)
+                or config_problem(_settings, settings) or settings_captioners_problem(settings)
+                or number_problem(cls, shot_threshold=shot_threshold) or shot_model_problem(shot_model) or True)
 
     def curate(self, videos: Any, output_name: str, if_exists: str, workers: int, text_score: bool,
                clip_checkpoint: str, write_clips: str, write_keyframes: bool, rules: str,
-               settings: str) -> dict[str, Any]:
+               settings: str, detector: str | None = None, shot_model: str | None = None,
+               shot_threshold: float | None = None) -> dict[str, Any]:
         data = _settings(settings)
         data.update(text=text_score, write_clips=write_clips, write_keyframes=write_keyframes)
         if clip_checkpoint != "none":
             data["clip_checkpoint"] = str(bridge.resolve_checkpoint(clip_checkpoint))
+        if not isinstance(data.get("cut", {}), dict):
+            raise ConfigError("settings.cut must be a JSON object of CutConfig fields")
+        data["cut"] = with_shot_widgets(data.get("cut", {}), "settings.cut", detector=detector, shot_model=shot_model,
+                                        shot_threshold=shot_threshold)
         config = CurationConfig.from_dict(data)
+        check_shot_model(config)
         out = output_folder(output_name)
         bar = bridge.Progress(max(1, len(videos)))
         summary = run_curation(videos, out, config, engine="thread", workers=workers,
@@ -440,6 +503,58 @@ def _settings(text: str) -> dict[str, Any]:
     return data
 
 
+def shot_model_choices() -> list[str]:
+    return ["none", *bridge.list_shot_models()]
+
+
+def shot_inputs() -> dict[str, Any]:
+    """The learned shot detector's widgets (optional inputs: saved workflows without them keep working)."""
+    return {
+        "detector": (list(DETECTORS), {"default": "cascade", "tooltip": (
+            "Cut detector: the classical cascade (default), a learned shot-boundary network (shot_model), or both "
+            "(learned cuts near a cascade cut are dropped).")}),
+        "shot_model": (shot_model_choices(), {"default": "none", "tooltip": (
+            "Shot-boundary network for the learned detector: an .onnx file you put into models/shot_detectors "
+            "(e.g. a TransNetV2 export: 48x27 RGB frames in windows of 100). Nothing is downloaded; needs "
+            "onnxruntime (pip install onnxruntime).")}),
+        "shot_threshold": ("FLOAT", {"default": 0.5, "min": 0.01, "max": 0.99, "step": 0.01, "tooltip": (
+            "Boundary probability above which the learned detector reports a cut (TransNetV2: 0.5).")}),
+    }
+
+
+def shot_model_problem(name: str | None) -> str | None:
+    """For VALIDATE_INPUTS: why the shot_model widget's file cannot be used (None for 'none' or when linked)."""
+    return None if name in (None, "", "none") else config_problem(bridge.resolve_shot_model, name)
+
+
+def with_shot_widgets(cut: dict[str, Any], what: str, **widgets: Any) -> dict[str, Any]:
+    """``cut`` settings with the shot-detector widgets applied (a JSON value that contradicts a widget is
+    refused, never silently replaced) and the network's name resolved inside models/shot_detectors: a workflow
+    names a file there, never a path."""
+    cut = dict(cut)
+    for key, value in widgets.items():
+        if value is None:  # an older workflow without the widget
+            continue
+        value = "" if key == "shot_model" and value == "none" else value
+        if key in cut and cut[key] != value:
+            raise ConfigError(f"{what}.{key} = {cut[key]!r} contradicts the {key} widget ({value!r}): set it with "
+                              "the widget")
+        cut[key] = value
+    name = cut.get("shot_model")
+    if name not in (None, ""):
+        if not isinstance(name, str):
+            raise ConfigError(f"{what}.shot_model must be a file name (text), got {type(name).__name__}")
+        cut["shot_model"] = str(bridge.resolve_shot_model(name, f"{what}.shot_model"))
+    return cut
+
+
+def check_shot_model(config: CurationConfig) -> None:
+    """Load the learned detector's network once before any video (onnxruntime missing, a wrong file: one clear
+    error instead of an error row per video)."""
+    if config.cut.detector != "cascade":
+        ShotModel.load(config.cut.shot_model, config.threads)
+
+
 NODES: dict[str, tuple[type, str]] = {
     "SVDLab_LoadVideoFolder": (LoadVideoFolder, "SVD Lab Load Video Folder"),
     "SVDLab_AnnotateVideos": (AnnotateVideos, "SVD Lab Annotate Videos (cuts, motion)"),
@@ -452,4 +567,5 @@ NODES: dict[str, tuple[type, str]] = {
     "SVDLab_WriteManifest": (WriteManifest, "SVD Lab Write Manifest"),
     "SVDLab_CurationReport": (CurationReport, "SVD Lab Curation Report"),
     "SVDLab_CurateFolder": (CurateFolder, "SVD Lab Curate Folder"),
+    "SVDLab_DedupClips": (DedupClips, "SVD Lab Dedup Clips (near-duplicates)"),
 }

@@ -263,6 +263,27 @@ def row_hash(row: dict[str, Any]) -> str | None:
     return value if isinstance(value, str) and len(value) == 16 else None
 
 
+def hash_sources(rows: Sequence[dict[str, Any]]) -> dict[int, str]:
+    """Row index -> the perceptual hash of the clip's middle frame, decoded from its source (one sorted read per
+    video): for ok rows written without a hash (older runs, the step nodes). Unreadable sources are skipped."""
+    from .frames_at import read_frames_at
+
+    by_source: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_source.setdefault(str(row["source"]), []).append(i)
+    found: dict[int, str] = {}
+    for source, indices in sorted(by_source.items()):
+        times = [(float(rows[i]["start_time"]) + float(rows[i]["end_time"])) / 2 for i in indices]
+        try:
+            frames = read_frames_at(source, times, max_side=256)
+        except (InputError, ValueError, OSError) as exc:
+            log.warning("dedup: cannot read %s for its hashes (%s)", source, exc)
+            continue
+        for i, frame in zip(indices, frames, strict=False):
+            found[i] = perceptual_hash(frame)
+    return found
+
+
 def _inside(out: Path, rel: str) -> Path | None:
     """``rel`` under the output folder (symlinks resolved); None when it points outside (a manifest is data, it
     never names files elsewhere)."""
@@ -331,6 +352,10 @@ def dedup_table(table: pa.Table, out_dir: str | os.PathLike[str], config: DedupC
             row["keep"] = not row["drop_reason"]
     ok = [i for i, r in enumerate(rows) if r["status"] == "ok"]
     hashes = {i: h for i in ok if (h := row_hash(rows[i])) is not None} if config.hamming >= 0 else {}
+    missing = [i for i in ok if i not in hashes] if config.hamming >= 0 else []
+    if missing:
+        log.info("dedup: %d clip(s) have no stored hash; decoding their middle frames", len(missing))
+        hashes.update({missing[k]: h for k, h in hash_sources([rows[i] for i in missing]).items()})
     found = load_embeddings(out_dir, [rows[i] for i in ok]) if config.use_clip else {}
     embeddings = {ok[k]: e for k, e in found.items()}
     if embeddings and len({e.shape for e in embeddings.values()}) > 1:

@@ -10,10 +10,11 @@ copies some of them, and returns which files show the same shot.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError
 from .synthetic import make_video
@@ -65,6 +66,25 @@ class DuplicateSet:
         """Unordered pairs (a < b) of file names that are duplicates of each other."""
         names = sorted(self.groups)
         return {(a, b) for i, a in enumerate(names) for b in names[i + 1 :] if self.groups[a] == self.groups[b]}
+
+    @staticmethod
+    def predicted_pairs(pairs: Iterable[Any], rows: Iterable[dict[str, Any]]) -> set[tuple[str, str]]:
+        """Unordered file-name pairs a dedup result calls duplicates: ``pairs`` (DedupPair: kept, dropped clip
+        ids) form groups (a representative and its dropped clips), every two files of a group are a pair.
+        ``rows``: the manifest rows (clip id -> source file)."""
+        name = {r["clip_id"]: Path(r["source"]).name for r in rows}
+        members: dict[str, set[str]] = {}
+        for pair in pairs:
+            members.setdefault(pair.kept, {name[pair.kept]}).add(name[pair.dropped])
+        return {(a, b) for group in members.values() for a in group for b in group if a < b}
+
+    def precision_recall(self, pairs: Iterable[Any], rows: Iterable[dict[str, Any]]) -> tuple[float, float]:
+        """Pair precision and recall of a dedup result (see :meth:`predicted_pairs`); 1.0 where there is nothing
+        to find / nothing predicted."""
+        predicted = self.predicted_pairs(pairs, rows)
+        truth = self.true_pairs()
+        hits = len(predicted & truth)
+        return (hits / len(predicted) if predicted else 1.0, hits / len(truth) if truth else 1.0)
 
 
 def make_duplicate_set(folder: str | PathLike[str], *, sources: int = 8, copies: Sequence[Sequence[str]] = (),
