@@ -6,6 +6,8 @@
                  [--captioner-config FILE] [--register-captioner NAME[:KIND]=COMMAND ...]
                  [--video-timeout S] [--retry-timeouts]
                  [--write-clips auto|copy|reencode] [--write-keyframes] [--save-embeddings] [--no-text]
+                 [--detector cascade|learned|cascade+learned] [--shot-model NAME] [--shot-model-dir DIR]
+                 [--shot-threshold P]
                  [--dedup [--dedup-threshold COS] [--dedup-hamming BITS]]
   svd-lab curate-report DIR [--filter RULE ...] [--dedup ... | --no-dedup]
 
@@ -79,12 +81,37 @@ def build_config(args: argparse.Namespace) -> Any:
         data["save_embeddings"] = True  # the dedup reads the saved embeddings
     if args.no_text:
         data["text"] = False
+    shot = {"detector": getattr(args, "detector", None), "shot_model": getattr(args, "shot_model", None),
+            "shot_threshold": getattr(args, "shot_threshold", None)}
+    for key, value in shot.items():
+        if value is not None:
+            set_dotted(data, f"cut.{key}", value)
     for item in args.set or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"--set {item!r}: write KEY=VALUE, e.g. split.min_seconds=2.0")
         set_dotted(data, key.strip(), parse_value(value.strip(), f"--set {key.strip()!r}"))
-    return CurationConfig.from_dict(data)
+    config = CurationConfig.from_dict(_resolve_shot_model(data, getattr(args, "shot_model_dir", None)))
+    if config.cut.detector != "cascade":  # load the network once up front: one clear error, not one per video
+        from ..svd_model.curation.shot_model import ShotModel
+
+        ShotModel.load(config.cut.shot_model, config.threads)
+    return config
+
+
+def _resolve_shot_model(data: dict[str, Any], folders: list[str] | None) -> dict[str, Any]:
+    """cut.shot_model (a file name) -> its path inside --shot-model-dir (default: $SVD_LAB_SHOT_MODELS, else
+    shot_detectors in the model folders and ./models/shot_detectors); models load from that folder only."""
+    cut = data.get("cut")
+    if not isinstance(cut, dict) or cut.get("shot_model") in (None, ""):
+        return data
+    from ..svd_model.curation.shot_model import find_shot_model
+
+    if not folders:
+        from ..nodes import bridge
+
+        folders = [str(p) for p in bridge.shot_model_dirs()]
+    return {**data, "cut": {**cut, "shot_model": str(find_shot_model(cut["shot_model"], folders))}}
 
 
 def dedup_setting(args: argparse.Namespace) -> Any:
@@ -212,6 +239,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--write-keyframes", action="store_true", help="write the clips' keyframes as JPEG")
     p.add_argument("--save-embeddings", action="store_true", help="save the CLIP embeddings (safetensors)")
     p.add_argument("--no-text", action="store_true", help="skip the text-area score")
+    p.add_argument("--detector", choices=["cascade", "learned", "cascade+learned"], help="cut detector: the "
+                   "classical cascade (default), a learned shot-boundary network (--shot-model), or both")
+    p.add_argument("--shot-model", metavar="NAME", help="the learned detector's .onnx file (e.g. a TransNetV2 "
+                   "export), by name inside --shot-model-dir; needs onnxruntime; nothing is downloaded")
+    p.add_argument("--shot-model-dir", action="append", metavar="DIR", help="folder of shot-boundary networks "
+                   "(repeatable; default $SVD_LAB_SHOT_MODELS, else models/svd/shot_detectors and "
+                   "models/shot_detectors)")
+    p.add_argument("--shot-threshold", type=float, metavar="P", help="boundary probability of the learned "
+                   "detector (default 0.5)")
     p.add_argument("--part-size", type=int, default=32, help="videos per manifest part file (default 32)")
     p.add_argument("--no-report", action="store_true", help="skip the filter pass and the report")
     p.add_argument("--quiet", action="store_true", help="no progress line")

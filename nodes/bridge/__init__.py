@@ -70,6 +70,7 @@ from .memory import (
 from .models import (
     LORA_FOLDER,
     MODEL_EXTENSIONS,
+    SHOT_FOLDER,
     SVD_FOLDER,
     find_checkpoint,
     find_lora,
@@ -77,6 +78,7 @@ from .models import (
     list_checkpoints,
     list_loras,
     list_model_files,
+    list_shot_models,
     list_vaes,
     lora_output_dir,
     missing_checkpoint_message,
@@ -85,20 +87,24 @@ from .models import (
     register_model_folder,
     resolve_checkpoint,
     resolve_lora,
+    resolve_shot_model,
     resolve_vae,
+    shot_model_dirs,
 )
 from .progress import Progress, Reporter, check_interrupt, chunk_callback, step_callback
 
 __all__ = ["ANNOTATIONS", "CONDITIONING", "FIRST_STAGE", "IMAGE_EXTENSIONS", "LORA_FOLDER", "MODEL_EXTENSIONS",
-    "PACK_INPUTS", "PACK_ROOT", "PARTS", "PathRefused", "Progress", "Reporter", "Root", "SVD_FOLDER", "UNET",
+    "PACK_INPUTS", "PACK_ROOT", "PARTS", "PathRefused", "Progress", "Reporter", "Root", "SHOT_FOLDER", "SVD_FOLDER",
+    "UNET",
     "VIDEO_EXTENSIONS", "any_path_allowed", "check_data_files", "check_interrupt", "chunk_callback",
     "comfy_managed", "configure", "confine", "cpu_device", "data_path", "device", "display", "find_checkpoint",
     "find_lora", "find_vae", "folder", "folders", "free_memory", "headless_run", "in_comfyui", "inherit_offload",
-    "input_file", "input_problem", "input_roots", "list_checkpoints", "list_inputs", "list_loras",
+    "input_file", "input_problem", "input_roots", "list_checkpoints", "list_inputs", "list_loras", "list_shot_models",
     "list_model_files", "list_vaes", "load_device", "lora_output_dir", "manage", "managed", "memory",
     "metadata_enabled", "missing_checkpoint_message", "model_bytes", "model_dirs", "model_file", "models",
     "network_on_device", "on_device", "output_path", "place", "prefix_problem", "progress", "register_model_folder",
-    "release", "reset", "resolve_checkpoint", "resolve_lora", "resolve_vae", "resting_device", "save_target",
+    "release", "reset", "resolve_checkpoint", "resolve_lora", "resolve_shot_model", "resolve_vae", "resting_device",
+    "save_target", "shot_model_dirs",
     "set_offload", "soft_empty_cache", "step_callback", "unet_state", "unmanaged", "user_folder", "video",
     "with_lora"]
 

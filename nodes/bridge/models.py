@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from ...svd_model.curation import shot_model
 from ...svd_model.errors import CheckpointError, InputError, shorten
 from . import confine
 from .comfy import _folder_paths, in_comfyui
@@ -14,11 +15,14 @@ from .confine import PathRefused
 from .folders import _config, any_path_allowed, folder
 
 SVD_FOLDER = "svd"
+#: ComfyUI model folder of user-supplied shot-boundary networks (.onnx) for the learned cut detector.
+SHOT_FOLDER = "shot_detectors"
 MODEL_EXTENSIONS = (".safetensors", ".sft")
 
 
 def register_model_folder() -> None:
-    """Register ComfyUI's `svd` model folder (models/svd, .safetensors/.sft only); no-op headless."""
+    """Register ComfyUI's `svd` model folder (models/svd, .safetensors/.sft only) and `shot_detectors`
+    (models/shot_detectors, .onnx only); no-op headless."""
     fp = _folder_paths()
     if fp is None:
         return
@@ -27,6 +31,11 @@ def register_model_folder() -> None:
     if default not in paths:
         paths.append(default)
     fp.folder_names_and_paths[SVD_FOLDER] = (paths, set(MODEL_EXTENSIONS))
+    shot_default = os.path.join(fp.models_dir, SHOT_FOLDER)
+    shot_paths, _ = fp.folder_names_and_paths.setdefault(SHOT_FOLDER, ([], set()))
+    if shot_default not in shot_paths:
+        shot_paths.append(shot_default)
+    fp.folder_names_and_paths[SHOT_FOLDER] = (shot_paths, {shot_model.SUFFIX})
 
 
 def model_dirs() -> list[Path]:
@@ -258,3 +267,38 @@ def model_file(name: str, what: str) -> Path:
             return path
     where = "the model folders (models/svd, checkpoints, clip, text_encoders)" if fp else "the model folders"
     raise InputError(f"{what} {shorten(name)}: no readable file of that name in {where}")
+
+
+# ----------------------------------------------------------------------------------------- shot detectors
+
+
+def shot_model_dirs() -> list[Path]:
+    """Folders of shot-boundary networks: ComfyUI's `shot_detectors` folders (models/shot_detectors); headless
+    $SVD_LAB_SHOT_MODELS (os.pathsep-separated), else `shot_detectors` inside each model folder and
+    ./models/shot_detectors."""
+    fp = _folder_paths()
+    if fp is not None:
+        return [Path(d) for d in fp.get_folder_paths(SHOT_FOLDER)] if SHOT_FOLDER in fp.folder_names_and_paths else []
+    env = [Path(p) for p in os.environ.get("SVD_LAB_SHOT_MODELS", "").split(os.pathsep) if p]
+    found = env or [*(d / SHOT_FOLDER for d in model_dirs()), Path("models") / SHOT_FOLDER]
+    return list(dict.fromkeys(found))
+
+
+def list_shot_models() -> list[str]:
+    """Names of the .onnx files in the shot-detector folders (relative to their folder), for a COMBO."""
+    names: list[str] = []
+    for root in shot_model_dirs():
+        if root.is_dir():
+            names += sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                            if p.name.lower().endswith(shot_model.SUFFIX) and p.is_file())
+    return list(dict.fromkeys(names))
+
+
+def resolve_shot_model(name: str, what: str = "shot_model") -> Path:
+    """A shot-detector name from a workflow -> its .onnx file inside a shot-detector folder. Raises PathRefused
+    for a value that is not a plain relative name, ConfigError / InputError (see
+    :func:`~...svd_model.curation.shot_model.find_shot_model`) otherwise."""
+    problem = confine.relative_problem(name, what)
+    if problem:
+        raise PathRefused(f"{problem} (shot detectors come from the models/shot_detectors folder)")
+    return shot_model.find_shot_model(name, shot_model_dirs())

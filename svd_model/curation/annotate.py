@@ -19,9 +19,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .cuts import CascadeDetector, Cut, CutConfig
+from .cuts import Cut, CutConfig
 from .decode import DecodeStats, check_decoded, damage_note, luma_chunks, luma_geometry, open_info
 from .motion import UNIT, MotionConfig, MotionTrack, flow_size
+from .shot_model import make_detector
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,8 @@ def annotate_video(
     lw, lh = geometry.size
     fb = max(1, round(lw / cut.feature_width))
     small_size = (max(1, lw // fb), max(1, lh // fb))
-    detector = CascadeDetector(cut, fps, (3, small_size[1], small_size[0]), ring_extra=2 * CHUNK, scan_every=SCAN_EVERY)
+    detector = make_detector(cut, fps, (3, small_size[1], small_size[0]), ring_extra=2 * CHUNK,
+                             scan_every=SCAN_EVERY, threads=threads)  # the cascade unless cut.detector says
     ring_size = detector.ring_size
     ring = np.zeros((ring_size, lh, lw), np.uint8)  # (R h w) decode thumbnails for motion
     track = None

@@ -54,6 +54,8 @@ from .transitions import HIST_BINS, GrowingArray, dissolve_fit, fade_span, histo
 logger = logging.getLogger(__name__)
 
 KINDS: tuple[str, ...] = ("hard", "fade", "dissolve", "flash")
+#: Cut detectors (``CutConfig.detector``): the classical cascade, a learned network (:mod:`.shot_model`), both.
+DETECTORS: tuple[str, ...] = ("cascade", "learned", "cascade+learned")
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,12 @@ class CutConfig:
             distance averaged over Y, U, V).
         hist_floor: lowest baseline used in histogram ratios.
         noise_floor: lowest baseline used in change ratios.
+        detector: "cascade" (the default), "learned" (a user-supplied ONNX shot-boundary network instead of
+            the cascade) or "cascade+learned" (both; learned cuts near a cascade cut are dropped). See
+            :mod:`.shot_model`.
+        shot_model: the network's .onnx file for the learned detector: a path the entry points (nodes, CLI)
+            resolve from a file name inside the shot-detector models folder ('' = none).
+        shot_threshold: the learned detector's boundary probability threshold (0..1, TransNetV2: 0.5).
     """
 
     levels: tuple[LevelConfig, ...] = (
@@ -121,6 +129,9 @@ class CutConfig:
     min_hist_change: float = 0.15
     hist_floor: float = 0.02
     noise_floor: float = 0.5
+    detector: str = "cascade"
+    shot_model: str = ""
+    shot_threshold: float = 0.5
 
     def __post_init__(self) -> None:
         if not self.levels:
@@ -134,6 +145,13 @@ class CutConfig:
             raise ConfigError(f"need 8 <= feature_width <= luma_width, got {self.feature_width} and {self.luma_width}")
         if self.flash_frames < 1 or not 0 < self.hard_concentration <= 1 or not 0 < self.persistence <= 1:
             raise ConfigError("flash_frames >= 1, 0 < hard_concentration <= 1 and 0 < persistence <= 1 required")
+        if self.detector not in DETECTORS:
+            raise ConfigError(f"detector must be one of {', '.join(DETECTORS)}, got {self.detector!r}")
+        if self.detector != "cascade" and not self.shot_model:
+            raise ConfigError(f"detector {self.detector!r} needs shot_model: the name of an .onnx shot-boundary "
+                              "network in the shot-detector models folder (models/shot_detectors)")
+        if not 0 < self.shot_threshold < 1:
+            raise ConfigError(f"shot_threshold must be between 0 and 1, got {self.shot_threshold!r}")
 
 
 @dataclass(frozen=True)
