@@ -15,9 +15,11 @@ from typing import Any
 from ..nodes import bridge
 from ..nodes.types import number_problem
 from ..svd_model.curation import dedup, filtering, manifest, pipeline, scoring
+from ..svd_model.curation.cuts import DETECTORS
 from ..svd_model.curation.dedup import DedupConfig
 from ..svd_model.curation.engine import VIDEO_EXTENSIONS, prepare_output, run_curation
 from ..svd_model.curation.records import ClipRecord, CurationConfig, KeyframeCache, VideoRef
+from ..svd_model.curation.shot_model import ShotModel
 from ..svd_model.errors import ConfigError, InputError
 from ..svd_model.fsutil import write_text_atomic
 from .curation_base import (
@@ -116,14 +118,23 @@ class AnnotateVideos(CurationNode):
     }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, cut_settings: str | None, min_scene_s: float | None = None,
-                        motion_fps: float | None = None) -> bool | str:
-        problem = number_problem(cls, min_scene_s=min_scene_s, motion_fps=motion_fps)
-        return problem or json_problem(cut_settings, "cut_settings") or True
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {**super().INPUT_TYPES(), "optional": shot_inputs()}
 
-    def annotate(self, videos: Any, min_scene_s: float, motion_fps: float, cut_settings: str) -> tuple[Annotations]:
-        config = CurationConfig.from_dict({"cut": {**parse_settings(cut_settings, "cut_settings"),
-                                                   "min_scene_s": min_scene_s}, "motion": {"fps": motion_fps}})
+    @classmethod
+    def VALIDATE_INPUTS(cls, cut_settings: str | None, min_scene_s: float | None = None,
+                        motion_fps: float | None = None, shot_model: str | None = None,
+                        shot_threshold: float | None = None) -> bool | str:
+        problem = number_problem(cls, min_scene_s=min_scene_s, motion_fps=motion_fps, shot_threshold=shot_threshold)
+        return problem or json_problem(cut_settings, "cut_settings") or shot_model_problem(shot_model) or True
+
+    def annotate(self, videos: Any, min_scene_s: float, motion_fps: float, cut_settings: str,
+                 detector: str | None = None, shot_model: str | None = None,
+                 shot_threshold: float | None = None) -> tuple[Annotations]:
+        cut = with_shot_widgets(parse_settings(cut_settings, "cut_settings"), "cut_settings", detector=detector,
+                                shot_model=shot_model, shot_threshold=shot_threshold)
+        config = CurationConfig.from_dict({"cut": {**cut, "min_scene_s": min_scene_s}, "motion": {"fps": motion_fps}})
+        check_shot_model(config)
         bar = bridge.Progress(len(videos))
         items = []
         for i, path in enumerate(videos.paths):
@@ -437,18 +448,30 @@ class CurateFolder(CurationNode):
     }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, rules: str | None, settings: str | None, output_name: str | None = None) -> bool | str:
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {**super().INPUT_TYPES(), "optional": shot_inputs()}
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, rules: str | None, settings: str | None, output_name: str | None = None,
+                        shot_model: str | None = None, shot_threshold: float | None = None) -> bool | str:
         return (config_problem(output_folder, output_name) or config_problem(filtering.parse_rules, rules)
-                or config_problem(_settings, settings) or settings_captioners_problem(settings) or True)
+                or config_problem(_settings, settings) or settings_captioners_problem(settings)
+                or number_problem(cls, shot_threshold=shot_threshold) or shot_model_problem(shot_model) or True)
 
     def curate(self, videos: Any, output_name: str, if_exists: str, workers: int, text_score: bool,
                clip_checkpoint: str, write_clips: str, write_keyframes: bool, rules: str,
-               settings: str) -> dict[str, Any]:
+               settings: str, detector: str | None = None, shot_model: str | None = None,
+               shot_threshold: float | None = None) -> dict[str, Any]:
         data = _settings(settings)
         data.update(text=text_score, write_clips=write_clips, write_keyframes=write_keyframes)
         if clip_checkpoint != "none":
             data["clip_checkpoint"] = str(bridge.resolve_checkpoint(clip_checkpoint))
+        if not isinstance(data.get("cut", {}), dict):
+            raise ConfigError("settings.cut must be a JSON object of CutConfig fields")
+        data["cut"] = with_shot_widgets(data.get("cut", {}), "settings.cut", detector=detector, shot_model=shot_model,
+                                        shot_threshold=shot_threshold)
         config = CurationConfig.from_dict(data)
+        check_shot_model(config)
         out = output_folder(output_name)
         bar = bridge.Progress(max(1, len(videos)))
         summary = run_curation(videos, out, config, engine="thread", workers=workers,
@@ -478,6 +501,58 @@ def _settings(text: str) -> dict[str, Any]:
         else:
             data[key] = model_file(value, f"settings.{key}")
     return data
+
+
+def shot_model_choices() -> list[str]:
+    return ["none", *bridge.list_shot_models()]
+
+
+def shot_inputs() -> dict[str, Any]:
+    """The learned shot detector's widgets (optional inputs: saved workflows without them keep working)."""
+    return {
+        "detector": (list(DETECTORS), {"default": "cascade", "tooltip": (
+            "Cut detector: the classical cascade (default), a learned shot-boundary network (shot_model), or both "
+            "(learned cuts near a cascade cut are dropped).")}),
+        "shot_model": (shot_model_choices(), {"default": "none", "tooltip": (
+            "Shot-boundary network for the learned detector: an .onnx file you put into models/shot_detectors "
+            "(e.g. a TransNetV2 export: 48x27 RGB frames in windows of 100). Nothing is downloaded; needs "
+            "onnxruntime (pip install onnxruntime).")}),
+        "shot_threshold": ("FLOAT", {"default": 0.5, "min": 0.01, "max": 0.99, "step": 0.01, "tooltip": (
+            "Boundary probability above which the learned detector reports a cut (TransNetV2: 0.5).")}),
+    }
+
+
+def shot_model_problem(name: str | None) -> str | None:
+    """For VALIDATE_INPUTS: why the shot_model widget's file cannot be used (None for 'none' or when linked)."""
+    return None if name in (None, "", "none") else config_problem(bridge.resolve_shot_model, name)
+
+
+def with_shot_widgets(cut: dict[str, Any], what: str, **widgets: Any) -> dict[str, Any]:
+    """``cut`` settings with the shot-detector widgets applied (a JSON value that contradicts a widget is
+    refused, never silently replaced) and the network's name resolved inside models/shot_detectors: a workflow
+    names a file there, never a path."""
+    cut = dict(cut)
+    for key, value in widgets.items():
+        if value is None:  # an older workflow without the widget
+            continue
+        value = "" if key == "shot_model" and value == "none" else value
+        if key in cut and cut[key] != value:
+            raise ConfigError(f"{what}.{key} = {cut[key]!r} contradicts the {key} widget ({value!r}): set it with "
+                              "the widget")
+        cut[key] = value
+    name = cut.get("shot_model")
+    if name not in (None, ""):
+        if not isinstance(name, str):
+            raise ConfigError(f"{what}.shot_model must be a file name (text), got {type(name).__name__}")
+        cut["shot_model"] = str(bridge.resolve_shot_model(name, f"{what}.shot_model"))
+    return cut
+
+
+def check_shot_model(config: CurationConfig) -> None:
+    """Load the learned detector's network once before any video (onnxruntime missing, a wrong file: one clear
+    error instead of an error row per video)."""
+    if config.cut.detector != "cascade":
+        ShotModel.load(config.cut.shot_model, config.threads)
 
 
 NODES: dict[str, tuple[type, str]] = {

@@ -10,6 +10,7 @@ frame-exact; wrong files, names and a missing onnxruntime give clear errors; the
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -277,3 +278,73 @@ def test_cli_resolves_the_name_in_the_shot_model_folder(models, video, tmp_path,
         capsys.readouterr()
         assert main([*base, "--out", str(tmp_path / "bad"), *argv]) == 2
         assert message in capsys.readouterr().err, argv
+
+
+# ---------------------------------------------------------------------------------------------- nodes
+
+
+@pytest.fixture
+def shot_nodes(models, folders, video, monkeypatch):
+    """Headless node folders with the test networks as the shot-detector folder and the video in input/."""
+    from comfyui_svd_lab.training_nodes import curation_nodes
+
+    monkeypatch.setenv("SVD_LAB_SHOT_MODELS", str(models))
+    (folders / "in" / "videos").mkdir()
+    shutil.copy(video[0], folders / "in" / "videos" / "cuts.mp4")
+    return curation_nodes
+
+
+def test_annotate_node_lists_and_runs_the_learned_detector(shot_nodes, video):
+    from comfyui_svd_lab import NODE_CLASS_MAPPINGS
+
+    node = NODE_CLASS_MAPPINGS["SVDLab_AnnotateVideos"]
+    optional = node.INPUT_TYPES()["optional"]
+    assert optional["detector"][0] == ["cascade", "learned", "cascade+learned"]
+    assert optional["detector"][1]["default"] == "cascade" and optional["shot_model"][1]["default"] == "none"
+    assert {"none", "diff.onnx", "sub/nested.onnx", "classifier.onnx"} <= set(optional["shot_model"][0])
+    videos, _ = NODE_CLASS_MAPPINGS["SVDLab_LoadVideoFolder"]().load("videos", "mp4", 0)
+    (ann,) = node().annotate(videos, 0.3, 2.0, "", detector="learned", shot_model="diff.onnx", shot_threshold=0.5)
+    (ref, result, error), = ann.items
+    assert error == "" and [c.frame for c in result.cuts][:2] == list(video[1].cuts[:2])
+    assert {c.kind for c in result.cuts} == {"learned"}
+    assert ann.config.cut.shot_model == str((shot_nodes.bridge.shot_model_dirs()[0] / "diff.onnx").absolute())
+    (old,) = node().annotate(videos, 0.3, 2.0, "")  # a workflow saved before the widgets: the cascade
+    assert old.config.cut.detector == "cascade" and [c.kind for c in old.items[0][1].cuts] == ["hard", "hard", "fade"]
+
+
+def test_nodes_refuse_paths_and_contradictions(shot_nodes, models):
+    from comfyui_svd_lab import NODE_CLASS_MAPPINGS
+
+    node = NODE_CLASS_MAPPINGS["SVDLab_AnnotateVideos"]
+    assert node.VALIDATE_INPUTS("", shot_model="diff.onnx", shot_threshold=0.5) is True
+    for bad in ("../diff.onnx", str(models / "diff.onnx"), "missing.onnx", "sub/../../x.onnx"):
+        problem = node.VALIDATE_INPUTS("", shot_model=bad)
+        assert isinstance(problem, str) and ("diff.onnx" in problem or "x.onnx" in problem or "missing" in problem)
+    assert "above the maximum" in node.VALIDATE_INPUTS("", shot_threshold=1.0)
+    apply = shot_nodes.with_shot_widgets
+    with pytest.raises(shot_nodes.bridge.PathRefused, match="absolute path"):  # a path in the JSON is refused too
+        apply({"detector": "learned", "shot_model": str(models / "diff.onnx")}, "cut_settings")
+    with pytest.raises(ConfigError, match="contradicts the detector widget"):
+        apply({"detector": "learned"}, "cut_settings", detector="cascade", shot_model="none", shot_threshold=0.5)
+    cut = apply({"detector": "learned", "shot_model": "sub/nested.onnx"}, "settings.cut")  # no widgets: the JSON
+    assert cut["shot_model"] == str((models / "sub" / "nested.onnx").absolute())
+    with pytest.raises(ShapeError, match="windows of frames"):  # a wrong network: one error before any video
+        shot_nodes.check_shot_model(CurationConfig.from_dict(
+            {"cut": apply({}, "cut_settings", detector="learned", shot_model="classifier.onnx")}))
+
+
+def test_comfyui_registers_models_shot_detectors(tmp_path, monkeypatch):
+    from comfyui_svd_lab.nodes import bridge
+
+    fp = SimpleNamespace(models_dir=str(tmp_path / "models"), folder_names_and_paths={})
+    fp.get_folder_paths = lambda key: fp.folder_names_and_paths[key][0]
+    monkeypatch.setitem(sys.modules, "folder_paths", fp)
+    bridge.register_model_folder()
+    paths, exts = fp.folder_names_and_paths["shot_detectors"]
+    assert paths == [str(tmp_path / "models" / "shot_detectors")] and exts == {".onnx"}
+    diff_model(tmp_path / "models" / "shot_detectors" / "mine.onnx")
+    (tmp_path / "models" / "shot_detectors" / "notes.txt").write_text("x")
+    assert bridge.list_shot_models() == ["mine.onnx"]
+    assert bridge.resolve_shot_model("mine.onnx") == (tmp_path / "models" / "shot_detectors" / "mine.onnx").absolute()
+    with pytest.raises(bridge.PathRefused):
+        bridge.resolve_shot_model(str(tmp_path / "models" / "shot_detectors" / "mine.onnx"))
