@@ -31,7 +31,7 @@ def collect(package: str, modules: tuple[str, ...]) -> tuple[dict[str, type], di
 
 
 _MODULES = ("loader_nodes", "video_nodes", "io_nodes", "multiview_nodes", "extend_nodes", "lora_nodes",
-            "interpolation_nodes", "text_nodes")
+            "interpolation_nodes", "text_nodes", "unet_nodes")
 
 NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = collect(__name__, _MODULES)
 

@@ -23,7 +23,8 @@ from .widgets import XT
 
 log = logging.getLogger(__name__)
 
-#: Sampler guidance choice that takes the conditioning's recommended shape (VideoConditioning.params.guidance).
+#: Sampler choice that takes the recommendation: the conditioning's guidance shape (VideoConditioning.params.guidance),
+#: the model variant's sampler and schedule (SVDBundle.defaults).
 GUIDANCE_AUTO = "auto"
 
 
@@ -98,9 +99,13 @@ class Sampler:
             "required": {
                 "model": widgets.model(),
                 "conditioning": (SVDLAB_CONDITIONING, {"tooltip": "From SVD Lab Image To Video Conditioning."}),
-                "sampler": (list(SAMPLERS), {"default": "euler", "tooltip": "Sampling method."}),
-                "schedule": (list(SCHEDULES), {"default": "karras", "tooltip": "Noise schedule."}),
-                "steps": widgets.steps(XT.steps, "Sampling steps; 0 = the loaded variant's (SVD 25, SVD-XT 30)."),
+                "sampler": ([GUIDANCE_AUTO, *SAMPLERS], {"default": "euler", "tooltip": (
+                    "Sampling method. auto: the loaded model's recommendation (lcm for a few-step model such as "
+                    "AnimateLCM-SVD-xt, else euler). lcm suits only few-step (consistency) models.")}),
+                "schedule": ([GUIDANCE_AUTO, *SCHEDULES], {"default": "karras", "tooltip": (
+                    "Noise schedule. auto: the model's (animatelcm for AnimateLCM-SVD-xt, else karras). ays: NVIDIA's "
+                    "Align Your Steps levels for SVD, made for 10 steps (interpolated for others).")}),
+                "steps": widgets.steps(XT.steps, "Steps; 0 = the loaded variant's (SVD 25, SVD-XT 30, few-step 4)."),
                 "min_cfg": widgets.cfg(XT.min_cfg, "Guidance of the first frame."),
                 "max_cfg": widgets.cfg(XT.max_cfg, "Guidance of the last frame."),
                 "guidance": ([GUIDANCE_AUTO, *FRAME_GUIDANCE], {"default": GUIDANCE_AUTO, "tooltip": (
@@ -130,6 +135,8 @@ class Sampler:
         if denoise == 0.0:
             return (latent,)
         steps = steps or model.defaults.steps
+        sampler = model.defaults.sampler if sampler == GUIDANCE_AUTO else sampler
+        schedule = model.defaults.schedule if schedule == GUIDANCE_AUTO else schedule
         guidance = conditioning.params.guidance if guidance == GUIDANCE_AUTO else guidance
         params = replace(conditioning.params, sampler=sampler, schedule=schedule, steps=steps, min_cfg=min_cfg,
                          max_cfg=max_cfg, guidance=guidance, denoise=denoise)

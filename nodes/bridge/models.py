@@ -168,6 +168,52 @@ def resolve_vae(name: str) -> Path:
     return path
 
 
+# --------------------------------------------------------------------------------------------- unets
+
+UNET_FOLDER = "diffusion_models"  # ComfyUI's models/unet and models/diffusion_models ("unet" is its legacy name)
+
+
+def _unet_roots() -> list[Path]:
+    """Folders searched for UNet-only files: ComfyUI's `diffusion_models` folders (models/unet and
+    models/diffusion_models), then the `svd` folders (a full checkpoint there lends its UNet); headless the model
+    folders."""
+    fp = _folder_paths()
+    if fp is None:
+        return model_dirs()
+    keys = [UNET_FOLDER] if UNET_FOLDER in fp.folder_names_and_paths else []
+    return [Path(d) for key in (*keys, SVD_FOLDER) for d in fp.get_folder_paths(key)]
+
+
+def list_unets() -> list[str]:
+    """UNet file names for a COMBO (.safetensors/.sft files, relative to their folder), `diffusion_models` first."""
+    names = []
+    for root in _unet_roots():
+        if root.is_dir():
+            names += sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                            if p.suffix.lower() in MODEL_EXTENSIONS and p.is_file())
+    return list(dict.fromkeys(names))
+
+
+def find_unet(name: str) -> Path | None:
+    """A listed UNet name -> its file, confined like :func:`find_checkpoint`."""
+    return _find_model(name, "UNet", _unet_roots, Path.is_file)
+
+
+def missing_unet_message(name: str) -> str:
+    if in_comfyui():
+        return (f"UNet {shorten(name)} not found in ComfyUI's model folders (models/unet, models/diffusion_models, "
+                "models/svd): put the .safetensors file there and pick it from the list")
+    where = "; ".join(str(root) for root in _unet_roots()) or "(no model folder configured)"
+    return f"UNet {shorten(name)} not found; looked in: {where}"
+
+
+def resolve_unet(name: str) -> Path:
+    path = find_unet(name)
+    if path is None:
+        raise CheckpointError(missing_unet_message(name))
+    return path
+
+
 # --------------------------------------------------------------------------------------------- loras
 
 LORA_FOLDER = "loras"

@@ -198,19 +198,22 @@ def with_unet(
     *,
     variant: str | None = None,
     allow_non_finite: bool = False,
+    device: torch.device | str | None = None,
 ) -> tuple[SVDBundle, UNetReplacement]:
     """A new bundle whose UNet is the one in the file at `path`, sharing the VAEs and image encoder with `bundle`
     (which is left unchanged); and what was done.
 
-    The UNet is loaded on the device and in the compute dtype of `bundle`'s UNet, stored in fp8 and streamed if that
-    one is. `variant` (a name of :data:`..config.VARIANT_DEFAULTS`) declares the sampling defaults; else the file's
-    ``svd_lab.variant`` metadata, else its name for a few-step model ("lcm" in it), else the bundle's variant.
+    The UNet is loaded in the compute dtype of `bundle`'s UNet on `device` (None: where that UNet's weights are; a
+    host with a memory manager passes its offload device), stored in fp8 and streamed if that one is. `variant` (a
+    name of :data:`..config.VARIANT_DEFAULTS`) declares the sampling defaults; else the file's ``svd_lab.variant``
+    metadata, else its name for a few-step model ("lcm" in it), else the bundle's variant.
     Raises CheckpointError naming the file for a file that is not an SVD UNet (a VAE, a LoRA, an image model's UNet,
     another model: the message says which), a UNet that does not fit the model, a damaged file or NaN / Inf weights.
     """
     name = Path(path).name
     old = bundle.model.unet
-    device, dtype = old.input_blocks[0][0].weight.device, old.dtype  # dtype: the compute dtype (fp8 storage aside)
+    device = torch.device(device) if device is not None else old.input_blocks[0][0].weight.device
+    dtype = old.dtype  # the compute dtype (fp8 storage aside)
     if variant is not None:
         sampling_defaults(variant)  # an unknown name fails before the file is read
     unet, layout, ignored, metadata = load_unet(path, dtype=dtype, device=device, allow_non_finite=allow_non_finite)
