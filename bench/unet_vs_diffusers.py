@@ -26,7 +26,8 @@ Method
    (default 1e-4 in fp32, 3e-2 in bf16); otherwise the script exits with an error and times nothing.
 4. Time. After the warm-up, ``--reps`` repetitions alternate ours / diffusers under
    ``torch.inference_mode()`` (``torch.cuda.synchronize`` around each call on CUDA); the table shows the
-   median and the minimum wall time of each. The last line is the ratio of the medians.
+   minimum wall time of each (the least disturbed run on a shared machine) and every run's time, so that
+   noise shows. The last line is the ratio of the minima.
 5. Peak memory: the largest increase over the memory in use just before one forward call, measured in
    a separate call after the timing runs (so that measuring cannot disturb the timings).
    - CUDA: ``torch.cuda.max_memory_allocated`` (reset before the call) minus ``memory_allocated`` before.
@@ -49,7 +50,6 @@ import ctypes.util
 import gc
 import math
 import os
-import statistics
 import sys
 import threading
 import time
@@ -380,7 +380,6 @@ def main(argv: list[str] | None = None) -> None:
         cpu_memory = CpuMemory() if args.device == "cpu" else None
         peaks = {name: peak_memory(fn, args.device, cpu_memory) for name, fn in calls.items()}
 
-    med = {name: statistics.median(ts) for name, ts in times.items()}
     low = {name: min(ts) for name, ts in times.items()}
     threads = torch.get_num_threads() if args.device == "cpu" else "-"
     mem_method = "cuda max_memory_allocated" if cpu_memory is None else f"RSS, {cpu_memory.method}"
@@ -393,13 +392,13 @@ def main(argv: list[str] | None = None) -> None:
           f"1-min load average {load_before:.2f} before / {load_after:.2f} after timing "
           f"(this run adds ~{threads}; more means other processes competed)")
     print(f"agreement: max|ours - diffusers| / max|diffusers| = {rel:.2e} (tol {args.tol:.0e})")
-    print(f"{'':16}{'median s':>12}{'min s':>12}{'peak MiB':>12}")
+    print(f"{'':16}{'min s':>12}{'peak MiB':>12}   every run (s), interleaved")
     for name in calls:
-        print(f"{name:16}{med[name]:12.3f}{low[name]:12.3f}{peaks[name] / MIB:12.1f}")
+        print(f"{name:16}{low[name]:12.3f}{peaks[name] / MIB:12.1f}   " + " ".join(f"{t:.3f}" for t in times[name]))
     mem_ratio = peaks["ours"] / peaks["diffusers"] if peaks["diffusers"] else float("nan")
-    print(f"{'ours/diffusers':16}{med['ours'] / med['diffusers']:12.3f}{low['ours'] / low['diffusers']:12.3f}"
-          f"{mem_ratio:12.3f}")
-    print(f"time ratio ours/diffusers: {med['ours'] / med['diffusers']:.2f}")
+    print(f"{'ours/diffusers':16}{low['ours'] / low['diffusers']:12.3f}{mem_ratio:12.3f}")
+    print(f"time ratio ours/diffusers (min of {args.reps} interleaved runs each): "
+          f"{low['ours'] / low['diffusers']:.2f}")
 
 
 if __name__ == "__main__":
