@@ -64,15 +64,17 @@ MAX_SIDE = 128
 BATCH_WINDOWS = 4
 LEARNED_KIND = "learned"
 INSTALL_HINT = "pip install onnxruntime (or the pack's extra: pip install 'comfyui-svd-lab[onnx]')"
+KORNIA_HINT = "pip install kornia (or the pack's extra: pip install 'comfyui-svd-lab[onnx]')"
 
 
 # ---------------------------------------------------------------------------------------------- files
 
 
 def find_shot_model(name: str, folders: Sequence[str | os.PathLike[str]]) -> Path:
-    """The ``.onnx`` file (absolute path) ``name`` (relative to a folder, e.g. ``transnetv2.onnx`` or ``sub/model.onnx``) in the
-    first of ``folders`` that has it. ``name`` may not be absolute, contain ``..`` or a hidden part, or leave the
-    folder by its spelling (a symlink placed in the folder by its owner is followed, as for other model files).
+    """The absolute path of the ``.onnx`` file ``name`` (relative to a folder, e.g. ``transnetv2.onnx`` or
+    ``sub/model.onnx``) in the first of ``folders`` that has it. ``name`` may not be absolute, contain ``..`` or a
+    hidden part, or leave the folder by its spelling (a symlink placed in the folder by its owner is followed, as
+    for other model files).
 
     Raises:
         ConfigError: ``name`` is empty, not a relative ``.onnx`` name, or no folder is configured.
@@ -112,6 +114,15 @@ def _onnxruntime() -> Any:
         raise ConfigError(f"the learned shot detector needs onnxruntime, which is not installed: {INSTALL_HINT}. "
                           "Or use detector 'cascade' (the default)") from None
     return onnxruntime
+
+
+def _kornia() -> Any:
+    """kornia (the frames' colour conversion and resize), or a ConfigError saying how to install it."""
+    try:
+        import kornia
+    except ImportError:
+        raise ConfigError(f"the learned shot detector needs kornia, which is not installed: {KORNIA_HINT}") from None
+    return kornia
 
 
 # ---------------------------------------------------------------------------------------------- layout
@@ -263,6 +274,7 @@ def _first_line(exc: BaseException) -> str:
 def _load(path: str, size: int, mtime_ns: int, threads: int) -> ShotModel:
     """One session per file version and thread count, reused across the videos a worker annotates."""
     ort = _onnxruntime()
+    _kornia()  # needed for the frames: fail here, before any video, rather than at the first chunk
     name = Path(path).name
     if not path.lower().endswith(SUFFIX):
         raise CheckpointError(f"shot detector {name} is not an {SUFFIX} file")
@@ -299,9 +311,9 @@ def rgb_thumbnails(small: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     assumed; a video without chroma has U = V = 128). Returns uint8 (c, height, width, 3) RGB, ``size`` =
     (height, width), stretched (no crop), as TransNetV2's frames are scaled.
     """
-    import kornia  # imported here: only the learned detector needs torch in the annotator
-    import torch
+    import torch  # imported here: only the learned detector needs torch in the annotator
 
+    kornia = _kornia()
     t = torch.from_numpy(np.ascontiguousarray(small, np.float32))
     y = (t[:, :1] - 16.0) / 219.0
     uv = (t[:, 1:] - 128.0) / 224.0 + 0.5

@@ -247,10 +247,15 @@ def test_layouts_accepted_and_refused():
             layout_of(inputs, outputs)
 
 
-def test_missing_onnxruntime_says_how_to_install(models, monkeypatch):
+def test_missing_onnxruntime_or_kornia_says_how_to_install(models, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
     shot_model._load.cache_clear()
     with pytest.raises(ConfigError, match="needs onnxruntime.*pip install onnxruntime"):
+        ShotModel.load(models / "diff.onnx")
+    monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "kornia", None)  # kornia is not a core dependency either
+    shot_model._load.cache_clear()
+    with pytest.raises(ConfigError, match="needs kornia.*pip install kornia"):
         ShotModel.load(models / "diff.onnx")
     monkeypatch.undo()
     shot_model._load.cache_clear()
