@@ -11,8 +11,11 @@ Method
 1. Videos. ``../shared/data/issue-195-aspect-ratio.mp4`` (704x576 SAR 16:11, 628 frames, 5 hard cuts
    checked by eye; skipped when absent) and synthetic H.264 edits made by
    ``svd_model.curation.synthetic.make_video`` into a temporary folder, whose ground truth is exact: hard
-   cuts, fades and dissolves of 6-36 frames with camera motion, and a hard-cut-only video with a fast
-   pan and flashes (false-positive bait). ``--video PATH:F1,F2,...`` adds your own (hard cuts, 0-based
+   cuts, fades and dissolves of 6-36 frames with camera motion, a hard-cut-only video with a fast
+   pan and flashes (false-positive bait), brief transitions (dips to black or white and flash frames of
+   1 or 2 frames between shots, fades) over shots whose brightness ramps slowly, and one slowly darkening
+   shot with flashes and no cut (any detection there is a false positive; F1 is 1 only with none).
+   ``--video PATH:F1,F2,...`` adds your own (hard cuts, 0-based
    first frame of each new shot).
 2. Accuracy. A detection hits a hard cut when it is within +-1 frame of it, and a gradual transition when
    it lies inside its span +-1 frame (PySceneDetect reports one frame somewhere in a fade; we report
@@ -48,6 +51,7 @@ from comfyui_svd_lab.svd_model.curation.synthetic import make_video
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "issue-195-aspect-ratio.mp4"
 SHARED_CUTS = [70, 170, 301, 421, 484]
+RAMPS = ((1.0, 0.5), (0.5, 1.0), (1.0, 0.55), (0.6, 1.0), (1.2, 0.7))  # per shot brightness, first -> last frame
 
 
 def synthetic_videos(folder: Path) -> list[tuple[str, Path, list[tuple[int, int, str]]]]:
@@ -67,6 +71,15 @@ def synthetic_videos(folder: Path) -> list[tuple[str, Path, list[tuple[int, int,
             shots=(120, 120, 120), transitions=("fade", "dissolve"), transition_frames=40, fps=50,
             motion=(1.0, 1.0, 1.0), seed=4,
         ),
+        "synthetic brief 1f + ramps": dict(
+            shots=(50, 50, 50, 50, 50), transitions=("dip_black", "dip_white", "flash", "fade"), dip_frames=1,
+            transition_frames=16, gain=RAMPS, motion=(0.5, 1.0, 0.3, 2.0, 0.5), seed=5,
+        ),
+        "synthetic brief 2f + ramps 30fps": dict(
+            shots=(60, 60, 60, 60, 60), transitions=("flash", "dip_black", "dip_white", "fade"), dip_frames=2,
+            transition_frames=20, fps=30, gain=RAMPS[::-1], motion=(1.0, 0.5, 2.0, 0.3, 1.0), seed=6,
+        ),
+        "synthetic ramp, no cut": dict(shots=(150,), gain=((1.0, 0.2),), motion=(0.5,), flashes=(40, 41, 100), seed=7),
     }  # fmt: skip
     out = []
     for name, spec in specs.items():

@@ -1,7 +1,10 @@
 """From an annotated video to clips: split at cuts, per-clip motion, keyframes, and writing clip files.
 
-* :func:`split_clips`: one clip per shot, trimmed ``trim_frames`` away from every cut or transition,
-  long shots split into equal pieces of at most ``max_seconds``, clips under ``min_seconds`` dropped.
+* :func:`split_spans`: every span between cuts, in order: one clip per shot, trimmed ``trim_frames`` away from
+  every cut or transition, long shots split into equal pieces of at most ``max_seconds``; and the spans that give
+  no clip, each with its reason (:attr:`ClipSpan.drop`): shorter than ``min_seconds``, trimmed away entirely,
+  or the frames of a fade / dissolve / flash. Nothing between two cuts disappears without a row.
+  :func:`split_clips` keeps only the clips.
 * :func:`write_clip`: ``"copy"`` remuxes whole GOPs without re-encoding, keyframe-aware as in the SVD paper
   (appendix C): the start snaps *forward* to the next source keyframe and the end *backward* to a
   keyframe, so a copied clip never crosses a cut (it may be shorter than the span). ``"reencode"``
@@ -33,7 +36,26 @@ from .frames_at import read_frames_at
 
 logger = logging.getLogger(__name__)
 
-CUT_TAGS: tuple[str, ...] = ("start", "hard", "fade", "dissolve", "split", "end")
+CUT_TAGS: tuple[str, ...] = ("start", "hard", "fade", "dissolve", "flash", "split", "end")
+#: Why a span between cuts gives no clip: the first words of :attr:`ClipSpan.drop`.
+DROP_REASONS: tuple[str, ...] = ("too short", "trimmed away", "transition")
+
+
+def min_seconds_for(num_frames: int, fps: float) -> float:
+    """The shortest clip that holds one training window of ``num_frames`` frames sampled at ``fps``: seconds.
+
+    A window spans ``(num_frames - 1) * stride + 1`` source frames, ``stride = source fps / fps`` (at least 1,
+    see training.data.window_indices), i.e. ``(num_frames - 1) / fps + 1 / source fps`` seconds; at any source
+    rate at or above ``fps`` that is at most ``num_frames / fps``. SVD finetuning's defaults (training.config
+    DataConfig: 14 frames at 7 fps) give 2.0 s; SVD-XT's 25 frames at 7 fps give 3.57 s.
+    """
+    if num_frames < 1 or not fps > 0:
+        raise ConfigError(f"min_seconds_for needs num_frames >= 1 and fps > 0, got {num_frames} and {fps}")
+    return num_frames / fps
+
+
+#: Training defaults the minimum clip length follows (training.config.DataConfig: num_frames, fps).
+TRAIN_FRAMES, TRAIN_FPS = 14, 7.0
 WRITE_MODES: tuple[str, ...] = ("auto", "copy", "reencode")
 
 
@@ -43,10 +65,13 @@ class SplitConfig:
 
     ``trim_frames``: frames dropped on each side of a cut or transition (not at the video's ends);
     ``max_seconds``: longer shots are split into the fewest equal pieces of at most this (0 = never);
-    ``min_seconds``: shorter clips are dropped.
+    ``min_seconds``: shorter clips are not clips but rows with status ``dropped`` ("too short"). The default,
+    2.0 s, is what one finetuning window needs at the training defaults: ``min_seconds_for(14, 7.0)``
+    (14 frames at 7 fps, training.config.DataConfig); for SVD-XT (25 frames at 7 fps) use 3.57 s
+    (``split.min_seconds=3.57``), or the window will not fit and the trainer skips the clip.
     """
 
-    min_seconds: float = 2.0
+    min_seconds: float = min_seconds_for(TRAIN_FRAMES, TRAIN_FPS)
     max_seconds: float = 10.0
     trim_frames: int = 2
 
@@ -63,8 +88,10 @@ class ClipSpan:
 
     ``start_time``: pts (s) of the first frame; ``end_time``: pts of the first frame after the clip (the
     video's end for the last clip); ``middle_time`` / ``last_time``: pts of the middle and last frames.
-    ``cut_in`` / ``cut_out``: what bounds the clip (``start``, ``hard``, ``fade``, ``dissolve``, ``split``,
-    ``end``) with the detector's score (0.0 for start/end/split).
+    ``cut_in`` / ``cut_out``: what bounds the clip (``start``, ``hard``, ``fade``, ``dissolve``, ``flash``,
+    ``split``, ``end``) with the detector's score (0.0 for start/end/split).
+    ``drop``: '' for a clip; for a span that gives no clip, why (one of :data:`DROP_REASONS`, then details,
+    e.g. "too short: 1.20 s < 2.00 s minimum"); such spans have ``index`` -1.
     """
 
     index: int
@@ -78,6 +105,7 @@ class ClipSpan:
     cut_out_score: float
     middle_time: float = 0.0
     last_time: float = 0.0
+    drop: str = ""
 
     @property
     def num_frames(self) -> int:
@@ -95,44 +123,69 @@ def _end_time(times: np.ndarray, end: int, fps: float) -> float:
     return float(times[-1]) + step
 
 
-def _span(ann: VideoAnnotation, index: int, a: int, b: int, cin: tuple[str, float], cout: tuple[str, float]):
+def _span(ann: VideoAnnotation, index: int, a: int, b: int, cin: tuple[str, float], cout: tuple[str, float],
+          drop: str = "") -> ClipSpan:
     times = ann.frame_times
     return ClipSpan(
         index=index, start_frame=a, end_frame=b, start_time=float(times[a]), end_time=_end_time(times, b, ann.fps),
         cut_in=cin[0], cut_out=cout[0], cut_in_score=cin[1], cut_out_score=cout[1],
-        middle_time=float(times[(a + b - 1) // 2]), last_time=float(times[b - 1]),
+        middle_time=float(times[(a + b - 1) // 2]), last_time=float(times[b - 1]), drop=drop,
     )  # fmt: skip
 
 
-def split_clips(annotation: VideoAnnotation, cfg: SplitConfig = SplitConfig()) -> list[ClipSpan]:  # noqa: B008
-    """Clips of ``annotation`` (see :class:`SplitConfig`), in order, indexed from 0."""
+def split_spans(annotation: VideoAnnotation, cfg: SplitConfig = SplitConfig()) -> list[ClipSpan]:  # noqa: B008
+    """Every span between the cuts of ``annotation``, in frame order (see :class:`SplitConfig`): the clips, indexed
+    from 0, and the spans that give none (``drop`` says why, ``index`` -1): a shot (or a piece of a long one)
+    shorter than ``min_seconds`` after trimming, a shot of at most ``2 * trim_frames`` frames between two cuts,
+    and the frames of every fade, dissolve or flash. The ``trim_frames`` next to a cut stay out of both."""
     n = annotation.num_frames
     times = annotation.frame_times
-    bounds: list[tuple[int, int, tuple[str, float], tuple[str, float]]] = []
-    start, cin = 0, ("start", 0.0)
-    for cut in annotation.cuts:
-        bounds.append((start, cut.frame, cin, (cut.kind, cut.score)))
-        start, cin = cut.end_frame + (0 if cut.kind == "hard" else 1), (cut.kind, cut.score)
-    bounds.append((start, n, cin, ("end", 0.0)))
     spans: list[ClipSpan] = []
-    for a, b, (kin, sin), (kout, sout) in bounds:
-        a += cfg.trim_frames if kin != "start" else 0
-        b -= cfg.trim_frames if kout != "end" else 0
+    clips = 0
+
+    def dropped(a: int, b: int, cin: tuple[str, float], cout: tuple[str, float], why: str) -> None:
+        spans.append(_span(annotation, -1, a, b, cin, cout, why))
+
+    start, cin = 0, ("start", 0.0)
+    for cut in (*annotation.cuts, None):
+        cout = (cut.kind, cut.score) if cut is not None else ("end", 0.0)
+        shot_end = cut.frame if cut is not None else n
+        a = start + (cfg.trim_frames if cin[0] != "start" else 0)
+        b = shot_end - (cfg.trim_frames if cout[0] != "end" else 0)
         if b - a < 1:
-            continue
-        length = _end_time(times, b, annotation.fps) - float(times[a])
-        pieces = max(1, math.ceil(length / cfg.max_seconds - 1e-9)) if cfg.max_seconds else 1
-        edges = [a + round(i * (b - a) / pieces) for i in range(pieces + 1)]
-        for i in range(pieces):
-            pa, pb = edges[i], edges[i + 1]
-            if pb <= pa:
-                continue
-            tag_in = (kin, sin) if i == 0 else ("split", 0.0)
-            tag_out = (kout, sout) if i == pieces - 1 else ("split", 0.0)
-            span = _span(annotation, len(spans), pa, pb, tag_in, tag_out)
-            if span.duration + 1e-9 >= cfg.min_seconds:
-                spans.append(span)
+            if shot_end > start:
+                dropped(start, shot_end, cin, cout, f"trimmed away: {shot_end - start} frame(s) between the cuts, "
+                        f"{cfg.trim_frames} trimmed next to each cut")  # fmt: skip
+        else:
+            length = _end_time(times, b, annotation.fps) - float(times[a])
+            pieces = max(1, math.ceil(length / cfg.max_seconds - 1e-9)) if cfg.max_seconds else 1
+            edges = [a + round(k * (b - a) / pieces) for k in range(pieces + 1)]
+            for k in range(pieces):
+                pa, pb = edges[k], edges[k + 1]
+                if pb <= pa:
+                    continue
+                tag_in = cin if k == 0 else ("split", 0.0)
+                tag_out = cout if k == pieces - 1 else ("split", 0.0)
+                span = _span(annotation, clips, pa, pb, tag_in, tag_out)
+                if span.duration + 1e-9 >= cfg.min_seconds:
+                    spans.append(span)
+                    clips += 1
+                else:
+                    dropped(pa, pb, tag_in, tag_out, f"too short: {span.duration:.2f} s < {cfg.min_seconds:.2f} s "
+                            f"minimum ({pb - pa} frames)")  # fmt: skip
+        if cut is None:
+            break
+        if cut.kind != "hard":  # the transition's own frames
+            first, last = cut.frame, min(cut.end_frame, n - 1)
+            dropped(first, last + 1, (cut.kind, cut.score), (cut.kind, cut.score),
+                    f"transition: {cut.kind} of {last - first + 1} frame(s)")
+        start, cin = cut.end_frame + (0 if cut.kind == "hard" else 1), (cut.kind, cut.score)
     return spans
+
+
+def split_clips(annotation: VideoAnnotation, cfg: SplitConfig = SplitConfig()) -> list[ClipSpan]:  # noqa: B008
+    """The clips of ``annotation`` (see :func:`split_spans`), in order, indexed from 0."""
+    return [span for span in split_spans(annotation, cfg) if not span.drop]
 
 
 def clip_motion(annotation: VideoAnnotation, span: ClipSpan) -> float:

@@ -11,7 +11,8 @@ A rule is ``SCORE:MODE=VALUE``:
 
 Every rule is evaluated on the same unfiltered dataset (the per-axis thresholds do not depend on each
 other); a clip is kept when it passes all of them. A clip without the score (e.g. no aesthetic head) passes
-that rule; a rule whose score no clip has is skipped with a note. Status rows (error / empty) are never kept.
+that rule; a rule whose score no clip has is skipped with a note. Status rows (error / empty / dropped) are never
+kept.
 """
 
 from __future__ import annotations
@@ -143,7 +144,9 @@ class FilterResult:
         counts: Counter[str] = Counter()
         for reason, status in zip(self.table["drop_reason"].to_pylist(), self.table["status"].to_pylist(),
                                   strict=True):
-            if status != "ok":
+            if status == "dropped":  # a span that gave no clip, by kind: too short, trimmed away, transition
+                counts[f"dropped: {reason.removeprefix('dropped: ').split(':', 1)[0]}"] += 1
+            elif status != "ok":
                 counts[f"status {status}"] += 1
             elif reason:  # each duplicate names its own representative: they count as one reason
                 counts.update("near-duplicate of a kept clip" if r.startswith(DUPLICATE_PREFIX) else r

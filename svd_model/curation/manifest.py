@@ -64,13 +64,15 @@ _crash_hits: dict[str, int] = {}
 #: Column -> (arrow type, meaning). The trainer reads clip_id, source, clip_path, start/end frame and time,
 #: fps, motion_score, motion_bucket_id, width, height and keep; do not rename those.
 COLUMNS: dict[str, tuple[pa.DataType, str]] = {
-    "clip_id": (pa.string(), "video_id + '_' + 4-digit clip index; '<video_id>_err' / '_none' for status rows"),
+    "clip_id": (pa.string(), "video_id + '_' + 4-digit clip index; '<video_id>_err' / '_none' for status rows, "
+                             "'<video_id>_d' + 4 digits for dropped spans"),
     "video_id": (pa.string(), "hash of the source path relative to the input root, its size and mtime"),
     "source": (pa.string(), "absolute path of the source video"),
     "source_rel": (pa.string(), "source path relative to the input root (posix)"),
-    "clip_index": (pa.int32(), "0.. within the video; -1 on a status row"),
-    "status": (pa.string(), "'ok' (a clip), 'error' (the video failed) or 'empty' (no clip long enough)"),
-    "error": (pa.string(), "why the video failed or has no clip ('' when ok)"),
+    "clip_index": (pa.int32(), "0.. within the video; -1 on a status or dropped row"),
+    "status": (pa.string(), "'ok' (a clip), 'dropped' (a span between cuts that gives no clip: too short, trimmed "
+                            "away, transition; the reason in error), 'error' (the video failed) or 'empty' (no span)"),
+    "error": (pa.string(), "why the video failed or the span gives no clip ('' when ok)"),
     "start_frame": (pa.int64(), "first frame of the clip (source frame index)"),
     "end_frame": (pa.int64(), "one past the last frame (exclusive)"),
     "num_frames": (pa.int64(), "end_frame - start_frame"),
@@ -84,8 +86,9 @@ COLUMNS: dict[str, tuple[pa.DataType, str]] = {
     "rotation": (pa.int32(), "display rotation in degrees (0/90/180/270)"),
     "video_num_frames": (pa.int64(), "frames decoded from the whole source"),
     "video_duration": (pa.float64(), "source duration, seconds"),
-    "cut_in": (pa.string(), "what starts the clip: 'start' (video start), 'hard', 'fade', 'split' (max length)"),
-    "cut_out": (pa.string(), "what ends the clip: 'end', 'hard', 'fade', 'split'"),
+    "cut_in": (pa.string(), "what starts the clip: 'start' (video start), 'hard', 'fade', 'dissolve', 'flash', 'split' "
+                                  "(max length)"),
+    "cut_out": (pa.string(), "what ends the clip: 'end', 'hard', 'fade', 'dissolve', 'flash', 'split'"),
     "cut_in_score": (pa.float64(), "detector score of the cut before the clip (null at the video start)"),
     "cut_out_score": (pa.float64(), "detector score of the cut after the clip (null at the video end)"),
     "motion_score": (pa.float64(), "mean optical-flow magnitude over the clip (SVD's motion score)"),
@@ -114,6 +117,15 @@ SCHEMA = pa.schema([pa.field(name, kind) for name, (kind, _) in COLUMNS.items()]
 #: The column names the trainer relies on.
 TRAINER_COLUMNS = ("clip_id", "source", "clip_path", "start_frame", "end_frame", "start_time", "end_time", "fps",
                    "motion_score", "motion_bucket_id", "width", "height", "keep")
+
+
+def video_status(statuses: Iterable[str]) -> str:
+    """One video's status from its rows' statuses: 'error' if any row is, else 'ok' if it has a clip, else
+    'empty' (no clip: only dropped spans, or an 'empty' row)."""
+    statuses = set(statuses)
+    if "error" in statuses:
+        return "error"
+    return "ok" if "ok" in statuses else "empty"
 
 
 def empty_row() -> dict[str, Any]:
@@ -339,7 +351,7 @@ class ManifestWriter:
         crash_point("part-renamed")
         now = time.time()
         lines = "".join(json.dumps({"video_id": vid, "source": src, "part": name, "rows": len(rows),
-                                    "status": rows[0].get("status", "ok") if rows else "empty", "time": now,
+                                    "status": video_status(r.get("status", "ok") for r in rows), "time": now,
                                     **({"timed_out": True} if _timed_out(rows) else {})}) + "\n"
                         for vid, src, rows in pending)
         with open(self.dir / LOG_NAME, "a", encoding="utf-8") as handle:

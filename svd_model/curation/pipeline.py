@@ -34,6 +34,7 @@ from .records import (
     VideoRef,
     VideoResult,
     check_finite,
+    dropped_record,
     error_text,
     status_record,
     video_fields,
@@ -52,6 +53,7 @@ __all__ = [  # the records are re-exported: nodes, engines and callers import th
     "annotate_video",
     "check_finite",
     "curate_video",
+    "dropped_record",
     "error_text",
     "split_records",
     "status_record",
@@ -83,24 +85,34 @@ def annotate_video(ref: VideoRef, config: CurationConfig) -> VideoAnnotation:
 
 
 def split_records(ref: VideoRef, ann: VideoAnnotation, config: CurationConfig) -> list[ClipRecord]:
-    """Clip spans -> records with position, source and cut evidence filled in (an 'empty' record if none)."""
-    spans = clips.split_clips(ann, config.split)
+    """Every span between cuts -> a record, in frame order: the clips (status 'ok') with position, source and cut
+    evidence filled in, and the spans that give no clip (status 'dropped', the reason in ``error``: too short,
+    trimmed away, transition; see clips.split_spans and records.dropped_record). A video whose decodable part was
+    cut short by damage and gives no clip gets an 'error' row first; one without any span an 'empty' row."""
+    spans = clips.split_spans(ann, config.split)
     chash = config.hash()
-    if not spans:
+    records: list[ClipRecord] = []
+    if all(span.drop for span in spans):
         if ann.note.startswith("truncated"):  # the decodable part was too short: the cause is the damage
             reason = f"{ann.note}; no clip in the {ann.num_frames} decodable frames ({ann.duration:.2f} s)"
-            return [status_record(ref, "error", reason, chash, ann)]
-        reason = (f"no clip: {ann.num_frames} frames ({ann.duration:.2f} s) with {len(ann.cuts)} cut(s) give no "
-                  "span inside the split limits (see split settings, e.g. the minimum clip length)")
-        if ann.note:
-            reason += f"; {ann.note}"
-        return [status_record(ref, "empty", reason, chash, ann)]
-    records = []
+            records.append(status_record(ref, "error", reason, chash, ann))
+        elif not spans:
+            reason = f"no clip: {ann.num_frames} frames ({ann.duration:.2f} s) with {len(ann.cuts)} cut(s) give no span"
+            return [status_record(ref, "empty", f"{reason}; {ann.note}" if ann.note else reason, chash, ann)]
     video = video_fields(ann)
     extra = {"video_cuts": len(ann.cuts), "codec": ann.codec}
     if ann.note:
         extra["note"] = ann.note  # damaged file: only its decodable part was analysed
+    dropped = 0
     for span in spans:
+        if span.drop:
+            rec = dropped_record(ref, ann, span, dropped, chash)
+            rec.row.update(cut_in_score=_score(span.cut_in, span.cut_in_score),
+                           cut_out_score=_score(span.cut_out, span.cut_out_score),
+                           extra=json.dumps({**extra, **json.loads(rec.row["extra"])}))
+            records.append(rec)
+            dropped += 1
+            continue
         row = empty_row()
         row.update(video)
         start, end = int(span.start_frame), int(span.end_frame)

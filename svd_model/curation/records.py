@@ -1,6 +1,6 @@
 """The curation records: the config that decides a manifest row, a source file's identity, the row under
-construction (:class:`ClipRecord`), the keyframes the scorers share (:class:`KeyframeCache`), one video's result
-and the rows of a video that failed or gave no clip.
+construction (:class:`ClipRecord`), the keyframes the scorers share (:class:`KeyframeCache`), one video's result,
+the row of a video that failed and the rows of the spans between cuts that give no clip (status ``dropped``).
 
 Both the step modules (pipeline.py: annotate, split, motion; scoring.py: keyframe scores and files) and the
 engines build on these; this module imports neither.
@@ -28,7 +28,7 @@ from .annotate import VideoAnnotation
 from .captioner_registry import check_name
 from .clips import ClipSpan, SplitConfig
 from .cuts import CutConfig
-from .manifest import empty_row
+from .manifest import empty_row, video_status
 from .motion import MotionCalibration, MotionConfig
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,8 @@ class ClipRecord:
 
 def status_record(ref: VideoRef, status: str, reason: str, config_hash: str = "",
                   annotation: VideoAnnotation | None = None) -> ClipRecord:
-    """The single row of a video that failed ('error') or yielded no clip ('empty')."""
+    """The single row of a video that failed ('error') or yielded no span at all ('empty'); spans that give no
+    clip have rows of their own (:func:`dropped_record`)."""
     row = empty_row()
     row.update(clip_id=f"{ref.video_id}_{'err' if status == 'error' else 'none'}", video_id=ref.video_id,
                source=ref.source, source_rel=ref.source_rel, clip_index=-1, status=status, error=reason,
@@ -217,6 +218,25 @@ def status_record(ref: VideoRef, status: str, reason: str, config_hash: str = ""
     if annotation is not None:
         row.update(video_fields(annotation))
     return ClipRecord(row, None, annotation)
+
+
+def dropped_record(ref: VideoRef, ann: VideoAnnotation, span: ClipSpan, number: int,
+                   config_hash: str = "") -> ClipRecord:
+    """The row of a span between cuts that gives no clip: status ``dropped``, ``error`` = the reason
+    (``span.drop``: too short / trimmed away / transition), its frames and times, ``clip_id`` =
+    ``<video_id>_d<number>`` (the ``number``-th dropped span of the video), ``clip_index`` -1, never kept.
+    ``extra`` holds ``{"dropped": <reason kind>}`` (one of clips.DROP_REASONS)."""
+    row = empty_row()
+    row.update(video_fields(ann))
+    start, end = int(span.start_frame), int(span.end_frame)
+    row.update(clip_id=f"{ref.video_id}_d{number:04d}", video_id=ref.video_id, source=ref.source,
+               source_rel=ref.source_rel, clip_index=-1, status="dropped", error=span.drop, keep=False,
+               drop_reason=f"dropped: {span.drop}", start_frame=start, end_frame=end, num_frames=end - start,
+               start_time=float(span.start_time), end_time=float(span.end_time),
+               duration=float(span.end_time) - float(span.start_time), cut_in=span.cut_in, cut_out=span.cut_out,
+               pipeline_version=PIPELINE_VERSION, config_hash=config_hash,
+               extra=json.dumps({"dropped": span.drop.split(":", 1)[0]}))
+    return ClipRecord(row, span, ann)
 
 
 def error_text(exc: BaseException) -> str:
@@ -281,7 +301,8 @@ class VideoResult:
 
     @property
     def status(self) -> str:
-        return self.rows[0]["status"] if self.rows else "empty"
+        """'ok', 'error' or 'empty' (see :func:`video_status`)."""
+        return video_status([r["status"] for r in self.rows])
 
     @property
     def clips(self) -> int:

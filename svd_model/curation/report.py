@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from ..fsutil import write_text_atomic
 from .filtering import FILTER_JSON, SCORES, FilterResult, Threshold, apply_filters
-from .manifest import FILTERED_NAME, read_manifest, resolve
+from .manifest import FILTERED_NAME, read_manifest, resolve, video_status
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,15 @@ def span(hours: float) -> str:
 
 def _counts(table: pa.Table) -> dict[str, Any]:
     status = table["status"].to_pylist()
-    videos: dict[str, str] = dict(zip(table["video_id"].to_pylist(), status, strict=True))
+    per_video: dict[str, list[str]] = {}
+    for vid, s in zip(table["video_id"].to_pylist(), status, strict=True):
+        per_video.setdefault(vid, []).append(s)
+    videos = {vid: video_status(s) for vid, s in per_video.items()}  # a video's rows: clips, dropped spans, status
     keep = np.array(table["keep"].to_pylist(), bool)
     durations = np.array([d or 0.0 for d in table["duration"].to_pylist()], float)
     return {"videos": len(videos), "errors": sum(s == "error" for s in videos.values()),
             "empty": sum(s == "empty" for s in videos.values()), "clips": sum(s == "ok" for s in status),
+            "dropped": sum(s == "dropped" for s in status),
             "kept": int(keep.sum()), "kept_hours": float(durations[keep].sum() / 3600),
             "hours": float(durations.sum() / 3600)}
 
@@ -240,7 +244,9 @@ def build_report(out_dir: str | os.PathLike[str], result: FilterResult | None = 
     body = [f"<h1>Curation report: {html.escape(out.absolute().name)}</h1>",  # no server path: /view serves it
             f"<p>{counts['videos']} videos: {counts['videos'] - counts['errors'] - counts['empty']} with clips, "
             f"{counts['errors']} failed, {counts['empty']} without clips. {counts['clips']} clips "
-            f"({span(counts['hours'])}); <b>{counts['kept']} kept</b> ({span(counts['kept_hours'])}).</p>",
+            f"({span(counts['hours'])}); <b>{counts['kept']} kept</b> ({span(counts['kept_hours'])}). "
+            f"{counts['dropped']} spans between cuts gave no clip (status dropped: too short, trimmed away, "
+            "transition).</p>",
             f'<p class="legend"><span style="background:{KEPT}">kept</span> <span style="background:{DROPPED}">'
             "dropped</span> dashed line: threshold</p>"]
     if thresholds:
@@ -267,7 +273,12 @@ def build_report(out_dir: str | os.PathLike[str], result: FilterResult | None = 
     reasons = result.reason_counts()
     body += ["<h2>Dropped clips per reason</h2>",
              _table(("reason", "rows"), sorted(reasons.items(), key=lambda kv: -kv[1])) if reasons else "<p>none</p>"]
-    failed = [(r["source_rel"], r["status"], r["error"]) for r in rows if r["status"] != "ok"]
+    failed = [(r["source_rel"], r["status"], r["error"]) for r in rows if r["status"] not in ("ok", "dropped")]
+    listed = {r["video_id"] for r in rows if r["status"] in ("ok", "error", "empty")}  # has clips or a status row
+    for r in rows:  # a video whose spans were all dropped: its first reason
+        if r["status"] == "dropped" and r["video_id"] not in listed:
+            listed.add(r["video_id"])
+            failed.append((r["source_rel"], "empty", f"every span dropped, e.g. {r['error']}"))
     body.append(f"<h2>Files without clips ({len(failed)})</h2>")
     body.append(_table(("file", "status", "reason"), failed[:max_errors]) if failed else "<p>none</p>")
     if len(failed) > max_errors:

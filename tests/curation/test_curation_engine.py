@@ -108,8 +108,11 @@ def test_folder_listing_and_identity(videos):
 
 
 def test_rows_carry_clip_positions_scores_and_video_metadata(reference, videos):
-    rows = list(reference.values())
-    assert {r["status"] for r in rows} == {"ok"}
+    dropped = [r for r in reference.values() if r["status"] != "ok"]
+    assert [(r["source_rel"], r["error"].split(" of ")[0]) for r in sorted(dropped, key=lambda r: r["source_rel"])] == [
+        ("b.mp4", "transition: fade"), ("sub/d.mp4", "transition: dissolve")]  # the frames of the two transitions
+    assert all(r["status"] == "dropped" and not r["keep"] for r in dropped)
+    rows = [r for r in reference.values() if r["status"] == "ok"]
     for r in rows:
         assert r["clip_id"] == f"{r['video_id']}_{r['clip_index']:04d}"
         assert r["num_frames"] == r["end_frame"] - r["start_frame"] > 0
@@ -319,7 +322,7 @@ def test_cli_curate_and_report(videos, tmp_path, capsys):
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "6 video(s) curated" in printed and "report.html" in printed
-    filtered = pq.read_table(out / manifest.FILTERED_NAME).to_pylist()
+    filtered = [r for r in pq.read_table(out / manifest.FILTERED_NAME).to_pylist() if r["status"] == "ok"]
     kept = [r for r in filtered if r["keep"]]
     assert 0 < len(kept) < len(filtered) and all("motion_score" in r["drop_reason"] for r in filtered
                                                    if not r["keep"])
@@ -332,9 +335,9 @@ def test_cli_curate_and_report(videos, tmp_path, capsys):
     assert main(["curate", str(videos), "--out", str(out), "--engine", "inline", "--quiet"]) == 2
     assert "--resume" in capsys.readouterr().err
     assert main(["curate-report", str(out), "--filter", "none"]) == 0
-    assert all(r["keep"] for r in pq.read_table(out / manifest.FILTERED_NAME).to_pylist())
+    assert all(r["keep"] == (r["status"] == "ok") for r in pq.read_table(out / manifest.FILTERED_NAME).to_pylist())
     assert main(["curate-report", str(out)]) == 0  # no --filter: the last rules (none) again
-    assert all(r["keep"] for r in pq.read_table(out / manifest.FILTERED_NAME).to_pylist())
+    assert all(r["keep"] == (r["status"] == "ok") for r in pq.read_table(out / manifest.FILTERED_NAME).to_pylist())
     capsys.readouterr()
     assert main(["curate", str(videos), "--out", str(tmp_path / "x"), "--set", "nope=1"]) == 2
     assert "unknown config key" in capsys.readouterr().err
