@@ -10,6 +10,7 @@ from ..svd_model.conditioning import check_size
 from ..svd_model.diffusion.guidance import FRAME_GUIDANCE
 from ..svd_model.diffusion.sampling import SAMPLERS
 from ..svd_model.diffusion.schedules import SCHEDULES
+from ..svd_model.diffusion.step_cache import CACHE_MODES, CacheStats
 from ..svd_model.errors import InputError
 from ..svd_model.pipelines.checks import check_input_view, require_image_to_video_model
 from ..svd_model.pipelines.decode import decode_latents, encode_frames
@@ -26,6 +27,10 @@ log = logging.getLogger(__name__)
 #: Sampler choice that takes the recommendation: the conditioning's guidance shape (VideoConditioning.params.guidance),
 #: the model variant's sampler and schedule (SVDBundle.defaults).
 GUIDANCE_AUTO = "auto"
+
+#: Key of the Sampler's LATENT output holding what the step cache did (CacheStats.as_metadata(): strings), for the
+#: saved video's metadata.
+LATENT_STEP_CACHE = "svd_lab_step_cache"
 
 
 class ImageToVideoConditioning:
@@ -118,17 +123,28 @@ class Sampler:
             },
             "optional": {
                 "latent": ("LATENT", {"tooltip": "Start video for denoise < 1 (SVD Lab Encode Frames)."}),
+                "step_cache": (list(CACHE_MODES), {"default": "off", "tooltip": (
+                    "Skip most of the UNet on steps where its output changes little: faster, but no longer the "
+                    "exact result (the difference grows with cache_threshold). off: exact. deepcache: reuses the "
+                    "deep blocks' features and runs the shallow ones (closer to exact). teacache: reuses the output "
+                    "change of the last full step (faster, further from exact). The first and last steps always "
+                    "run in full.")}),
+                "cache_threshold": ("FLOAT", {"default": 0.1, "min": 0.0, "max": 3.0, "step": 0.01, "tooltip": (
+                    "Step cache: the estimated relative change of the UNet output tolerated before it is computed "
+                    "again. Higher skips more steps (faster) and drifts further from the uncached video; 0 skips "
+                    "nothing. Unused when step_cache is off.")}),
             },
         }
 
     @classmethod
     def VALIDATE_INPUTS(cls, min_cfg: float | None = None, max_cfg: float | None = None,
-                        denoise: float | None = None) -> bool | str:
-        return number_problem(cls, min_cfg=min_cfg, max_cfg=max_cfg, denoise=denoise) or True
+                        denoise: float | None = None, cache_threshold: float | None = None) -> bool | str:
+        return number_problem(cls, min_cfg=min_cfg, max_cfg=max_cfg, denoise=denoise,
+                              cache_threshold=cache_threshold) or True
 
     def sample(self, model: SVDBundle, conditioning: VideoConditioning, sampler: str, schedule: str, steps: int,
                min_cfg: float, max_cfg: float, guidance: str, seed: int, denoise: float,
-               latent: dict | None = None) -> tuple[dict]:
+               latent: dict | None = None, step_cache: str = "off", cache_threshold: float = 0.1) -> tuple[dict]:
         if denoise < 1.0 and latent is None:
             raise InputError(f"denoise {denoise} < 1 needs a start video: connect a LATENT (e.g. from SVD Lab "
                              "Encode Frames) to the latent input, or set denoise to 1")
@@ -139,12 +155,16 @@ class Sampler:
         schedule = model.defaults.schedule if schedule == GUIDANCE_AUTO else schedule
         guidance = conditioning.params.guidance if guidance == GUIDANCE_AUTO else guidance
         params = replace(conditioning.params, sampler=sampler, schedule=schedule, steps=steps, min_cfg=min_cfg,
-                         max_cfg=max_cfg, guidance=guidance, denoise=denoise)
+                         max_cfg=max_cfg, guidance=guidance, denoise=denoise, step_cache=step_cache,
+                         cache_threshold=cache_threshold)
         init = adapters.comfy_to_latents(latent) if denoise < 1.0 else None
+        stats = CacheStats()
         with bridge.on_device(model, bridge.UNET):
             latents = sample_video(model, conditioning.cond, conditioning.uncond, params, init_latents=init,
-                                   generator=adapters.generator(seed), callback=bridge.step_callback(steps))
-        return (with_latent_fps(adapters.latents_to_comfy(latents), conditioning.params.fps),)
+                                   generator=adapters.generator(seed), callback=bridge.step_callback(steps),
+                                   cache_stats=stats)
+        out = with_latent_fps(adapters.latents_to_comfy(latents), conditioning.params.fps)
+        return ({**out, LATENT_STEP_CACHE: stats.as_metadata()},)
 
 
 #: Decode node tile edges (latent pixels): below 8 the decoder sees too little context; 256 = 2048 image pixels.
