@@ -81,6 +81,8 @@ def _cmd_image_to_video(args: argparse.Namespace) -> int:
         device=args.device,
         memory=args.memory,
         weight_storage=args.weight_storage,
+        step_cache=args.step_cache,
+        cache_threshold=args.cache_threshold,
     )
     print(result.summary())
     return 0
@@ -153,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "from CPU memory block by block, encoders offloaded, decode one frame at a time on tiles")
     p.add_argument("--weight-storage", choices=["fp8_e4m3fn", "fp8_e5m2"], help="keep the UNet's linear and conv "
                    "weights in fp8 (half the memory), computed in the load dtype")
+    p.add_argument("--step-cache", default="off", metavar="MODE", help="off, deepcache or teacache: skip most of "
+                   "the UNet on steps where its output changes little; faster, not exact (deepcache closer, teacache "
+                   "faster; default off)")
+    p.add_argument("--cache-threshold", type=float, default=0.1, help="step cache: estimated relative output change "
+                   "tolerated before a full step; higher is faster and less exact, 0 skips nothing (default 0.1)")
     p.set_defaults(func=_cmd_image_to_video)
 
     p = sub.add_parser("make-tiny-checkpoint", help="write a tiny random-weight checkpoint in the official layout")

@@ -90,9 +90,11 @@ def write_frames(frames: torch.Tensor, output_dir: Path, fps: int) -> tuple[list
 def run_image_to_video(
     *, checkpoint: Path | None, image: str | None, output_dir: Path, num_frames: int | None = None,
     steps: int | None = None, seed: int = 23, width: int | None = None, height: int | None = None,
-    device: str = "auto", memory: str = "normal", weight_storage: str | None = None,
+    device: str = "auto", memory: str = "normal", weight_storage: str | None = None, step_cache: str = "off",
+    cache_threshold: float = 0.1,
 ) -> JobResult:
-    """`memory`: a svd_model.memory mode (normal / low_vram); `weight_storage`: fp8 storage of the UNet."""
+    """`memory`: a svd_model.memory mode (normal / low_vram); `weight_storage`: fp8 storage of the UNet;
+    `step_cache` / `cache_threshold`: VideoParams' step cache (off by default; what it reused is logged)."""
     start = time.perf_counter()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     plan = plan_for(memory)
@@ -106,7 +108,8 @@ def run_image_to_video(
         apply_plan(bundle, plan, device)
         result.model = f"{bundle.variant} from {checkpoint}" + (" (tiny random weights)" if result.tiny else "")
         overrides = dict(TINY_DEFAULTS) if result.tiny else {}
-        given = {"num_frames": num_frames, "steps": steps, "width": width, "height": height}
+        given = {"num_frames": num_frames, "steps": steps, "width": width, "height": height,
+                 "step_cache": step_cache, "cache_threshold": cache_threshold}
         overrides.update({k: v for k, v in given.items() if v is not None})
         params = VideoParams.for_variant(bundle.variant, **overrides)
         cond_image = read_image(image, params.width, params.height) if image else demo_image(params.width,

@@ -69,3 +69,16 @@ def test_unknown_mode_is_a_config_error(conditioning):
     model, cond = conditioning
     with pytest.raises(ConfigError, match="unknown step cache mode"):
         _sample(model, cond, step_cache="fastest")
+
+
+def test_cli_image_to_video_takes_the_step_cache(tmp_path, capsys, caplog):
+    from comfyui_svd_lab.cli import main
+
+    argv = ["image-to-video", "--frames", "3", "--steps", "6", "--width", "64", "--height", "48", "--device", "cpu"]
+    with caplog.at_level("INFO", logger="comfyui_svd_lab.svd_model.diffusion.step_cache"):
+        assert main([*argv, "--output-dir", str(tmp_path / "c"), "--step-cache", "teacache",
+                     "--cache-threshold", "3"]) == 0
+    assert len(list((tmp_path / "c").glob("frame_*.png"))) == 3
+    assert "step cache teacache (threshold 3): reused" in caplog.text
+    assert main([*argv, "--output-dir", str(tmp_path / "x"), "--step-cache", "fast"]) == 2
+    assert "unknown step cache mode 'fast'" in capsys.readouterr().err
