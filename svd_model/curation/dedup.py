@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,7 +112,7 @@ class DedupConfig:
     one shot score ~0.98-1.0, different shots of one scene lower); hamming: hash bits that may differ (0..64,
     -1 = no hash pairs; 8 default: re-encodes and resizes differ by 0-4 bits, unrelated frames by ~32);
     use_clip: use the saved CLIP embeddings where clips have them; block_elements: similarities per block of
-    the pair search (memory: 4 bytes each for embeddings, 9 for hashes)."""
+    the pair search (memory: ~5 bytes each for embeddings, ~10 for hashes)."""
 
     cosine: float = 0.95
     hamming: int = 8
@@ -190,63 +190,85 @@ class DedupResult:
 
 
 class _UnionFind:
+    """Disjoint sets over 0..n-1, merged by whole arrays of pairs (vectorised: a group of thousands of identical
+    clips gives millions of pairs). Every parent index is smaller than its child's, so there are no cycles; the
+    root of a set is its smallest member."""
+
     def __init__(self, n: int) -> None:
         self.parent = np.arange(n)
 
-    def find(self, i: int) -> int:
+    def roots(self, x: np.ndarray) -> np.ndarray:
+        """The root of each index in ``x`` (pointer jumping; compresses the paths it walks)."""
         parent = self.parent
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return int(i)
+        r = parent[x]
+        while True:
+            up = parent[r]
+            if np.array_equal(up, r):
+                return r
+            parent[x] = up  # path compression for the queried indices
+            r = up
+
+    def find(self, i: int) -> int:
+        return int(self.roots(np.array([i]))[0])
 
     def union_pairs(self, a: np.ndarray, b: np.ndarray) -> None:
-        for i, j in zip(a.tolist(), b.tolist(), strict=True):
-            ri, rj = self.find(i), self.find(j)
-            if ri != rj:
-                self.parent[max(ri, rj)] = min(ri, rj)
+        """Merge the sets of a[k] and b[k] for every k. Each round hooks every root met by a pair onto the
+        smallest root it is paired with; pairs whose ends meet drop out, so at least one root goes per round."""
+        while len(a):
+            ra, rb = self.roots(a), self.roots(b)
+            differ = ra != rb
+            a, b = ra[differ], rb[differ]
+            if not len(a):
+                return
+            np.minimum.at(self.parent, np.maximum(a, b), np.minimum(a, b))
 
 
 def _rows_per_block(n: int, budget: int) -> int:
     return max(1, min(n, budget // max(n, 1)))
 
 
-def hash_pairs(hashes: np.ndarray, max_distance: int, block_elements: int = BLOCK) -> Pairs:
-    """hashes: (n,) uint64 -> index arrays (i, j), i < j, of the pairs at most ``max_distance`` bits apart.
-    Blocked XOR + popcount: at most ``block_elements`` distances in memory at once."""
+def iter_hash_pairs(hashes: np.ndarray, max_distance: int, block_elements: int = BLOCK) -> Iterator[Pairs]:
+    """hashes: (n,) uint64 -> per block of rows, index arrays (i, j), i < j, of the pairs at most
+    ``max_distance`` bits apart. XOR + popcount on at most ``block_elements`` hash pairs at a time."""
     n = len(hashes)
     rows = _rows_per_block(n, block_elements)
-    found_i, found_j = [], []
     for start in range(0, n, rows):
         block = hashes[start : start + rows, None] ^ hashes[None, start:]  # (b, n - start)
-        close = np.bitwise_count(block) <= max_distance
-        i, j = np.nonzero(close)
+        i, j = np.nonzero(np.bitwise_count(block) <= max_distance)
         keep = j > i  # j is offset by start like i: the upper triangle only
-        found_i.append(i[keep] + start)
-        found_j.append(j[keep] + start)
-    return _cat(found_i), _cat(found_j)
+        yield i[keep] + start, j[keep] + start
 
 
-def embedding_pairs(emb: np.ndarray, threshold: float, block_elements: int = BLOCK) -> Pairs:
-    """emb: (n, d) float32 unit rows -> index arrays (i, j), i < j, of the pairs with cosine >= ``threshold``.
-    Blocked matrix products (torch, float32): at most ``block_elements`` similarities in memory at once."""
+def iter_embedding_pairs(emb: np.ndarray, threshold: float, block_elements: int = BLOCK) -> Iterator[Pairs]:
+    """emb: (n, d) float32 unit rows -> per block of rows, index arrays (i, j), i < j, of the pairs with cosine
+    >= ``threshold``. Matrix products (torch, float32) of at most ``block_elements`` similarities at a time."""
     import torch
 
     n = len(emb)
     rows = _rows_per_block(n, block_elements)
     x = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))
-    found_i, found_j = [], []
     for start in range(0, n, rows):
         sims = x[start : start + rows] @ x[start:].T  # (b, n - start)
         i, j = (t.numpy() for t in torch.nonzero(sims >= threshold, as_tuple=True))
         keep = j > i
-        found_i.append(i[keep] + start)
-        found_j.append(j[keep] + start)
-    return _cat(found_i), _cat(found_j)
+        yield i[keep] + start, j[keep] + start
 
 
-def _cat(parts: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+def hash_pairs(hashes: np.ndarray, max_distance: int, block_elements: int = BLOCK) -> Pairs:
+    """All pairs of :func:`iter_hash_pairs` as two arrays."""
+    return _cat(list(iter_hash_pairs(hashes, max_distance, block_elements)))
+
+
+def embedding_pairs(emb: np.ndarray, threshold: float, block_elements: int = BLOCK) -> Pairs:
+    """All pairs of :func:`iter_embedding_pairs` as two arrays."""
+    return _cat(list(iter_embedding_pairs(emb, threshold, block_elements)))
+
+
+def _cat(blocks: list[Pairs]) -> Pairs:
+    if not blocks:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return (np.concatenate([i for i, _ in blocks]).astype(np.int64),
+            np.concatenate([j for _, j in blocks]).astype(np.int64))
 
 
 # ------------------------------------------------------------------------------------------ inputs
@@ -364,15 +386,16 @@ def dedup_table(table: pa.Table, out_dir: str | os.PathLike[str], config: DedupC
     if len(hashes) > 1:
         index = np.array(sorted(hashes), np.int64)
         values = np.array([int(hashes[i], 16) for i in index], np.uint64)
-        a, b = hash_pairs(values, config.hamming, config.block_elements)
-        uf.union_pairs(index[a], index[b])
+        for a, b in iter_hash_pairs(values, config.hamming, config.block_elements):
+            uf.union_pairs(index[a], index[b])
     if len(embeddings) > 1:
         index = np.array(sorted(embeddings), np.int64)
-        a, b = embedding_pairs(np.stack([embeddings[i] for i in index]), config.cosine, config.block_elements)
-        uf.union_pairs(index[a], index[b])
+        matrix = np.stack([embeddings[i] for i in index])  # (m, d)
+        for a, b in iter_embedding_pairs(matrix, config.cosine, config.block_elements):
+            uf.union_pairs(index[a], index[b])
     groups: dict[int, list[int]] = {}
-    for i in ok:
-        groups.setdefault(uf.find(i), []).append(i)
+    for i, root in zip(ok, uf.roots(np.array(ok, np.int64)).tolist(), strict=True):
+        groups.setdefault(root, []).append(i)
     pairs = []
     for members in groups.values():
         if len(members) < 2:

@@ -68,6 +68,31 @@ def test_blocked_pair_search_matches_brute_force():
     assert set(zip(a.tolist(), b.tolist(), strict=True)) == brute and (2, 11) in brute
 
 
+def test_union_find_matches_connected_components_and_takes_a_huge_group():
+    rng = np.random.default_rng(1)
+    n = 300
+    a, b = rng.integers(0, n, 250), rng.integers(0, n, 250)
+    uf = dedup._UnionFind(n)
+    for k in range(0, 250, 50):  # in several batches, as the blocks come
+        uf.union_pairs(a[k : k + 50], b[k : k + 50])
+    neighbours = {i: set() for i in range(n)}
+    for i, j in zip(a.tolist(), b.tolist(), strict=True):
+        neighbours[i].add(j)
+        neighbours[j].add(i)
+    for start in range(n):  # the root of each component is its smallest member
+        seen, todo = {start}, [start]
+        while todo:
+            for j in neighbours[todo.pop()] - seen:
+                seen.add(j)
+                todo.append(j)
+        assert uf.find(start) == min(seen)
+    same = np.full(3000, 12345, np.uint64)  # 3000 identical clips: 4.5 million pairs, one group
+    uf = dedup._UnionFind(3000)
+    for i, j in dedup.iter_hash_pairs(same, 0, block_elements=1_000_000):
+        uf.union_pairs(i, j)
+    assert set(uf.roots(np.arange(3000)).tolist()) == {0}
+
+
 def _row(cid: str, phash: str | None, **values) -> dict:
     row = manifest.empty_row()
     row.update(clip_id=cid, video_id=cid[:4], source=f"/nowhere/{cid}.mp4", source_rel=f"{cid}.mp4", clip_index=0,
