@@ -6,8 +6,10 @@ cascade, run on the thumbnails the annotator already decodes (no second decode).
 48 x 27 px (width x height), RGB, uint8 0..255 (float exports take the same 0..255 values), in windows of 100
 frames; ``(batch, frames, 27, 48, 3)`` as the original models take it, ``(batch, 3, frames, 27, 48)`` in some
 ports (both accepted; a fixed height, width or window length in the file is honoured). Outputs per frame: the
-"single-frame transition" logit (first output, or the one not named ``many...``) and optionally the
-"many-hot" logit (every frame of a transition), ``(batch, frames, 1)`` or ``(batch, frames)``. Probabilities
+"single-frame transition" logit and optionally the "many-hot" logit (every frame of a transition),
+``(batch, frames, 1)`` or ``(batch, frames)``: an output whose name contains ``many`` is the many-hot one, else
+the order decides (torch.onnx.export names the outputs of TransNetV2's ``(logits, {"many_hot": ...})`` by
+number, single-frame first). Probabilities
 are their sigmoid. The single-frame head marks the *last frame of the old shot* for a hard cut (the middle of a
 gradual one); the many-hot head covers the old shot's last frame and the transition's frames.
 

@@ -353,3 +353,28 @@ def test_comfyui_registers_models_shot_detectors(tmp_path, monkeypatch):
     assert bridge.resolve_shot_model("mine.onnx") == (tmp_path / "models" / "shot_detectors" / "mine.onnx").absolute()
     with pytest.raises(bridge.PathRefused):
         bridge.resolve_shot_model(str(tmp_path / "models" / "shot_detectors" / "mine.onnx"))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter is deprecated; exports of it exist
+def test_a_torch_export_with_transnetv2s_signature_is_understood(tmp_path):
+    """torch.onnx.export (TorchScript exporter) of a module with TransNetV2's forward signature (uint8 frames ->
+    (logits, {"many_hot": logits})) names its outputs by number: the first is the single-frame head."""
+    import torch
+
+    class Signature(torch.nn.Module):
+        def forward(self, frames: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            x = frames.float().mean(dim=[2, 3, 4])  # (b t)
+            return (x - 100.0).unsqueeze(-1), {"many_hot": (x - 200.0).unsqueeze(-1)}
+
+    path = tmp_path / "export.onnx"
+    try:
+        torch.onnx.export(Signature(), (torch.zeros(1, 100, 27, 48, 3, dtype=torch.uint8),), str(path),
+                          dynamo=False, input_names=["frames"], dynamic_axes={"frames": {0: "batch", 1: "t"}})
+    except (ModuleNotFoundError, RuntimeError) as exc:  # pragma: no cover - an exporter this torch lacks
+        pytest.skip(f"torch.onnx.export(dynamo=False) unavailable: {exc}")
+    model = ShotModel.load(path)
+    assert model.layout.single != model.layout.many and "many" not in model.layout.single
+    windows = np.full((2, 100, 27, 48, 3), 150, np.uint8)
+    single, many = model.predict(windows)
+    assert single.shape == many.shape == (2, 100)
+    assert (single > 0.99).all() and (many < 0.01).all()  # 150 - 100 > 0 for the first, 150 - 200 < 0 for the other
