@@ -78,6 +78,7 @@ def test_guess_variant():
     assert guess_variant(Family.SVD, "svd.safetensors") == "svd"
     assert guess_variant(Family.SVD, "svd_xt.safetensors") == "svd_xt"
     assert guess_variant(Family.SVD, "svd_xt_1_1.safetensors") == "svd_xt_1_1"
+    assert guess_variant(Family.SVD, "AnimateLCM-SVD-xt-1.1.safetensors") == "animatelcm_svd_xt"  # few-step
     assert guess_variant(Family.SV3D_P, "anything.safetensors") == "sv3d_p"
 
 

@@ -142,3 +142,32 @@ def test_tiny_model_samples_four_lcm_steps_end_to_end(folder, bundle, other_unet
     for before, after in zip(seen, seen[1:], strict=False):
         spread = (after.x - before.denoised).std().item()
         assert spread == pytest.approx(after.sigma, rel=0.2), (spread, after.sigma)
+
+
+def test_fp8_storage_carries_over(folder, bundle, other_unet):
+    base = load_bundle(folder / "svd_xt.safetensors", weight_storage="fp8_e4m3fn")
+    new, _ = with_unet(base, _write(folder, "for_fp8.safetensors", other_unet))
+    weight = new.model.unet.out[2].weight
+    assert weight.dtype == torch.float8_e4m3fn and new.model.unet.dtype == torch.float32
+    assert torch.equal(weight, other_unet["out.2.weight"].to(torch.float8_e4m3fn))
+    assert base.model.unet.out[2].weight.dtype == torch.float8_e4m3fn  # the base keeps its own
+
+
+@pytest.mark.gpu
+def test_cuda_streamed_unet_is_replaced_by_a_streamed_one(folder, bundle, other_unet):
+    """low_vram on CUDA: the new UNet stays in CPU memory and streams its blocks to the GPU like the old one."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from comfyui_svd_lab.svd_model.memory import apply_plan
+    from comfyui_svd_lab.svd_model.nn import streaming
+
+    base = apply_plan(load_bundle(folder / "svd_xt.safetensors"), "low_vram", "cuda")
+    new, _ = with_unet(base, _write(folder, "for_streaming.safetensors", other_unet))
+    streamer = streaming.streamer_of(new.model.unet)
+    assert streamer is not None and streamer.device.type == "cuda"
+    assert new.model.unet.out[2].weight.device.type == "cpu" and new.device.type == "cuda"
+    params = VideoParams.for_variant(FEW_STEP_VARIANT, num_frames=T, width=W, height=H)
+    image = torch.rand(1, 3, H, W, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    cond, uncond = encode_condition(new, image, params, generator=torch.Generator().manual_seed(0))
+    out = sample_video(new, cond, uncond, params, generator=torch.Generator().manual_seed(1))
+    assert out.device.type == "cuda" and torch.isfinite(out).all()
