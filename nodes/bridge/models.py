@@ -284,11 +284,12 @@ def _support_roots() -> list[Path]:
     return [Path(d) for key in keys if key in fp.folder_names_and_paths for d in fp.get_folder_paths(key)]
 
 
-def list_model_files(suffixes: tuple[str, ...]) -> list[str]:
+def list_model_files(suffixes: tuple[str, ...], roots: list[Path] | None = None) -> list[str]:
     """Names (relative to their folder) of the supporting model files whose name ends with one of `suffixes`
-    (lower case), for a loader's COMBO; the folders of :func:`model_file`, in order, without duplicates."""
+    (lower case), for a loader's COMBO; the folders of :func:`model_file` (or ``roots``), in order, without
+    duplicates."""
     names: list[str] = []
-    for root in _support_roots():
+    for root in _support_roots() if roots is None else roots:
         if root.is_dir():
             names += sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
                             if p.name.lower().endswith(suffixes) and p.is_file())
@@ -332,12 +333,7 @@ def shot_model_dirs() -> list[Path]:
 
 def list_shot_models() -> list[str]:
     """Names of the .onnx files in the shot-detector folders (relative to their folder), for a COMBO."""
-    names: list[str] = []
-    for root in shot_model_dirs():
-        if root.is_dir():
-            names += sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                            if p.name.lower().endswith(shot_model.SUFFIX) and p.is_file())
-    return list(dict.fromkeys(names))
+    return list_model_files((shot_model.SUFFIX,), shot_model_dirs())
 
 
 def resolve_shot_model(name: str, what: str = "shot_model") -> Path:

@@ -49,7 +49,7 @@ import numpy as np
 
 from ..errors import CheckpointError, ConfigError, InputError, ShapeError, shorten
 from ..fsutil import stat_regular
-from .cuts import CascadeDetector, CascadeFrames, Cut, CutConfig
+from .cuts import CascadeDetector, CascadeFrames, Cut, CutConfig, _Event
 from .transitions import GrowingArray
 
 logger = logging.getLogger(__name__)
@@ -329,18 +329,6 @@ def rgb_thumbnails(small: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------- streaming
 
 
-@dataclass
-class _Event:
-    """A learned cut in the cascade's event form (start, end inclusive, kind, score), for motion sampling."""
-
-    start: int
-    end: int
-    kind: str
-    score: float
-    level: int
-    change: float = 0.0
-
-
 class LearnedDetector:
     """Streams a video's small images through a :class:`ShotModel` (see the module docstring): :meth:`push`
     chunks, then :meth:`finish` for the cuts. ``final_before``: no cut found later starts before it."""
@@ -443,7 +431,7 @@ class LearnedDetector:
         first = a + 1  # the old shot ends at a
         if first >= self.n or first < self.frames.min_scene:
             return  # no new shot after it, or a first shot shorter than min_scene
-        event = _Event(first, max(first, b), LEARNED_KIND, float(self.single.view[peak]), self.level)
+        event = _Event(first, max(first, b), LEARNED_KIND, float(self.single.view[peak]), self.level, 0.0)
         last = self.events[-1] if self.events else None
         if last is not None and event.start - last.end - 1 < self.frames.min_scene:
             if event.score > last.score:
