@@ -18,6 +18,7 @@ Shapes: ``n`` = number of frames (``b * t`` for videos, videos stacked one after
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 
 import torch
@@ -200,6 +201,10 @@ class AutoencoderKL(nn.Module):
         decoder_cls = VideoDecoder if config.temporal_decoder else Decoder
         self.decoder = decoder_cls(config) if config.has_decoder else None
 
+    #: Decode in channels-last memory format: None = on the CPU only (measured faster there: oneDNN's convolutions
+    #: skip the NCHW <-> blocked reorders and the temporal rearrangements become views); True / False forces it.
+    channels_last: bool | None = None
+
     @property
     def dtype(self) -> torch.dtype:
         return next(self.parameters()).dtype
@@ -237,20 +242,33 @@ class AutoencoderKL(nn.Module):
 
     # ---------------------------------------------------------------- decoding
 
-    def decode(self, z: Tensor, num_frames: int | None = None) -> Tensor:
-        """Unscaled latents of ONE chunk -> frames: (n, z, h, w) -> (n, out_channels, h*f, w*f).
+    def decode(
+        self, z: Tensor, num_frames: int | None = None, *, compute_dtype: torch.dtype | None = None
+    ) -> Tensor:
+        """Unscaled latents of ONE chunk -> frames: (n, z, h, w) -> (n, out_channels, h*f, w*f), contiguous.
 
         For the temporal decoder the n frames are n / num_frames videos of ``num_frames`` frames each (None: one
         video of n frames); an image decoder ignores ``num_frames``. post_quant_conv runs first when present.
+
+        The decoder runs in channels-last where :attr:`channels_last` says so (default: on the CPU, where
+        oneDNN's convolutions need no layout reorders then; same values up to float32 summation order).
+        ``compute_dtype`` (opt-in, e.g. ``torch.bfloat16``): the convolutions, attention and activations run in
+        that dtype under autocast (GroupNorm stays float32), the result is returned in the parameter dtype.
+        Not the reference's numerics: bench/decode_vs_comfyui.py ``--dtype bf16`` reports the error.
         """
         if self.decoder is None:
             raise InputError("this VAE has no decoder (a conditioner VAE built from encoder-only weights)")
         if z.ndim != 4 or z.shape[1] != self.config.z_channels:
             raise ShapeError(f"latents must be (n, {self.config.z_channels}, h, w), got {tuple(z.shape)}")
-        z = z.to(self.dtype)
-        if self.post_quant_conv is not None:
-            z = self.post_quant_conv(z)
-        return self.decoder(z, num_frames)
+        channels_last = z.device.type == "cpu" if self.channels_last is None else self.channels_last
+        z = z.to(self.dtype, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        autocast = (torch.autocast(z.device.type, dtype=compute_dtype)
+                    if compute_dtype is not None and compute_dtype != self.dtype else contextlib.nullcontext())
+        with autocast:
+            if self.post_quant_conv is not None:
+                z = self.post_quant_conv(z)
+            frames = self.decoder(z, num_frames)
+        return frames.to(self.dtype).contiguous()
 
     # ---------------------------------------------------------------- weights
 
@@ -297,6 +315,7 @@ def decode_chunked(
     tile_overlap: int = 0,
     out_device: torch.device | str | None = None,
     callback: Callable[[int, int], None] | None = None,
+    compute_dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Decode unscaled latents chunk by chunk, as sgm's ``decode_first_stage`` with ``decoding_t = chunk_size``.
 
@@ -317,8 +336,9 @@ def decode_chunked(
     Each piece is added into a preallocated output and freed, so peak working memory grows with
     ``chunk_size`` x the tile area (the frame area when untiled), not with n (``out_device="cpu"`` keeps
     the full clip off the accelerator). ``callback(frames_done, frames_total)`` runs after each chunk,
-    counting the frames decoded (overlapping frames twice). Call under ``torch.inference_mode()`` for
-    inference; with autograd enabled the activations of every piece are kept.
+    counting the frames decoded (overlapping frames twice). ``compute_dtype``: see :meth:`AutoencoderKL.decode`
+    (opt-in lower-precision decode; None = the parameter dtype, the reference). Call under
+    ``torch.inference_mode()`` for inference; with autograd enabled the activations of every piece are kept.
     """
     if z.ndim != 4:
         raise ShapeError(f"latents must be (n, z, h, w), got {tuple(z.shape)}")
@@ -336,7 +356,8 @@ def decode_chunked(
     for i, (start, stop) in enumerate(ranges):
         for (y0, y1), wy in zip(rows, row_weights, strict=True):
             for (x0, x1), wx in zip(cols, col_weights, strict=True):
-                piece = vae.decode(z[start:stop, :, y0:y1, x0:x1], num_frames=stop - start)  # (k, out, fy, fx)
+                piece = vae.decode(z[start:stop, :, y0:y1, x0:x1], num_frames=stop - start,
+                                   compute_dtype=compute_dtype)  # (k, out, fy, fx)
                 if out is None:
                     device = z.device if out_device is None else torch.device(out_device)
                     out = (torch.zeros if blend else torch.empty)(

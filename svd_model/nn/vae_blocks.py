@@ -5,7 +5,11 @@ Attribute names follow the official checkpoint keys (``norm1``, ``conv1``, ``nin
 ``conv_out.time_mix_conv``), so a state dict loads strictly without renaming.
 
 Tensor layout: 2-D blocks see ``(n, C, H, W)`` where ``n = b * t`` frames are stacked video by video
-(frame index fastest); temporal layers rearrange to ``(b, C, t, H, W)`` with ``t = num_frames``.
+(frame index fastest); temporal layers rearrange to ``(b, C, t, H, W)`` with ``t = num_frames``. Every block
+works in either memory format; in channels-last (what :meth:`.vae.AutoencoderKL.decode` uses on the CPU) both
+rearrangements are views, as is the attention's ``(n, 1, H*W, C)``. Under no-grad / inference mode the blocks
+update their own fresh intermediates in place (:func:`swish_`, :func:`mix`, the residual adds) instead of
+allocating new ones; with autograd on they do not. The values are the same either way.
 
 Every normalisation runs in float32 whatever the parameter dtype (:class:`GroupNorm32`), as the reference does.
 """
@@ -34,6 +38,25 @@ def vae_norm(channels: int) -> GroupNorm32:
 
 def swish(x: Tensor) -> Tensor:
     return F.silu(x)
+
+
+def swish_(x: Tensor) -> Tensor:
+    """SiLU of a tensor nothing else holds (a norm's fresh output): in place when autograd is off.
+
+    With autograd on it is :func:`swish` (SiLU's backward needs its input). Same values either way.
+    """
+    return F.silu(x, inplace=not torch.is_grad_enabled())
+
+
+def mix(temporal: Tensor, spatial: Tensor, alpha: Tensor) -> Tensor:
+    """alpha * temporal + (1 - alpha) * spatial, written into ``temporal`` when autograd is off.
+
+    ``temporal`` must be a fresh tensor nothing else holds; ``alpha`` a 1-element tensor. In place this saves
+    two full-size temporaries per block (the decoder's activations are hundreds of MB at video sizes).
+    """
+    if torch.is_grad_enabled():
+        return alpha * temporal + (1.0 - alpha) * spatial
+    return temporal.mul_(alpha).addcmul_(spatial, 1.0 - alpha)
 
 
 def frames_to_video(x: Tensor, num_frames: int) -> Tensor:
@@ -66,10 +89,9 @@ class ResnetBlock(nn.Module):
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(swish(self.norm1(x)))
-        h = self.conv2(swish(self.norm2(h)))
-        shortcut = x if self.nin_shortcut is None else self.nin_shortcut(x)
-        return shortcut + h
+        h = self.conv1(swish_(self.norm1(x)))
+        h = self.conv2(swish_(self.norm2(h)))
+        return h.add_(x if self.nin_shortcut is None else self.nin_shortcut(x))  # h: the conv's fresh output
 
 
 class TimeStackResBlock(nn.Module):
@@ -97,7 +119,11 @@ class TimeStackResBlock(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.out_layers(self.in_layers(x))
+        # The Sequentials' layers are called one by one so that SiLU can run in place (swish_); same result.
+        norm, _, conv = self.in_layers
+        h = conv(swish_(norm(x)))
+        norm, _, _, conv = self.out_layers  # dropout 0: identity
+        return conv(swish_(norm(h))).add_(x)
 
 
 class VideoResnetBlock(ResnetBlock):
@@ -115,8 +141,7 @@ class VideoResnetBlock(ResnetBlock):
     def forward(self, x: Tensor, num_frames: int) -> Tensor:  # type: ignore[override]
         spatial = frames_to_video(super().forward(x), num_frames)  # (b, C, t, H, W)
         temporal = self.time_stack(spatial)  # (b, C, t, H, W)
-        alpha = torch.sigmoid(self.mix_factor)
-        return video_to_frames(alpha * temporal + (1.0 - alpha) * spatial)  # (b*t, C, H, W)
+        return video_to_frames(mix(temporal, spatial, torch.sigmoid(self.mix_factor)))  # (b*t, C, H, W)
 
 
 class AttnBlock(nn.Module):
