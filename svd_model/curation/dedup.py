@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..configdict import build, check_finite
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, SVDError
 from ..fsutil import write_text_atomic
 from .filtering import DUPLICATE_PREFIX, FilterResult, apply_filters
 from .manifest import FILTERED_NAME, read_manifest, write_table_atomic
@@ -297,7 +297,7 @@ def hash_sources(rows: Sequence[dict[str, Any]]) -> dict[int, str]:
         times = [(float(rows[i]["start_time"]) + float(rows[i]["end_time"])) / 2 for i in indices]
         try:
             frames = read_frames_at(source, times, max_side=256)
-        except (InputError, ValueError, OSError) as exc:
+        except (SVDError, ValueError, OSError) as exc:
             log.warning("dedup: cannot read %s for its hashes (%s)", source, exc)
             continue
         for i, frame in zip(indices, frames, strict=False):
