@@ -211,6 +211,11 @@ def test_known_duplicates_are_found_by_hash_alone(curated, tmp_path):
     # deterministic: a second pass (and a fresh copy) give the same marks and pairs
     again = dedup.dedup_manifest(out, DedupConfig(use_clip=False))
     assert again.pairs == result.pairs and again.table.equals(result.table)
+    # rows written without a hash (older runs, the step nodes): decoded from the sources, same verdicts
+    bare = manifest.to_table({**r, "extra": "{}"} for r in rows)
+    decoded = dedup_table(bare, out, DedupConfig(use_clip=False))
+    assert decoded.hashed == len(rows) and data.precision_recall(decoded.pairs, rows)[0] == 1.0
+    assert uncropped <= data.predicted_pairs(decoded.pairs, rows)
 
 
 def test_identical_clips_are_found_by_clip_embeddings_alone(curated, tmp_path):
