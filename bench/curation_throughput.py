@@ -1,25 +1,33 @@
-"""Curation throughput against pure decoding of the same files, on N worker processes (default 2).
+"""`svd-lab curate` end to end (start-up included) against pure decoding of the same files, 1 and 2 workers,
+local and Ray engines.
 
-    .venv/bin/python bench/curation_throughput.py [--input DIR] [--copies 6] [--workers 2] [--repeat 2]
+    .venv/bin/python bench/curation_throughput.py [--input DIR] [--copies 6] [--workers 1 2] [--repeat 3]
+                                                  [--engines local ray] [--baseline CODE_DIR]
 
 Inputs: the videos in --input, else --copies links to the shared broadcast sample
-(../shared/data/issue-195-aspect-ratio.mp4, 704x576 H.264, 628 frames), else synthetic 640x360 videos.
-Measured (best of --repeat, warm process pool, one single-threaded decode per process):
+(../shared/data/issue-195-aspect-ratio.mp4, 704x576 H.264 with B-frames, 628 frames), else synthetic 640x360
+videos. Each round, interleaved (the best of --repeat rounds counts; the machine is shared):
 
-  decode     PyAV, every frame's luma plane read (no colour conversion): the ceiling
-  decode-fast  the same with the H.264 loop filter skipped (annotate_video's decoder setting)
-  annotate   annotate_video: decode + cascaded cut/fade detection + 2-fps Farneback motion
-  pipeline   curate_video with the default config: annotate, split, motion, text area on 3 keyframes per clip
-  end-to-end run_curation (engine local): pipeline + worker start-up + manifest writing
+  decode       PyAV, every frame's luma plane read (no colour conversion), single-threaded, one process per
+               worker, the pool already started: the ceiling
+  end-to-end   the whole command as a user runs it, in a fresh interpreter: `svd-lab curate IN --out OUT
+               --engine E --workers N` (imports, worker / Ray start-up, the default config: cuts + motion + text,
+               the manifest, the filter pass and the HTML report)
 
-The last line is the headline: annotation frames/s over luma-decode frames/s with the same decoder settings
-(target >= 0.80); the line before compares with the default (exact) decode.
+--baseline CODE_DIR: also time the command from another copy of the code (a folder holding comfyui_svd_lab/, e.g.
+`git archive <commit>` extracted there), interleaved, to compare before / after on the same machine state.
+Printed: a table per engine and worker count, the Ray start-up overhead, the per-stage timings of the last local
+run (its timings.json), the load average; the last line is end-to-end / pure decode at 2 workers, local engine.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,22 +35,16 @@ from pathlib import Path
 import av
 import numpy as np
 
-from comfyui_svd_lab.svd_model.curation.annotate import annotate_video
-from comfyui_svd_lab.svd_model.curation.engine import run_curation
-from comfyui_svd_lab.svd_model.curation.pipeline import CurationConfig, curate_video
-
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "issue-195-aspect-ratio.mp4"
+CODE = "current"
 
 
-def decode_luma(path: str, fast: bool = False) -> int:
-    """Decode every frame single-threaded and touch its Y plane; returns the frame count. ``fast``: skip the
-    H.264 loop filter, the decoder setting annotate_video uses."""
+def decode_luma(path: str) -> int:
+    """Decode every frame single-threaded and touch its Y plane; returns the frame count."""
     frames = 0
     with av.open(path) as container:
         stream = container.streams.video[0]
         stream.thread_count = 1
-        if fast:
-            stream.codec_context.options = {"skip_loop_filter": "all"}
         for frame in container.decode(stream):
             plane = frame.planes[0]
             y = np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)
@@ -50,27 +52,8 @@ def decode_luma(path: str, fast: bool = False) -> int:
     return frames
 
 
-def decode_luma_fast(path: str) -> int:
-    return decode_luma(path, fast=True)
-
-
-def annotate_only(path: str) -> int:
-    return annotate_video(path, threads=1).num_frames
-
-
-def full_pipeline(path: str, out: str) -> tuple[int, int]:
-    result = curate_video(path, Path(path).parent, CurationConfig(), out)
-    return result.frames, result.clips
-
-
-def _warm(_: int) -> int:
-    import cv2
-
-    cv2.setNumThreads(1)
-    return 0
-
-
 def make_inputs(folder: Path, copies: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
     if SAMPLE.is_file():
         paths = []
         for i in range(copies):
@@ -89,52 +72,108 @@ def make_inputs(folder: Path, copies: int) -> list[Path]:
     return paths
 
 
-def timed(pool: multiprocessing.pool.Pool, fn, args: list, repeat: int) -> tuple[float, list]:
-    best, result = float("inf"), []
-    for _ in range(repeat):
+def time_decode(files: list[str], workers: int) -> tuple[float, int]:
+    """Seconds to decode ``files`` on a started pool of ``workers`` processes, and the frame count."""
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        pool.map(decode_luma, files[:workers], chunksize=1)  # imports done, caches warm
         start = time.perf_counter()
-        result = pool.starmap(fn, args) if isinstance(args[0], tuple) else pool.map(fn, args, chunksize=1)
-        best = min(best, time.perf_counter() - start)
-    return best, result
+        frames = sum(pool.map(decode_luma, files, chunksize=1))
+        return time.perf_counter() - start, frames
+
+
+def time_command(inputs: Path, out: Path, engine: str, workers: int, code: str | None) -> tuple[float, dict]:
+    """Seconds of the whole curate command in a fresh interpreter, and its timings.json."""
+    env = dict(os.environ)
+    if code:
+        env["PYTHONPATH"] = code + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [sys.executable, __file__, "--child", str(inputs), "--out", str(out), "--engine", engine,
+           "--workers", str(workers), "--quiet", "--overwrite"]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(f"curate failed ({engine}, {workers} workers, code {code or CODE}):\n{proc.stderr[-3000:]}")
+    timings = out / "timings.json"
+    return seconds, json.loads(timings.read_text()) if timings.is_file() else {}
+
+
+def child(argv: list[str]) -> int:
+    """`svd-lab curate ARGS`: the CLI's curate command (its own parser, so only the curation CLI is imported)."""
+    from comfyui_svd_lab.cli.curate import add_commands
+
+    parser = argparse.ArgumentParser(prog="svd-lab")
+    add_commands(parser.add_subparsers())
+    args = parser.parse_args(["curate", *argv])
+    return int(args.func(args))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", help="folder of videos (default: the shared sample or synthetic videos)")
     parser.add_argument("--copies", type=int, default=6)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--engines", nargs="+", default=["local", "ray"], choices=["local", "ray", "thread"])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--baseline", help="folder holding another comfyui_svd_lab/ to compare with")
     args = parser.parse_args()
+    codes = [None] + ([str(Path(args.baseline).resolve())] if args.baseline else [])
+    best: dict[tuple, float] = {}
+    last_timings: dict[tuple, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        (tmp_path / "in").mkdir()
-        paths = sorted(Path(args.input).iterdir()) if args.input else make_inputs(tmp_path / "in", args.copies)
+        inputs = Path(args.input) if args.input else tmp_path / "in"
+        paths = sorted(inputs.iterdir()) if args.input else make_inputs(inputs, args.copies)
         files = [str(p) for p in paths if p.is_file()]
-        ctx = multiprocessing.get_context("spawn")
-        with ctx.Pool(args.workers) as pool:
-            pool.map(_warm, range(args.workers * 2))
-            pool.map(annotate_only, files[: args.workers])  # imports and caches warmed up
-            t_dec, counts = timed(pool, decode_luma, files, args.repeat)
-            frames = sum(counts)
-            t_fast, _ = timed(pool, decode_luma_fast, files, args.repeat)
-            t_ann, _ = timed(pool, annotate_only, files, args.repeat)
-            t_pipe, res = timed(pool, full_pipeline, [(f, str(tmp_path / "pipe")) for f in files], args.repeat)
-        clips = sum(c for _, c in res)
-        start = time.perf_counter()
-        summary = run_curation(Path(args.input) if args.input else tmp_path / "in", tmp_path / "e2e", CurationConfig(),
-                               engine="local", workers=args.workers)
-        t_e2e = time.perf_counter() - start
-    print(f"{len(files)} files, {frames} frames, {clips} clips, {args.workers} worker process(es)")
-    print(f"{'stage':<12}{'seconds':>9}{'frames/s':>10}{'clips/s':>9}{'vs decode':>11}")
-    rows = (("decode", t_dec, None), ("decode-fast", t_fast, None), ("annotate", t_ann, None),
-            ("pipeline", t_pipe, clips), ("end-to-end", t_e2e, summary.clips))
-    for name, sec, n_clips in rows:
-        rate = f"{n_clips / sec:9.1f}" if n_clips is not None else f"{'':9}"
-        print(f"{name:<12}{sec:9.2f}{frames / sec:10.0f}{rate}{t_dec / sec:11.2f}")
-    print(f"annotation / exact luma decode (the default decoder), frames/s: {t_dec / t_ann:.2f}")
-    print(f"annotation (cut + fade + motion) / luma decode with the same decoder settings, frames/s: "
-          f"{t_fast / t_ann:.2f}")
+        frames = 0
+        for r in range(args.repeat):
+            for w in args.workers:
+                sec, frames = time_decode(files, w)
+                best[("decode", w)] = min(best.get(("decode", w), float("inf")), sec)
+                for engine in args.engines:
+                    for code in codes:
+                        key = (engine, w, code or CODE)
+                        sec, timings = time_command(inputs, tmp_path / "out", engine, w, code)
+                        best[key] = min(best.get(key, float("inf")), sec)
+                        last_timings[key] = timings
+            print(f"round {r + 1}/{args.repeat} done, load average {os.getloadavg()}", file=sys.stderr)
+    load = os.getloadavg()
+    print(f"{len(files)} files, {frames} frames; best of {args.repeat} interleaved rounds; load average "
+          f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores")
+    print(f"{'run':<28}{'workers':>8}{'seconds':>9}{'frames/s':>10}{'vs decode':>11}{'startup s':>11}")
+    for w in args.workers:
+        dec = best[("decode", w)]
+        print(f"{'pure decode':<28}{w:>8}{dec:9.2f}{frames / dec:10.0f}{1.0:11.2f}{'':>11}")
+        for engine in args.engines:
+            for code in codes:
+                key = (engine, w, code or CODE)
+                sec = best[key]
+                startup = last_timings[key].get("driver", {}).get("startup")
+                label = f"curate {engine}" + ("" if code is None else " (baseline)")
+                startup_text = f"{startup:11.2f}" if startup is not None else f"{'':>11}"
+                print(f"{label:<28}{w:>8}{sec:9.2f}{frames / sec:10.0f}{dec / sec:11.2f}{startup_text}")
+    if "ray" in args.engines and "local" in args.engines:
+        for w in args.workers:
+            extra = best[("ray", w, CODE)] - best[("local", w, CODE)]
+            print(f"Ray overhead at {w} worker(s): {extra:+.2f} s end to end against the local engine")
+        if len(args.workers) > 1:
+            lo, hi = min(args.workers), max(args.workers)
+            for engine in args.engines:
+                speedup = best[(engine, lo, CODE)] / best[(engine, hi, CODE)]
+                print(f"{engine}: {hi} workers are {speedup:.2f}x as fast as {lo} (ideal {hi / lo:.0f}x)")
+    local_key = ("local", max(args.workers), CODE)
+    timings = last_timings.get(local_key, {})
+    if timings:
+        stages = timings.get("stages", {})
+        total = sum(stages.values()) or 1.0
+        print("per-stage seconds of the last local run (summed over workers): "
+              + ", ".join(f"{k} {v:.2f} ({100 * v / total:.0f}%)" for k, v in stages.items())
+              + "; driver: " + ", ".join(f"{k} {v:.2f}" for k, v in timings.get("driver", {}).items()))
+    if ("local", 2, CODE) in best:
+        ratio = best[("decode", 2)] / best[("local", 2, CODE)]
+        print(f"end-to-end / pure decode at 2 workers, local engine: {ratio:.2f}")
 
 
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        sys.exit(child(sys.argv[2:]))
     main()

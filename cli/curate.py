@@ -125,23 +125,38 @@ def dedup_setting(args: argparse.Namespace) -> Any:
     return DedupConfig(cosine=args.dedup_threshold, hamming=args.dedup_hamming)
 
 
-def _filter_and_report(out: Path, filters: list[str] | None, stdout: TextIO, dedup: Any = ...) -> int:
+def _filter_and_report(out: Path, filters: list[str] | None, stdout: TextIO, dedup: Any = ...,
+                       summary: Any = None) -> int:
+    """The filter pass and the report; after a run (``summary``: its RunSummary) their seconds join the run's
+    per-stage timings (printed, and in OUT/timings.json for the report's table)."""
+    import time
+
     from ..svd_model.curation import dedup as dedup_mod
+    from ..svd_model.curation.engine import write_timings
     from ..svd_model.curation.filtering import filter_manifest, load_rules, parse_rules
     from ..svd_model.curation.manifest import FILTERED_NAME
     from ..svd_model.curation.report import build_report
 
+    start = time.perf_counter()
     rules = parse_rules(filters) if filters else load_rules(out)
     rules = parse_rules("svd") if rules is None else rules
     if dedup is not ...:
         dedup_mod.store_config(out, dedup)  # the filter pass deduplicates a folder that has a stored setting
     result = filter_manifest(out, rules)
+    filter_seconds = time.perf_counter() - start
+    if summary is not None:
+        write_timings(summary, filter=filter_seconds)
+    start = time.perf_counter()
     info = build_report(out, result)
+    report_seconds = time.perf_counter() - start
     print(info.summary(), file=stdout)
     found = dedup_mod.stored_summary(out)
     if found:
         print(found, file=stdout)
     print(f"filtered manifest: {out / FILTERED_NAME}\nreport: {info.path}", file=stdout)
+    if summary is not None:
+        write_timings(summary, filter=filter_seconds, report=report_seconds)
+        print(f"filter pass {filter_seconds:.2f} s, report {report_seconds:.2f} s", file=stdout)
     return 0
 
 
@@ -177,7 +192,7 @@ def cmd_curate(args: argparse.Namespace, stdout: TextIO | None = None, stderr: T
             print(summary.text(), file=out_stream)
             if args.no_report:
                 return 0
-            return _filter_and_report(Path(args.out), args.filter, out_stream, dedup_setting(args))
+            return _filter_and_report(Path(args.out), args.filter, out_stream, dedup_setting(args), summary)
     except KeyboardInterrupt:
         print(f"svd-lab: interrupted; finished videos are saved, continue with --resume --out {args.out}",
               file=err_stream)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from os import PathLike
 from pathlib import Path
@@ -64,6 +64,8 @@ class VideoAnnotation:
     truncated: bool = False
     note: str = ""
     codec: str = ""
+    #: seconds spent in "decode" (decoding + luma/chroma thumbnails), "cuts" (the cut cascade) and "motion"
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def frames_per_second_processed(self) -> float:
@@ -117,6 +119,7 @@ def annotate_video(
         return [(e.start, e.end, e.kind == "hard") for e in detector.pending()]
 
     chunks = luma_chunks(info, geometry, stats, chunk=CHUNK, threads=threads, fast=fast, chroma=True, chroma_step=fb)
+    t_cuts = t_motion = 0.0  # per-stage seconds (perf_counter); decode is the rest of the annotation time
     for chunk_times, lumas, uv in chunks:
         c = len(chunk_times)
         if n + c > len(times):
@@ -129,15 +132,23 @@ def annotate_video(
             if uv is not None:  # chroma arrives strided to about the small size: nearest fit
                 small[i, 1] = cv2.resize(uv[i, 0], small_size, interpolation=cv2.INTER_NEAREST)
                 small[i, 2] = cv2.resize(uv[i, 1], small_size, interpolation=cv2.INTER_NEAREST)
+        t0 = time.perf_counter()
         detector.push(small[:c])
+        t1 = time.perf_counter()
+        t_cuts += t1 - t0
         n += c
         if track is not None and detector.final_before > track.pos:
             track.process(detector.final_before, times[:n], events(), get_luma)
+            t_motion += time.perf_counter() - t1
     check_decoded(info, stats)
     times = times[:n]
+    t0 = time.perf_counter()
     cuts = detector.finish(times)
+    t1 = time.perf_counter()
+    t_cuts += t1 - t0
     if track is not None:
         track.process(n, times, events(), get_luma)
+        t_motion += time.perf_counter() - t1
     pairs = np.asarray(track.pairs if track is not None else [], np.float64).reshape(-1, 5)
     note = damage_note(info, stats)
     seconds = time.perf_counter() - t_start
@@ -149,4 +160,5 @@ def annotate_video(
         frame_times=times, cuts=tuple(cuts), motion_times=pairs[:, 2].copy(), motion_magnitudes=pairs[:, 4].copy(),
         motion_frames=pairs[:, :2].astype(np.int64), frames_decoded=stats.frames, decode_seconds=seconds,
         decode_errors=stats.errors, truncated=bool(note), note=note, codec=info.codec,
+        stage_seconds={"decode": max(0.0, seconds - t_cuts - t_motion), "cuts": t_cuts, "motion": t_motion},
     )  # fmt: skip

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..media.probe import VideoInfo, open_container, pick_video_stream
-from .decode import DecodeStats, configure_stream, decoded_frames, open_info
+from .decode import MAX_PACKET_ERRORS, DecodeStats, configure_stream, decoded_frames, open_info
 
 
 def _rgb(frame: av.VideoFrame, info: VideoInfo, max_side: int | None) -> np.ndarray:
@@ -66,6 +66,7 @@ def read_frames_at(
     max_side: int | None = None,
     threads: int = 0,
     stats: DecodeStats | None = None,
+    frame_times: Sequence[float] | np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """RGB uint8 ``(H, W, 3)`` frames shown at each of ``times`` (pts seconds), in the order given.
 
@@ -75,6 +76,10 @@ def read_frames_at(
     Times are served in increasing order; the decoder seeks only where the keyframe a seek would land on
     lies after the last decoded frame, else it decodes forward, so no frame is decoded twice however sparse
     the keyframes. ``stats`` (optional) receives the count of decoded frames and seeks.
+    ``frame_times``: the pts (s) of every frame of the file (e.g. VideoAnnotation.frame_times, from the analysis
+    decode); with them and a single-threaded decoder, non-reference frames that are not asked for are skipped
+    (never displayed, never needed by another frame: about 40% less work on H.264 with B-frames). The frames
+    returned are the same.
     """
     if not len(times):
         return []
@@ -89,6 +94,7 @@ def read_frames_at(
         stream = pick_video_stream(container)
         configure_stream(stream, threads, fast=False)
         tb = float(stream.time_base or 1)
+        keep = _shown_ticks(frame_times, times, tb, eps) if frame_times is not None and threads == 1 else None
         probe = _SeekProbe(info.path, stream.index)
         frames: Iterator[av.VideoFrame] | None = None
         cur: tuple[float, av.VideoFrame] | None = None  # last frame with pts <= the current time
@@ -98,7 +104,9 @@ def read_frames_at(
             target = math.floor((t + eps) / tb)  # pts ticks of the latest frame that counts as shown at t
             if frames is None or _seek_ahead(probe, target, tb, t, nxt or cur, eps):
                 container.seek(max(0, target), stream=stream, backward=True)
-                frames, cur, nxt = decoded_frames(container, stream, stats), None, None
+                frames = decoded_frames(container, stream, stats) if keep is None else _skipping(
+                    container, stream, stats, keep)
+                cur, nxt = None, None
                 stats.seeks += 1
             while nxt is None or nxt[0] <= t + eps:
                 if nxt is not None:
@@ -118,6 +126,42 @@ def read_frames_at(
         if probe is not None:
             probe.close()
     return [a for a in out if a is not None]
+
+
+def _shown_ticks(frame_times: Sequence[float] | np.ndarray, times: Sequence[float], tb: float,
+                 eps: float) -> set[int] | None:
+    """pts (stream ticks) of the frames shown at ``times`` (the last frame time <= t + eps); None without
+    usable frame times."""
+    ft = np.asarray(frame_times, np.float64)
+    if ft.ndim != 1 or not len(ft) or not np.all(np.isfinite(ft)) or np.any(np.diff(ft) <= 0):
+        return None
+    idx = np.searchsorted(ft, np.asarray(times, np.float64) + eps, side="right") - 1
+    return {round(float(ft[i]) / tb) for i in np.clip(idx, 0, len(ft) - 1)}
+
+
+def _skipping(container: av.container.InputContainer, stream: av.video.stream.VideoStream, stats: DecodeStats,
+              keep: set[int]) -> Iterator[av.VideoFrame]:
+    """Decoded frames, the decoder told per packet to skip it when it is a non-reference frame whose pts is not
+    in ``keep`` (FFmpeg's skip_frame=NONREF: reference frames are always decoded, so the kept ones are exact).
+    Undecodable packets are skipped and counted as in decode.decoded_frames."""
+    ctx = stream.codec_context
+    try:
+        for packet in container.demux(stream):
+            ctx.skip_frame = "DEFAULT" if packet.pts is None or packet.pts in keep else "NONREF"
+            try:
+                yield from stream.decode(packet)
+            except av.FFmpegError as exc:
+                stats.error(exc)
+                if stats.errors > MAX_PACKET_ERRORS:
+                    return
+        stats.reached_end = True
+    except av.FFmpegError as exc:  # corrupt container: flush what the decoder holds
+        stats.error(exc)
+        ctx.skip_frame = "DEFAULT"
+        try:
+            yield from stream.decode(None)
+        except av.FFmpegError as flush_exc:
+            stats.error(flush_exc)
 
 
 def _seek_ahead(probe: _SeekProbe, target: int, tb: float, t: float, last: tuple[float, av.VideoFrame] | None,

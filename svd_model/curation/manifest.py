@@ -153,6 +153,20 @@ def resolve(out_dir: str | os.PathLike[str], rel: str | None) -> Path | None:
     return path if path.is_absolute() else Path(out_dir).absolute() / path
 
 
+#: Report thumbnails written by the workers: one JPEG strip per video (the middle keyframe of each clip side by
+#: side, long side <= THUMB_SIDE px); a clip's row names its tile in ``extra`` as ``"thumb": [file, x, width]``.
+THUMB_DIR = "thumbs"
+THUMB_KEY = "thumb"
+THUMB_SIDE = 160
+#: Per-stage seconds of the last run (engine.write_timings), shown by the report.
+TIMINGS_NAME = "timings.json"
+
+
+def thumbnail_rel(video_id: str) -> str:
+    """The thumbnail strip of a video, relative to the output folder."""
+    return f"{THUMB_DIR}/{video_id}.jpg"
+
+
 def crash_point(name: str, prepare: Callable[[], object] | None = None) -> None:
     """Test hook: SIGKILL this process here when :data:`CRASH_ENV` names this point and its hit count is reached
     (`prepare` runs just before, e.g. to leave a half-written file). A no-op when the variable is unset."""

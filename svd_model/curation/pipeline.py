@@ -11,18 +11,22 @@ one ``status="error"`` row with the reason, a video without any clip one ``statu
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..errors import SVDError
+from ..fsutil import replace_atomic
 from . import annotate, clips, motion, scoring
 from .annotate import VideoAnnotation
-from .manifest import empty_row
+from .manifest import THUMB_KEY, THUMB_SIDE, empty_row, thumbnail_rel
 from .motion import MotionCalibration
 from .records import (
     CLIP_MODES,
@@ -139,6 +143,67 @@ def add_motion(records: Sequence[ClipRecord], calibration: MotionCalibration | N
             rec.row["motion_bucket_id"] = int(motion.motion_bucket_id(score, calibration))
 
 
+# ----------------------------------------------------------------------------------------- timings
+
+#: The per-stage timings a worker reports (seconds): decode (decoding + analysis thumbnails), cuts (cascade and
+#: splitting), motion (flow), keyframes (the exact keyframe decode), hash (perceptual hash), text, captions, clip
+#: (CLIP embeddings and scores), writes (clip / keyframe / embedding / thumbnail files). The driver adds startup,
+#: manifest, filter and report (see engine.RunSummary).
+STAGES = ("decode", "cuts", "motion", "keyframes", "hash", "text", "captions", "clip", "writes")
+
+
+class StageTimer:
+    """Seconds per stage, summed over calls (time.perf_counter): ``with timer("text"): ...``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add({stage: time.perf_counter() - start})
+
+    def add(self, seconds: Mapping[str, float]) -> None:
+        for stage, value in seconds.items():
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + float(value)
+
+
+def write_thumbnails(records: Sequence[ClipRecord], cache: KeyframeCache, out_dir: str | os.PathLike[str],
+                     max_side: int = THUMB_SIDE) -> None:
+    """The report's thumbnails, from the keyframes already decoded: one JPEG strip per video
+    (thumbs/<video_id>.jpg, the middle keyframe of each ok clip side by side, long side <= ``max_side`` px),
+    the clip's tile in its row's extra JSON (``thumb``: [file, x offset, width]), so the report never decodes the
+    sources again. A failure only logs (the report then decodes that clip's frame)."""
+    from PIL import Image
+
+    ok = [r for r in records if r.ok]
+    if not ok:
+        return
+    try:
+        tiles = []
+        for rec in ok:
+            frames = cache.get(rec)
+            image = Image.fromarray(frames[len(frames) // 2])
+            image.thumbnail((max_side, max_side))  # PIL on uint8 numpy: no tensors here, so not kornia
+            tiles.append(image)
+        w, h = tiles[0].size
+        strip = Image.new("RGB", (w * len(tiles), h))
+        for i, tile in enumerate(tiles):
+            strip.paste(tile.resize((w, h)) if tile.size != (w, h) else tile, (i * w, 0))
+        rel = thumbnail_rel(ok[0].row["video_id"])
+        replace_atomic(Path(out_dir) / rel, lambda tmp: strip.save(tmp, format="JPEG", quality=80))
+    except (SVDError, ValueError, OSError) as exc:
+        log.info("%s: no report thumbnails (%s)", ok[0].row["source"], error_text(exc))
+        return
+    for i, rec in enumerate(ok):
+        extra = json.loads(rec.row.get("extra") or "{}")
+        extra[THUMB_KEY] = [rel, i * w, w]  # the tile: x offset and width (px) in the strip
+        rec.row["extra"] = json.dumps(extra)
+
+
 # ----------------------------------------------------------------------------------------- one video
 
 
@@ -149,27 +214,41 @@ def curate_video(path: str | os.PathLike[str], root: str | os.PathLike[str] | No
     start = time.perf_counter()
     ref = VideoRef.of(path, root)
     frames = 0
+    timer = StageTimer()
     try:
         ann = annotate_video(ref, config)
+        timer.add(ann.stage_seconds)
         frames = int(ann.num_frames)
-        records = split_records(ref, ann, config)
-        add_motion(records, config.buckets)
+        with timer("cuts"):  # splitting the cut list into clips and the per-clip motion mean
+            records = split_records(ref, ann, config)
+            add_motion(records, config.buckets)
         if any(r.ok for r in records):
             cache = KeyframeCache(config)
             if config.needs_keyframes:
-                cache.prefetch(records, threads=config.threads)
+                with timer("keyframes"):
+                    cache.prefetch(records, threads=config.threads)
             if config.perceptual_hash:
                 from .dedup import add_hashes
 
-                add_hashes(records, cache)
+                with timer("hash"):
+                    add_hashes(records, cache)
             if config.text:
-                scoring.add_text(records, cache, config)
+                with timer("text"):
+                    scoring.add_text(records, cache, config)
             models = models if models is not None else scoring.get_models(config, registry)
-            scoring.score_records(records, cache, config, out_dir, models)
-            scoring.write_files(records, cache, config, out_dir)
+            if models.captioners:  # captions first: the CLIP caption similarity reads them
+                with timer("captions"):
+                    scoring.score_records(records, cache, config, out_dir, scoring.Models(None, models.captioners))
+            if models.scorer is not None:
+                with timer("clip"):
+                    scoring.score_records(records, cache, config, out_dir, scoring.Models(models.scorer, ()))
+            with timer("writes"):
+                scoring.write_files(records, cache, config, out_dir)
+                write_thumbnails(records, cache, out_dir)
     except (KeyboardInterrupt, SystemExit, MemoryError):
         raise
     except Exception as exc:  # noqa: BLE001 - one bad file must never stop the run
         log.info("%s: %s", ref.source, error_text(exc))
         records = [status_record(ref, "error", error_text(exc), config.hash())]
-    return VideoResult(ref.video_id, ref.source, [r.row for r in records], time.perf_counter() - start, frames)
+    return VideoResult(ref.video_id, ref.source, [r.row for r in records], time.perf_counter() - start, frames,
+                       timer.seconds)

@@ -272,7 +272,8 @@ class KeyframeCache:
         fields = {"first": "start_time", "middle": "middle_time", "last": "last_time"}
         times = [float(getattr(r.span, fields[w])) for r in todo for w in self.which]
         try:
-            frames = frames_at.read_frames_at(todo[0].source, times, max_side=self.max_side, threads=threads)
+            frames = frames_at.read_frames_at(todo[0].source, times, max_side=self.max_side, threads=threads,
+                                              frame_times=getattr(todo[0].annotation, "frame_times", None))
         except (SVDError, ValueError, OSError) as exc:  # per-clip reads in get() will say which clip fails
             log.info("keyframe prefetch failed (%s); reading clip by clip", error_text(exc))
             return
@@ -298,6 +299,9 @@ class VideoResult:
     rows: list[dict[str, Any]]
     seconds: float = 0.0
     frames: int = 0
+    #: seconds per pipeline stage in the worker (decode, cuts, motion, keyframes, text, captions, clip, writes;
+    #: see pipeline.STAGES), summed by the engine into the run's per-stage timings
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def status(self) -> str:

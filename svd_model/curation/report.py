@@ -9,6 +9,7 @@ failed.
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import json
@@ -24,7 +25,7 @@ import pyarrow as pa
 
 from ..fsutil import write_text_atomic
 from .filtering import FILTER_JSON, SCORES, FilterResult, Threshold, apply_filters
-from .manifest import FILTERED_NAME, read_manifest, resolve, video_status
+from .manifest import FILTERED_NAME, THUMB_KEY, TIMINGS_NAME, read_manifest, resolve, video_status
 
 log = logging.getLogger(__name__)
 
@@ -118,12 +119,16 @@ def _histogram(values: np.ndarray, kept: np.ndarray, marks: Sequence[tuple[float
 
 
 def _thumbnail(out_dir: Path, row: dict[str, Any], max_side: int = 160) -> str | None:
-    """The clip's middle keyframe as a data URI: from its written keyframes, else decoded from the source."""
+    """The clip's middle keyframe as a data URI: its tile of the video's thumbnail strip (written by the worker),
+    else its written keyframes, else decoded from the source."""
     from PIL import Image
 
     try:
         paths = [resolve(out_dir, p) for p in row.get("keyframe_paths") or []]
-        if paths:
+        tile = _tile(out_dir, row)
+        if tile is not None:
+            image = tile
+        elif paths:
             image = Image.open(paths[len(paths) // 2]).convert("RGB")
         else:
             image = Image.fromarray(_decode_middle(row))
@@ -134,6 +139,28 @@ def _thumbnail(out_dir: Path, row: dict[str, Any], max_side: int = 160) -> str |
         log.info("no thumbnail for %s: %s", row.get("clip_id"), exc)
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _tile(out_dir: Path, row: dict[str, Any]) -> Any:
+    """The clip's tile of its video's thumbnail strip (pipeline.write_thumbnails), a PIL image; None without."""
+    try:
+        rel, x0, width = json.loads(row.get("extra") or "{}")[THUMB_KEY]
+        path = resolve(out_dir, rel)
+        strip = _open_strip(str(path), path.stat().st_mtime_ns)
+    except (KeyError, TypeError, ValueError, OSError):
+        return None
+    if width <= 0 or x0 < 0 or x0 + width > strip.width:
+        return None
+    return strip.crop((int(x0), 0, int(x0) + int(width), strip.height))
+
+
+@functools.lru_cache(maxsize=32)
+def _open_strip(path: str, mtime_ns: int) -> Any:
+    """A decoded strip, kept while the report reads a video's tiles (the mtime makes a rewritten file a miss)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")
 
 
 def _decode_middle(row: dict[str, Any]) -> np.ndarray:
@@ -217,6 +244,25 @@ figure.dropped{border-color:#c8553d}.pair{display:grid;grid-template-columns:1fr
 .noimg{width:160px;height:90px;background:#eee}.note{color:#777}.legend span{padding:0 6px;color:#fff}"""
 
 
+def _timings(out: Path) -> list[str]:
+    """The per-stage timings of the last curation run (OUT/timings.json, engine.write_timings): the workers'
+    stages (seconds summed over the workers, share, frames/s of that stage alone) and the driver's."""
+    try:
+        data = json.loads((out / TIMINGS_NAME).read_text(encoding="utf-8"))
+        stages = {str(k): float(v) for k, v in data["stages"].items()}
+        driver = {str(k): float(v) for k, v in data.get("driver", {}).items()}
+        frames, wall = int(data.get("frames", 0)), float(data.get("wall_seconds", 0.0))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    total = sum(stages.values()) or 1.0
+    rows = [(k, f"{v:.2f}", f"{100 * v / total:.0f}%", f"{frames / v:.0f}" if v > 0 else "") for k, v in stages.items()]
+    rows += [(f"{k} (driver)", f"{v:.2f}", "", "") for k, v in driver.items()]
+    return [f"<h2>Per-stage timings</h2><p>last run: {frames} frames in {wall:.1f} s "
+            f"({frames / wall if wall > 0 else 0:.0f} frames/s), engine {html.escape(str(data.get('engine', '')))}, "
+            f"{int(data.get('workers', 0))} worker(s); worker stages are summed over the workers</p>",
+            _table(("stage", "seconds", "share of worker time", "frames/s"), rows)]
+
+
 def _stored_thresholds(out: Path) -> list[Threshold]:
     path = out / FILTER_JSON
     if not path.is_file():
@@ -249,6 +295,7 @@ def build_report(out_dir: str | os.PathLike[str], result: FilterResult | None = 
             "transition).</p>",
             f'<p class="legend"><span style="background:{KEPT}">kept</span> <span style="background:{DROPPED}">'
             "dropped</span> dashed line: threshold</p>"]
+    body += _timings(out)
     if thresholds:
         body += ["<h2>Thresholds</h2>", _table(
             ("rule", "threshold", "clips with the score", "dropped", "without the score", "note"),

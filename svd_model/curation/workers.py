@@ -96,27 +96,42 @@ _WORKER: dict[str, Any] = {}
 
 def init_worker(config: dict[str, Any], out_dir: str, registry: dict[str, Any] | None, driver_pid: int,
                 started: Any = None) -> None:
-    """Initializer of every curation worker process (and of Ray workers, without ``started``)."""
+    """Initializer of every curation worker process (and of Ray workers, without ``started``): runs once per
+    process; the process then curates video after video with what it set up here (warm): one thread per library,
+    the config, and the CLIP scorer and captioners when the config names them (loaded now, not per video).
+    torch is imported only when a model needs it (its import is the largest part of a worker's start-up);
+    ``OMP_NUM_THREADS=1`` keeps a later import single-threaded."""
     if driver_pid:
         die_with_parent(driver_pid)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # one thread per worker: the pool is the parallelism
     try:
         import cv2
 
         cv2.setNumThreads(1)
     except ImportError:
         pass
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
     from .captioner_registry import CaptionerRegistry
 
-    _WORKER["config"] = CurationConfig.from_dict(config)
+    cfg = CurationConfig.from_dict(config)
+    if cfg.clip_checkpoint or cfg.captioners or "torch" in sys.modules:
+        try:
+            import torch
+
+            torch.set_num_threads(1)
+        except ImportError:
+            pass
+    _WORKER["config"] = cfg
     _WORKER["out"] = out_dir
     _WORKER["registry"] = CaptionerRegistry.from_dict(registry) if registry else None
     _WORKER["started"] = started
+    _WORKER["inits"] = _WORKER.get("inits", 0) + 1  # once per process (tests check the workers stay warm)
+    if cfg.clip_checkpoint or cfg.captioners:
+        from . import scoring
+
+        try:  # load the models once now; a failure is reported per clip by the pipeline, as before
+            scoring.get_models(cfg, _WORKER["registry"])
+        except Exception as exc:  # noqa: BLE001 - the per-video path reports it with the video
+            log.info("worker model preload failed (%s); the videos will report it", exc)
 
 
 def work(path: str, root: str) -> VideoResult:
