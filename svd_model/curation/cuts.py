@@ -19,7 +19,10 @@ the level's sampling grid), so a transition's alignment with the grid does not m
   differ by ``threshold`` times the change over the same distance just before and just after (and by
   ``min_change``), the excursion is the transition between two shots: a ``fade`` (through a dark frame) or
   a ``flash`` (through a bright one), spanning exactly its frames. Otherwise it is a flash inside one shot,
-  not a cut.
+  not a cut. A candidate whose new frame is the previous one under a per-channel gain and offset (what the
+  fit leaves would not stand out as a cut) is a *brightness step* inside a shot (an exposure jump, or with
+  fast decoding the drift of a brightness change reset at a keyframe), not a cut; the slow levels apply the
+  same test to the one-frame changes they localise.
 * **Levels 2 and 3 (default 6 fps and 1.5 fps): gradual transitions.** At a low rate a fade or a
   cross-dissolve is a big change between two samples. Local maxima of ``d_l`` (or of the motion-robust
   ``h_l``) that stand ``threshold`` times above their baseline (the lower of the medians on either side,
@@ -400,9 +403,32 @@ class CascadeDetector:
             event = None
             if float(np.min(self.series.mean.view[max(0, k - p - 1) : k + p + 1])) <= self.cfg.fade_black_level:
                 event = self._fade(k - p - 1, k + p, *self._window(k, p))  # a quick fade through black
+            if event is None and self._brightness_step(k):
+                continue  # the same picture, brighter or darker: an exposure jump, a decoder's drift reset
             event = event or _Event(k, k, "hard", 0.0, 0, v)
             event.score, event.level = ratio, level
             self.events.append(event)
+
+    def _brightness_step(self, b: int) -> bool:
+        """Frame ``b`` is frame ``b - 1`` with its brightness changed: what per channel ``b ~ gain * (b - 1) +
+        offset`` (least squares) leaves unexplained (the change measure of ``LevelConfig.min_change``) would not
+        stand out as a hard cut (the native level's threshold times the median ``d_1`` over ``window`` frames on
+        each side). Within a shot that is an exposure or lighting jump, or (decoding with the loop filter skipped)
+        the drift of a brightness change reset at the next keyframe; two shots' pictures differ beyond any gain
+        and offset."""
+        d1 = self.series.diffs[1].view
+        w = self.frames.window
+        around = np.concatenate([d1[max(1, b - w) : b], d1[b + 1 : min(self.n, b + 1 + w)]])
+        around = around[np.isfinite(around)]
+        base = max(float(np.median(around)) if around.size else 0.0, self.cfg.noise_floor)
+        limit = self.cfg.levels[0].threshold * base
+        a, r = b - 1, self.ring_size
+        x = self.ring[a % r].reshape(self.shape[0], -1).astype(np.float64)  # (C, P)
+        y = self.ring[b % r].reshape(self.shape[0], -1).astype(np.float64)
+        xc, yc = x - x.mean(1, keepdims=True), y - y.mean(1, keepdims=True)
+        gain = (xc * yc).sum(1, keepdims=True) / np.maximum((xc * xc).sum(1, keepdims=True), 1e-6)
+        residual = float(np.abs(yc - gain * xc).mean()) * self.shape[0]
+        return residual < limit
 
     def _brief(self, k: int, v: float, lv: LevelConfig) -> _Event | None:
         """A brief excursion at candidate ``k`` (``v = d_1[k]``): frames ``s .. s + m - 1`` (``m <= flash_frames``)
@@ -511,6 +537,8 @@ class CascadeDetector:
             return None
         d1 = self.series.diffs[1].view
         if fit.last <= fit.first or float(d1[fit.middle]) >= self.cfg.hard_concentration * change:
+            if self._brightness_step(fit.middle):
+                return None
             return _Event(fit.middle, fit.middle, "hard", 0.0, 0, change)  # one frame carries the change
         blend = fit.residual <= self.cfg.max_blend_residual and fit.coherence >= self.cfg.min_coherence
         dip = fit.contrast_dip <= self.cfg.max_contrast_dip and fit.residual <= 2 * self.cfg.max_blend_residual

@@ -8,9 +8,12 @@ detection matches when both of its ends are within one frame of the truth's. Eve
 
 from __future__ import annotations
 
+import cv2
+import numpy as np
 import pytest
 
 from comfyui_svd_lab.svd_model.curation.annotate import annotate_video
+from comfyui_svd_lab.svd_model.curation.cuts import CascadeDetector, CutConfig
 from comfyui_svd_lab.svd_model.curation.synthetic import make_video
 
 SIZE = (192, 108)
@@ -85,3 +88,23 @@ def test_a_flash_is_a_cut_only_between_different_shots(tmp_path):
     assert annotate_video(tmp_path / "in.mp4", motion=None).cuts == ()
     cuts = annotate_video(tmp_path / "between.mp4", motion=None).cuts
     assert [(c.frame, c.end_frame, c.kind) for c in cuts] == [(50, 50, "flash")]
+
+
+def _texture(rng: np.random.Generator, h: int = 27, w: int = 48) -> np.ndarray:
+    """A smooth random picture: float32 (3, h, w) Y, U, V (0..255)."""
+    img = cv2.resize(rng.random((6, 10)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+    return np.stack([60 + 120 * img, 128 + 20 * (img - 0.5), 128 - 20 * (img - 0.5)])
+
+
+def test_a_brightness_step_inside_a_shot_is_not_a_cut():
+    """Frames 60.. are frames ..59 25% brighter (an exposure jump, or a fast decode's drift reset at a keyframe):
+    no cut there at any level; the change to another picture at 120 is still a hard cut."""
+    rng = np.random.default_rng(0)
+    first, second = _texture(rng), _texture(rng)
+    gain, offset = np.array([1.25, 1.0, 1.0])[:, None, None], np.array([8.0, 0.0, 0.0])[:, None, None]
+    pictures = [first] * 60 + [first * gain + offset] * 60 + [second] * 60
+    frames = np.clip(np.stack([p + rng.normal(0, 1.5, p.shape) for p in pictures]), 0, 255).astype(np.float32)
+    detector = CascadeDetector(CutConfig(), 25.0, frames.shape[1:])
+    detector.push(frames)  # (180, 3, 27, 48)
+    cuts = detector.finish(np.arange(180) / 25.0)
+    assert [(c.frame, c.end_frame, c.kind) for c in cuts] == [(120, 120, "hard")]
