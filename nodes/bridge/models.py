@@ -137,15 +137,20 @@ def _vae_roots() -> list[Path]:
     return [Path(d) for key in (*keys, SVD_FOLDER) for d in fp.get_folder_paths(key)]
 
 
-def list_vaes() -> list[str]:
-    """VAE names for the loader's vae_name COMBO (.safetensors/.sft files, relative to their folder), `vae`
-    folder first."""
+def _weight_files(roots: list[Path]) -> list[str]:
+    """The .safetensors/.sft files below `roots`, relative to their root, in root order, without duplicates."""
     names = []
-    for root in _vae_roots():
+    for root in roots:
         if root.is_dir():
             names += sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
                             if p.suffix.lower() in MODEL_EXTENSIONS and p.is_file())
     return list(dict.fromkeys(names))
+
+
+def list_vaes() -> list[str]:
+    """VAE names for the loader's vae_name COMBO (.safetensors/.sft files, relative to their folder), `vae`
+    folder first."""
+    return _weight_files(_vae_roots())
 
 
 def find_vae(name: str) -> Path | None:
@@ -186,12 +191,7 @@ def _unet_roots() -> list[Path]:
 
 def list_unets() -> list[str]:
     """UNet file names for a COMBO (.safetensors/.sft files, relative to their folder), `diffusion_models` first."""
-    names = []
-    for root in _unet_roots():
-        if root.is_dir():
-            names += sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                            if p.suffix.lower() in MODEL_EXTENSIONS and p.is_file())
-    return list(dict.fromkeys(names))
+    return _weight_files(_unet_roots())
 
 
 def find_unet(name: str) -> Path | None:

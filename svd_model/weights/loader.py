@@ -29,7 +29,7 @@ from ..text_conditioning import CONDITIONING_KEY, CONDITIONINGS
 from .checkpoint import CheckpointReader, save_checkpoint
 from .detect import FIRST_STAGE_PREFIX, cond_vae_prefix, guess_variant, infer_config, is_ignored_key
 from .diffusers_keys import diffusers_pipeline_to_sgm
-from .weight_checks import check_weight_table, non_finite_report, quick_sum
+from .weight_checks import check_weight_table, non_finite_report, quick_sum, refuse_non_finite
 
 log = logging.getLogger(__name__)
 
@@ -291,12 +291,7 @@ def load_bundle(
         sums.append(quick_sum(tensor))
         if reader is not None and tensor.device.type == "cpu" and tensor.dtype == checked.dtypes[key]:
             reader.release(key)  # a zero-copy view was just read for the sum: let its pages go again
-    report = non_finite_report(path.name, state, sums)
-    if report and not allow_non_finite:
-        raise CheckpointError(f"{report}. To load it anyway pass allow_non_finite=True (the loader node's "
-                              "allow_non_finite input).")
-    if report:
-        log.warning("%s; loading it anyway (allow_non_finite)", report)
+    refuse_non_finite(non_finite_report(path.name, state, sums), allow_non_finite)
     model.load_official_state_dict(state, assign=True)
     model.eval().requires_grad_(False)
     log.info(

@@ -35,7 +35,6 @@ from ..errors import CheckpointError, ConfigError, SVDError, shorten
 from ..lora.apply import _with_unet
 from ..nn import streaming
 from ..nn.cast import FP8_STORAGE, convert, store_fp8
-from ..nn.model import check_keys
 from ..nn.unet import VideoUNet
 from .checkpoint import CheckpointReader
 from .detect import (
@@ -48,7 +47,7 @@ from .detect import (
     unet_file_layout,
 )
 from .diffusers_keys import unet_diffusers_to_sgm
-from .weight_checks import check_weight_table, non_finite_report, quick_sum
+from .weight_checks import checked_state
 
 if TYPE_CHECKING:
     from .loader import SVDBundle
@@ -147,18 +146,8 @@ def load_unet(
         raise CheckpointError(f"{name}: the UNet read from its tensor shapes cannot be built "
                               f"({shorten(str(exc), 200)})") from None
     expected = {k: tuple(v.shape) for k, v in unet.state_dict().items()}
-    check_weight_table(name, {k: (tuple(t.shape), t.dtype) for k, t in tensors.items()}, expected)
-    try:
-        check_keys(expected, {k: tuple(t.shape) for k, t in tensors.items()})
-    except CheckpointError as exc:
-        raise CheckpointError(f"{name}: {str(exc).replace('checkpoint', 'UNet file', 1)}") from None
-    state = {k: t.to(device=device, dtype=dtype) for k, t in tensors.items()}
-    report = non_finite_report(name, state, [quick_sum(t) for t in state.values()])
-    if report and not allow_non_finite:
-        raise CheckpointError(f"{report}. To load it anyway pass allow_non_finite=True (the UNet loader node's "
-                              "allow_non_finite input).")
-    if report:
-        log.warning("%s; loading it anyway (allow_non_finite)", report)
+    state = checked_state(name, tensors, expected, dtype=dtype, device=device, allow_non_finite=allow_non_finite,
+                          what="UNet file", node="the UNet loader node's")
     unet.load_state_dict(state, strict=True, assign=True)
     return unet.eval().requires_grad_(False), layout, ignored, metadata
 

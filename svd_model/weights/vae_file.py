@@ -34,7 +34,6 @@ from torch import Tensor
 
 from ..config import VAEConfig
 from ..errors import CheckpointError, SVDError, shorten
-from ..nn.model import check_keys
 from ..nn.vae import AutoencoderKL
 from .checkpoint import CheckpointReader
 from .detect import (
@@ -48,7 +47,7 @@ from .detect import (
     vae_file_layout,
 )
 from .diffusers_vae_keys import vae_diffusers_to_sgm
-from .weight_checks import check_weight_table, non_finite_report, quick_sum
+from .weight_checks import checked_state
 
 if TYPE_CHECKING:
     from .loader import SVDBundle
@@ -186,18 +185,8 @@ def replace_vae(
         raise CheckpointError(f"{name}: the VAE read from its tensor shapes cannot be built "
                               f"({shorten(str(exc), 200)})") from None
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items() if k not in kept}
-    check_weight_table(name, {k: (tuple(t.shape), t.dtype) for k, t in tensors.items()}, expected)
-    try:
-        check_keys(expected, {k: tuple(t.shape) for k, t in tensors.items()})
-    except CheckpointError as exc:
-        raise CheckpointError(f"{name}: {str(exc).replace('checkpoint', 'VAE file', 1)}") from None
-    state = {k: t.to(device=device, dtype=dtype) for k, t in tensors.items()}
-    report = non_finite_report(name, state, [quick_sum(t) for t in state.values()])
-    if report and not allow_non_finite:
-        raise CheckpointError(f"{report}. To load it anyway pass allow_non_finite=True (the loader node's "
-                              "allow_non_finite input).")
-    if report:
-        log.warning("%s; loading it anyway (allow_non_finite)", report)
+    state = checked_state(name, tensors, expected, dtype=dtype, device=device, allow_non_finite=allow_non_finite,
+                          what="VAE file", node="the loader node's")
     module.load_state_dict({**state, **kept}, strict=True, assign=True)
     bundle.model.first_stage = module.eval().requires_grad_(False)
     bundle.model.config = replace(bundle.model.config, first_stage=config)

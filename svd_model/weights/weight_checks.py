@@ -1,9 +1,10 @@
 """Checks on weight tables and values shared by the loaders (:mod:`.loader` for checkpoints, :mod:`.vae_file` for
-separate VAE files): every weight floating point and in the layout the model needs, and no NaN / Inf (one cheap sum
-per tensor as it is materialised, an exact count only for the suspects)."""
+separate VAE files, :mod:`.unet_file` for UNet files): every weight floating point and in the layout the model needs,
+and no NaN / Inf (one cheap sum per tensor as it is materialised, an exact count only for the suspects)."""
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 
@@ -11,7 +12,10 @@ import torch
 from torch import Tensor
 
 from ..errors import CheckpointError, shorten
+from ..nn.model import check_keys
 from .checkpoint import dtype_name
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 1 << 22  # elements per step of the exact NaN/Inf count (a bounded temporary)
 
@@ -68,3 +72,29 @@ def non_finite_report(name: str, state: Mapping[str, Tensor], sums: list[Tensor]
     more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
     return (f"{name}: {len(bad)} tensor(s) hold NaN or Inf values: {listed}{more}. The file is damaged or was "
             "saved from a diverged training run (its videos would be flat grey)")
+
+
+def refuse_non_finite(report: str | None, allow_non_finite: bool, node: str = "the loader node's") -> None:
+    """Act on a :func:`non_finite_report`: nothing for None; else a CheckpointError that says how to load the file
+    anyway (``node``: whose allow_non_finite input does it), or with `allow_non_finite` a logged warning."""
+    if report and not allow_non_finite:
+        raise CheckpointError(f"{report}. To load it anyway pass allow_non_finite=True ({node} allow_non_finite "
+                              "input).")
+    if report:
+        log.warning("%s; loading it anyway (allow_non_finite)", report)
+
+
+def checked_state(name: str, tensors: Mapping[str, Tensor], expected: Mapping[str, tuple[int, ...]], *,
+                  dtype: torch.dtype, device: torch.device | str, allow_non_finite: bool, what: str,
+                  node: str) -> dict[str, Tensor]:
+    """The tensors of one network's file, checked and materialised: floating point, exactly the keys and shapes of
+    `expected` (errors name the file `name` and call it a `what`, e.g. "VAE file"), converted to `dtype` on `device`,
+    and finite (:func:`refuse_non_finite`; `node` names the input that allows otherwise)."""
+    check_weight_table(name, {k: (tuple(t.shape), t.dtype) for k, t in tensors.items()}, expected)
+    try:
+        check_keys(expected, {k: tuple(t.shape) for k, t in tensors.items()})
+    except CheckpointError as exc:
+        raise CheckpointError(f"{name}: {str(exc).replace('checkpoint', what, 1)}") from None
+    state = {k: t.to(device=device, dtype=dtype) for k, t in tensors.items()}
+    refuse_non_finite(non_finite_report(name, state, [quick_sum(t) for t in state.values()]), allow_non_finite, node)
+    return state
