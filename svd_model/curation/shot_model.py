@@ -22,8 +22,11 @@ batch size is free), so memory is bounded by a few windows of 48 x 27 thumbnails
 **Cuts** from the probabilities: each run of frames whose single-frame probability exceeds ``shot_threshold``
 (0.5) gives one cut at its highest frame ``p`` (score: that probability); runs closer than ``min_scene_s`` keep
 the higher score. The transition is the many-hot run around ``p`` (above the threshold, at most
-``max_transition_s``) minus the old shot's last frame; for a hard cut ``frame = end_frame = p + 1``, the first
-frame of the new shot, as :class:`~.cuts.Cut` defines it. Kind ``"learned"``, level ``len(levels) + 1``.
+``max_transition_s``) minus the old shot's last frame. The kind follows its shape, as the clip splitter reads it:
+``"hard"`` when no frame lies between the shots (``frame = end_frame = p + 1``, the first frame of the new shot,
+as :class:`~.cuts.Cut` defines it), else ``"learned"`` (a transition of frames ``frame..end_frame`` whose type
+the network does not tell). The learned detector is the cascade's level ``len(levels) + 1`` (``Cut.level``) and
+its score a probability in 0.5..1 (the cascade's are ratios of 2.5 and more).
 With ``"cascade+learned"`` the learned cuts that lie within ``min_scene_s`` of a cascade cut are dropped (the
 cascade's cut, with its kind and span, is kept) and the others added.
 
@@ -65,6 +68,7 @@ DEFAULT_WINDOW = 100
 MAX_SIDE = 128
 #: Windows per inference call when the model's batch size is free.
 BATCH_WINDOWS = 4
+#: Kind of a learned cut with frames between the shots (a learned cut without any is "hard").
 LEARNED_KIND = "learned"
 INSTALL_HINT = "pip install onnxruntime (or the pack's extra: pip install 'comfyui-svd-lab[onnx]')"
 
@@ -426,7 +430,8 @@ class LearnedDetector:
         first = a + 1  # the old shot ends at a
         if first >= self.n or first < self.frames.min_scene:
             return  # no new shot after it, or a first shot shorter than min_scene
-        event = _Event(first, max(first, b), LEARNED_KIND, float(self.single.view[peak]), self.level, 0.0)
+        kind = LEARNED_KIND if b > first - 1 else "hard"  # frames between the shots, or none
+        event = _Event(first, max(first, b), kind, float(self.single.view[peak]), self.level, 0.0)
         last = self.events[-1] if self.events else None
         if last is not None and event.start - last.end - 1 < self.frames.min_scene:
             if event.score > last.score:

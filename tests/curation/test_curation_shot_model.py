@@ -104,8 +104,8 @@ def test_streaming_windows_equal_the_network_on_the_whole_video(models, name):
 
 def test_probabilities_become_cuts_at_the_new_shot():
     """A run above the threshold -> one cut after its peak (the old shot's last frame), spanning the many-hot run
-    after the old shot's last frame; cuts closer than min_scene_s keep the higher score; none in the first
-    min_scene frames (8 at 25 fps)."""
+    after the old shot's last frame (kind "learned"; "hard" when no frame lies between the shots); cuts closer
+    than min_scene_s keep the higher score; none in the first min_scene frames (8 at 25 fps)."""
     lay = shot_model.Layout("x", True, "uint8", 27, 48, 100, 25, None, "single", "many_hot")
     cfg = CutConfig(detector="learned", shot_model="x.onnx")
     det = LearnedDetector(SimpleNamespace(layout=lay), cfg, 25.0)
@@ -121,7 +121,7 @@ def test_probabilities_become_cuts_at_the_new_shot():
     assert det.final_before == 300 - det.frames.span_max - 1
     cuts = det.cuts(np.arange(300) / 25.0)
     assert [(c.frame, c.end_frame, c.kind, c.level, c.score) for c in cuts] == [
-        (124, 124, "learned", 4, 0.95), (199, 205, "learned", 4, 0.8), (252, 252, "learned", 4, 0.9)]
+        (124, 124, "hard", 4, 0.95), (199, 205, "learned", 4, 0.8), (252, 252, "hard", 4, 0.9)]
     assert cuts[1].time == pytest.approx(199 / 25.0) and cuts[1].center == 202
     open_run = LearnedDetector(SimpleNamespace(layout=lay), cfg, 25.0)
     open_run.single.extend(single[:251])
@@ -139,8 +139,9 @@ def test_learned_and_combined_detectors_on_a_synthetic_video(models, video):
     assert found[:2] == hard  # frame-exact
     fade = truth.transitions[2]  # this network sees a fast fade's steps as changes: a cut inside the fade at most
     assert len(found) <= 3 and all(fade[0] <= f <= fade[1] for f in found[2:])
-    assert all(c.kind == "learned" and c.score > 0.5 and c.level == 4 for c in learned.cuts)
-    assert all(c.end_frame == c.frame for c in learned.cuts[:2])  # hard cuts: no frame between the shots
+    assert all(0.5 < c.score <= 1 and c.level == 4 for c in learned.cuts)  # the level after the cascade's three
+    assert [(c.kind, c.end_frame - c.frame) for c in learned.cuts[:2]] == [("hard", 0)] * 2  # no frame between
+    assert all(c.kind == "learned" and c.end_frame > c.frame for c in learned.cuts[2:])  # frames between
     assert len(learned.motion_frames) > 0
 
     cascade = annotate_video(path)
@@ -306,7 +307,7 @@ def test_annotate_node_lists_and_runs_the_learned_detector(shot_nodes, video):
     (ann,) = node().annotate(videos, 0.3, 2.0, "", detector="learned", shot_model="diff.onnx", shot_threshold=0.5)
     (ref, result, error), = ann.items
     assert error == "" and [c.frame for c in result.cuts][:2] == list(video[1].cuts[:2])
-    assert {c.kind for c in result.cuts} == {"learned"}
+    assert {c.level for c in result.cuts} == {4} and [c.kind for c in result.cuts][:2] == ["hard", "hard"]
     assert ann.config.cut.shot_model == str((shot_nodes.bridge.shot_model_dirs()[0] / "diff.onnx").absolute())
     (old,) = node().annotate(videos, 0.3, 2.0, "")  # a workflow saved before the widgets: the cascade
     assert old.config.cut.detector == "cascade" and [c.kind for c in old.items[0][1].cuts] == ["hard", "hard", "fade"]
