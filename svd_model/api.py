@@ -1,6 +1,8 @@
 """The package's public API in one place (re-exported by ``svd_model``).
 
     bundle = load_bundle("svd_xt.safetensors", device="cuda")   # vae="other_vae.safetensors": another first stage
+    # a UNet-only finetune, e.g. the few-step AnimateLCM-SVD-xt: its variant's defaults (4 lcm steps) follow
+    # bundle, _ = with_unet(bundle, "AnimateLCM-SVD-xt.safetensors")
     params = VideoParams.for_variant(bundle.variant, num_frames=25)
     cond, uncond = encode_condition(bundle, image, params, generator=gen)   # image (1, 3, H, W) in [-1, 1]
     latents = sample_video(bundle, cond, uncond, params, generator=gen, callback=print)
@@ -26,11 +28,13 @@ from .pipelines.image_to_video import VideoParams, encode_condition, sample_vide
 from .pipelines.keyframes import interpolate_keyframes
 from .pipelines.multiview import orbit_cameras, orbit_video
 from .weights.loader import SVDBundle, load_bundle, save_bundle
+from .weights.unet_file import UNetReplacement, with_unet
 from .weights.vae_file import VAEReplacement, replace_vae
 
 __all__ = [
     "SVDBundle",
     "StepInfo",
+    "UNetReplacement",
     "VAEReplacement",
     "VideoParams",
     "decode_latents",
@@ -45,6 +49,7 @@ __all__ = [
     "replace_vae",
     "sample_video",
     "save_bundle",
+    "with_unet",
 ]
 
 
