@@ -26,6 +26,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -87,7 +88,7 @@ def time_command(inputs: Path, out: Path, engine: str, workers: int, code: str |
     if code:
         env["PYTHONPATH"] = code + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [sys.executable, __file__, "--child", str(inputs), "--out", str(out), "--engine", engine,
-           "--workers", str(workers), "--quiet", "--overwrite"]
+           "--workers", str(workers), "--quiet"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     seconds = time.perf_counter() - start
@@ -132,7 +133,9 @@ def main() -> None:
                 for engine in args.engines:
                     for code in codes:
                         key = (engine, w, code or CODE)
-                        sec, timings = time_command(inputs, tmp_path / "out", engine, w, code)
+                        out = tmp_path / f"out_{engine}_{w}_{len(best)}"
+                        sec, timings = time_command(inputs, out, engine, w, code)
+                        shutil.rmtree(out, ignore_errors=True)
                         best[key] = min(best.get(key, float("inf")), sec)
                         last_timings[key] = timings
             print(f"round {r + 1}/{args.repeat} done, load average {os.getloadavg()}", file=sys.stderr)

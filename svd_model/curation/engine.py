@@ -426,7 +426,8 @@ def prepare_output(out_dir: str | os.PathLike[str], *, resume: bool, overwrite: 
     manifest_dir = out / MANIFEST_DIR
     if manifest_dir.is_dir() and any(manifest_dir.iterdir()):
         if overwrite:
-            for item in [*manifest_dir.iterdir(), out / FILTERED_NAME, out / "filter.json", out / "report.html"]:
+            for item in [*manifest_dir.iterdir(), out / FILTERED_NAME, out / "filter.json", out / "report.html",
+                         out / TIMINGS_NAME]:
                 item.unlink(missing_ok=True)
         elif not resume:
             raise ConfigError(f"{out} already holds a curation manifest: pass resume (--resume) to continue it, or "
