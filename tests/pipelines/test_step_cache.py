@@ -122,6 +122,8 @@ def test_window_limits_where_calls_are_reused(bundle, conds):
     stats = CacheStats()
     _sample(bundle, conds, _params(step_cache="deepcache", cache_threshold=1e6, cache_start=0.5, cache_end=0.8), stats)
     assert stats.pattern == "FFFFF" + "RRR" + "FF"  # steps 5, 6, 7 of 10 lie in [0.5, 0.8)
+    _sample(bundle, conds, _params(step_cache="teacache", cache_threshold=1e6, cache_start=0.0, cache_end=1.0), stats)
+    assert stats.pattern == "FF" + "R" * 7 + "F"  # k needs two full calls; the last step always runs in full
 
 
 def test_each_run_starts_from_a_fresh_state(bundle, conds):
