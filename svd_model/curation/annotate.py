@@ -85,7 +85,8 @@ def annotate_video(
     Args:
         path: a video file FFmpeg reads.
         cut: cascade settings; motion: flow settings, None = skip motion.
-        threads: decoder threads (1 = single-threaded, best for one process per core; 0 = FFmpeg's choice).
+        threads: decoder threads (1 = single-threaded, best for one process per core; 0 = FFmpeg's choice); also
+            the learned shot detector's onnxruntime threads (``cut.detector``, see :mod:`.shot_model`).
         fast: skip H.264/HEVC deblocking while decoding (see :mod:`.decode`); about 20-40% faster.
 
     Raises:

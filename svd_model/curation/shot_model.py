@@ -9,15 +9,18 @@ ports (both accepted; a fixed height, width or window length in the file is hono
 "single-frame transition" logit and optionally the "many-hot" logit (every frame of a transition),
 ``(batch, frames, 1)`` or ``(batch, frames)``: an output whose name contains ``many`` is the many-hot one, else
 the order decides (torch.onnx.export names the outputs of TransNetV2's ``(logits, {"many_hot": ...})`` by
-number, single-frame first). Probabilities
-are their sigmoid. The single-frame head marks the *last frame of the old shot* for a hard cut (the middle of a
-gradual one); the many-hot head covers the old shot's last frame and the transition's frames.
+number, single-frame first). Probabilities are their sigmoid. The single-frame head marks the *last frame of the
+old shot* for a hard cut (the middle of a gradual one); the many-hot head covers the old shot's last frame and the
+transition's frames.
 
 **Windows** (as the reference inference): the video is padded with ``context`` (25) copies of its first frame in
 front and copies of its last frame behind; windows of ``window`` (100) frames advance by ``window - 2 * context``
 (50) frames, and only the predictions of their middle frames are kept, so every frame is predicted with 25
 frames of context on each side. Windows run as soon as their frames are decoded (up to 4 per call when the
-batch size is free), so memory is bounded by a few windows of 48 x 27 thumbnails.
+batch size is free), so memory is bounded by a few windows of 48 x 27 thumbnails. The frames are the cascade's
+own small Y, U, V images (about 48 px wide, coded orientation: a rotation flag is not applied), converted to RGB
+(BT.601, video range) and stretched to the network's size. onnxruntime runs with the annotator's ``threads`` (1
+per worker process by default; 0 = its own choice).
 
 **Cuts** from the probabilities: each run of frames whose single-frame probability exceeds ``shot_threshold``
 (0.5) gives one cut at its highest frame ``p`` (score: that probability); runs closer than ``min_scene_s`` keep
@@ -26,7 +29,7 @@ the higher score. The transition is the many-hot run around ``p`` (above the thr
 ``"hard"`` when no frame lies between the shots (``frame = end_frame = p + 1``, the first frame of the new shot,
 as :class:`~.cuts.Cut` defines it), else ``"learned"`` (a transition of frames ``frame..end_frame`` whose type
 the network does not tell). The learned detector is the cascade's level ``len(levels) + 1`` (``Cut.level``) and
-its score a probability in 0.5..1 (the cascade's are ratios of 2.5 and more).
+its score a probability between ``shot_threshold`` and 1 (the cascade's are ratios of 2.5 and more).
 With ``"cascade+learned"`` the learned cuts that lie within ``min_scene_s`` of a cascade cut are dropped (the
 cascade's cut, with its kind and span, is kept) and the others added.
 
