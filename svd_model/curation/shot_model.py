@@ -22,16 +22,16 @@ own small Y, U, V images (about 48 px wide, coded orientation: a rotation flag i
 (BT.601, video range) and stretched to the network's size. onnxruntime runs with the annotator's ``threads`` (1
 per worker process by default; 0 = its own choice).
 
-**Cuts** from the probabilities: each run of frames whose single-frame probability exceeds ``shot_threshold``
-(0.5) gives one cut at its highest frame ``p`` (score: that probability); runs closer than ``min_scene_s`` keep
-the higher score. The transition is the many-hot run around ``p`` (above the threshold, at most
-``max_transition_s``) minus the old shot's last frame. The kind follows its shape, as the clip splitter reads it:
-``"hard"`` when no frame lies between the shots (``frame = end_frame = p + 1``, the first frame of the new shot,
-as :class:`~.cuts.Cut` defines it), else ``"learned"`` (a transition of frames ``frame..end_frame`` whose type
-the network does not tell). The learned detector is the cascade's level ``len(levels) + 1`` (``Cut.level``) and
-its score a probability between ``shot_threshold`` and 1 (the cascade's are ratios of 2.5 and more).
-With ``"cascade+learned"`` the learned cuts that lie within ``min_scene_s`` of a cascade cut are dropped (the
-cascade's cut, with its kind and span, is kept) and the others added.
+**Cuts** from the probabilities: each run of frames whose single-frame probability exceeds ``shot_threshold`` (0.5)
+gives one cut at its highest frame ``p`` (score: that probability); runs closer than ``min_scene_s`` keep the higher
+score. The transition is the many-hot run around ``p`` (above the threshold, at most ``max_transition_s``) minus the
+old shot's last frame (none without a many-hot output). The kind follows its shape, as the clip splitter reads it:
+``"hard"`` when no frame lies between the shots (``frame = end_frame = p + 1``, the first frame of the new shot, as
+:class:`~.cuts.Cut` defines it), else ``"learned"`` (a transition of frames ``frame..end_frame`` whose type the
+network does not tell). The learned detector is the cascade's level ``len(levels) + 1`` (``Cut.level``) and its
+score a probability between ``shot_threshold`` and 1 (the cascade's are ratios of 2.5 and more). With
+``"cascade+learned"`` the learned cuts that lie within ``min_scene_s`` of a cascade cut are dropped (the cascade's
+cut, with its kind and span, is kept) and the others added.
 
 **Files**: a user-supplied ``.onnx`` file, loaded from a configured models folder by name (:func:`find_shot_model`;
 inside ComfyUI ``models/shot_detectors``), never downloaded. An ONNX file holds a graph of standard operators and
@@ -400,7 +400,8 @@ class LearnedDetector:
             keep = slice(lay.context, lay.context + lay.step)
             take = min(k * lay.step, self.n - self.predicted)
             self.single.extend(single[:, keep].reshape(-1)[:take])
-            self.many.extend((many if many is not None else single)[:, keep].reshape(-1)[:take])
+            # without a many-hot head no transition span is known: every cut is a hard cut after its peak
+            self.many.extend((many if many is not None else np.zeros_like(single))[:, keep].reshape(-1)[:take])
             self.buffer = self.buffer[k * lay.step :]
 
     def _scan(self, final: bool) -> None:

@@ -396,3 +396,21 @@ def test_thumbnails_are_bt601_rgb_at_the_network_size():
     scaled = rgb_thumbnails(noisy, (27, 48))
     assert scaled.shape == (5, 27, 48, 3)
     assert abs(float(scaled.mean()) - float(same_size.mean())) < 1.0  # area scaling keeps the mean
+
+
+@pytest.mark.parametrize("level", [0.1, 0.9])
+def test_undecided_frames_stay_within_the_latency_bound(level):
+    """The annotator's motion ring is sized from ``latency``: however the probabilities look (never a cut, or
+    always above the threshold, which is decided once a run is longer than a transition), the frames pushed but
+    not final never exceed it, and cuts stay min_scene apart."""
+    lay = shot_model.Layout("x", True, "uint8", 27, 48, 100, 25, None, "single", None)
+    model = SimpleNamespace(layout=lay, predict=lambda w: (np.full((len(w), lay.window), level, np.float32), None))
+    det = LearnedDetector(model, CutConfig(detector="learned", shot_model="x.onnx"), 25.0)
+    small = np.full((128, *SHAPE), 128.0, np.float32)
+    for _ in range(12):
+        det.push(small)
+        assert det.n - det.final_before <= det.latency
+    det.finish(np.arange(det.n) / 25.0)
+    assert det.predicted == det.n == 12 * 128
+    starts = [e.start for e in det.events]
+    assert (starts == []) == (level < 0.5) and all(np.diff(starts) > det.frames.min_scene)
