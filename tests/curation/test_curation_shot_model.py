@@ -414,3 +414,15 @@ def test_undecided_frames_stay_within_the_latency_bound(level):
     assert det.predicted == det.n == 12 * 128
     starts = [e.start for e in det.events]
     assert (starts == []) == (level < 0.5) and all(np.diff(starts) > det.frames.min_scene)
+
+
+def test_cli_default_folder_is_svd_lab_shot_models(models, monkeypatch):
+    from comfyui_svd_lab.cli.curate import _resolve_shot_model
+
+    monkeypatch.setenv("SVD_LAB_SHOT_MODELS", str(models))
+    data = _resolve_shot_model({"cut": {"detector": "learned", "shot_model": "sub/nested.onnx"}}, None)
+    assert data["cut"]["shot_model"] == str((models / "sub" / "nested.onnx").absolute())
+    assert _resolve_shot_model({"cut": {}}, None) == {"cut": {}}
+    monkeypatch.setenv("SVD_LAB_SHOT_MODELS", str(models / "sub"))
+    with pytest.raises(InputError, match="not found"):
+        _resolve_shot_model({"cut": {"shot_model": "diff.onnx"}}, None)
