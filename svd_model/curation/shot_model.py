@@ -285,13 +285,15 @@ def _load(path: str, size: int, mtime_ns: int, threads: int) -> ShotModel:
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(0, threads)
     options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # errors only: the checks below speak for themselves
+    options.log_severity_level = 4  # fatal only: its errors come back as the exceptions reported below
     try:
         session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own (pybind) exception types
-        hint = ("; weights in external data files are not supported: export them inside the .onnx file"
-                if "external" in str(exc).lower() else "")
-        raise CheckpointError(f"shot detector {name} is not a readable ONNX model: {_first_line(exc)}{hint}") from None
+        external = any(k in str(exc).lower() for k in ("external", "model_path must not be empty"))
+        hint = (" (its weights are in external data files, which are not supported: export them inside the .onnx "
+                "file)" if external else "")
+        raise CheckpointError(f"shot detector {name} is not a readable ONNX model{hint}: onnxruntime says "
+                              f"{_first_line(exc)}") from None
     inputs = [(i.name, i.shape, i.type) for i in session.get_inputs()]
     outputs = [(o.name, o.shape, o.type) for o in session.get_outputs()]
     layout = layout_of(inputs, outputs, f"shot detector {name}")

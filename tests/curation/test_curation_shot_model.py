@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from shot_model_support import diff_model, image_model, reference_probabilities
+from shot_model_support import diff_model, image_model, onnx, reference_probabilities
 
 from comfyui_svd_lab.cli import main
 from comfyui_svd_lab.svd_model.curation import shot_model
@@ -208,6 +208,16 @@ def test_names_resolve_inside_the_folders_only(models, tmp_path):
 def test_wrong_files_give_clear_errors(models, tmp_path):
     with pytest.raises(CheckpointError, match="not a readable ONNX model"):
         ShotModel.load(models / "garbage.onnx")
+    external = tmp_path / "external.onnx"  # weights beside the file: never read (the file goes in as bytes)
+    diff_model(external)
+    model = onnx.load(external)
+    raw = [onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t), t.name) for t in model.graph.initializer]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(raw)  # raw_data tensors: the ones onnx moves to the external file
+    onnx.save(model, external, save_as_external_data=True, location="external.data", size_threshold=0)
+    assert (tmp_path / "external.data").is_file()
+    with pytest.raises(CheckpointError, match="external data files, which are not supported"):
+        ShotModel.load(external)
     with pytest.raises(CheckpointError, match="has 0 bytes"):
         ShotModel.load(models / "empty.onnx")
     with pytest.raises(ShapeError, match=r"input 'image' has shape \[1, 3, 32, 32\].*windows of frames"):
