@@ -143,6 +143,8 @@ def dissolve_fit(
         if (lo, hi) == (a - 1, b + 1) or b - a + 1 > span_max:
             break
         lo, hi = a - 1, b + 1
+    if b < a:  # the change lies on the window's first or last frame (the video's ends): nothing to fit
+        return None
     ref_a, ref_b = flat[lo - offset], flat[hi - offset]
     v = ref_b - ref_a
     change = float(np.abs(v).mean())

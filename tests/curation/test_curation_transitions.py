@@ -15,6 +15,7 @@ import pytest
 from comfyui_svd_lab.svd_model.curation.annotate import annotate_video
 from comfyui_svd_lab.svd_model.curation.cuts import CascadeDetector, CutConfig
 from comfyui_svd_lab.svd_model.curation.synthetic import make_video
+from comfyui_svd_lab.svd_model.curation.transitions import dissolve_fit
 
 SIZE = (192, 108)
 #: Per shot brightness factor at its first and last frame: about half or double over 2 s.
@@ -108,3 +109,12 @@ def test_a_brightness_step_inside_a_shot_is_not_a_cut():
     detector.push(frames)  # (180, 3, 27, 48)
     cuts = detector.finish(np.arange(180) / 25.0)
     assert [(c.frame, c.end_frame, c.kind) for c in cuts] == [(120, 120, "hard")]
+
+
+def test_a_change_on_the_last_frame_has_no_dissolve_span():
+    """A one-frame change at the very end of the video (the confirmation window's last frame): no fit, no error."""
+    rng = np.random.default_rng(1)
+    first, second = _texture(rng), _texture(rng)
+    frames = np.stack([first] * 9 + [second]).astype(np.float32)  # (10, 3, 27, 48)
+    sd = frames[:, 0].reshape(10, -1).std(1)
+    assert dissolve_fit(frames, sd, 8, 9, 0, 10) is None
