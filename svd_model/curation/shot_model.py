@@ -436,7 +436,7 @@ class LearnedDetector:
         first = a + 1  # the old shot ends at a
         if first >= self.n or first < self.frames.min_scene:
             return  # no new shot after it, or a first shot shorter than min_scene
-        kind = LEARNED_KIND if b > first - 1 else "hard"  # frames between the shots, or none
+        kind = LEARNED_KIND if b > a else "hard"  # frames a + 1 .. b lie between the shots, or none
         event = _Event(first, max(first, b), kind, float(self.single.view[peak]), self.level, 0.0)
         last = self.events[-1] if self.events else None
         if last is not None and event.start - last.end - 1 < self.frames.min_scene:
