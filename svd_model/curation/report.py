@@ -44,7 +44,8 @@ class ReportInfo:
     def summary(self) -> str:
         c = self.counts
         lines = [f"{c['videos']} videos ({c['errors']} failed, {c['empty']} without clips), {c['clips']} clips, "
-                 f"{c['kept']} kept ({span(c['kept_hours'])})"]
+                 f"{c['kept']} kept ({span(c['kept_hours'])}); {c['dropped']} spans between cuts dropped (too short, "
+                 "trimmed away, transitions: status 'dropped' rows)"]
         lines += [f"{t.rule}: {t.dropped} dropped" + (f" at {t.threshold:.4g}" if t.threshold is not None else "")
                   + (f" ({t.note})" if t.note else "") for t in self.thresholds]
         return "\n".join(lines)
