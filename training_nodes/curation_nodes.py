@@ -14,7 +14,7 @@ from typing import Any
 
 from ..nodes import bridge
 from ..nodes.types import number_problem
-from ..svd_model.curation import dedup, filtering, manifest, pipeline, scoring
+from ..svd_model.curation import filtering, manifest, pipeline, scoring
 from ..svd_model.curation.cuts import DETECTORS
 from ..svd_model.curation.dedup import DedupConfig
 from ..svd_model.curation.engine import VIDEO_EXTENSIONS, prepare_output, run_curation
@@ -415,7 +415,7 @@ class DedupClips(CurationNode):
 
     def run(self, manifest: Manifest, cosine_threshold: float, hash_distance: int, use_clip: bool) -> dict[str, Any]:
         config = DedupConfig(cosine=cosine_threshold, hamming=hash_distance, use_clip=use_clip)
-        found = dedup.dedup_manifest(manifest.out_dir, config)
+        found = filtering.dedup_manifest(manifest.out_dir, config)
         text = found.summary()
         return {"ui": {"text": [text]}, "result": (manifest, text)}
 

@@ -42,8 +42,9 @@ import pyarrow as pa
 from ..configdict import build, check_finite
 from ..errors import ConfigError, InputError, SVDError
 from ..fsutil import write_text_atomic
-from .filtering import DUPLICATE_PREFIX, FilterResult, apply_filters
-from .manifest import FILTERED_NAME, read_manifest, write_table_atomic
+
+#: How this pass starts the drop reason it writes: "duplicate of <clip id> (...)"; filtering groups them by it.
+DUPLICATE_PREFIX = "duplicate of "
 
 log = logging.getLogger(__name__)
 
@@ -444,33 +445,6 @@ def store_config(out_dir: str | os.PathLike[str], config: DedupConfig | None) ->
         path.unlink(missing_ok=True)
     else:
         write_text_atomic(json.dumps({"config": asdict(config)}, indent=1), path)
-
-
-def reapply(out_dir: str | os.PathLike[str], result: FilterResult) -> FilterResult:
-    """After a filter pass: the dedup with the folder's stored settings (unchanged when there are none)."""
-    config = load_config(out_dir)
-    if config is None:
-        return result
-    found = dedup_table(result.table, out_dir, config)
-    write_text_atomic(found.to_json(), Path(out_dir) / DEDUP_JSON)
-    return FilterResult(found.table, result.thresholds)
-
-
-def dedup_manifest(out_dir: str | os.PathLike[str], config: DedupConfig | None = None) -> DedupResult:
-    """Deduplicate a finished run: reads OUT/manifest_filtered.parquet (else the manifest, unfiltered), writes it
-    back with duplicates marked, and OUT/dedup.json (settings, counts, pairs), both atomically."""
-    out = Path(out_dir)
-    filtered = out / FILTERED_NAME
-    if filtered.is_file():
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(filtered)
-    else:
-        table = apply_filters(read_manifest(out), []).table
-    found = dedup_table(table, out, config)
-    write_table_atomic(found.table, filtered)
-    write_text_atomic(found.to_json(), out / DEDUP_JSON)
-    return found
 
 
 def stored_summary(out_dir: str | os.PathLike[str]) -> str:

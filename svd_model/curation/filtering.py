@@ -32,14 +32,13 @@ import pyarrow as pa
 
 from ..errors import ConfigError
 from ..fsutil import write_text_atomic
+from .dedup import DEDUP_JSON, DUPLICATE_PREFIX, DedupConfig, DedupResult, dedup_table, load_config
 from .manifest import COLUMNS, FILTERED_NAME, read_manifest, write_table_atomic
 
 log = logging.getLogger(__name__)
 
 MODES = ("min", "max", "bottom", "top")
 FILTER_JSON = "filter.json"
-#: How the near-duplicate pass (dedup.py) starts the drop reason it writes: "duplicate of <clip id> (...)".
-DUPLICATE_PREFIX = "duplicate of "
 #: Scores the report draws and rules usually name (any numeric column works in a rule).
 SCORES = ("motion_score", "text_area", "aesthetic", "clip_score", "duration")
 _NUMERIC = {name for name, (kind, _) in COLUMNS.items() if pa.types.is_integer(kind) or pa.types.is_floating(kind)}
@@ -218,9 +217,34 @@ def load_rules(out_dir: str | os.PathLike[str]) -> list[FilterRule] | None:
 def filter_manifest(out_dir: str | os.PathLike[str], rules: Sequence[FilterRule]) -> FilterResult:
     """Second pass over a finished run: writes OUT/manifest_filtered.parquet and OUT/filter.json atomically.
     A folder deduplicated before (OUT/dedup.json) is deduplicated again with the same settings."""
-    from .dedup import reapply  # dedup builds on this module
-
     result = reapply(out_dir, apply_filters(read_manifest(out_dir), rules))  # the folder's dedup, if it has one
     write_table_atomic(result.table, Path(out_dir) / FILTERED_NAME)
     write_text_atomic(result.to_json(rules), Path(out_dir) / FILTER_JSON)
     return result
+
+
+def reapply(out_dir: str | os.PathLike[str], result: FilterResult) -> FilterResult:
+    """After a filter pass: the dedup with the folder's stored settings (unchanged when there are none)."""
+    config = load_config(out_dir)
+    if config is None:
+        return result
+    found = dedup_table(result.table, out_dir, config)
+    write_text_atomic(found.to_json(), Path(out_dir) / DEDUP_JSON)
+    return FilterResult(found.table, result.thresholds)
+
+
+def dedup_manifest(out_dir: str | os.PathLike[str], config: DedupConfig | None = None) -> DedupResult:
+    """Deduplicate a finished run: reads OUT/manifest_filtered.parquet (else the manifest, unfiltered), writes it
+    back with duplicates marked, and OUT/dedup.json (settings, counts, pairs), both atomically."""
+    out = Path(out_dir)
+    filtered = out / FILTERED_NAME
+    if filtered.is_file():
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(filtered)
+    else:
+        table = apply_filters(read_manifest(out), []).table
+    found = dedup_table(table, out, config)
+    write_table_atomic(found.table, filtered)
+    write_text_atomic(found.to_json(), out / DEDUP_JSON)
+    return found

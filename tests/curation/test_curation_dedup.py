@@ -16,7 +16,7 @@ import pytest
 
 from comfyui_svd_lab import NODE_CLASS_MAPPINGS
 from comfyui_svd_lab.cli import main
-from comfyui_svd_lab.svd_model.curation import dedup, manifest
+from comfyui_svd_lab.svd_model.curation import dedup, filtering, manifest
 from comfyui_svd_lab.svd_model.curation.dedup import DedupConfig, DedupPair, dedup_table, perceptual_hash
 from comfyui_svd_lab.svd_model.curation.engine import run_curation
 from comfyui_svd_lab.svd_model.curation.records import CurationConfig
@@ -198,7 +198,7 @@ def test_known_duplicates_are_found_by_hash_alone(curated, tmp_path):
     out = _copy(out, tmp_path)
     rows = manifest.read_manifest(out).to_pylist()
     assert len(rows) == len(data.groups) and all(r["status"] == "ok" and dedup.row_hash(r) for r in rows)
-    result = dedup.dedup_manifest(out, DedupConfig(use_clip=False))
+    result = filtering.dedup_manifest(out, DedupConfig(use_clip=False))
     precision, recall = data.precision_recall(result.pairs, rows)
     print(f"hash only: precision {precision:.2f} recall {recall:.2f}")
     assert precision == 1.0 and recall > 0.5
@@ -209,7 +209,7 @@ def test_known_duplicates_are_found_by_hash_alone(curated, tmp_path):
     assert {"src_3.mp4", "src_4.mp4", "src_5.mp4"} <= kept  # the unique clips stay
     assert set(data.groups.values()) == {data.groups[name] for name in kept}  # every shot keeps a clip
     # deterministic: a second pass (and a fresh copy) give the same marks and pairs
-    again = dedup.dedup_manifest(out, DedupConfig(use_clip=False))
+    again = filtering.dedup_manifest(out, DedupConfig(use_clip=False))
     assert again.pairs == result.pairs and again.table.equals(result.table)
     # rows written without a hash (older runs, the step nodes): decoded from the sources, same verdicts
     bare = manifest.to_table({**r, "extra": "{}"} for r in rows)
@@ -224,7 +224,7 @@ def test_identical_clips_are_found_by_clip_embeddings_alone(curated, tmp_path):
     and nothing else."""
     data, out = curated
     out = _copy(out, tmp_path)
-    result = dedup.dedup_manifest(out, DedupConfig(cosine=0.9999, hamming=-1))
+    result = filtering.dedup_manifest(out, DedupConfig(cosine=0.9999, hamming=-1))
     rows = manifest.read_manifest(out).to_pylist()
     assert result.embedded == len(rows) and result.hashed == 0
     predicted = data.predicted_pairs(result.pairs, rows)
