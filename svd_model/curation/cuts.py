@@ -29,9 +29,10 @@ the level's sampling grid), so a transition's alignment with the grid does not m
   two lags away) are *proposals*, then confirmed and localised on the full-rate frames around them
   (:mod:`.transitions`):
 
-  - fade: the darkest frame is below ``fade_black_level`` and well below both sides; the span is where
-    the mean luma falls towards it and rises after it faster than twice the content's own median drift
-    (a slow brightness ramp next to a fade is not part of it);
+  - fade: the darkest frame is below ``fade_black_level`` and well below both sides (or, through white, the
+    brightest within ``fade_black_level`` of white 235 and well above both sides); the span is where the mean
+    luma falls towards it and rises after it faster than twice the content's own median drift (a slow
+    brightness ramp next to a fade is not part of it); the pictures on either side differ as a cut does;
   - dissolve: the frames of the span are blends ``A + a_j (B - A)`` of the frames just before (A) and
     after (B) it, with ``a_j`` rising: the blend residual is under ``max_blend_residual`` of ``|B - A|`` and
     the steps along the span point towards B (``min_coherence``); or the contrast dips in the middle, as
@@ -401,8 +402,11 @@ class CascadeDetector:
             if around and v < self.cfg.hard_concentration * max(around):
                 continue  # a fast dissolve: leave it to the slower levels
             event = None
-            if float(np.min(self.series.mean.view[max(0, k - p - 1) : k + p + 1])) <= self.cfg.fade_black_level:
+            near = self.series.mean.view[max(0, k - p - 1) : k + p + 1]
+            if float(np.min(near)) <= self.cfg.fade_black_level:
                 event = self._fade(k - p - 1, k + p, *self._window(k, p))  # a quick fade through black
+            elif float(np.max(near)) >= 251.0 - self.cfg.fade_black_level:
+                event = self._fade(k - p - 1, k + p, *self._window(k, p), white=True)  # ... or through white
             if event is None and self._brightness_step(k):
                 continue  # the same picture, brighter or darker: an exposure jump, a decoder's drift reset
             event = event or _Event(k, k, "hard", 0.0, 0, v)
@@ -485,7 +489,7 @@ class CascadeDetector:
 
     def _confirm(self, k: int, lag: int, lv: LevelConfig) -> _Event | None:
         lo_w, hi_w = self._window(k, lag)
-        fade = self._fade(k - lag, k, lo_w, hi_w)
+        fade = self._fade(k - lag, k, lo_w, hi_w) or self._fade(k - lag, k, lo_w, hi_w, white=True)
         if fade is not None:
             return fade
         event = self._dissolve(k, lag, lo_w, hi_w, lv)
@@ -509,9 +513,12 @@ class CascadeDetector:
         later, earlier = self._change(a - 1, hi_w), self._change(max(lo_w, a - 1 - p), b + 1)
         return min(later, earlier) >= self.cfg.persistence * change
 
-    def _fade(self, lo: int, hi: int, lo_w: int, hi_w: int) -> _Event | None:
-        """A fade through a dark frame near [lo, hi]: its span, or None."""
-        mu = self.series.mean.view
+    def _fade(self, lo: int, hi: int, lo_w: int, hi_w: int, white: bool = False) -> _Event | None:
+        """A fade through a dark frame (``white``: a bright one) near [lo, hi]: its span, or None. Through white the
+        luma is mirrored about video range (251 - mean: white 235 plays black 16). The pictures on either side must
+        differ as a cut does (native level: ``min_change``, and ``threshold`` times each side's own change over as
+        many frames, up to ``flash_frames + 1``): else the picture comes back, a flash or dip inside one shot."""
+        mu = 251.0 - self.series.mean.view if white else self.series.mean.view  # 251 = Y black 16 + white 235
         found = fade_span(mu, lo, hi, lo_w, hi_w, self.cfg.fade_black_level)
         if found is None:
             return None
@@ -521,7 +528,14 @@ class CascadeDetector:
         level_b = float(mu[b + 1]) if b < hi_w else float(mu[b])
         if min(level_a, level_b) < max(self.cfg.fade_black_level + 8.0, 2.0 * dark) or (a == j == b):
             return None  # one side is dark too: not a fade between two shots (or a fade at an end of the video)
-        return _Event(a, b, "fade", 0.0, 0, self._change(max(lo_w, a - 1), min(hi_w, b + 1)))
+        before, after = max(lo_w, a - 1), min(hi_w, b + 1)
+        across = self._change(before, after)
+        d = min(b - a + 2, self.frames.flash + 1)  # the same shot's own change over (up to) as many frames
+        ref = max(self._change(max(lo_w, before - d), before), self._change(after, min(hi_w, after + d)))
+        native = self.cfg.levels[0]
+        if across < max(native.min_change, native.threshold * ref):
+            return None  # the picture comes back: a flash or a dip inside one shot
+        return _Event(a, b, "fade", 0.0, 0, across)
 
     def _dissolve(self, k: int, lag: int, lo_w: int, hi_w: int, lv: LevelConfig) -> _Event | None:
         """Localise the change between frames k - lag and k on full-rate frames; hard cut, dissolve or None."""

@@ -7,6 +7,7 @@ come hard cuts or gradual transitions of ``transition_frames`` frames:
 
 * ``"fade"``: the first half fades shot A out to black, the second half fades shot B in from black
   (frame j of T: A * (1 - (2j+1)/T) while (2j+1)/T < 1, else B * ((2j+1)/T - 1)).
+* ``"fade_white"``: the same through white (frame = A (1 - u) + 255 u).
 * ``"dissolve"``: a cross-dissolve, frame j = (1 - a) A + a B with a = (j + 1) / (T + 1).
 * ``"dip_black"`` / ``"dip_white"``: ``dip_frames`` (1-2) frames of near black (A * 0.04) or near white
   (A * 0.08 + 0.92 * 255) between the shots: a brief dip, as an editor's "dip to black/white".
@@ -39,7 +40,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import ConfigError
 
-TRANSITION_KINDS: tuple[str, ...] = ("hard", "fade", "dissolve", "dip_black", "dip_white", "flash")
+TRANSITION_KINDS: tuple[str, ...] = ("hard", "fade", "fade_white", "dissolve", "dip_black", "dip_white", "flash")
 #: The brief transitions: ``dip_frames`` frames between the shots (see the module docstring).
 BRIEF_KINDS: tuple[str, ...] = ("dip_black", "dip_white", "flash")
 MOTION_KINDS: tuple[str, ...] = ("pan", "zoom")
@@ -231,7 +232,7 @@ def make_video(
         path: output file (.mp4 / .mkv / .mov), overwritten.
         shots: number of frames of each shot's own content.
         transitions: kind of each of the ``len(shots) - 1`` transitions (``"hard"``, ``"fade"``,
-            ``"dissolve"``, ``"dip_black"``, ``"dip_white"``, ``"flash"``); None = all hard.
+            ``"fade_white"``, ``"dissolve"``, ``"dip_black"``, ``"dip_white"``, ``"flash"``); None = all hard.
         transition_frames: length T of each gradual transition (frames inserted between the shots).
         size: ``(width, height)``, even numbers (yuv420p).
         fps: frame rate (the encoder's rate; ``timestamps`` can make it variable).
@@ -264,7 +265,7 @@ def make_video(
     gains = [(float(g[0]), float(g[1])) for g in _per_shot(gain, n_shots, (1.0, 1.0), "gain")]
     if any(not (0.1 <= g <= 2.0) for pair in gains for g in pair):
         raise ConfigError(f"gain factors must be in 0.1..2, got {gains}")
-    if transition_frames < 2 and any(k in ("fade", "dissolve") for k in kinds):
+    if transition_frames < 2 and any(k in ("fade", "fade_white", "dissolve") for k in kinds):
         raise ConfigError(f"transition_frames must be >= 2 for gradual transitions, got {transition_frames}")
     width, height = size
     if width % 2 or height % 2 or width < 16 or height < 16:
@@ -301,7 +302,8 @@ def make_video(
                 plan.append((i, ta, i + 1, tb, (j + 1) / (t_len + 1), 0.0))
             else:
                 u = (2 * j + 1) / t_len
-                plan.append((i, ta, i, ta, 0.0, u) if u < 1 else (i + 1, tb, i + 1, tb, 0.0, 2 - u))
+                sign = -1.0 if kind == "fade_white" else 1.0  # negative darkness: towards white
+                plan.append((i, ta, i, ta, 0.0, sign * u) if u < 1 else (i + 1, tb, i + 1, tb, 0.0, sign * (2 - u)))
         cuts.append(first + t_len // 2)
         spans.append((first, first + t_len - 1, kind))
     n = len(plan)

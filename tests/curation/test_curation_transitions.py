@@ -21,8 +21,8 @@ SIZE = (192, 108)
 #: Per shot brightness factor at its first and last frame: about half or double over 2 s.
 RAMPS = ((1.0, 0.5), (0.5, 1.0), (1.0, 0.55), (0.6, 1.0), (1.2, 0.7))
 #: What the detector calls each synthetic kind: a brief excursion through black is a fade, one through white a flash.
-KIND = {"dip_black": "fade", "dip_white": "flash", "flash": "flash", "fade": "fade", "dissolve": "dissolve",
-        "hard": "hard"}  # fmt: skip
+KIND = {"dip_black": "fade", "dip_white": "flash", "flash": "flash", "fade": "fade", "fade_white": "fade",
+        "dissolve": "dissolve", "hard": "hard"}  # fmt: skip
 
 CASES = {
     "dips 1 frame": dict(shots=(50, 50, 50, 50), transitions=("dip_black", "dip_white", "dip_black"), dip_frames=1,
@@ -37,6 +37,8 @@ CASES = {
                              motion=(0.3, 0.5, 0.3), seed=25),
     "fades over ramps 50 fps": dict(shots=(100, 100, 100), transitions=("fade", "fade"), transition_frames=30,
                                     fps=50, gain=RAMPS[2:], motion=(0.5, 1.0, 0.5), seed=26),
+    "fades through white over ramps": dict(shots=(60, 60, 60, 60), transitions=("fade_white", "fade", "fade_white"),
+                                          transition_frames=12, gain=RAMPS[:4], motion=(0.5, 1.0, 0.3, 1.0), seed=28),
     "mixed": dict(shots=(45, 50, 40, 55, 45), transitions=("hard", "dip_black", "dissolve", "flash"), dip_frames=1,
                   gain=RAMPS, motion=(0.5, 2.0, 0.3, 1.0, 4.0), seed=27),
 }  # fmt: skip
@@ -46,6 +48,7 @@ NEGATIVES = {
                                              seed=31),
     "brightening": dict(shots=(120,), gain=((0.25, 1.3),), motion=(1.0,), seed=32),
     "fast ramp while panning": dict(shots=(60,), gain=((1.0, 0.3),), motion=(3.0,), flashes=(30,), seed=33),
+    "overexposed, flashes": dict(shots=(120,), gain=((1.0, 1.9),), motion=(1.0,), flashes=(30, 31, 80), seed=54),
 }  # fmt: skip
 
 
