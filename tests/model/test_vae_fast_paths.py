@@ -104,3 +104,20 @@ def test_bf16_decode_is_opt_in_and_close() -> None:
     rel = ((half - exact).norm() / exact.norm()).item()
     assert 0 < rel < 2e-2, rel  # > 0: it really ran in bf16; bf16 has 8 significant bits
     torch.testing.assert_close(chunked, per_chunk, rtol=0, atol=0)
+
+
+def test_decode_latents_passes_compute_dtype(tmp_path) -> None:
+    """The pipeline's decode_latents takes the opt-in dtype through to every chunk; None stays the reference."""
+    from comfyui_svd_lab.svd_model.api import decode_latents, load_bundle
+    from comfyui_svd_lab.svd_model.weights.tiny import write_tiny_checkpoint
+
+    bundle = load_bundle(write_tiny_checkpoint(tmp_path / "svd.safetensors", seed=5))
+    scaled = latents(4)[None] * bundle.config.scale_factor  # (1, 4, 4, 8, 8)
+    vae = bundle.model.first_stage
+    with torch.inference_mode():
+        exact = decode_latents(bundle, scaled, chunk_size=2)
+        half = decode_latents(bundle, scaled, chunk_size=2, compute_dtype=torch.bfloat16)
+        direct = decode_chunked(vae, scaled[0] / bundle.config.scale_factor, 2, num_frames_per_video=4,
+                                compute_dtype=torch.bfloat16)
+    torch.testing.assert_close(half[0], direct, rtol=0, atol=0)
+    assert not torch.equal(half, exact) and half.dtype == exact.dtype == torch.float32
