@@ -83,6 +83,8 @@ def _cmd_image_to_video(args: argparse.Namespace) -> int:
         weight_storage=args.weight_storage,
         step_cache=args.step_cache,
         cache_threshold=args.cache_threshold,
+        attention=args.attention,
+        compile=args.compile,
     )
     print(result.summary())
     return 0
@@ -160,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "faster; default off)")
     p.add_argument("--cache-threshold", type=float, default=0.1, help="step cache: estimated relative output change "
                    "tolerated before a full step; higher is faster and less exact, 0 skips nothing (default 0.1)")
+    p.add_argument("--attention", default="fp32", choices=["fp32", "prescale", "half", "auto"], help="fp16 attention "
+                   "precision: fp32 (exact, the default), prescale / auto (fused fp16 kernels, ~1e-3 relative), half")
+    p.add_argument("--compile", default="off", choices=["off", "regional", "regional+cudagraphs"], help="torch.compile "
+                   "the UNet's repeated blocks (the first run compiles; falls back to eager with a warning)")
     p.set_defaults(func=_cmd_image_to_video)
 
     p = sub.add_parser("make-tiny-checkpoint", help="write a tiny random-weight checkpoint in the official layout")

@@ -20,6 +20,8 @@ from ..svd_model.errors import ConfigError, InputError
 from ..svd_model.jsonfile import read_bytes
 from ..svd_model.media.resize import resize_cover
 from ..svd_model.memory import apply_plan, plan_for
+from ..svd_model.nn.attention import set_attention_precision
+from ..svd_model.nn.compile import compile_unet
 from ..svd_model.weights.loader import resolve_dtype
 from ..svd_model.weights.tiny import write_tiny_checkpoint
 
@@ -91,10 +93,11 @@ def run_image_to_video(
     *, checkpoint: Path | None, image: str | None, output_dir: Path, num_frames: int | None = None,
     steps: int | None = None, seed: int = 23, width: int | None = None, height: int | None = None,
     device: str = "auto", memory: str = "normal", weight_storage: str | None = None, step_cache: str = "off",
-    cache_threshold: float = 0.1,
+    cache_threshold: float = 0.1, attention: str = "fp32", compile: str = "off",
 ) -> JobResult:
     """`memory`: a svd_model.memory mode (normal / low_vram); `weight_storage`: fp8 storage of the UNet;
-    `step_cache` / `cache_threshold`: VideoParams' step cache (off by default; what it reused is logged)."""
+    `step_cache` / `cache_threshold`: VideoParams' step cache (off by default; what it reused is logged);
+    `attention` / `compile`: the UNet's svd_model.nn.attention / svd_model.nn.compile modes."""
     start = time.perf_counter()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     plan = plan_for(memory)
@@ -106,6 +109,9 @@ def run_image_to_video(
         bundle = load_bundle(checkpoint, device="cpu" if keep_in_ram else device,
                              dtype=resolve_dtype(None, torch.device(device)), weight_storage=weight_storage)
         apply_plan(bundle, plan, device)
+        set_attention_precision(bundle.model.unet, attention)
+        if compile != "off":
+            log.info(compile_unet(bundle.model.unet, compile, device=device).summary())
         result.model = f"{bundle.variant} from {checkpoint}" + (" (tiny random weights)" if result.tiny else "")
         overrides = dict(TINY_DEFAULTS) if result.tiny else {}
         given = {"num_frames": num_frames, "steps": steps, "width": width, "height": height,
