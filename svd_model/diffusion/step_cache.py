@@ -3,7 +3,7 @@
 Consecutive sampling steps feed the network nearly the same input, so much of its work is repeated. Two
 training-free ways to reuse it, both gated by the same cheap signal:
 
-* ``"deepcache"`` (after DeepCache, Ma et al. 2023): every evaluation runs the shallowest blocks (the first input
+* ``"deepcache"`` (after DeepCache): every evaluation runs the shallowest blocks (the first input
   block, the last output block and ``out``); the deep part in between (everything else) is reused from the last
   full evaluation: the feature the last output block received from below. The fresh skip connection and the
   current timestep still shape the output.
@@ -13,7 +13,7 @@ training-free ways to reuse it, both gated by the same cheap signal:
   model-specific polynomial rescaling of the signal is not used (there is none fitted for SVD).
 
 The gate estimates how much the network output has changed since its last full evaluation, from how much its
-input has (after EasyCache, Zhou et al. 2025). The signal is the first input block's output, ((b t), c, h, w),
+input has (after EasyCache). The signal is the first input block's output, ((b t), c, h, w),
 subsampled every :data:`SIGNAL_STRIDE` pixels; per video, ``change = mean|s - s_full| / mean|s_full|`` against
 the signal of the last full evaluation. The output moves faster than this input early in sampling (where the input
 is mostly noise) and slower late, so the change is scaled by a per-video rate ``k``: after every full evaluation

@@ -237,3 +237,19 @@ def test_block_streaming_runs_teacache_and_refuses_deepcache(bundle, conds):
 def test_bad_options_are_config_errors(fields, match):
     with pytest.raises(ConfigError, match=match):
         _params(**fields)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", ["deepcache", "teacache"])
+def test_on_cuda_in_half_precision(tmp_path, mode):
+    """On CUDA in fp16: threshold 0 is the uncached result bit for bit, and caching reuses at a bounded error."""
+    path = write_tiny_checkpoint(tmp_path / "svd.safetensors", seed=11)
+    gpu = load_bundle(path, device="cuda", dtype=torch.float16)
+    image = torch.rand(2, 3, H, W, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    conds = encode_condition(gpu, image, _params(), generator=torch.Generator().manual_seed(0))
+    plain = _sample(gpu, conds, _params())
+    assert torch.equal(_sample(gpu, conds, _params(step_cache=mode, cache_threshold=0.0)), plain)
+    stats = CacheStats()
+    cached = _sample(gpu, conds, _params(step_cache=mode, cache_threshold=0.1), stats)
+    assert stats.reused >= 3 and cached.device.type == "cuda" and _rel(cached, plain) < 2 * BOUND[mode]
