@@ -516,8 +516,9 @@ class CascadeDetector:
     def _fade(self, lo: int, hi: int, lo_w: int, hi_w: int, white: bool = False) -> _Event | None:
         """A fade through a dark frame (``white``: a bright one) near [lo, hi]: its span, or None. Through white the
         luma is mirrored about video range (251 - mean: white 235 plays black 16). The pictures on either side must
-        differ as a cut does (native level: ``min_change``, and ``threshold`` times each side's own change over as
-        many frames, up to ``flash_frames + 1``): else the picture comes back, a flash or dip inside one shot."""
+        differ as a cut does (native level: ``min_change``, and ``threshold`` times the calmer side's own change
+        over as many frames, up to ``flash_frames + 1``): else the picture comes back, a flash or dip inside one
+        shot."""
         mu = 251.0 - self.series.mean.view if white else self.series.mean.view  # 251 = Y black 16 + white 235
         found = fade_span(mu, lo, hi, lo_w, hi_w, self.cfg.fade_black_level)
         if found is None:
@@ -531,7 +532,7 @@ class CascadeDetector:
         before, after = max(lo_w, a - 1), min(hi_w, b + 1)
         across = self._change(before, after)
         d = min(b - a + 2, self.frames.flash + 1)  # the same shot's own change over (up to) as many frames
-        ref = max(self._change(max(lo_w, before - d), before), self._change(after, min(hi_w, after + d)))
+        ref = min(self._change(max(lo_w, before - d), before), self._change(after, min(hi_w, after + d)))
         native = self.cfg.levels[0]
         if across < max(native.min_change, native.threshold * ref):
             return None  # the picture comes back: a flash or a dip inside one shot
