@@ -9,7 +9,8 @@ Engines (all feed the same :class:`~.manifest.ManifestWriter` in the driver, so 
 * ``"thread"``: a thread pool in this process (PyAV and OpenCV release the GIL). The choice inside ComfyUI,
   where the pack cannot be imported by name in a child process.
 * ``"inline"``: one video after the other in this process (debugging, tiny inputs).
-* ``"ray"``: ``ray.data.from_items(jobs).map(curate, num_cpus=1)``; rows come back to the driver.
+* ``"ray"``: one Ray actor per worker (``num_cpus=1``), started once and kept warm; rows come back to the driver
+  as JSON text.
 
 Resume: videos whose video_id is in the completion log (and whose part exists) are skipped. A progress
 callback runs after every finished video; an exception from it (ComfyUI's interrupt) stops the run after
@@ -179,16 +180,20 @@ def _work(path: str, root: str) -> VideoResult:
     return workers_mod.work(path, root)
 
 
-def _ray_map(item: dict[str, Any], *, config: dict[str, Any], out_dir: str,
-             registry: dict[str, Any] | None = None) -> dict[str, Any]:
-    if "config" not in _WORKER:
+class _RayCurator:
+    """A Ray actor (``ray.remote(num_cpus=1)`` at run time): one warm curation worker, initialised once (config,
+    models), then video after video; results travel as JSON text (nothing is unpickled in the driver)."""
+
+    def __init__(self, config: dict[str, Any], out_dir: str, registry: dict[str, Any] | None = None) -> None:
         _init_worker(config, out_dir, registry)
-    with workers_mod.alarm(_WORKER["config"].video_timeout):  # Ray runs tasks in the worker's main thread
-        try:
-            result = _work(item["path"], item["root"])
-        except workers_mod.VideoTimeout:
-            result = workers_mod.timed_out_result(item["path"], item["root"], _WORKER["config"])
-    return {"video_id": result.video_id, "payload": _to_json(result)}
+
+    def curate(self, path: str, root: str) -> str:
+        with workers_mod.alarm(_WORKER["config"].video_timeout):  # sync actors run tasks in the main thread
+            try:
+                result = _work(path, root)
+            except workers_mod.VideoTimeout:
+                result = workers_mod.timed_out_result(path, root, _WORKER["config"])
+        return _to_json(result)
 
 
 def _to_json(result: VideoResult) -> str:
@@ -220,6 +225,8 @@ class _Run:
     out: Path
     workers: int
     registry: CaptionerRegistry | None = None
+    #: what an engine measured about itself (e.g. ray_init seconds); joins the run's driver timings
+    stats: dict[str, float] = field(default_factory=dict)
 
     @property
     def registry_dict(self) -> dict[str, Any] | None:
@@ -370,33 +377,64 @@ def _isolate(paths: Sequence[Path], run: _Run, work: Callable[[str, str], VideoR
 
 
 def _run_ray(jobs: Sequence[Path], run: _Run) -> Iterator[VideoResult]:
-    """Ray Data. A local cluster this run starts is shut down when the run ends or is interrupted (SIGTERM is
-    an interrupt in `svd-lab curate`); Ray's own processes fate-share with the driver when it is killed."""
+    """Ray: one actor per worker (at most the cluster's CPUs), each started once and kept warm, two videos in
+    flight per actor so none waits for the driver. An actor that dies (e.g. a decoder crash) costs its video an
+    error row and is replaced. A local cluster this run starts is shut down when the run ends or is interrupted
+    (SIGTERM is an interrupt in `svd-lab curate`); Ray's own processes fate-share with the driver when it is
+    killed. (Ray Data's map ran one task at a time on 2 CPUs here and added ~6 s of start-up.)"""
     try:
         import ray
     except ImportError as exc:
-        raise ConfigError("engine 'ray' needs Ray Data: pip install 'ray[data]' (or use --engine local)") from exc
-    import functools
+        raise ConfigError("engine 'ray' needs Ray: pip install 'ray[data]' (or use --engine local)") from exc
 
     started_here = not ray.is_initialized()
+    t0 = time.perf_counter()
     if started_here:
         ray.init(num_cpus=run.workers, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True,
                  logging_level=logging.WARNING)
+    run.stats["ray_init"] = time.perf_counter() - t0
+    curator = ray.remote(num_cpus=1)(_RayCurator)
+    args = (run.config.to_dict(), str(run.out), run.registry_dict)
+    cpus = int(ray.cluster_resources().get("CPU", run.workers))
+    actors = [curator.remote(*args) for _ in range(max(1, min(run.workers, cpus, len(jobs))))]
+    queue: deque[Path] = deque(jobs)
+    pending: dict[Any, tuple[Any, Path]] = {}
+
+    def feed(actor: Any) -> None:
+        if queue:
+            path = queue.popleft()
+            pending[actor.curate.remote(str(path), str(run.root))] = (actor, path)
+
     try:
-        ctx = ray.data.DataContext.get_current()
-        for name in ("enable_progress_bars", "enable_operator_progress_bars"):
-            if hasattr(ctx, name):
-                setattr(ctx, name, False)
-        items = [{"path": str(p), "root": str(run.root)} for p in jobs]
-        fn = functools.partial(_ray_map, config=run.config.to_dict(), out_dir=str(run.out),
-                               registry=run.registry_dict)
-        dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 50_000))).map(fn, num_cpus=1)
-        for row in dataset.iter_rows():
-            yield _from_json(row["payload"])
+        for actor in actors:
+            feed(actor)
+            feed(actor)
+        while pending:
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            actor, path = pending.pop(ref)
+            try:
+                result = _from_json(ray.get(ref))
+            except ray.exceptions.RayActorError:
+                result = _crashed(path, run.root, run.config, "the Ray worker died, e.g. a decoder crash")
+                lost = [(r, p) for r, (a, p) in pending.items() if a is actor]
+                for r, p in lost:  # the dead actor's other video goes to its replacement
+                    pending.pop(r)
+                    queue.appendleft(p)
+                actor = curator.remote(*args)
+                actors.append(actor)
+                feed(actor)
+            except ray.exceptions.RayTaskError as exc:
+                result = _crashed(path, run.root, run.config, error_text(getattr(exc, "cause", None) or exc))
+            feed(actor)
+            yield result
     except BaseException:
         if started_here:
             ray.shutdown()  # stops the workers of an interrupted run now, not when the driver exits
         raise
+    finally:
+        if ray.is_initialized():
+            for actor in actors:
+                ray.kill(actor)  # their CPUs go back to a cluster this run did not start
 
 
 _ENGINES: dict[str, Callable[..., Iterator[VideoResult]]] = {
@@ -506,6 +544,6 @@ def run_curation(videos: VideoList | str | os.PathLike[str], out_dir: str | os.P
         if close is not None:
             close()
     summary = RunSummary(out, state.done, state.skipped, state.clips, state.errors, state.empty, state.frames,
-                         state.elapsed, engine, workers, _ordered(state.timings), driver)
+                         state.elapsed, engine, workers, _ordered(state.timings), {**driver, **run.stats})
     write_timings(summary)
     return summary

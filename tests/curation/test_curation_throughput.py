@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -131,3 +132,26 @@ def test_a_resumed_run_times_only_what_it_curated(videos, tmp_path):
     stored = json.loads((tmp_path / TIMINGS_NAME).read_text())
     assert stored["videos"] == 1 and stored["stages"] == pytest.approx(summary.timings)
     assert len({r["video_id"] for r in read_manifest(tmp_path).to_pylist()}) == 2
+
+
+def test_ray_actors_match_inline_rows_and_give_their_cpus_back(videos, tmp_path):
+    ray = pytest.importorskip("ray", reason="the ray engine needs ray (pip install -e .[test])")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        run_curation(videos, tmp_path / "inline", CONFIG, engine="inline")
+        summary = run_curation(videos, tmp_path / "ray", CONFIG, engine="ray", workers=2)
+        assert summary.videos == 2 and summary.timings["decode"] > 0 and "ray_init" in summary.driver
+
+        def rows(out: Path) -> dict[str, dict]:
+            return {r["clip_id"]: r for r in read_manifest(out).to_pylist()}
+
+        assert rows(tmp_path / "ray") == rows(tmp_path / "inline")
+        deadline = time.monotonic() + 20
+        while ray.available_resources().get("CPU", 0) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)  # killing actors is asynchronous
+        assert ray.available_resources().get("CPU", 0) == 2  # the actors were killed: a shared cluster gets its CPUs
+    finally:
+        if started:
+            ray.shutdown()
