@@ -415,11 +415,11 @@ class CascadeDetector:
 
     def _brightness_step(self, b: int) -> bool:
         """Frame ``b`` is frame ``b - 1`` with its brightness changed: what per channel ``b ~ gain * (b - 1) +
-        offset`` (least squares) leaves unexplained (the change measure of ``LevelConfig.min_change``) would not
-        stand out as a hard cut (the native level's threshold times the median ``d_1`` over ``window`` frames on
-        each side). Within a shot that is an exposure or lighting jump, or (decoding with the loop filter skipped)
-        the drift of a brightness change reset at the next keyframe; two shots' pictures differ beyond any gain
-        and offset."""
+        offset`` and ``b - 1 ~ gain' * b + offset'`` (least squares; the larger of the two) leaves unexplained
+        (the change measure of ``LevelConfig.min_change``) would not stand out as a hard cut (the native level's
+        threshold times the median ``d_1`` over ``window`` frames on each side). Within a shot that is an exposure
+        or lighting jump, or (decoding with the loop filter skipped) the drift of a brightness change reset at the
+        next keyframe; two shots' pictures differ beyond any gain and offset."""
         d1 = self.series.diffs[1].view
         w = self.frames.window
         around = np.concatenate([d1[max(1, b - w) : b], d1[b + 1 : min(self.n, b + 1 + w)]])
@@ -430,9 +430,14 @@ class CascadeDetector:
         x = self.ring[a % r].reshape(self.shape[0], -1).astype(np.float64)  # (C, P)
         y = self.ring[b % r].reshape(self.shape[0], -1).astype(np.float64)
         xc, yc = x - x.mean(1, keepdims=True), y - y.mean(1, keepdims=True)
-        gain = (xc * yc).sum(1, keepdims=True) / np.maximum((xc * xc).sum(1, keepdims=True), 1e-6)
-        residual = float(np.abs(yc - gain * xc).mean()) * self.shape[0]
-        return residual < limit
+
+        def unexplained(src: np.ndarray, dst: np.ndarray) -> float:
+            gain = (src * dst).sum(1, keepdims=True) / np.maximum((src * src).sum(1, keepdims=True), 1e-6)
+            return float(np.abs(dst - gain * src).mean()) * self.shape[0]
+
+        # Both ways: a brightness change is invertible. One way alone calls a cut to a flat picture a step (a gain
+        # near 0 maps any frame to a flat one), the other way cannot rebuild the old picture from the flat one.
+        return max(unexplained(xc, yc), unexplained(yc, xc)) < limit
 
     def _brief(self, k: int, v: float, lv: LevelConfig) -> _Event | None:
         """A brief excursion at candidate ``k`` (``v = d_1[k]``): frames ``s .. s + m - 1`` (``m <= flash_frames``)

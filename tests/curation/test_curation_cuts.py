@@ -144,3 +144,13 @@ def test_shared_broadcast_sample_cuts_and_geometry():
     assert ann.sar == Fraction(16, 11) and (ann.width, ann.height) == (1024, 576)
     assert (ann.coded_width, ann.coded_height) == (704, 576) and ann.num_frames == 628
     assert ann.motion_magnitudes.size > 20 and (ann.motion_magnitudes >= 0).all()
+
+
+def test_a_cut_to_a_nearly_flat_shot_is_not_a_brightness_step(tmp_path):
+    """The brightness-step test (an exposure jump is not a cut) fits a gain and offset both ways: one way alone
+    explains a cut into a flat, dark shot (gain ~0), and that cut was lost."""
+    path = tmp_path / "flat.mp4"
+    truth = make_video(path, shots=(150, 200, 150, 250), motion=(1, 2, 1, 3), size=(640, 360), seed=2,
+                       preset="ultrafast")
+    cuts = annotate_video(path, CutConfig()).cuts
+    assert [c.frame for c in cuts] == list(truth.cuts) == [150, 350, 500] and all(c.kind == "hard" for c in cuts)
