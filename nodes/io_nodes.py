@@ -20,6 +20,7 @@ from ..svd_model.errors import InputError, SVDError
 from ..svd_model.media.video import read_image, read_video, write_video
 from . import adapters, bridge
 from .bridge.video import UNSET, frames_input, source_problem, video_from_frames
+from .generation_info import MODES_KEY, generation_modes
 from .types import MAX_SIZE, range_problem
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,7 @@ class SaveVideo:
                     "%date:yyyy-MM-dd% etc.")}),
             },
             "optional": frames_inputs(),
-            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
+            "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO", "unique_id": "UNIQUE_ID"},
         }
 
     @classmethod
@@ -179,10 +180,11 @@ class SaveVideo:
 
     def save(self, images: Any = None, fps: float = 7.0, format: str = "mp4", quality: int = 85,
              filename_prefix: str = "SVDLab/video", prompt: Any = None, extra_pnginfo: Any = None,
-             video: Any = None) -> dict[str, Any]:
+             video: Any = None, unique_id: Any = None) -> dict[str, Any]:
         images, rate = frames_input(images, video, "SVD Lab Save Video")
         fps = rate or fps
-        out = _write(images, fps, format, quality, filename_prefix, "output", _metadata(prompt, extra_pnginfo))
+        meta = _metadata(prompt, extra_pnginfo, unique_id)
+        out = _write(images, fps, format, quality, filename_prefix, "output", meta)
         return {**out, "result": (video if video is not None else video_from_frames(images, fps),)}
 
 
@@ -205,10 +207,11 @@ class PreviewVideo:
         return range_problem(cls, "fps", fps) or source_problem(images, video) or True
 
     def preview(self, images: Any = None, fps: float = 7.0, format: str = "webp", quality: int = 85,
-                prompt: Any = None, extra_pnginfo: Any = None, video: Any = None) -> dict[str, Any]:
+                prompt: Any = None, extra_pnginfo: Any = None, video: Any = None,
+                unique_id: Any = None) -> dict[str, Any]:
         images, rate = frames_input(images, video, "SVD Lab Preview Video")
         prefix = "SVDLab_temp_" + "".join(random.choices(string.ascii_lowercase, k=5))
-        return _write(images, rate or fps, format, quality, prefix, "temp", _metadata(prompt, extra_pnginfo))
+        return _write(images, rate or fps, format, quality, prefix, "temp", _metadata(prompt, extra_pnginfo, unique_id))
 
 
 def _write(images: Any, fps: float, format: str, quality: int, prefix: str, folder: str,
@@ -222,11 +225,15 @@ def _write(images: Any, fps: float, format: str, quality: int, prefix: str, fold
     return {"ui": {"images": [entry], "animated": [True]}, "result": ()}
 
 
-def _metadata(prompt: Any, extra_pnginfo: Any) -> dict[str, str] | None:
-    """As core SaveWEBM: "prompt" plus every extra_pnginfo key (e.g. "workflow"), JSON-encoded."""
+def _metadata(prompt: Any, extra_pnginfo: Any, node_id: Any = None) -> dict[str, str] | None:
+    """As core SaveWEBM: "prompt" plus every extra_pnginfo key (e.g. "workflow"), JSON-encoded; and what the
+    frames were generated with (:data:`.generation_info.MODES_KEY`: the modes of the pack nodes upstream)."""
     if not bridge.metadata_enabled():
         return None
     meta = {} if prompt is None else {"prompt": json.dumps(prompt)}
+    modes = generation_modes(prompt, node_id)
+    if modes:
+        meta[MODES_KEY] = json.dumps(modes)
     meta.update({k: json.dumps(v) for k, v in (extra_pnginfo or {}).items()})
     return meta or None
 

@@ -18,7 +18,7 @@ from comfyui_svd_lab.cli import main
 from comfyui_svd_lab.cli.jobs import tiny_overrides, write_tiny_stand_ins
 from comfyui_svd_lab.nodes import bridge
 from comfyui_svd_lab.svd_model.config import Family
-from comfyui_svd_lab.svd_model.media.video import probe_video
+from comfyui_svd_lab.svd_model.media.video import probe_video, read_video_metadata
 from comfyui_svd_lab.workflow import CoreNodesError, apply_overrides, execute, load_workflow, validate
 from conftest import SMALL_RUN as SMALL
 
@@ -77,6 +77,13 @@ def test_example_runs_headless_on_tiny_checkpoint(path, configured):
     assert (info.frame_count, info.width, info.height) == EXPECTED.get(path.stem, (3, 64, 48))
     fps = next(n["inputs"]["fps"] for n in prompt.values() if n["class_type"] == "SVDLab_SaveVideo")
     assert float(info.fps) == pytest.approx(fps)
+    # the video says what generated it: each upstream sampler's and loader's speed / exactness choices
+    modes = json.loads(read_video_metadata(video).get("svd_lab_modes", "{}"))  # none: no sampler or loader
+    for node_id, node in prompt.items():
+        if node["class_type"] in ("SVDLab_Sampler", "SVDLab_CheckpointLoader"):
+            recorded = modes[f"{node_id} {node['class_type']}"]
+            assert recorded and all(recorded[k] == node["inputs"][k] for k in recorded if k in node["inputs"]
+                                    and not isinstance(node["inputs"][k], list))
 
 
 @pytest.mark.parametrize("path", CURATION_FILES, ids=lambda p: p.stem)
