@@ -152,7 +152,8 @@ class SplitClips(CurationNode):
                    "several clips, transitions are trimmed off).")
     FUNCTION = "split"
     RETURN_TYPES, RETURN_NAMES, OUTPUT_TOOLTIPS = declare_outputs(
-        (CLIPS, "clips", "The clips (and a status row for each video without any)."),
+        (CLIPS, "clips", "The clips, and a dropped row with its reason for each span between cuts that gives no "
+                         "clip (too short, trimmed away, a transition)."),
         ("INT", "count", "Number of clips."))
     REQUIRED = {
         "annotations": (ANNOTATIONS, {"tooltip": "From Annotate Videos."}),
