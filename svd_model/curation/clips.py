@@ -206,11 +206,44 @@ def keyframes(
     max_side: int | None = None,
 ) -> list[np.ndarray]:
     """RGB uint8 (H, W, 3) display-corrected frames of ``span``: any of ``first``, ``middle``, ``last``."""
+    return read_frames_at(path, keyframe_times(span, which), max_side=max_side)
+
+
+#: "intra" keyframe source: an intra frame counts as a clip's keyframe when it lies inside the clip within
+#: max(INTRA_TOLERANCE_S, INTRA_TOLERANCE_FRACTION x clip duration) of the exact time (0.5 s: about a GOP of
+#: broadcast / streaming encodes; 10 %: keeps first / middle / last apart on long clips).
+INTRA_TOLERANCE_S = 0.5
+INTRA_TOLERANCE_FRACTION = 0.1
+
+
+def keyframe_times(span: ClipSpan, which: Sequence[str]) -> list[float]:
+    """The exact times (pts, s) of the ``which`` keyframes (first / middle / last) of ``span``."""
     table = {"first": span.start_time, "middle": span.middle_time, "last": span.last_time}
     unknown = [w for w in which if w not in table]
     if unknown:
         raise ConfigError(f"keyframes: unknown frame names {unknown}; choose from {sorted(table)}")
-    return read_frames_at(path, [table[w] for w in which], max_side=max_side)
+    return [float(table[w]) for w in which]
+
+
+def intra_keyframe_times(intra_times: np.ndarray, span: ClipSpan, which: Sequence[str]) -> list[float | None]:
+    """Per requested keyframe of ``span``, the pts (s) of the nearest intra frame (``intra_times``, sorted, e.g.
+    :attr:`PacketIndex.keyframe_times`) inside the clip (start_time .. last_time) and within the tolerance
+    (max(INTRA_TOLERANCE_S, INTRA_TOLERANCE_FRACTION x duration)) of the exact time; None where there is none
+    (the exact frame is read instead). One intra frame serves at most one keyframe of a clip, so a clip keeps
+    distinct frames."""
+    tol = max(INTRA_TOLERANCE_S, INTRA_TOLERANCE_FRACTION * float(span.duration))
+    eps = 1e-6
+    keys = np.asarray(intra_times, np.float64)
+    keys = keys[(keys >= span.start_time - eps) & (keys <= span.last_time + eps)]
+    used: set[float] = set()
+    out: list[float | None] = []
+    for t in keyframe_times(span, which):
+        near = [float(k) for k in keys[np.abs(keys - t) <= tol + eps] if float(k) not in used]
+        best = min(near, key=lambda k: abs(k - t), default=None)
+        if best is not None:
+            used.add(best)
+        out.append(best)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- writing

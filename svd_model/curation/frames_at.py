@@ -128,6 +128,80 @@ def read_frames_at(
     return [a for a in out if a is not None]
 
 
+def read_intra_frames(
+    path: str | PathLike[str],
+    times: Sequence[float],
+    *,
+    max_side: int | None = None,
+    stats: DecodeStats | None = None,
+) -> list[np.ndarray]:
+    """RGB uint8 ``(H, W, 3)`` intra-coded frames whose pts (s) are ``times`` (e.g. clips.PacketIndex's
+    ``keyframe_times``), in the order given, display corrected as in :func:`read_frames_at`.
+
+    Each is decoded alone: one seek to its pts, the decoder told to skip every non-key frame
+    (skip_frame=NONKEY), so a frame costs one frame's decoding however long its GOP. An intra frame references
+    no other frame, so the picture is the one :func:`read_frames_at` gives at that time. A time that is not the
+    pts of a decodable intra frame is an InputError.
+    """
+    if not len(times):
+        return []
+    info = open_info(path)
+    stats = stats if stats is not None else DecodeStats()
+    container = open_container(info.path)
+    out: list[np.ndarray] = []
+    try:
+        stream = pick_video_stream(container)
+        configure_stream(stream, 1, fast=False)
+        tb = float(stream.time_base or 1)
+        for t in times:
+            target = round(float(t) / tb)
+            frame = _intra_frame(container, stream, target, stats)
+            if frame is None:
+                raise InputError(f"no intra frame at t={float(t):.3f}s in {info.path}")
+            out.append(_rgb(frame, info, max_side))
+    finally:
+        container.close()
+    return out
+
+
+def _intra_frame(container: av.container.InputContainer, stream: av.video.stream.VideoStream, target: int,
+                 stats: DecodeStats) -> av.VideoFrame | None:
+    """The key frame with pts ``target`` (stream ticks), decoded alone after a seek; None if there is none."""
+    ctx = stream.codec_context
+    container.seek(max(0, target), stream=stream, backward=True)
+    ctx.flush_buffers()
+    ctx.skip_frame = "NONKEY"
+    stats.seeks += 1
+    try:
+        for packet in container.demux(stream):
+            try:
+                decoded = stream.decode(packet)
+            except av.FFmpegError as exc:
+                stats.error(exc)
+                continue
+            for frame in decoded:
+                stats.frames += 1
+                if frame.pts == target:
+                    return frame if _is_intra(frame) else None
+            if packet.pts is not None and packet.pts >= target:
+                break  # the target was fed: the decoder's delay holds it
+        for frame in stream.decode(None):  # drain (flush_buffers above readies the decoder for the next seek)
+            stats.frames += 1
+            if frame.pts == target:
+                return frame if _is_intra(frame) else None
+    except av.FFmpegError as exc:
+        stats.error(exc)
+    finally:
+        ctx.skip_frame = "DEFAULT"
+    return None
+
+
+def _is_intra(frame: av.VideoFrame) -> bool:
+    """A key frame or an I picture (pict_type 1): nothing else was decoded before it, so only such a frame is
+    exact when decoded alone (a recovery-point 'keyframe' of an intra-refresh stream is not)."""
+    return bool(frame.key_frame) or int(frame.pict_type) == 1
+
+
 def _shown_ticks(frame_times: Sequence[float] | np.ndarray, times: Sequence[float], tb: float,
                  eps: float) -> set[int] | None:
     """pts (stream ticks) of the frames shown at ``times`` (the last frame time <= t + eps); None without

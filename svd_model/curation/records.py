@@ -39,6 +39,7 @@ Row = dict[str, Any]
 PIPELINE_VERSION = "1"
 CLIP_MODES = ("none", "auto", "copy", "reencode")
 KEYFRAME_KINDS = ("first", "middle", "last")
+KEYFRAME_SOURCES = ("exact", "intra")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,11 @@ class CurationConfig:
     captioners: names of registered captioners (captioner_registry.py), at most one per kind (image, video,
     summary); () = no captions. A name, never a program or a path: captioners are registered outside workflows.
     keyframes: which frames of a clip the scorers see; keyframe_max_side: their longest side (0 = full size).
+    keyframe_source: 'exact' (the frames at the clip's first / middle / last times, decoded from the source
+    keyframe before each) or 'intra' (each from the nearest intra frame inside the clip within
+    max(0.5 s, 10 % of the clip), decoded alone by seeking; the exact frame where there is none; the times used
+    in the row's ``extra`` as ``keyframe_times`` and ``keyframe_intra``). Hashed only when not 'exact', so
+    manifests from before the option keep their hash.
     write_clips: 'none', or write each clip as a file: 'copy' (stream copy, keyframe-snapped), 'reencode'
     (frame-exact), 'auto'; write_keyframes: JPEGs of the keyframes; save_embeddings: the CLIP embeddings.
     perceptual_hash: a 64-bit DCT hash of each clip's middle keyframe in ``extra`` (dedup.py's model-free
@@ -76,6 +82,7 @@ class CurationConfig:
     captioners: tuple[str, ...] = ()
     keyframes: tuple[str, ...] = KEYFRAME_KINDS
     keyframe_max_side: int = 512
+    keyframe_source: str = "exact"
     write_clips: str = "none"
     write_keyframes: bool = False
     save_embeddings: bool = False
@@ -98,6 +105,8 @@ class CurationConfig:
         bad = [k for k in self.keyframes if k not in KEYFRAME_KINDS]
         if bad or not self.keyframes:
             raise ConfigError(f"keyframes must be a non-empty subset of {KEYFRAME_KINDS}, got {self.keyframes!r}")
+        if self.keyframe_source not in KEYFRAME_SOURCES:
+            raise ConfigError(f"keyframe_source must be one of {KEYFRAME_SOURCES}, got {self.keyframe_source!r}")
         if self.keyframe_max_side < 0 or self.threads < 0:
             raise ConfigError("keyframe_max_side and threads must be >= 0")
 
@@ -116,6 +125,8 @@ class CurationConfig:
     def hash(self) -> str:
         """Hash of what changes rows (not ``threads``), 12 hex digits."""
         data = {k: v for k, v in self.to_dict().items() if k not in ("threads", "video_timeout")}
+        if data["keyframe_source"] == "exact":  # the default before the option existed: the same hash
+            del data["keyframe_source"]
         return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
     @property
@@ -249,39 +260,71 @@ def error_text(exc: BaseException) -> str:
 
 
 class KeyframeCache:
-    """Keyframes (RGB uint8 (H, W, 3) each) per clip id, decoded on first use."""
+    """Keyframes (RGB uint8 (H, W, 3) each) per clip id, decoded on first use, from ``config.keyframe_source``."""
 
     def __init__(self, config: CurationConfig) -> None:
         self.which = tuple(config.keyframes)
         self.max_side = config.keyframe_max_side or None
+        self.intra = config.keyframe_source == "intra"
         self._frames: dict[str, list[np.ndarray]] = {}
+        self._intra_times: dict[str, np.ndarray] = {}  # source -> its intra frames' pts (s), one demux pass each
 
     def get(self, rec: ClipRecord) -> list[np.ndarray]:
-        cid = rec.clip_id
-        if cid not in self._frames:
-            self._frames[cid] = list(clips.keyframes(rec.source, rec.span, which=self.which,
-                                                     max_side=self.max_side))
-        return self._frames[cid]
+        if rec.clip_id not in self._frames:
+            self._frames[rec.clip_id] = self._read([rec], threads=1)[0]
+        return self._frames[rec.clip_id]
 
     def prefetch(self, records: Sequence[ClipRecord], threads: int = 1) -> None:
         """Decode the keyframes of all ``records`` (clips of one video) in one sorted pass: the decoder seeks
-        only where that skips frames, so no stretch between two source keyframes is decoded twice."""
+        only where that skips frames, so no stretch between two source keyframes is decoded twice (with the
+        'intra' source, the intra frames chosen are decoded one by one, the others in that pass)."""
         todo = [r for r in records if r.ok and r.clip_id not in self._frames]
         if not todo:
             return
-        fields = {"first": "start_time", "middle": "middle_time", "last": "last_time"}
-        times = [float(getattr(r.span, fields[w])) for r in todo for w in self.which]
         try:
-            frames = frames_at.read_frames_at(todo[0].source, times, max_side=self.max_side, threads=threads,
-                                              frame_times=getattr(todo[0].annotation, "frame_times", None))
+            frames = self._read(todo, threads)
         except (SVDError, ValueError, OSError) as exc:  # per-clip reads in get() will say which clip fails
             log.info("keyframe prefetch failed (%s); reading clip by clip", error_text(exc))
             return
-        if len(frames) != len(times):
-            return
+        for rec, clip_frames in zip(todo, frames, strict=True):
+            self._frames[rec.clip_id] = clip_frames
+
+    def _read(self, todo: Sequence[ClipRecord], threads: int) -> list[list[np.ndarray]]:
+        """The keyframes of ``todo`` (clips of one video), per clip in ``self.which`` order. With the 'intra'
+        source the pts used and which were intra frames go to each row's ``extra``."""
+        source = todo[0].source
+        exact = [t for r in todo for t in clips.keyframe_times(r.span, self.which)]
+        chosen: list[float | None] = [None] * len(exact)
+        if self.intra:
+            if source not in self._intra_times:
+                self._intra_times[source] = clips.packet_index(source).keyframe_times
+            chosen = [t for r in todo for t in clips.intra_keyframe_times(self._intra_times[source], r.span,
+                                                                          self.which)]
+        flat: list[np.ndarray | None] = [None] * len(exact)
+        intra_at = [i for i, t in enumerate(chosen) if t is not None]
+        exact_at = [i for i, t in enumerate(chosen) if t is None]
+        try:
+            intra_frames = frames_at.read_intra_frames(source, [chosen[i] for i in intra_at], max_side=self.max_side)
+        except SVDError as exc:  # a "keyframe" packet that is not a whole intra picture: the exact frames instead
+            log.info("%s: intra keyframes unusable (%s); reading the exact frames", source, error_text(exc))
+            chosen = [None] * len(exact)
+            intra_at, exact_at, intra_frames = [], list(range(len(exact))), []
+        for i, frame in zip(intra_at, intra_frames, strict=True):
+            flat[i] = frame
+        frame_times = getattr(todo[0].annotation, "frame_times", None)
+        for i, frame in zip(exact_at, frames_at.read_frames_at(source, [exact[i] for i in exact_at],
+                                                               max_side=self.max_side, threads=threads,
+                                                               frame_times=frame_times), strict=True):
+            flat[i] = frame
         k = len(self.which)
-        for i, rec in enumerate(todo):
-            self._frames[rec.clip_id] = frames[i * k : (i + 1) * k]
+        if self.intra:
+            for n, rec in enumerate(todo):
+                extra = json.loads(rec.row.get("extra") or "{}")
+                extra["keyframe_times"] = [float(chosen[i] if chosen[i] is not None else exact[i])
+                                           for i in range(n * k, (n + 1) * k)]
+                extra["keyframe_intra"] = [chosen[i] is not None for i in range(n * k, (n + 1) * k)]
+                rec.row["extra"] = json.dumps(extra)
+        return [[f for f in flat[n * k : (n + 1) * k] if f is not None] for n in range(len(todo))]
 
     def drop(self, clip_id: str) -> None:
         self._frames.pop(clip_id, None)
