@@ -22,6 +22,7 @@ from ..diffusion.schedules import get_schedule, sigmas_for_denoise
 from ..diffusion.step_cache import CacheStats, StepCache, StepCacheOptions
 from ..errors import ConfigError, InputError
 from ..memory import on_compute
+from ..nn.compile import ensure_compiled
 from ..nn.image_encoder import encode_image
 from ..weights.loader import SVDBundle
 
@@ -176,6 +177,7 @@ def sample_video(
         x = initial_noise(noise.to(device), sigmas[0])
     scales = frame_scales(params.guidance, params.min_cfg, params.max_cfg, t).to(device)
     unet = bundle.model.unet
+    ensure_compiled(unet)  # a copy of a compiled UNet (apply_lora's) runs eager until compiled again
     cache = StepCache.for_sigmas(params.cache_options, sigmas, cache_stats)
     model_fn = make_model_fn(cache.bind(unet) if cache.active else unet)  # type: ignore[arg-type]
     denoiser = cfg_denoiser(model_fn, cond.to(device), uncond.to(device), scales, cat=Cond.cat)

@@ -47,6 +47,7 @@ from ..diffusion.noise import initial_noise, randn, randn_like
 from ..diffusion.sampling import Denoiser, StepInfo, euler_step, get_sampler
 from ..diffusion.schedules import get_schedule
 from ..errors import ConfigError, InputError
+from ..nn.compile import ensure_compiled
 from ..nn.model import SVDModel
 from ..weights.loader import SVDBundle
 from .checks import require_svd_family
@@ -298,6 +299,7 @@ def interpolate_keyframes(
     sigmas = get_schedule(params.schedule)(params.steps, params.sigma_min, params.sigma_max, params.rho).to(device)
     x = initial_noise(noise.to(device, torch.float32), sigmas[0])
     scales = frame_scales(params.guidance, params.min_cfg, params.max_cfg, t).to(device)
+    ensure_compiled(bundle.model.unet)  # a copy of a compiled UNet (apply_lora's) runs eager until compiled again
     model_fn = make_model_fn(bundle.model.unet)
     ends = encode_frames(bundle, torch.stack([first, last], dim=1)).to(device) if anchor else None
     run = _Sampling(x, sigmas, model_fn, scales, ends, params.sampler, device, generator, callback)

@@ -278,3 +278,25 @@ def test_inductor_and_cudagraphs_on_cuda(base_unet: nn.Module) -> None:
             unet.input_blocks[1][0].in_layers[2].weight.mul_(1.5)
         eager = copy.deepcopy(unet)  # copies run eager
         torch.testing.assert_close(_run(unet, args).float(), _run(eager, args).float(), rtol=2e-2, atol=2e-2)
+
+
+def test_sampling_recompiles_a_copied_compiled_unet(tmp_path) -> None:
+    """apply_lora (and any deep copy) leaves a compiled UNet's copy eager; sample_video compiles it again as the
+    original was requested, and the copy's video equals the eager one."""
+    from comfyui_svd_lab.svd_model.api import VideoParams, encode_condition, sample_video
+    from comfyui_svd_lab.svd_model.lora.apply import _with_unet
+    from comfyui_svd_lab.svd_model.weights.loader import load_bundle
+    from comfyui_svd_lab.svd_model.weights.tiny import write_tiny_checkpoint
+
+    bundle = load_bundle(write_tiny_checkpoint(tmp_path / "svd.safetensors", seed=3))
+    params = VideoParams.for_variant("svd", num_frames=2, width=64, height=64, steps=1)
+    image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    cond, uncond = encode_condition(bundle, image, params, generator=torch.Generator().manual_seed(0))
+    eager = sample_video(bundle, cond, uncond, params, generator=torch.Generator().manual_seed(1))
+    backend = CountingBackend()
+    compile_unet(bundle.model.unet, "regional", backend=backend)
+    copied = _with_unet(bundle, copy.deepcopy(bundle.model.unet))
+    assert compile_request(copied.model.unet) is not None and compiled_regions(copied.model.unet) == 0
+    out = sample_video(copied, cond, uncond, params, generator=torch.Generator().manual_seed(1))
+    assert compiled_regions(copied.model.unet) == len(regions(copied.model.unet)) and backend.graphs > 0
+    torch.testing.assert_close(out, eager, rtol=1e-3, atol=1e-3)  # traced graphs may order float ops differently
