@@ -35,6 +35,9 @@ def test_selection_inside_clip_within_tolerance_and_distinct():
     intra = np.array([0.0, 0.6, 2.5, 3.0, 4.4])  # 0.0 before the clip, 4.4 after its last frame
     got = intra_keyframe_times(intra, span, ("first", "middle", "last"))
     assert got == [0.6, 2.5, None]  # middle 2.4 -> 2.5; last 4.36 has only 3.0 (too far) and 4.4 (outside)
+    # the 0.5 s bound: first at 0.4 s takes 0.85 s, not 0.95 s
+    assert intra_keyframe_times(np.array([0.85]), span, ("first",)) == [0.85]
+    assert intra_keyframe_times(np.array([0.95]), span, ("first",)) == [None]
     long = _span(0, 500)  # 20 s: tolerance 10 % = 2 s
     assert intra_keyframe_times(np.array([1.9, 11.5, 18.2]), long, ("first", "middle", "last")) == [1.9, 11.5, 18.2]
     assert intra_keyframe_times(np.array([2.1]), long, ("first",)) == [None]
