@@ -85,6 +85,9 @@ def _cmd_image_to_video(args: argparse.Namespace) -> int:
         cache_threshold=args.cache_threshold,
         attention=args.attention,
         compile=args.compile,
+        unet=Path(args.unet) if args.unet else None,
+        sampler=args.sampler,
+        schedule=args.schedule,
     )
     print(result.summary())
     return 0
@@ -166,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "precision: fp32 (exact, the default), prescale / auto (fused fp16 kernels, ~1e-3 relative), half")
     p.add_argument("--compile", default="off", choices=["off", "regional", "regional+cudagraphs"], help="torch.compile "
                    "the UNet's repeated blocks (the first run compiles; falls back to eager with a warning)")
+    p.add_argument("--unet", metavar="FILE", help="a UNet-only .safetensors (e.g. AnimateLCM-SVD-xt) replacing the "
+                   "checkpoint's; a few-step file brings its recommended steps, guidance, sampler and schedule")
+    # names checked by VideoParams (a wrong one lists the choices); importing the lists here would load torch
+    p.add_argument("--sampler", metavar="NAME", help="sampling method, e.g. euler, dpmpp_2m, lcm (default: the "
+                   "variant's)")
+    p.add_argument("--schedule", metavar="NAME", help="noise schedule, e.g. karras, ays, animatelcm (default: the "
+                   "variant's)")
     p.set_defaults(func=_cmd_image_to_video)
 
     p = sub.add_parser("make-tiny-checkpoint", help="write a tiny random-weight checkpoint in the official layout")

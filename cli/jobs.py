@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..svd_model.api import VideoParams, decode_latents, image_to_video, load_bundle
+from ..svd_model.api import VideoParams, decode_latents, image_to_video, load_bundle, with_unet
 from ..svd_model.config import Family
 from ..svd_model.errors import ConfigError, InputError
 from ..svd_model.jsonfile import read_bytes
@@ -93,9 +93,12 @@ def run_image_to_video(
     *, checkpoint: Path | None, image: str | None, output_dir: Path, num_frames: int | None = None,
     steps: int | None = None, seed: int = 23, width: int | None = None, height: int | None = None,
     device: str = "auto", memory: str = "normal", weight_storage: str | None = None, step_cache: str = "off",
-    cache_threshold: float = 0.1, attention: str = "fp32", compile: str = "off",
+    cache_threshold: float = 0.1, attention: str = "fp32", compile: str = "off", unet: Path | None = None,
+    sampler: str | None = None, schedule: str | None = None,
 ) -> JobResult:
     """`memory`: a svd_model.memory mode (normal / low_vram); `weight_storage`: fp8 storage of the UNet;
+    `unet`: a UNet-only file (e.g. a few-step AnimateLCM-SVD-xt) replacing the checkpoint's, whose variant's
+    recommended steps / guidance / sampler / schedule become the defaults; `sampler` / `schedule`: overrides;
     `step_cache` / `cache_threshold`: VideoParams' step cache (off by default; what it reused is logged);
     `attention` / `compile`: the UNet's svd_model.nn.attention / svd_model.nn.compile modes."""
     start = time.perf_counter()
@@ -109,13 +112,19 @@ def run_image_to_video(
         bundle = load_bundle(checkpoint, device="cpu" if keep_in_ram else device,
                              dtype=resolve_dtype(None, torch.device(device)), weight_storage=weight_storage)
         apply_plan(bundle, plan, device)
+        if unet is not None:
+            bundle, replaced = with_unet(bundle, unet)
+            log.info("UNet replaced: %s", replaced)
         set_attention_precision(bundle.model.unet, attention)
         if compile != "off":
             log.info(compile_unet(bundle.model.unet, compile, device=device).summary())
         result.model = f"{bundle.variant} from {checkpoint}" + (" (tiny random weights)" if result.tiny else "")
         overrides = dict(TINY_DEFAULTS) if result.tiny else {}
+        if unet is not None:
+            overrides.pop("steps", None)  # a few-step UNet's own step count, also on a tiny demo model
         given = {"num_frames": num_frames, "steps": steps, "width": width, "height": height,
-                 "step_cache": step_cache, "cache_threshold": cache_threshold}
+                 "step_cache": step_cache, "cache_threshold": cache_threshold, "sampler": sampler,
+                 "schedule": schedule}
         overrides.update({k: v for k, v in given.items() if v is not None})
         params = VideoParams.for_variant(bundle.variant, **overrides)
         cond_image = read_image(image, params.width, params.height) if image else demo_image(params.width,

@@ -187,3 +187,32 @@ def test_closed_stdout_ends_quietly(module):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 141
     assert err == ""
+
+
+def test_image_to_video_with_a_few_step_unet_file(tmp_path, capsys, caplog):
+    """--unet swaps in a UNet-only file; a few-step one ("lcm" in the name) brings its recommended settings: 4 lcm
+    steps on the animatelcm schedule (steps, sampler and schedule still overridable)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    ckpt = tmp_path / "svd_xt.safetensors"
+    assert main(["make-tiny-checkpoint", str(ckpt)]) == 0
+    with safe_open(ckpt, "pt") as f:
+        unet = {k: f.get_tensor(k) for k in f.keys() if k.startswith("model.diffusion_model.")}
+    save_file(unet, tmp_path / "tiny-AnimateLCM-SVD-xt.safetensors")
+    argv = ["image-to-video", "--checkpoint", str(ckpt), "--unet", str(tmp_path / "tiny-AnimateLCM-SVD-xt.safetensors"),
+            "--frames", "3", "--width", "64", "--height", "48", "--device", "cpu"]
+    with caplog.at_level("INFO"):
+        assert main([*argv, "--output-dir", str(tmp_path / "o")]) == 0
+    steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert len(steps) == 4 and steps[-1].startswith("step 4/4") and "animatelcm_svd_xt" in caplog.text
+    assert len(sorted((tmp_path / "o").glob("frame_*.png"))) == 3
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert main([*argv, "--output-dir", str(tmp_path / "p"), "--steps", "2", "--sampler", "euler",
+                     "--schedule", "ays"]) == 0
+    assert [r.getMessage()[:8] for r in caplog.records if r.getMessage().startswith("step ")] == ["step 1/2",
+                                                                                                "step 2/2"]
+    capsys.readouterr()
+    assert main([*argv, "--output-dir", str(tmp_path / "q"), "--sampler", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err
