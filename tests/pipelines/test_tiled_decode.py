@@ -154,9 +154,9 @@ def test_decoder_calls_follow_the_tile_not_the_frame(bundle, latents, monkeypatc
     seen: list[tuple[int, ...]] = []
     original = vae.decode
 
-    def spy(z, num_frames=None):
+    def spy(z, num_frames=None, **options):
         seen.append(tuple(z.shape))
-        return original(z, num_frames)
+        return original(z, num_frames, **options)
 
     monkeypatch.setattr(vae, "decode", spy)
     decode_latents(bundle, latents, chunk_size=1, tile_size=10, tile_overlap=4)
