@@ -24,7 +24,7 @@ MODE_INPUTS = (
     "dtype", "memory", "weight_storage", "attention", "compile",  # Checkpoint Loader
     "unet_name", "variant",  # UNet Loader (few-step files)
     "sampler", "schedule", "steps", "step_cache", "cache_threshold", "denoise",  # Sampler (and samplers in others)
-    "precision", "chunk", "tile_size",  # Decode
+    "precision", "chunk_size", "overlap", "tile_size",  # Decode
 )
 #: Upper bound on the nodes visited (a prompt is untrusted; real ones have tens of nodes).
 MAX_NODES = 10_000

@@ -6,6 +6,8 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+import torch
+
 from ..svd_model.conditioning import check_size
 from ..svd_model.diffusion.guidance import FRAME_GUIDANCE
 from ..svd_model.diffusion.sampling import SAMPLERS
@@ -167,6 +169,8 @@ class Sampler:
         return ({**out, LATENT_STEP_CACHE: stats.as_metadata()},)
 
 
+#: Decode node precision -> the decoder's compute dtype (None: float32, the reference).
+DECODE_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 #: Decode node tile edges (latent pixels): below 8 the decoder sees too little context; 256 = 2048 image pixels.
 MIN_DECODE_TILE, MAX_DECODE_TILE = 8, 256
 
@@ -202,6 +206,10 @@ class Decode:
             "tile_overlap": ("INT", {"default": 8, "min": 0, "max": MAX_DECODE_TILE // 2, "tooltip": (
                 "Latent pixels shared by neighbouring tiles, blended smoothly so no seam shows: more hides "
                 "seams better but costs time. Must be smaller than tile_size; unused when tile_size is 0.")}),
+            "precision": (list(DECODE_PRECISIONS), {"default": "fp32", "tooltip": (
+                "fp32: the reference's decode. bf16: the decoder computes in bfloat16 (group norms in fp32): faster "
+                "and lighter on GPUs with bf16, about 2e-2 relative error on the frames; slower on CPUs without "
+                "AMX.")}),
         }}
 
     @classmethod
@@ -221,11 +229,12 @@ class Decode:
 
     def decode(self, model: SVDBundle, latent: dict, chunk_size: int, overlap: int,
                conditioning: VideoConditioning | None = None, tile_size: int = 0,
-               tile_overlap: int = 8) -> tuple[Any]:
+               tile_overlap: int = 8, precision: str = "fp32") -> tuple[Any]:
         latents = adapters.comfy_to_latents(latent, model.config.unet.out_channels)
         tiles = {"tile_size": tile_size, "tile_overlap": tile_overlap} if tile_size else {}  # 0: the model's plan
         with bridge.on_device(model, bridge.FIRST_STAGE):
             frames = decode_latents(model, latents, chunk_size=chunk_size, overlap=overlap, **tiles,
+                                    compute_dtype=DECODE_PRECISIONS[precision],
                                     callback=bridge.chunk_callback(latents.shape[1]))
         view = conditioning.input_view if conditioning is not None else None
         if view is not None:
