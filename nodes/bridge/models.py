@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ...svd_model.curation import shot_model
@@ -122,19 +123,10 @@ def resolve_checkpoint(name: str) -> Path:
     return path
 
 
-# ---------------------------------------------------------------------------------------------- vaes
+# ------------------------------------------------------------------------------------- vaes and unets
 
 VAE_FOLDER = "vae"
-
-
-def _vae_roots() -> list[Path]:
-    """Folders searched for VAE files: ComfyUI's `vae` folders, then the `svd` folders (a full checkpoint there
-    lends its first stage); headless the model folders."""
-    fp = _folder_paths()
-    if fp is None:
-        return model_dirs()
-    keys = [VAE_FOLDER] if VAE_FOLDER in fp.folder_names_and_paths else []
-    return [Path(d) for key in (*keys, SVD_FOLDER) for d in fp.get_folder_paths(key)]
+UNET_FOLDER = "diffusion_models"  # ComfyUI's models/unet and models/diffusion_models ("unet" is its legacy name)
 
 
 def _weight_files(roots: list[Path]) -> list[str]:
@@ -147,71 +139,50 @@ def _weight_files(roots: list[Path]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def list_vaes() -> list[str]:
-    """VAE names for the loader's vae_name COMBO (.safetensors/.sft files, relative to their folder), `vae`
-    folder first."""
-    return _weight_files(_vae_roots())
+@dataclass(frozen=True)
+class WeightFolder:
+    """Single network files of one kind (a VAE, a UNet) a loader node lists: ComfyUI's `folder` folders, then the
+    `svd` folders (a full checkpoint there lends its network); headless the model folders. `what` names the kind
+    in messages, `comfy_folders` the folders a ComfyUI user is told to use."""
+
+    what: str
+    folder: str
+    comfy_folders: str
+
+    def roots(self) -> list[Path]:
+        fp = _folder_paths()
+        if fp is None:
+            return model_dirs()
+        keys = [self.folder] if self.folder in fp.folder_names_and_paths else []
+        return [Path(d) for key in (*keys, SVD_FOLDER) for d in fp.get_folder_paths(key)]
+
+    def list(self) -> list[str]:
+        """Names for a COMBO (relative to their folder), the kind's own folders first."""
+        return _weight_files(self.roots())
+
+    def find(self, name: str) -> Path | None:
+        """A listed name -> its file, confined like :func:`find_checkpoint`."""
+        return _find_model(name, self.what, self.roots, Path.is_file)
+
+    def missing_message(self, name: str) -> str:
+        if in_comfyui():
+            return (f"{self.what} {shorten(name)} not found in ComfyUI's model folders ({self.comfy_folders}): put "
+                    "the .safetensors file there and pick it from the list")
+        where = "; ".join(str(root) for root in self.roots()) or "(no model folder configured)"
+        return f"{self.what} {shorten(name)} not found; looked in: {where}"
+
+    def resolve(self, name: str) -> Path:
+        path = self.find(name)
+        if path is None:
+            raise CheckpointError(self.missing_message(name))
+        return path
 
 
-def find_vae(name: str) -> Path | None:
-    """A listed VAE name -> its file, confined like :func:`find_checkpoint`."""
-    return _find_model(name, "VAE", _vae_roots, Path.is_file)
-
-
-def missing_vae_message(name: str) -> str:
-    if in_comfyui():
-        return (f"VAE {shorten(name)} not found in ComfyUI's model folders (models/vae, models/svd): put the "
-                ".safetensors file there and pick it from the list")
-    where = "; ".join(str(root) for root in _vae_roots()) or "(no model folder configured)"
-    return f"VAE {shorten(name)} not found; looked in: {where}"
-
-
-def resolve_vae(name: str) -> Path:
-    path = find_vae(name)
-    if path is None:
-        raise CheckpointError(missing_vae_message(name))
-    return path
-
-
-# --------------------------------------------------------------------------------------------- unets
-
-UNET_FOLDER = "diffusion_models"  # ComfyUI's models/unet and models/diffusion_models ("unet" is its legacy name)
-
-
-def _unet_roots() -> list[Path]:
-    """Folders searched for UNet-only files: ComfyUI's `diffusion_models` folders (models/unet and
-    models/diffusion_models), then the `svd` folders (a full checkpoint there lends its UNet); headless the model
-    folders."""
-    fp = _folder_paths()
-    if fp is None:
-        return model_dirs()
-    keys = [UNET_FOLDER] if UNET_FOLDER in fp.folder_names_and_paths else []
-    return [Path(d) for key in (*keys, SVD_FOLDER) for d in fp.get_folder_paths(key)]
-
-
-def list_unets() -> list[str]:
-    """UNet file names for a COMBO (.safetensors/.sft files, relative to their folder), `diffusion_models` first."""
-    return _weight_files(_unet_roots())
-
-
-def find_unet(name: str) -> Path | None:
-    """A listed UNet name -> its file, confined like :func:`find_checkpoint`."""
-    return _find_model(name, "UNet", _unet_roots, Path.is_file)
-
-
-def missing_unet_message(name: str) -> str:
-    if in_comfyui():
-        return (f"UNet {shorten(name)} not found in ComfyUI's model folders (models/unet, models/diffusion_models, "
-                "models/svd): put the .safetensors file there and pick it from the list")
-    where = "; ".join(str(root) for root in _unet_roots()) or "(no model folder configured)"
-    return f"UNet {shorten(name)} not found; looked in: {where}"
-
-
-def resolve_unet(name: str) -> Path:
-    path = find_unet(name)
-    if path is None:
-        raise CheckpointError(missing_unet_message(name))
-    return path
+VAES = WeightFolder("VAE", VAE_FOLDER, "models/vae, models/svd")
+UNETS = WeightFolder("UNet", UNET_FOLDER, "models/unet, models/diffusion_models, models/svd")
+list_vaes, find_vae, missing_vae_message, resolve_vae = VAES.list, VAES.find, VAES.missing_message, VAES.resolve
+list_unets, find_unet, missing_unet_message, resolve_unet = (UNETS.list, UNETS.find, UNETS.missing_message,
+                                                             UNETS.resolve)
 
 
 # --------------------------------------------------------------------------------------------- loras
