@@ -86,11 +86,14 @@ def karras_sigmas(
     _check(n, sigma_min, sigma_max)
     if rho <= 0:
         raise ConfigError(f"rho must be > 0, got {rho!r} (Karras et al. use 7)")
-    ramp = torch.linspace(0, 1, n, device=device)  # (n,) float32
+    return append_zero(_karras(torch.linspace(0, 1, n, device=device), sigma_min, sigma_max, rho))  # float32
+
+
+def _karras(ramp: Tensor, sigma_min: float, sigma_max: float, rho: float) -> Tensor:
+    """Eq. 5 at the positions ``ramp`` in [0, 1] (0: sigma_max, 1: sigma_min), in ramp's dtype."""
     min_inv_rho = sigma_min ** (1 / rho)
     max_inv_rho = sigma_max ** (1 / rho)
-    sigmas = (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
-    return append_zero(sigmas)
+    return (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
 
 
 def exponential_sigmas(
@@ -226,9 +229,7 @@ def animatelcm_sigmas(
                           f"steps, got {n} (few-step models use 2-8)")
     stride = LCM_GRID_LEVELS // n
     ramp = torch.arange(n, dtype=torch.float64, device=device) * stride / (LCM_GRID_LEVELS - 1)  # (n,) in [0, 1)
-    min_inv_rho, max_inv_rho = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    sigmas = (max_inv_rho + ramp * (min_inv_rho - max_inv_rho)) ** rho
-    return append_zero(sigmas.to(torch.float32))
+    return append_zero(_karras(ramp, sigma_min, sigma_max, rho).to(torch.float32))
 
 
 SCHEDULES: dict[str, ScheduleFn] = {
