@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from os import PathLike
@@ -210,13 +210,16 @@ def luma_chunks(
     end_time: float | None = None,
     chroma: bool = False,
     chroma_step: int = 1,
+    on_frame: Callable[[int, av.VideoFrame], None] | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
     """Decode and yield ``(times (c,) float64 s, luma (c, h, w) uint8, chroma)`` chunks of ``chunk`` frames.
 
     ``chroma`` (when asked for and the pixel format is planar YUV): uint8 (c, 2, hc, wc), the U and V planes
     strided to about the luma thumbnail's size divided by ``chroma_step``; else None. The arrays are reused
     between chunks: copy what must outlive the next iteration. ``times`` come from the frames' pts (decode
-    count / fps without pts).
+    count / fps without pts). ``on_frame(index, frame)`` (optional) sees every decoded frame that is yielded,
+    before its chunk is (``index`` counts yielded frames from 0), e.g. to keep a few exact pictures while
+    analysing (:class:`.annotate.FrameCapture`).
     """
     stride = geometry.stride
     w, h = geometry.size
@@ -237,6 +240,7 @@ def luma_chunks(
         lo = -math.inf if start_time is None else start_time - 0.25 / fps
         hi = math.inf if end_time is None else end_time - 0.25 / fps
         n = 0
+        count = 0  # frames yielded so far (the index on_frame gets)
         for frame in decoded_frames(container, stream, stats):
             stamp = frame.pts
             t = stamp * tb if stamp is not None else stats.frames / fps
@@ -262,6 +266,9 @@ def luma_chunks(
                 buf[n] = cv2.resize(frame.to_ndarray(format="gray"), (w, h), interpolation=cv2.INTER_AREA)
             pts[n] = t
             stats.last_time = t
+            if on_frame is not None:
+                on_frame(count, frame)
+            count += 1
             n += 1
             if n == chunk:
                 yield pts, buf, uv_buf

@@ -40,6 +40,7 @@ from .records import (
     check_finite,
     dropped_record,
     error_text,
+    keyframe_capture,
     status_record,
     video_fields,
 )
@@ -84,8 +85,10 @@ def _score(kind: Any, value: Any) -> float | None:
 
 
 def annotate_video(ref: VideoRef, config: CurationConfig) -> VideoAnnotation:
-    """Decode once: cuts, fades, motion. Raises InputError for files that are not usable videos."""
-    return annotate.annotate_video(ref.source, config.cut, config.motion, threads=config.threads)
+    """Decode once: cuts, fades, motion, and the exact keyframe pictures when the config needs them (see
+    records.keyframe_capture). Raises InputError for files that are not usable videos."""
+    return annotate.annotate_video(ref.source, config.cut, config.motion, threads=config.threads,
+                                   capture=keyframe_capture(config))
 
 
 def split_records(ref: VideoRef, ann: VideoAnnotation, config: CurationConfig) -> list[ClipRecord]:

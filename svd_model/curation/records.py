@@ -24,7 +24,7 @@ import numpy as np
 from ..configdict import build, check_finite
 from ..errors import ConfigError, SVDError
 from . import clips, frames_at
-from .annotate import VideoAnnotation
+from .annotate import FrameCapture, VideoAnnotation
 from .captioner_registry import check_name
 from .clips import ClipSpan, SplitConfig
 from .cuts import CutConfig
@@ -259,8 +259,33 @@ def error_text(exc: BaseException) -> str:
 # ------------------------------------------------------------------------------------------ keyframes
 
 
+def keyframe_capture(config: CurationConfig) -> FrameCapture | None:
+    """What the analysis decode should keep so that :class:`KeyframeCache` decodes nothing again: the exact
+    pictures of every clip's keyframes (``config.keyframes`` of the clips of :func:`clips.split_spans`), when the
+    config needs keyframes from the 'exact' source; else None (the 'intra' source reads its own frames)."""
+    if not config.needs_keyframes or config.keyframe_source != "exact":
+        return None
+    which, split = tuple(config.keyframes), config.split
+
+    def wanted(ann: VideoAnnotation) -> set[int]:
+        spans = [s for s in clips.split_spans(ann, split) if not s.drop]
+        return set(_frame_indices(ann, [t for s in spans for t in clips.keyframe_times(s, which)]).tolist())
+
+    return FrameCapture(wanted, config.keyframe_max_side or None)
+
+
+def _frame_indices(ann: VideoAnnotation, times: Sequence[float]) -> np.ndarray:
+    """Index of the frame shown at each of ``times`` (pts s): the last frame whose pts <= t plus a quarter frame,
+    the rule of frames_at.read_frames_at; int64 (len(times),)."""
+    ft = np.asarray(ann.frame_times, np.float64)
+    idx = np.searchsorted(ft, np.asarray(times, np.float64) + 0.25 / float(ann.fps), side="right") - 1
+    return np.clip(idx, 0, max(0, len(ft) - 1))
+
+
 class KeyframeCache:
-    """Keyframes (RGB uint8 (H, W, 3) each) per clip id, decoded on first use, from ``config.keyframe_source``."""
+    """Keyframes (RGB uint8 (H, W, 3) each) per clip id, decoded on first use, from ``config.keyframe_source``;
+    with the 'exact' source the pictures the analysis decode captured (VideoAnnotation.pictures, see
+    :func:`keyframe_capture`) are used as they are and only the others are decoded."""
 
     def __init__(self, config: CurationConfig) -> None:
         self.which = tuple(config.keyframes)
@@ -311,7 +336,14 @@ class KeyframeCache:
             intra_at, exact_at, intra_frames = [], list(range(len(exact))), []
         for i, frame in zip(intra_at, intra_frames, strict=True):
             flat[i] = frame
-        frame_times = getattr(todo[0].annotation, "frame_times", None)
+        ann = todo[0].annotation
+        pictures = getattr(ann, "pictures", None)
+        if pictures and ann is not None and exact_at:  # captured during the analysis decode: exact already
+            where = _frame_indices(ann, [exact[i] for i in exact_at])
+            for i, j in zip(exact_at, where.tolist(), strict=True):
+                flat[i] = pictures.get(j)
+            exact_at = [i for i in exact_at if flat[i] is None]
+        frame_times = getattr(ann, "frame_times", None)
         for i, frame in zip(exact_at, frames_at.read_frames_at(source, [exact[i] for i in exact_at],
                                                                max_side=self.max_side, threads=threads,
                                                                frame_times=frame_times), strict=True):
