@@ -6,8 +6,6 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-import torch
-
 from ..svd_model.conditioning import check_size
 from ..svd_model.diffusion.guidance import FRAME_GUIDANCE
 from ..svd_model.diffusion.sampling import SAMPLERS
@@ -15,7 +13,7 @@ from ..svd_model.diffusion.schedules import SCHEDULES
 from ..svd_model.diffusion.step_cache import CACHE_MODES, CacheStats
 from ..svd_model.errors import InputError
 from ..svd_model.pipelines.checks import check_input_view, require_image_to_video_model
-from ..svd_model.pipelines.decode import decode_latents, encode_frames
+from ..svd_model.pipelines.decode import DECODE_PRECISIONS, decode_latents, encode_frames
 from ..svd_model.pipelines.image_to_video import MAX_FRAMES, VideoParams, encode_condition, sample_video
 from ..svd_model.pipelines.multiview import with_input_view
 from ..svd_model.weights.loader import SVDBundle
@@ -169,8 +167,6 @@ class Sampler:
         return ({**out, LATENT_STEP_CACHE: stats.as_metadata()},)
 
 
-#: Decode node precision -> the decoder's compute dtype (None: float32, the reference).
-DECODE_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 #: Decode node tile edges (latent pixels): below 8 the decoder sees too little context; 256 = 2048 image pixels.
 MIN_DECODE_TILE, MAX_DECODE_TILE = 8, 256
 
