@@ -42,6 +42,10 @@ KEYFRAME_KINDS = ("first", "middle", "last")
 KEYFRAME_SOURCES = ("exact", "intra")
 
 
+#: CurationConfig fields that change how a run goes, not its rows: left out of the config hash.
+UNHASHED = ("threads", "video_timeout", "keyframe_capture_mib")
+
+
 @dataclass(frozen=True)
 class CurationConfig:
     """Everything that decides a manifest row's values (hashed into ``config_hash``).
@@ -66,6 +70,10 @@ class CurationConfig:
     threads: decoder threads per video (1 for batch runs: one process per core scales better).
     video_timeout: seconds one video may take before it becomes an ``error`` row "timed out after N s"
     (0 = no limit); like ``threads`` it is not part of the hash.
+    keyframe_capture_mib: memory (MiB, per worker) the analysis decode may hold to capture the keyframes exactly on
+    its way (no second decode; :class:`.annotate.FrameCapture`); a video whose frames over the cut detector's
+    latency do not fit (with 512: above about 576p), and frames past it, are decoded again. 0 = never capture.
+    Not part of the hash (the pictures are the same either way).
     Every float must be finite (NaN / Inf are refused, naming the field).
     """
 
@@ -89,9 +97,13 @@ class CurationConfig:
     perceptual_hash: bool = True
     threads: int = 1
     video_timeout: float = 600.0
+    keyframe_capture_mib: int = 512
 
     def __post_init__(self) -> None:
         check_finite(self, "config.")
+        if self.keyframe_capture_mib < 0:
+            raise ConfigError(f"config.keyframe_capture_mib must be >= 0 (0 = no capture), got "
+                              f"{self.keyframe_capture_mib!r}")
         if self.video_timeout < 0:
             raise ConfigError(f"config.video_timeout must be >= 0 seconds (0 = no limit), got {self.video_timeout!r}")
         if not isinstance(self.captioners, (tuple, list)):
@@ -123,8 +135,8 @@ class CurationConfig:
         return dataclasses.replace(self, **changes)
 
     def hash(self) -> str:
-        """Hash of what changes rows (not ``threads``), 12 hex digits."""
-        data = {k: v for k, v in self.to_dict().items() if k not in ("threads", "video_timeout")}
+        """Hash of what changes rows (not ``threads``, ``video_timeout``, ``keyframe_capture_mib``), 12 hex digits."""
+        data = {k: v for k, v in self.to_dict().items() if k not in UNHASHED}
         if data["keyframe_source"] == "exact":  # the default before the option existed: the same hash
             del data["keyframe_source"]
         return hashlib.sha1(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
@@ -263,7 +275,7 @@ def keyframe_capture(config: CurationConfig) -> FrameCapture | None:
     """What the analysis decode should keep so that :class:`KeyframeCache` decodes nothing again: the exact
     pictures of every clip's keyframes (``config.keyframes`` of the clips of :func:`clips.split_spans`), when the
     config needs keyframes from the 'exact' source; else None (the 'intra' source reads its own frames)."""
-    if not config.needs_keyframes or config.keyframe_source != "exact":
+    if not config.needs_keyframes or config.keyframe_source != "exact" or not config.keyframe_capture_mib:
         return None
     which, split = tuple(config.keyframes), config.split
 
@@ -271,7 +283,7 @@ def keyframe_capture(config: CurationConfig) -> FrameCapture | None:
         spans = [s for s in clips.split_spans(ann, split) if not s.drop]
         return set(_frame_indices(ann, [t for s in spans for t in clips.keyframe_times(s, which)]).tolist())
 
-    return FrameCapture(wanted, config.keyframe_max_side or None)
+    return FrameCapture(wanted, config.keyframe_max_side or None, config.keyframe_capture_mib * 2**20)
 
 
 def _frame_indices(ann: VideoAnnotation, times: Sequence[float]) -> np.ndarray:

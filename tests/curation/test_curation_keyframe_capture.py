@@ -7,10 +7,11 @@ import dataclasses
 
 import av
 import numpy as np
+import pytest
 
-from svd_model.curation import annotate, clips, frames_at, pipeline
-from svd_model.curation.records import CurationConfig, KeyframeCache, VideoRef, keyframe_capture
-from svd_model.curation.synthetic import make_video
+from comfyui_svd_lab.svd_model.curation import annotate, clips, frames_at, pipeline
+from comfyui_svd_lab.svd_model.curation.records import CurationConfig, KeyframeCache, VideoRef, keyframe_capture
+from comfyui_svd_lab.svd_model.curation.synthetic import make_video
 
 
 def _video(tmp_path):
@@ -103,3 +104,16 @@ def test_capture_only_for_the_exact_source_when_keyframes_are_needed():
     assert keyframe_capture(CurationConfig(keyframe_source="intra")) is None
     off = CurationConfig(text=False, perceptual_hash=False)
     assert not off.needs_keyframes and keyframe_capture(off) is None
+
+
+def test_capture_budget_is_a_config_setting_outside_the_hash():
+    from comfyui_svd_lab.svd_model.curation.records import CurationConfig, keyframe_capture
+    from comfyui_svd_lab.svd_model.errors import ConfigError
+
+    base = CurationConfig()
+    assert keyframe_capture(base).budget_bytes == 512 * 2**20
+    assert keyframe_capture(base.replace(keyframe_capture_mib=64)).budget_bytes == 64 * 2**20
+    assert keyframe_capture(base.replace(keyframe_capture_mib=0)) is None  # 0: the second decode, as before
+    assert base.replace(keyframe_capture_mib=64).hash() == base.hash()  # the same pictures either way
+    with pytest.raises(ConfigError, match="keyframe_capture_mib"):
+        CurationConfig.from_dict({"keyframe_capture_mib": -1})

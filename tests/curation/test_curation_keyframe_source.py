@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from svd_model.curation import frames_at
-from svd_model.curation.clips import ClipSpan, intra_keyframe_times, keyframe_times, packet_index
-from svd_model.curation.manifest import empty_row
-from svd_model.curation.records import ClipRecord, CurationConfig, KeyframeCache
-from svd_model.curation.synthetic import make_video
-from svd_model.errors import ConfigError
+from comfyui_svd_lab.svd_model.curation import frames_at
+from comfyui_svd_lab.svd_model.curation.clips import ClipSpan, intra_keyframe_times, keyframe_times, packet_index
+from comfyui_svd_lab.svd_model.curation.manifest import empty_row
+from comfyui_svd_lab.svd_model.curation.records import ClipRecord, CurationConfig, KeyframeCache
+from comfyui_svd_lab.svd_model.curation.synthetic import make_video
+from comfyui_svd_lab.svd_model.errors import ConfigError
 
 FPS = 25
 
@@ -97,7 +97,7 @@ def test_intra_frames_equal_exact_decode_and_fall_back(tmp_path):
 def test_read_intra_frames_refuses_a_non_intra_time(tmp_path):
     path = tmp_path / "v.mp4"
     make_video(path, shots=(40,), size=(96, 64), gop=20, seed=1)
-    from svd_model.errors import InputError
+    from comfyui_svd_lab.svd_model.errors import InputError
 
     with pytest.raises(InputError, match="no intra frame"):
         frames_at.read_intra_frames(path, [5 / FPS])
@@ -106,7 +106,7 @@ def test_read_intra_frames_refuses_a_non_intra_time(tmp_path):
 def test_unusable_intra_frames_fall_back_to_exact(tmp_path, monkeypatch):
     path = tmp_path / "v.mp4"
     make_video(path, shots=(60,), size=(96, 64), gop=10, seed=2)
-    from svd_model.errors import InputError
+    from comfyui_svd_lab.svd_model.errors import InputError
 
     def refuse(*args, **kwargs):
         raise InputError("no intra frame at t=0.400s")
