@@ -117,7 +117,9 @@ def _check_curation(root: Path, prompt: dict, outputs: dict) -> None:
     assert report == out / "report.html" and "<svg" in report.read_text()
     assert "clips" in outputs[nid]["text"][0]
     rows = read_manifest(out).to_pylist()
-    assert rows and all(r["status"] == "ok" for r in rows)
+    assert any(r["status"] == "ok" for r in rows)
+    assert all(r["status"] == "ok" or (r["status"] == "dropped" and r["error"].startswith("transition: fade"))
+               for r in rows)  # the example's fade has a row of its own (no span between cuts is dropped silently)
     assert {Path(r["source"]).parent.name for r in rows} == {"svd_lab_curation_example"}
     kept = [r for r in pq.read_table(out / "manifest_filtered.parquet").to_pylist() if r["keep"]]
     assert 0 < len(kept) < len(rows)  # the example's rules drop some clips
