@@ -285,7 +285,7 @@ def decoded_frames(
     """Decoded frames; undecodable packets are skipped and counted; a demuxer failure ends the stream.
 
     PyAV's own decode loop runs until the first error (it is the fastest); from there on packets are
-    decoded one by one so that a damaged packet costs only its own frames.
+    decoded one by one (:func:`packet_frames`) so that a damaged packet costs only its own frames.
     """
     try:
         yield from container.decode(stream)
@@ -293,8 +293,21 @@ def decoded_frames(
         return
     except av.FFmpegError as exc:
         stats.error(exc)
+    yield from packet_frames(container, stream, stats)
+
+
+def packet_frames(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, stats: DecodeStats,
+    before: Callable[[av.Packet | None], None] | None = None,
+) -> Iterator[av.VideoFrame]:
+    """Frames decoded packet by packet: an undecodable packet is skipped and counted (more than
+    MAX_PACKET_ERRORS end the stream); a demuxer failure (truncated or corrupt container) flushes what the decoder
+    holds. ``before(packet)`` runs before each packet is decoded, and ``before(None)`` before that flush (e.g. to
+    set the decoder's skip_frame)."""
     try:
         for packet in container.demux(stream):
+            if before is not None:
+                before(packet)
             try:
                 yield from stream.decode(packet)
             except av.FFmpegError as exc:
@@ -305,6 +318,8 @@ def decoded_frames(
     except av.FFmpegError as exc:  # truncated or corrupt container: flush what the decoder holds
         stats.error(exc)
         stats.reached_end = True
+        if before is not None:
+            before(None)
         try:
             yield from stream.decode(None)
         except av.FFmpegError as flush_exc:

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..media.probe import VideoInfo, open_container, pick_video_stream
-from .decode import MAX_PACKET_ERRORS, DecodeStats, configure_stream, decoded_frames, open_info
+from .decode import DecodeStats, configure_stream, decoded_frames, open_info, packet_frames
 
 
 def _rgb(frame: av.VideoFrame, info: VideoInfo, max_side: int | None) -> np.ndarray:
@@ -219,23 +219,11 @@ def _skipping(container: av.container.InputContainer, stream: av.video.stream.Vi
     in ``keep`` (FFmpeg's skip_frame=NONREF: reference frames are always decoded, so the kept ones are exact).
     Undecodable packets are skipped and counted as in decode.decoded_frames."""
     ctx = stream.codec_context
-    try:
-        for packet in container.demux(stream):
-            ctx.skip_frame = "DEFAULT" if packet.pts is None or packet.pts in keep else "NONREF"
-            try:
-                yield from stream.decode(packet)
-            except av.FFmpegError as exc:
-                stats.error(exc)
-                if stats.errors > MAX_PACKET_ERRORS:
-                    return
-        stats.reached_end = True
-    except av.FFmpegError as exc:  # corrupt container: flush what the decoder holds
-        stats.error(exc)
-        ctx.skip_frame = "DEFAULT"
-        try:
-            yield from stream.decode(None)
-        except av.FFmpegError as flush_exc:
-            stats.error(flush_exc)
+
+    def before(packet: av.Packet | None) -> None:  # None: the final flush decodes everything it holds
+        ctx.skip_frame = "DEFAULT" if packet is None or packet.pts is None or packet.pts in keep else "NONREF"
+
+    return packet_frames(container, stream, stats, before)
 
 
 def _seek_ahead(probe: _SeekProbe, target: int, tb: float, t: float, last: tuple[float, av.VideoFrame] | None,
