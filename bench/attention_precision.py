@@ -37,8 +37,8 @@ import time
 from pathlib import Path
 
 import torch
+from fp8_error import full_size_unet
 
-from comfyui_svd_lab.svd_model.config import ModelConfig
 from comfyui_svd_lab.svd_model.nn import attention as attention_module
 from comfyui_svd_lab.svd_model.nn.attention import (
     ATTENTION_PRECISIONS,
@@ -47,10 +47,7 @@ from comfyui_svd_lab.svd_model.nn.attention import (
     record_attention_stats,
     set_attention_precision,
 )
-from comfyui_svd_lab.svd_model.nn.cast import convert
-from comfyui_svd_lab.svd_model.nn.unet import VideoUNet
 from comfyui_svd_lab.svd_model.weights.loader import load_bundle
-from comfyui_svd_lab.svd_model.weights.tiny import randomize
 
 GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "reference" / "golden_tiny"
 
@@ -147,17 +144,7 @@ def golden_part(device: torch.device) -> None:
 
 
 def full_part(device: torch.device, frames: int, h: int, w: int) -> float:
-    u = ModelConfig().unet
-    with torch.device("meta"):
-        unet = convert(VideoUNet(u))
-    unet = randomize(unet.to_empty(device="cpu"), seed=0).to(device).eval()
-    gen = torch.Generator().manual_seed(0)
-    rows = 2 * frames
-    sigma = torch.tensor([1.0] * frames + [10.0] * frames)
-    x = torch.randn(rows, u.in_channels, h, w, generator=gen)
-    args = (x.to(device), (0.25 * sigma.log()).to(device),
-            torch.randn(rows, 1, u.context_dim, generator=gen).to(device),
-            torch.randn(rows, u.adm_in_channels, generator=gen).to(device), frames)
+    unet, args = full_size_unet(device, frames, h, w)
     errors = modes_table(f"full-size SVD-XT UNet, RANDOM weights (not a trained model's logits), 2 videos x {frames} "
                          f"frames at {h}x{w} latents, on {device}", unet, args, device,
                          attention_only=device.type == "cpu")

@@ -96,7 +96,9 @@ def golden_part() -> None:
           [torch.bfloat16], g["unet.out"])
 
 
-def full_part(device: torch.device, frames: int, size: int) -> float:
+def full_size_unet(device: torch.device, frames: int, h: int, w: int) -> tuple[VideoUNet, tuple]:
+    """The full-size SVD-XT UNet with random weights (seed 0, cast-on-use layers) and the forward arguments of two
+    videos x ``frames`` at h x w latents, one at sigma 1 and one at sigma 10 (x, c_noise, context, y, frames)."""
     u = ModelConfig().unet
     with torch.device("meta"):
         unet = convert(VideoUNet(u))
@@ -104,10 +106,16 @@ def full_part(device: torch.device, frames: int, size: int) -> float:
     gen = torch.Generator().manual_seed(0)
     rows = 2 * frames
     sigma = torch.tensor([1.0] * frames + [10.0] * frames)
-    x = torch.randn(rows, u.in_channels, size, size, generator=gen)
+    x = torch.randn(rows, u.in_channels, h, w, generator=gen)
     args = (x.to(device), (0.25 * sigma.log()).to(device),
             torch.randn(rows, 1, u.context_dim, generator=gen).to(device),
             torch.randn(rows, u.adm_in_channels, generator=gen).to(device), frames)
+    return unet, args
+
+
+def full_part(device: torch.device, frames: int, size: int) -> float:
+    unet, args = full_size_unet(device, frames, size, size)
+    rows = 2 * frames
     computes = [torch.bfloat16, torch.float16] if device.type == "cuda" else [torch.bfloat16]
     errors = table(f"full-size SVD-XT UNet, random weights, {rows} rows at {size}x{size} latents, on {device}",
                    unet, args, computes)
