@@ -92,10 +92,9 @@ def build_config(args: argparse.Namespace) -> Any:
             raise ConfigError(f"--set {item!r}: write KEY=VALUE, e.g. split.min_seconds=2.0")
         set_dotted(data, key.strip(), parse_value(value.strip(), f"--set {key.strip()!r}"))
     config = CurationConfig.from_dict(_resolve_shot_model(data, getattr(args, "shot_model_dir", None)))
-    if config.cut.detector != "cascade":  # load the network once up front: one clear error, not one per video
-        from ..svd_model.curation.shot_model import ShotModel
+    from ..svd_model.curation.shot_model import preload
 
-        ShotModel.load(config.cut.shot_model, config.threads)
+    preload(config.cut, config.threads)
     return config
 
 

@@ -19,7 +19,7 @@ from ..svd_model.curation.cuts import DETECTORS
 from ..svd_model.curation.dedup import DedupConfig
 from ..svd_model.curation.engine import VIDEO_EXTENSIONS, prepare_output, run_curation
 from ..svd_model.curation.records import ClipRecord, CurationConfig, KeyframeCache, VideoRef
-from ..svd_model.curation.shot_model import ShotModel
+from ..svd_model.curation.shot_model import preload as preload_shot_model
 from ..svd_model.errors import ConfigError, InputError
 from ..svd_model.fsutil import write_text_atomic
 from .curation_base import (
@@ -552,8 +552,7 @@ def with_shot_widgets(cut: dict[str, Any], what: str, **widgets: Any) -> dict[st
 def check_shot_model(config: CurationConfig) -> None:
     """Load the learned detector's network once before any video (onnxruntime missing, a wrong file: one clear
     error instead of an error row per video)."""
-    if config.cut.detector != "cascade":
-        ShotModel.load(config.cut.shot_model, config.threads)
+    preload_shot_model(config.cut, config.threads)
 
 
 NODES: dict[str, tuple[type, str]] = {

@@ -492,6 +492,14 @@ class CombinedDetector:
         return merge_cuts(self.cascade.finish(times), learned, self.learned.frames.min_scene)
 
 
+def preload(cfg: CutConfig, threads: int = 1) -> None:
+    """Load the network ``cfg`` names, if its detector uses one, before any video is curated: a missing
+    onnxruntime or a wrong file is then one clear error instead of an error row per video (the load is cached,
+    so the workers of this process reuse it)."""
+    if cfg.detector != "cascade":
+        ShotModel.load(cfg.shot_model, threads)
+
+
 def make_detector(cfg: CutConfig, fps: float, shape: tuple[int, int, int], *, ring_extra: int = 64,
                   scan_every: int = 256, threads: int = 1) -> CascadeDetector | CombinedDetector:
     """The streaming cut detector ``cfg.detector`` names: the cascade alone (the default), the learned network
