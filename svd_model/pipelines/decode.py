@@ -12,6 +12,7 @@ from einops import rearrange
 from torch import Tensor
 
 from ..errors import InputError, ShapeError
+from ..heap import steady_heap
 from ..memory import on_compute
 from ..nn.vae import decode_chunked
 from ..weights.loader import SVDBundle
@@ -65,11 +66,12 @@ def decode_latents(
     b, t = latents.shape[:2]
     vae = bundle.model.first_stage
     z = rearrange(latents, "b t c h w -> (b t) c h w").to(bundle.device, vae.dtype) / bundle.config.scale_factor
-    frames = decode_chunked(
-        vae, z, chunk, num_frames_per_video=t,
-        overlap=overlap, tile=tile_size or None, tile_overlap=tile_overlap if tile_size else 0,
-        out_device=out_device, callback=callback, compute_dtype=compute_dtype,
-    )  # (b t) 3 H W
+    with steady_heap(z.device):
+        frames = decode_chunked(
+            vae, z, chunk, num_frames_per_video=t,
+            overlap=overlap, tile=tile_size or None, tile_overlap=tile_overlap if tile_size else 0,
+            out_device=out_device, callback=callback, compute_dtype=compute_dtype,
+        )  # (b t) 3 H W
     return rearrange(frames.float(), "(b t) c h w -> b t c h w", b=b)
 
 

@@ -21,6 +21,7 @@ from ..diffusion.sampling import StepInfo, get_sampler
 from ..diffusion.schedules import get_schedule, sigmas_for_denoise
 from ..diffusion.step_cache import CacheStats, StepCache, StepCacheOptions
 from ..errors import ConfigError, InputError
+from ..heap import steady_heap
 from ..memory import on_compute
 from ..nn.compile import ensure_compiled
 from ..nn.image_encoder import encode_image
@@ -181,6 +182,7 @@ def sample_video(
     cache = StepCache.for_sigmas(params.cache_options, sigmas, cache_stats)
     model_fn = make_model_fn(cache.bind(unet) if cache.active else unet)  # type: ignore[arg-type]
     denoiser = cfg_denoiser(model_fn, cond.to(device), uncond.to(device), scales, cat=Cond.cat)
-    out = get_sampler(params.sampler)(denoiser, x, sigmas.to(device), generator=generator, callback=callback)
+    with steady_heap(device):
+        out = get_sampler(params.sampler)(denoiser, x, sigmas.to(device), generator=generator, callback=callback)
     cache.log_summary()
     return out

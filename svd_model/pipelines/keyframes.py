@@ -47,6 +47,7 @@ from ..diffusion.noise import initial_noise, randn, randn_like
 from ..diffusion.sampling import Denoiser, StepInfo, euler_step, get_sampler
 from ..diffusion.schedules import get_schedule
 from ..errors import ConfigError, InputError
+from ..heap import steady_heap
 from ..nn.compile import ensure_compiled
 from ..nn.model import SVDModel
 from ..weights.loader import SVDBundle
@@ -303,11 +304,12 @@ def interpolate_keyframes(
     model_fn = make_model_fn(bundle.model.unet)
     ends = encode_frames(bundle, torch.stack([first, last], dim=1)).to(device) if anchor else None
     run = _Sampling(x, sigmas, model_fn, scales, ends, params.sampler, device, generator, callback)
-    if method == "concat":
-        return _sample_concat(run, *conds)
-    if method == "bidirectional":
-        return _sample_bidirectional(run, conds_f, conds_l)
-    return _sample_fusion(run, conds_f, conds_l, renoise=renoise, batch_paths=batch_paths)
+    with steady_heap(device):
+        if method == "concat":
+            return _sample_concat(run, *conds)
+        if method == "bidirectional":
+            return _sample_bidirectional(run, conds_f, conds_l)
+        return _sample_fusion(run, conds_f, conds_l, renoise=renoise, batch_paths=batch_paths)
 
 
 @torch.no_grad()
