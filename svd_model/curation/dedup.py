@@ -42,6 +42,7 @@ import pyarrow as pa
 from ..configdict import build, check_finite
 from ..errors import ConfigError, InputError, SVDError
 from ..fsutil import write_text_atomic
+from .manifest import arrow_array
 
 #: How this pass starts the drop reason it writes: "duplicate of <clip id> (...)"; filtering groups them by it.
 DUPLICATE_PREFIX = "duplicate of "
@@ -411,8 +412,8 @@ def dedup_table(table: pa.Table, out_dir: str | os.PathLike[str], config: DedupC
             rows[i]["keep"] = False
             pairs.append(pair)
     pairs.sort(key=lambda p: (p.kept, p.dropped))
-    keep = pa.array([bool(r["keep"]) for r in rows], pa.bool_())
-    reasons = pa.array([r["drop_reason"] for r in rows], pa.string())
+    keep = arrow_array([bool(r["keep"]) for r in rows], pa.bool_())
+    reasons = arrow_array([r["drop_reason"] for r in rows], pa.string())
     out = table.set_column(table.schema.get_field_index("keep"), "keep", keep)
     out = out.set_column(out.schema.get_field_index("drop_reason"), "drop_reason", reasons)
     n_groups = sum(len(m) > 1 for m in groups.values())

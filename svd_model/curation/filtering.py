@@ -29,11 +29,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..errors import ConfigError
 from ..fsutil import write_text_atomic
 from .dedup import DEDUP_JSON, DUPLICATE_PREFIX, DedupConfig, DedupResult, dedup_table, load_config
-from .manifest import COLUMNS, FILTERED_NAME, read_manifest, write_table_atomic
+from .manifest import COLUMNS, FILTERED_NAME, arrow_array, read_manifest, read_part, write_table_atomic
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ class FilterResult:
 
     @property
     def kept(self) -> int:
-        return int(np.sum(self.table["keep"].to_numpy(zero_copy_only=False)))
+        return int(pc.sum(self.table["keep"]).as_py() or 0)  # not to_numpy: it makes pyarrow import pandas
 
     def reason_counts(self) -> Counter[str]:
         """Drop reason -> clips (a clip dropped by two rules counts for both; status rows by status)."""
@@ -201,8 +202,9 @@ def apply_filters(table: pa.Table, rules: Sequence[FilterRule]) -> FilterResult:
     drop_reason = [("; ".join(r) if s == "ok" else f"{s}: {e}") for r, s, e in zip(reasons, status, errors,
                                                                                    strict=True)]
     keep = [s == "ok" and not r for r, s in zip(reasons, status, strict=True)]
-    out = table.set_column(table.schema.get_field_index("keep"), "keep", pa.array(keep, pa.bool_()))
-    out = out.set_column(out.schema.get_field_index("drop_reason"), "drop_reason", pa.array(drop_reason, pa.string()))
+    out = table.set_column(table.schema.get_field_index("keep"), "keep", arrow_array(keep, pa.bool_()))
+    out = out.set_column(out.schema.get_field_index("drop_reason"), "drop_reason",
+                         arrow_array(drop_reason, pa.string()))
     return FilterResult(out, thresholds)
 
 
@@ -239,9 +241,7 @@ def dedup_manifest(out_dir: str | os.PathLike[str], config: DedupConfig | None =
     out = Path(out_dir)
     filtered = out / FILTERED_NAME
     if filtered.is_file():
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(filtered)
+        table = read_part(filtered)
     else:
         table = apply_filters(read_manifest(out), []).table
     found = dedup_table(table, out, config)

@@ -142,7 +142,41 @@ def to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
         unknown = set(row) - set(COLUMNS)
         if unknown:
             raise InputError(f"manifest rows have unknown columns {sorted(unknown)}; known: {list(COLUMNS)}")
-    return pa.Table.from_pylist([{**empty_row(), **row} for row in rows], schema=SCHEMA)
+    full = [{**empty_row(), **row} for row in rows]
+    table = json_table(full, SCHEMA)
+    return table if table is not None else pa.Table.from_pylist(full, schema=SCHEMA)
+
+
+def json_table(rows: list[Mapping[str, Any]], schema: pa.Schema) -> pa.Table | None:
+    """``rows`` (dicts of plain Python values) -> a table with ``schema`` through Arrow's JSON reader; None where
+    JSON cannot carry the rows exactly (NaN / infinity, numpy scalars, text that is not UTF-8, a value of
+    another type than its column's), for the caller to convert with pyarrow's Python converter (which raises
+    its usual error, or converts as it always did).
+
+    Why not that converter always: pa.array / Table.from_pylist on Python objects make pyarrow import pandas
+    on first use (about 0.3 s of CPU), the largest fixed cost left in a curation driver after its workers
+    finish. The values that get here are identical either way (tests compare both)."""
+    if not rows:
+        return schema.empty_table()
+    import pyarrow.json as pa_json  # not at module level: only drivers write tables
+
+    try:
+        data = "".join(json.dumps(row, allow_nan=False, ensure_ascii=False) + "\n" for row in rows).encode()
+        table = pa_json.read_json(
+            pa.py_buffer(data), read_options=pa_json.ReadOptions(use_threads=False),
+            parse_options=pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="error"))
+    except (TypeError, ValueError):  # ValueError includes pa.ArrowInvalid and UnicodeEncodeError
+        return None
+    if table.schema.names != schema.names:  # pragma: no cover - the reader keeps the explicit schema's order
+        return None
+    return table.cast(schema)  # same types; brings the schema's metadata
+
+
+def arrow_array(values: Iterable[Any], kind: pa.DataType) -> pa.Array:
+    """A column of plain Python ``values`` of type ``kind`` (see :func:`json_table` for why not pa.array)."""
+    values = list(values)
+    table = json_table([{"v": v} for v in values], pa.schema([pa.field("v", kind)]))
+    return table.column("v").combine_chunks() if table is not None else pa.array(values, kind)
 
 
 def resolve(out_dir: str | os.PathLike[str], rel: str | None) -> Path | None:
@@ -256,6 +290,14 @@ def _latest_per_source(entries: Iterable[Completed]) -> dict[str, Completed]:
     return {e.video_id: e for e in by_source.values()}
 
 
+def read_part(path: str | os.PathLike[str]) -> pa.Table:
+    """One Parquet file of manifest rows with :data:`SCHEMA`. A file written with this schema is read directly
+    (pq.read_table goes through pyarrow.dataset, whose import loads pandas: about 0.3 s of a driver); any other
+    file (older columns) through pq.read_table, which fills and casts it to the schema."""
+    table = pq.ParquetFile(path).read()
+    return table if table.schema.equals(SCHEMA) else pq.read_table(path, schema=SCHEMA)
+
+
 def read_manifest(out_dir: str | os.PathLike[str], *, columns: list[str] | None = None) -> pa.Table:
     """Every logged row of the run in ``out_dir`` (no duplicates), sorted by source and clip index.
 
@@ -271,8 +313,8 @@ def read_manifest(out_dir: str | os.PathLike[str], *, columns: list[str] | None 
         by_part.setdefault(entry.part, set()).add(entry.video_id)
     tables = []
     for part, video_ids in sorted(by_part.items()):
-        table = pq.read_table(manifest_dir / part, schema=SCHEMA)
-        mask = pc.is_in(table["video_id"], value_set=pa.array(sorted(video_ids), pa.string()))
+        table = read_part(manifest_dir / part)
+        mask = pc.is_in(table["video_id"], value_set=arrow_array(sorted(video_ids), pa.string()))
         tables.append(table.filter(mask))
     table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
     if len(table):

@@ -25,7 +25,7 @@ import pyarrow as pa
 
 from ..fsutil import write_text_atomic
 from .filtering import FILTER_JSON, SCORES, FilterResult, Threshold, apply_filters
-from .manifest import FILTERED_NAME, THUMB_KEY, TIMINGS_NAME, read_manifest, resolve, video_status
+from .manifest import FILTERED_NAME, THUMB_KEY, TIMINGS_NAME, read_manifest, read_part, resolve, video_status
 
 log = logging.getLogger(__name__)
 
@@ -278,9 +278,7 @@ def build_report(out_dir: str | os.PathLike[str], result: FilterResult | None = 
     if result is None:
         filtered = out / FILTERED_NAME
         if filtered.is_file():
-            import pyarrow.parquet as pq
-
-            result = FilterResult(pq.read_table(filtered), _stored_thresholds(out))
+            result = FilterResult(read_part(filtered), _stored_thresholds(out))
         else:
             result = apply_filters(read_manifest(out), [])
     table, thresholds = result.table, result.thresholds
