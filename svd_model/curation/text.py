@@ -197,8 +197,8 @@ class ClassicTextDetector:
         """Text-line boxes (level pixels) of one pyramid level and one polarity."""
         cfg = self.config
         response = cv2.morphologyEx(gray, polarity, self._kernel)  # (h, w) uint8 local contrast
-        mask = _split_touching((response > cfg.min_contrast).astype(np.uint8), response, cfg.split_fraction)
-        comps = _components(mask, rgb, response, cfg)
+        mask, idx = _split_touching((response > cfg.min_contrast).astype(np.uint8), response, cfg.split_fraction)
+        comps = _components(mask, idx, rgb, response, cfg)
         lines = []
         for members in _group(comps, cfg):
             feats = line_features(comps.take(members), mask)
@@ -216,22 +216,28 @@ class ClassicTextDetector:
         return line_score(f) > cfg.min_score
 
 
-def _split_touching(mask: np.ndarray, response: np.ndarray, fraction: float) -> np.ndarray:
+def _split_touching(mask: np.ndarray, response: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """Drop each component's pixels whose response is below `fraction` of the component's mean: the faint
-    anti-aliased bridges between neighbouring letters (outlined or bold text) go, the strokes stay."""
+    anti-aliased bridges between neighbouring letters (outlined or bold text) go, the strokes stay. Returns the
+    new mask and its pixels' flat indices in order (np.flatnonzero of it)."""
     n, labels = cv2.connectedComponents(mask, connectivity=8)
     idx = np.flatnonzero(mask)
     lab = labels.ravel()[idx]
     resp = response.ravel()[idx].astype(np.float64)
     mean = np.bincount(lab, weights=resp, minlength=n) / np.maximum(np.bincount(lab, minlength=n), 1)
     out = np.zeros_like(mask)
-    out.ravel()[idx[resp > fraction * mean[lab]]] = 1
-    return out
+    kept = idx[resp > fraction * mean[lab]]
+    out.ravel()[kept] = 1
+    return out, kept
 
 
-def _components(mask: np.ndarray, rgb: np.ndarray, response: np.ndarray, cfg: ClassicTextConfig) -> _Components:
-    """Connected components of `mask` shaped like characters (or runs of touching characters), with stats."""
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+def _components(mask: np.ndarray, idx: np.ndarray, rgb: np.ndarray, response: np.ndarray,
+                cfg: ClassicTextConfig) -> _Components:
+    """Connected components of `mask` (``idx``: its pixels' flat indices in order, np.flatnonzero(mask)) shaped
+    like characters (or runs of touching characters), with stats."""
+    # BBDT (Grana's block-based scan) gives the same labels and statistics as the default algorithm (Spaghetti)
+    # 2-3x faster here, where the statistics dominate: this call was the text stage's largest cost
+    n, labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(mask, 8, cv2.CV_32S, cv2.CCL_BBDT)
     s = stats[1:].astype(np.float64)
     x, y, w, h, area = (s[:, i] for i in range(5))  # CC_STAT_LEFT, TOP, WIDTH, HEIGHT, AREA
     aspect = w / np.maximum(h, 1)
@@ -241,7 +247,6 @@ def _components(mask: np.ndarray, rgb: np.ndarray, response: np.ndarray, cfg: Cl
     keep &= (x > 0) & (y > 0) & (x + w < mask.shape[1]) & (y + h < mask.shape[0])  # cut by the frame edge
     lut = np.full(n, -1)
     lut[1:][keep] = np.arange(int(keep.sum()))
-    idx = np.flatnonzero(mask)
     comp = lut[labels.ravel()[idx]]
     idx, comp = idx[comp >= 0], comp[comp >= 0]
     k = int(keep.sum())
