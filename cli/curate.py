@@ -30,7 +30,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..svd_model.curation.engine import ENGINES
+from ..svd_model.curation.workers import ENGINES  # the light module: `svd-lab --help` imports no engine
 from ..workflow.progress import StatusLine
 
 FILTER_HELP = ("filter rule SCORE:MODE=VALUE, MODE min|max (absolute) or bottom|top (fraction of all clips), "
@@ -124,6 +124,15 @@ def dedup_setting(args: argparse.Namespace) -> Any:
     return DedupConfig(cosine=args.dedup_threshold, hamming=args.dedup_hamming)
 
 
+def store_dedup(out: Path, setting: Any) -> None:
+    """Keep a dedup_setting in OUT/dedup.json, where every later filter pass (curate-report, a resumed curate,
+    the nodes) reads it; ``...`` keeps what the folder has."""
+    if setting is not ...:
+        from ..svd_model.curation.dedup import store_config
+
+        store_config(out, setting)
+
+
 def _filter_and_report(out: Path, filters: list[str] | None, stdout: TextIO, dedup: Any = ...,
                        summary: Any = None) -> int:
     """The filter pass and the report; after a run (``summary``: its RunSummary) their seconds join the run's
@@ -139,8 +148,7 @@ def _filter_and_report(out: Path, filters: list[str] | None, stdout: TextIO, ded
     start = time.perf_counter()
     rules = parse_rules(filters) if filters else load_rules(out)
     rules = parse_rules("svd") if rules is None else rules
-    if dedup is not ...:
-        dedup_mod.store_config(out, dedup)  # the filter pass deduplicates a folder that has a stored setting
+    store_dedup(out, dedup)  # the filter pass deduplicates a folder that has a stored setting
     result = filter_manifest(out, rules)
     filter_seconds = time.perf_counter() - start
     if summary is not None:
@@ -172,6 +180,10 @@ def build_registry(args: argparse.Namespace) -> Any:
 
 
 def cmd_curate(args: argparse.Namespace, stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+    if args.engine == "local":  # the workers' forkserver imports the pipeline while this process imports it too
+        from ..svd_model.curation.workers import start_server
+
+        start_server()
     from ..svd_model.curation.engine import list_videos, run_curation
     from ..svd_model.fsutil import sigterm_as_interrupt
 
@@ -189,7 +201,8 @@ def cmd_curate(args: argparse.Namespace, stdout: TextIO | None = None, stderr: T
                                    progress=_Progress(err_stream, args.quiet), registry=registry,
                                    retry_timeouts=getattr(args, "retry_timeouts", False))
             print(summary.text(), file=out_stream)
-            if args.no_report:
+            if args.no_report:  # no filter pass now: a later one (curate-report) deduplicates as asked here
+                store_dedup(Path(args.out), dedup_setting(args))
                 return 0
             return _filter_and_report(Path(args.out), args.filter, out_stream, dedup_setting(args), summary)
     except KeyboardInterrupt:
@@ -223,7 +236,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="folder of videos (recursive) or a text file with one video path per line")
     p.add_argument("--out", required=True, help="output folder: manifest/, clips, keyframes, report.html")
     p.add_argument("--engine", default="local", choices=list(ENGINES),
-                   help="local: process pool (default); thread: threads; inline: one by one; ray: Ray Data")
+                   help="local: process pool (default); thread: threads; inline: one by one; ray: Ray actors")
     p.add_argument("--workers", type=int, default=0, help="processes / threads / Ray CPUs (default: all cores)")
     p.add_argument("--resume", action="store_true", help="continue a run in --out, skipping finished videos")
     p.add_argument("--overwrite", action="store_true", help="delete the manifest already in --out and start again")

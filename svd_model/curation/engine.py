@@ -38,6 +38,7 @@ from ..errors import ConfigError, InputError, SVDError
 from ..fsutil import remove_stale_temps, write_text_atomic
 from . import workers as workers_mod
 from .captioner_registry import CaptionerRegistry, default_registry
+from .dedup import DEDUP_JSON
 from .manifest import FILTERED_NAME, MANIFEST_DIR, TIMINGS_NAME, ManifestWriter, completed, crash_point
 from .pipeline import STAGES, curate_video
 from .records import CurationConfig, VideoRef, VideoResult, error_text, status_record
@@ -385,7 +386,7 @@ def _run_ray(jobs: Sequence[Path], run: _Run) -> Iterator[VideoResult]:
     try:
         import ray
     except ImportError as exc:
-        raise ConfigError("engine 'ray' needs Ray: pip install 'ray[data]' (or use --engine local)") from exc
+        raise ConfigError("engine 'ray' needs Ray: pip install 'ray' (or use --engine local)") from exc
 
     started_here = not ray.is_initialized()
     t0 = time.perf_counter()
@@ -439,8 +440,8 @@ def _run_ray(jobs: Sequence[Path], run: _Run) -> Iterator[VideoResult]:
 
 _ENGINES: dict[str, Callable[..., Iterator[VideoResult]]] = {
     "local": _run_processes, "thread": _run_threads, "inline": _run_inline, "ray": _run_ray}
-#: The engine names (``svd-lab curate --engine``, :func:`run_curation`'s ``engine``).
-ENGINES = tuple(_ENGINES)
+#: The engine names (``svd-lab curate --engine``, :func:`run_curation`'s ``engine``), the keys of _ENGINES.
+ENGINES = workers_mod.ENGINES
 
 
 # --------------------------------------------------------------------------------------------- driver
@@ -465,7 +466,7 @@ def prepare_output(out_dir: str | os.PathLike[str], *, resume: bool, overwrite: 
     if manifest_dir.is_dir() and any(manifest_dir.iterdir()):
         if overwrite:
             for item in [*manifest_dir.iterdir(), out / FILTERED_NAME, out / "filter.json", out / "report.html",
-                         out / TIMINGS_NAME]:
+                         out / TIMINGS_NAME, out / DEDUP_JSON]:  # the old run's dedup setting and pairs too
                 item.unlink(missing_ok=True)
         elif not resume:
             raise ConfigError(f"{out} already holds a curation manifest: pass resume (--resume) to continue it, or "

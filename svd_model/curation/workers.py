@@ -28,17 +28,24 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..fsutil import pid_alive
-from .pipeline import curate_video
-from .records import CurationConfig, VideoRef, VideoResult, status_record
+
+if TYPE_CHECKING:
+    from .records import CurationConfig, VideoResult
+
+# The pipeline (av, cv2, pyarrow, ...) is imported where a worker needs it, not with this module: the CLI imports
+# this module first, to start the forkserver (start_server) before its own heavier imports.
 
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
 WATCH_SECONDS = 0.5
 TIMEOUT_PREFIX = "timed out after"
+#: The engine names (``svd-lab curate --engine``, engine.run_curation's ``engine``), here so that the CLI lists
+#: them without importing the engines.
+ENGINES = ("local", "thread", "inline", "ray")
 
 
 class VideoTimeout(BaseException):
@@ -55,6 +62,8 @@ def is_timeout(reason: str | None) -> bool:
 
 
 def timed_out_result(path: str | os.PathLike[str], root: str | os.PathLike[str], config: CurationConfig) -> VideoResult:
+    from .records import VideoRef, VideoResult, status_record
+
     ref = VideoRef.of(path, root)
     rec = status_record(ref, "error", timeout_text(config.video_timeout), config.hash())
     return VideoResult(ref.video_id, ref.source, [rec.row], config.video_timeout, 0)
@@ -111,6 +120,7 @@ def init_worker(config: dict[str, Any], out_dir: str, registry: dict[str, Any] |
     except ImportError:
         pass
     from .captioner_registry import CaptionerRegistry
+    from .records import CurationConfig
 
     cfg = CurationConfig.from_dict(config)
     if cfg.clip_checkpoint or cfg.captioners or "torch" in sys.modules:
@@ -136,6 +146,8 @@ def init_worker(config: dict[str, Any], out_dir: str, registry: dict[str, Any] |
 
 def work(path: str, root: str) -> VideoResult:
     """The default job: one video through the pipeline with the worker's config."""
+    from .pipeline import curate_video
+
     return curate_video(path, root, _WORKER["config"], _WORKER["out"], registry=_WORKER.get("registry"))
 
 
@@ -151,13 +163,27 @@ def _job(fn: Callable[[str, str], VideoResult], path: str, root: str) -> VideoRe
 
 def mp_context() -> multiprocessing.context.BaseContext:
     """Worker processes never fork this (possibly threaded) process: a forkserver where the platform has one
-    (a fresh server process imports this module once, then every worker, including replacements after a
-    crash, forks from it), else spawn (each worker starts a fresh interpreter)."""
+    (a fresh server process imports this module and the pipeline once, then every worker, including replacements
+    after a crash, forks from it), else spawn (each worker starts a fresh interpreter)."""
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
+        ctx.set_forkserver_preload([__name__, f"{__package__}.pipeline"])
         return ctx
     return multiprocessing.get_context("spawn")
+
+
+def start_server() -> bool:
+    """Start the forkserver of the local engine's workers now (see :func:`mp_context`); returns whether there is
+    one. It imports the pipeline in its own process (about 0.3 s) while the caller goes on, e.g. with its own
+    imports, so that a run's worker start-up overlaps the driver's instead of following it. Idempotent; the
+    server ends with this process."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return False
+    from multiprocessing import forkserver
+
+    mp_context()
+    forkserver.ensure_running()
+    return True
 
 
 class WorkerPool:

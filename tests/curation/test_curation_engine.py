@@ -280,7 +280,7 @@ def test_crash_points_are_inert_unless_the_environment_names_them(tmp_path, monk
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    ray = pytest.importorskip("ray", reason="the ray engine needs ray[data] (pip install -e .[test])")
+    ray = pytest.importorskip("ray", reason="the ray engine needs ray (pip install -e .[test])")
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
