@@ -31,11 +31,17 @@ Job. A seeded random image, the same settings everywhere: frames, size, steps, f
   ComfyUI draw their noise differently, so their frames are not compared.
 
 Modes (:data:`MODES`; each is a row, skipped with the reason when this checkout lacks its API; ``exact`` modes
-must match eager up to floating-point order): eager; compile (``svd_model.nn.compile.compile_unet`` regional,
-undone after each run); caching (``VideoParams.step_cache``); few-step (sampler ``lcm`` on the ``ays``
-schedule, :data:`FEW_STEPS` steps). One untimed warm-up of every row (compile compiles there), then ``--reps``
-rounds with the rows in alternating order; the minimum over the rounds is shown with every time, and the machine's
-load average before and after. The last line is the end-to-end time ratio ours/diffusers in the fastest exact mode.
+must match eager up to floating-point order): eager; eager-untuned (eager with ``svd_model.cpu_runtime``'s CPU
+choices off, the steady heap and the oneDNN linear route: what they gain); compile
+(``svd_model.nn.compile.compile_unet`` regional, undone after each run); caching, caching-0.2
+(``VideoParams.step_cache`` deepcache at threshold 0.1, 0.2); few-step (sampler ``lcm`` on the ``ays`` schedule,
+:data:`FEW_STEPS` steps). One untimed warm-up of every row (compile compiles there), then ``--reps`` rounds with the
+rows in alternating order; the minimum over the rounds is shown with every time, and the machine's load average
+before and after. The last line is the end-to-end time ratio ours/diffusers in the fastest exact mode.
+
+The steady heap (``svd_model.cpu_runtime``) leaves freed chunks inside the process's heap that later code reuses,
+diffusers' runs in this process included: its rows here are faster than in a fresh process, so the ratios are
+conservative.
 """
 
 from __future__ import annotations
@@ -104,6 +110,16 @@ def _compile(bundle: SVDBundle) -> Callable[[], None]:
     return lambda: compile_unet(bundle.model.unet, "off")
 
 
+UNTUNED = ("SVD_LAB_STEADY_HEAP", "SVD_LAB_ONEDNN_LINEAR")  # svd_model.cpu_runtime's switches
+
+
+def _untuned(bundle: SVDBundle) -> Callable[[], None]:
+    """Ours with svd_model.cpu_runtime's CPU choices switched off (what they gain; a no-op on a GPU)."""
+    for name in UNTUNED:
+        os.environ[name] = "0"
+    return lambda: [os.environ.pop(name, None) for name in UNTUNED] and None
+
+
 @dataclass(frozen=True)
 class Mode:
     name: str
@@ -114,8 +130,10 @@ class Mode:
 
 MODES = (
     Mode("eager", True),
+    Mode("eager-untuned", True, setup=_untuned),
     Mode("compile", True, setup=_compile),
     Mode("caching", False, {"step_cache": "deepcache", "cache_threshold": 0.1}),
+    Mode("caching-0.2", False, {"step_cache": "deepcache", "cache_threshold": 0.2}),
     Mode("few-step", False, {"sampler": "lcm", "schedule": "ays", "steps": FEW_STEPS}),
 )
 

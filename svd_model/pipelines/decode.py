@@ -11,8 +11,8 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
+from ..cpu_runtime import cpu_inference
 from ..errors import InputError, ShapeError
-from ..heap import steady_heap
 from ..memory import on_compute
 from ..nn.vae import decode_chunked
 from ..weights.loader import SVDBundle
@@ -66,7 +66,7 @@ def decode_latents(
     b, t = latents.shape[:2]
     vae = bundle.model.first_stage
     z = rearrange(latents, "b t c h w -> (b t) c h w").to(bundle.device, vae.dtype) / bundle.config.scale_factor
-    with steady_heap(z.device):
+    with cpu_inference(z.device):
         frames = decode_chunked(
             vae, z, chunk, num_frames_per_video=t,
             overlap=overlap, tile=tile_size or None, tile_overlap=tile_overlap if tile_size else 0,

@@ -14,6 +14,7 @@ from torch import Tensor
 from ..conditioning import Cond, check_image, check_size, encode_cond_frames, vector_conditioning
 from ..config import Family
 from ..configdict import check_finite
+from ..cpu_runtime import cpu_inference
 from ..diffusion.denoiser import make_model_fn
 from ..diffusion.guidance import cfg_denoiser, frame_scales
 from ..diffusion.noise import initial_noise, noise_latents, randn
@@ -21,7 +22,6 @@ from ..diffusion.sampling import StepInfo, get_sampler
 from ..diffusion.schedules import get_schedule, sigmas_for_denoise
 from ..diffusion.step_cache import CacheStats, StepCache, StepCacheOptions
 from ..errors import ConfigError, InputError
-from ..heap import steady_heap
 from ..memory import on_compute
 from ..nn.compile import ensure_compiled
 from ..nn.image_encoder import encode_image
@@ -127,7 +127,8 @@ def encode_condition(
     b, t = image.shape[0], params.num_frames
     device = bundle.device
     clean = image.to(device, torch.float32)
-    with on_compute(bundle, model.image_encoder, model.cond_vae):  # offloaded encoders visit the device
+    # offloaded encoders visit the device
+    with on_compute(bundle, model.image_encoder, model.cond_vae), cpu_inference(device):
         crossattn = encode_image(model.image_encoder, clean.to(bundle.dtype)).float()[:, None]  # (b, 1, ctx)
         concat = encode_cond_frames(model.cond_vae, clean, params.cond_aug, device=device, generator=generator,
                                     noise=aug_noise)  # (b, 4, h, w), unscaled
@@ -182,7 +183,7 @@ def sample_video(
     cache = StepCache.for_sigmas(params.cache_options, sigmas, cache_stats)
     model_fn = make_model_fn(cache.bind(unet) if cache.active else unet)  # type: ignore[arg-type]
     denoiser = cfg_denoiser(model_fn, cond.to(device), uncond.to(device), scales, cat=Cond.cat)
-    with steady_heap(device):
+    with cpu_inference(device):
         out = get_sampler(params.sampler)(denoiser, x, sigmas.to(device), generator=generator, callback=callback)
     cache.log_summary()
     return out

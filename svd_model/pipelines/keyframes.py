@@ -41,13 +41,13 @@ import torch
 from torch import Tensor, nn
 
 from ..conditioning import Cond, check_image
+from ..cpu_runtime import cpu_inference
 from ..diffusion.denoiser import make_model_fn
 from ..diffusion.guidance import cfg_denoiser, frame_scales
 from ..diffusion.noise import initial_noise, randn, randn_like
 from ..diffusion.sampling import Denoiser, StepInfo, euler_step, get_sampler
 from ..diffusion.schedules import get_schedule
 from ..errors import ConfigError, InputError
-from ..heap import steady_heap
 from ..nn.compile import ensure_compiled
 from ..nn.model import SVDModel
 from ..weights.loader import SVDBundle
@@ -304,7 +304,7 @@ def interpolate_keyframes(
     model_fn = make_model_fn(bundle.model.unet)
     ends = encode_frames(bundle, torch.stack([first, last], dim=1)).to(device) if anchor else None
     run = _Sampling(x, sigmas, model_fn, scales, ends, params.sampler, device, generator, callback)
-    with steady_heap(device):
+    with cpu_inference(device):
         if method == "concat":
             return _sample_concat(run, *conds)
         if method == "bidirectional":

@@ -11,6 +11,7 @@ import torch
 
 from comfyui_svd_lab.svd_model.api import VideoParams, encode_condition, sample_video
 from comfyui_svd_lab.svd_model.conditioning import Cond
+from comfyui_svd_lab.svd_model.cpu_runtime import cpu_inference
 from comfyui_svd_lab.svd_model.diffusion.denoiser import make_model_fn
 from comfyui_svd_lab.svd_model.diffusion.guidance import cfg_denoiser, frame_scales
 from comfyui_svd_lab.svd_model.diffusion.noise import initial_noise
@@ -77,13 +78,14 @@ def uncached(bundle, conds):
 
 
 def test_off_is_the_eager_path_bit_for_bit(bundle, conds, uncached):
-    """sample_video with the cache off equals sampling with the bare UNet (the code path before caching)."""
+    """sample_video with the cache off equals sampling with the bare UNet (the code path before caching), both under
+    sample_video's CPU runtime (cpu_inference: its kernels change float32 summation order)."""
     params = _params()
     sigmas = get_schedule(params.schedule)(params.steps, params.sigma_min, params.sigma_max, params.rho)
     noise = torch.randn(2, T, 4, H // 8, W // 8, generator=torch.Generator().manual_seed(5))
     denoiser = cfg_denoiser(make_model_fn(bundle.model.unet), *conds, frame_scales("linear", 1.0, 2.5, T),
                             cat=Cond.cat)
-    with torch.no_grad():
+    with torch.no_grad(), cpu_inference("cpu"):
         eager = get_sampler("euler")(denoiser, initial_noise(noise, sigmas[0]), sigmas)
     assert torch.equal(uncached, eager)
     stats = CacheStats()
