@@ -34,10 +34,11 @@ Modes (:data:`MODES`; each is a row, skipped with the reason when this checkout 
 must match eager up to floating-point order): eager; eager-untuned (eager with ``svd_model.cpu_runtime``'s CPU
 choices off, the steady heap and the oneDNN linear route: what they gain); compile
 (``svd_model.nn.compile.compile_unet`` regional, undone after each run); caching, caching-0.2
-(``VideoParams.step_cache`` deepcache at threshold 0.1, 0.2); few-step (sampler ``lcm`` on the ``ays`` schedule,
-:data:`FEW_STEPS` steps). One untimed warm-up of every row (compile compiles there), then ``--reps`` rounds with the
-rows in alternating order; the minimum over the rounds is shown with every time, and the machine's load average
-before and after. The last line is the end-to-end time ratio ours/diffusers in the fastest exact mode.
+(``VideoParams.step_cache`` deepcache at threshold 0.1, 0.2); teacache (at 0.1); few-step (sampler ``lcm`` on
+the ``ays`` schedule, :data:`FEW_STEPS` steps). One untimed warm-up of every row (compile compiles there), then
+``--reps`` rounds with the rows in alternating order; the minimum over the rounds is shown with every time, and the
+machine's load average before and after. The last line is the end-to-end time ratio ours/diffusers in the fastest
+exact mode.
 
 The steady heap (``svd_model.cpu_runtime``) leaves freed chunks inside the process's heap that later code reuses,
 diffusers' runs in this process included: its rows here are faster than in a fresh process, so the ratios are
@@ -134,6 +135,7 @@ MODES = (
     Mode("compile", True, setup=_compile),
     Mode("caching", False, {"step_cache": "deepcache", "cache_threshold": 0.1}),
     Mode("caching-0.2", False, {"step_cache": "deepcache", "cache_threshold": 0.2}),
+    Mode("teacache", False, {"step_cache": "teacache", "cache_threshold": 0.1}),
     Mode("few-step", False, {"sampler": "lcm", "schedule": "ays", "steps": FEW_STEPS}),
 )
 
