@@ -25,8 +25,10 @@ Job. A seeded random image, the same settings everywhere: frames, size, steps, f
   KSampler's time / steps, which includes its setup).
 - decode s: latents -> frames.
 - peak: CPU: the largest RSS increase during the job over the RSS before it (VmHWM, see
-  ``bench/unet_vs_diffusers.py``'s CpuMemory; weights excluded); ComfyUI: its process's peak RSS, weights
-  included (another process). CUDA: ``torch.cuda.max_memory_allocated`` during the job.
+  ``bench/unet_vs_diffusers.py``'s CpuMemory; weights excluded). CpuMemory fixes glibc's mmap threshold at 1 MiB
+  (freed memory goes back at once), which slows every run; ours' first run replaces it with glibc's steady-state
+  values (``svd_model.cpu_runtime`` restores those after each job), so all timed runs see the latter. ComfyUI:
+  its process's peak RSS, weights included (another process). CUDA: ``torch.cuda.max_memory_allocated`` during the job.
 - max|d| / PSNR vs eager: frames against our eager run at the same seed ([-1, 1], peak-to-peak 2). Diffusers and
   ComfyUI draw their noise differently, so their frames are not compared.
 

@@ -25,9 +25,11 @@ Method
 3. Agreement. The warm-up outputs must satisfy max|ours - diffusers| / max|diffusers| < ``--tol``
    (default 1e-4 in fp32, 3e-2 in bf16); otherwise the script exits with an error and times nothing.
 4. Time. After the warm-up, ``--reps`` repetitions alternate ours / diffusers under
-   ``torch.inference_mode()`` (``torch.cuda.synchronize`` around each call on CUDA); the table shows the
-   minimum wall time of each (the least disturbed run on a shared machine) and every run's time, so that
-   noise shows. The last line is the ratio of the minima.
+   ``torch.inference_mode()``, ours inside ``svd_model.cpu_runtime.cpu_inference`` as the pipelines run it (on
+   the CPU: the steady heap and oneDNN linears; the heap's freed chunks also serve diffusers' later calls), with
+   ``torch.cuda.synchronize`` around each call on CUDA; the table shows the minimum wall time of each (the least
+   disturbed run on a shared machine) and every run's time, so that noise shows. The last line is the ratio of
+   the minima.
 5. Peak memory: the largest increase over the memory in use just before one forward call, measured in
    a separate call after the timing runs (so that measuring cannot disturb the timings).
    - CUDA: ``torch.cuda.max_memory_allocated`` (reset before the call) minus ``memory_allocated`` before.
@@ -62,6 +64,7 @@ from torch import Tensor
 
 from comfyui_svd_lab.svd_model.conditioning import vector_conditioning
 from comfyui_svd_lab.svd_model.config import VECTOR_LAYOUT, Family, UNetConfig
+from comfyui_svd_lab.svd_model.cpu_runtime import HEAP_ENV, cpu_inference
 from comfyui_svd_lab.svd_model.nn.unet import VideoUNet
 from comfyui_svd_lab.svd_model.weights.diffusers_keys import unet_sgm_to_diffusers
 from comfyui_svd_lab.svd_model.weights.tiny import tiny_config
@@ -177,7 +180,8 @@ def ours_call(model: VideoUNet, inp: Inputs) -> Callable[[], Tensor]:
 
     def call() -> Tensor:
         y = vector_conditioning(Family.SVD, TIME_IDS, b, t).reshape(b * t, -1).to(device)  # ((b t), 768)
-        return model(x, timesteps, context, y, num_video_frames=t, image_only_indicator=indicator)
+        with cpu_inference(device):  # as every pipeline of the pack runs it (a no-op off the CPU)
+            return model(x, timesteps, context, y, num_video_frames=t, image_only_indicator=indicator)
 
     return call
 
@@ -377,6 +381,9 @@ def main(argv: list[str] | None = None) -> None:
             log(f"rep {rep + 1}/{args.reps}: " + ", ".join(f"{n} {times[n][-1]:.3f} s" for n in calls))
 
         load_after = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        # Memory is measured with glibc returning freed memory at once (CpuMemory), which the steady heap would undo
+        # for ours: off for the memory calls (the oneDNN linear route stays).
+        os.environ[HEAP_ENV] = "0"
         cpu_memory = CpuMemory() if args.device == "cpu" else None
         peaks = {name: peak_memory(fn, args.device, cpu_memory) for name, fn in calls.items()}
 
