@@ -115,7 +115,7 @@ def _resolve_shot_model(data: dict[str, Any], folders: list[str] | None) -> dict
 
 def dedup_setting(args: argparse.Namespace) -> Any:
     """--dedup / --no-dedup -> a DedupConfig to store, None to stop deduplicating, or ... to keep the folder's."""
-    from ..svd_model.curation.dedup import DedupConfig
+    from ..svd_model.curation.dedup_config import DedupConfig
 
     if getattr(args, "no_dedup", False):
         return None
@@ -216,7 +216,7 @@ def cmd_report(args: argparse.Namespace, stdout: TextIO | None = None) -> int:
 
 
 def _add_dedup_flags(p: argparse.ArgumentParser) -> None:
-    from ..svd_model.curation.dedup import DedupConfig
+    from ..svd_model.curation.dedup_config import DedupConfig
 
     default = DedupConfig()
     p.add_argument("--dedup", action="store_true", help="mark near-duplicate clips dropped ('duplicate of <clip "

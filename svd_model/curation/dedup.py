@@ -39,9 +39,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..configdict import build, check_finite
-from ..errors import ConfigError, InputError, SVDError
+from ..errors import InputError, SVDError
 from ..fsutil import write_text_atomic
+from .dedup_config import BLOCK, HASH_BITS, DedupConfig
 from .manifest import arrow_array
 
 #: How this pass starts the drop reason it writes: "duplicate of <clip id> (...)"; filtering groups them by it.
@@ -51,9 +51,7 @@ log = logging.getLogger(__name__)
 
 DEDUP_JSON = "dedup.json"
 HASH_KEY = "phash"
-HASH_BITS = 64
 _HASH_SIDE, _DCT_SIDE = 32, 8
-BLOCK = 16_000_000
 Pairs = tuple[np.ndarray, np.ndarray]  # (i, j) index arrays, i < j
 
 
@@ -106,40 +104,6 @@ def add_hashes(records: Sequence[Any], cache: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------ settings
-
-
-@dataclass(frozen=True)
-class DedupConfig:
-    """cosine: CLIP cosine similarity at or above which two clips are duplicates (0..1; 0.95 default: copies of
-    one shot score ~0.98-1.0, different shots of one scene lower); hamming: hash bits that may differ (0..64,
-    -1 = no hash pairs; 8 default: re-encodes and resizes differ by 0-4 bits, unrelated frames by ~32);
-    use_clip: use the saved CLIP embeddings where clips have them; block_elements: similarities per block of
-    the pair search (memory: ~5 bytes each for embeddings, ~10 for hashes)."""
-
-    cosine: float = 0.95
-    hamming: int = 8
-    use_clip: bool = True
-    block_elements: int = BLOCK
-
-    def __post_init__(self) -> None:
-        check_finite(self, "dedup.")
-        if not 0.0 < self.cosine <= 1.0:
-            raise ConfigError(f"dedup cosine threshold must be in (0, 1] (1 = identical embeddings only), got "
-                              f"{self.cosine!r}")
-        if not -1 <= self.hamming <= HASH_BITS:
-            raise ConfigError(f"dedup hamming distance must be -1 (hashes off) .. {HASH_BITS} bits, got "
-                              f"{self.hamming!r}")
-        if self.block_elements < 1:
-            raise ConfigError(f"dedup block_elements must be >= 1, got {self.block_elements!r}")
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DedupConfig:
-        return build(cls, data)
-
-    def describe(self) -> str:
-        parts = [f"hash distance <= {self.hamming}/{HASH_BITS}"] if self.hamming >= 0 else []
-        parts += [f"CLIP cosine >= {self.cosine:g}"] if self.use_clip else []
-        return " or ".join(parts) or "nothing (hashes off and CLIP off)"
 
 
 # ------------------------------------------------------------------------------------------ results

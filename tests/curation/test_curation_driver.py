@@ -108,10 +108,13 @@ def test_a_whole_run_with_filter_dedup_and_report_never_imports_pandas(tmp_path)
     assert (tmp_path / "out" / "report.html").is_file() and (tmp_path / "out" / DEDUP_JSON).is_file()
 
 
-def test_the_cli_module_imports_no_engine_and_the_forkserver_preloads_the_pipeline():
+def test_the_cli_parser_imports_no_engine_and_the_forkserver_preloads_the_pipeline():
     script = textwrap.dedent("""
-        import sys
-        import comfyui_svd_lab.cli.curate
+        import argparse, sys
+        import comfyui_svd_lab.cli.curate as curate
+        parser = argparse.ArgumentParser()
+        curate.add_commands(parser.add_subparsers())  # parsing comes before the engine is known
+        parser.parse_args(["curate", "in", "--out", "out", "--dedup"])
         heavy = sorted(m for m in ("av", "cv2", "numpy", "pyarrow") if m in sys.modules)
         from multiprocessing import forkserver
         from comfyui_svd_lab.svd_model.curation.workers import start_server
