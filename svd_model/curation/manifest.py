@@ -42,6 +42,16 @@ import pyarrow.parquet as pq
 
 from ..errors import InputError
 from ..fsutil import replace_atomic
+from .manifest_rows import (  # noqa: F401 - re-exported: the row layout lives in the Arrow-free module
+    COLUMN_SPECS,
+    THUMB_DIR,
+    THUMB_KEY,
+    THUMB_SIDE,
+    TRAINER_COLUMNS,
+    empty_row,
+    thumbnail_rel,
+    video_status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,79 +71,17 @@ CRASH_ENV = "SVD_LAB_TEST_CRASH"
 CRASH_POINTS = ("config-written", "result-received", "part-write", "part-renamed", "log-torn", "logged")
 _crash_hits: dict[str, int] = {}
 
-#: Column -> (arrow type, meaning). The trainer reads clip_id, source, clip_path, start/end frame and time,
-#: fps, motion_score, motion_bucket_id, width, height and keep; do not rename those.
-COLUMNS: dict[str, tuple[pa.DataType, str]] = {
-    "clip_id": (pa.string(), "video_id + '_' + 4-digit clip index; '<video_id>_err' / '_none' for status rows, "
-                             "'<video_id>_d' + 4 digits for dropped spans"),
-    "video_id": (pa.string(), "hash of the source path relative to the input root, its size and mtime"),
-    "source": (pa.string(), "absolute path of the source video"),
-    "source_rel": (pa.string(), "source path relative to the input root (posix)"),
-    "clip_index": (pa.int32(), "0.. within the video; -1 on a status or dropped row"),
-    "status": (pa.string(), "'ok' (a clip), 'dropped' (a span between cuts that gives no clip: too short, trimmed "
-                            "away, transition; the reason in error), 'error' (the video failed) or 'empty' (no span)"),
-    "error": (pa.string(), "why the video failed or the span gives no clip ('' when ok)"),
-    "start_frame": (pa.int64(), "first frame of the clip (source frame index)"),
-    "end_frame": (pa.int64(), "one past the last frame (exclusive)"),
-    "num_frames": (pa.int64(), "end_frame - start_frame"),
-    "start_time": (pa.float64(), "presentation time of start_frame, seconds"),
-    "end_time": (pa.float64(), "presentation time just after the last frame, seconds"),
-    "duration": (pa.float64(), "end_time - start_time"),
-    "fps": (pa.float64(), "source frame rate"),
-    "width": (pa.int32(), "display width (SAR and rotation applied)"),
-    "height": (pa.int32(), "display height"),
-    "sar": (pa.string(), "sample aspect ratio 'num:den'"),
-    "rotation": (pa.int32(), "display rotation in degrees (0/90/180/270)"),
-    "video_num_frames": (pa.int64(), "frames decoded from the whole source"),
-    "video_duration": (pa.float64(), "source duration, seconds"),
-    "cut_in": (pa.string(), "what starts the clip: 'start' (video start), 'hard', 'fade', 'dissolve', 'flash', 'split' "
-                                  "(max length)"),
-    "cut_out": (pa.string(), "what ends the clip: 'end', 'hard', 'fade', 'dissolve', 'flash', 'split'"),
-    "cut_in_score": (pa.float64(), "detector score of the cut before the clip (null at the video start)"),
-    "cut_out_score": (pa.float64(), "detector score of the cut after the clip (null at the video end)"),
-    "motion_score": (pa.float64(), "mean optical-flow magnitude over the clip (SVD's motion score)"),
-    "motion_bucket_id": (pa.int32(), "SVD motion_bucket_id derived from motion_score"),
-    "text_area": (pa.float64(), "fraction of the frame covered by text (max over the keyframes); null if off"),
-    "clip_embedding_path": (pa.string(), "safetensors file (relative to OUT) holding tensor <clip_id>: (k, d)"),
-    "aesthetic": (pa.float64(), "aesthetic head score, mean over keyframes; null without a head"),
-    "clip_score": (pa.float64(), "CLIP image-caption cosine similarity; null without a text tower/caption"),
-    "caption_image": (pa.string(), "caption of the middle frame (image captioner)"),
-    "caption_video": (pa.string(), "caption of the clip (video captioner)"),
-    "caption_summary": (pa.string(), "summary of the two captions"),
-    "clip_path": (pa.string(), "written clip file relative to OUT ('' when clips are not written)"),
-    "keyframe_paths": (pa.list_(pa.string()), "written keyframe JPEGs relative to OUT (first, middle, last)"),
-    "keep": (pa.bool_(), "True when the clip passed the filter (always False for status rows)"),
-    "drop_reason": (pa.string(), "'; '-joined failed filter rules, or the status reason"),
-    "pipeline_version": (pa.string(), "curation code version"),
-    "config_hash": (pa.string(), "hash of the CurationConfig that produced the row"),
-    "extra": (pa.string(), "JSON object with further per-clip evidence (cut levels, motion spread, ...)"),
-}
+#: Column -> (arrow type, meaning), from :data:`manifest_rows.COLUMN_SPECS` (the one definition).
+_ARROW_TYPES: dict[str, pa.DataType] = {"string": pa.string(), "int32": pa.int32(), "int64": pa.int64(),
+                                        "float64": pa.float64(), "bool": pa.bool_(),
+                                        "list<string>": pa.list_(pa.string())}
+COLUMNS: dict[str, tuple[pa.DataType, str]] = {name: (_ARROW_TYPES[kind], meaning)
+                                               for name, (kind, meaning) in COLUMN_SPECS.items()}
 
 SCHEMA = pa.schema([pa.field(name, kind) for name, (kind, _) in COLUMNS.items()],
                    metadata={"svd_lab_manifest": SCHEMA_VERSION,
                              "paths": "clip_path, keyframe_paths, clip_embedding_path are relative to the output "
                                       "folder; source is absolute"})
-
-#: The column names the trainer relies on.
-TRAINER_COLUMNS = ("clip_id", "source", "clip_path", "start_frame", "end_frame", "start_time", "end_time", "fps",
-                   "motion_score", "motion_bucket_id", "width", "height", "keep")
-
-
-def video_status(statuses: Iterable[str]) -> str:
-    """One video's status from its rows' statuses: 'error' if any row is, else 'ok' if it has a clip, else
-    'empty' (no clip: only dropped spans, or an 'empty' row)."""
-    statuses = set(statuses)
-    if "error" in statuses:
-        return "error"
-    return "ok" if "ok" in statuses else "empty"
-
-
-def empty_row() -> dict[str, Any]:
-    """A row with every column present (None / [] / False defaults)."""
-    row: dict[str, Any] = dict.fromkeys(COLUMNS)
-    row.update(keyframe_paths=[], keep=False, drop_reason="", error="", clip_path="", extra="{}")
-    return row
-
 
 def to_table(rows: Iterable[Mapping[str, Any]]) -> pa.Table:
     """Rows (dicts; unknown keys rejected, missing keys null) -> a table with :data:`SCHEMA`."""
@@ -187,18 +135,8 @@ def resolve(out_dir: str | os.PathLike[str], rel: str | None) -> Path | None:
     return path if path.is_absolute() else Path(out_dir).absolute() / path
 
 
-#: Report thumbnails written by the workers: one JPEG strip per video (the middle keyframe of each clip side by
-#: side, long side <= THUMB_SIDE px); a clip's row names its tile in ``extra`` as ``"thumb": [file, x, width]``.
-THUMB_DIR = "thumbs"
-THUMB_KEY = "thumb"
-THUMB_SIDE = 160
 #: Per-stage seconds of the last run (engine.write_timings), shown by the report.
 TIMINGS_NAME = "timings.json"
-
-
-def thumbnail_rel(video_id: str) -> str:
-    """The thumbnail strip of a video, relative to the output folder."""
-    return f"{THUMB_DIR}/{video_id}.jpg"
 
 
 def crash_point(name: str, prepare: Callable[[], object] | None = None) -> None:

@@ -26,7 +26,7 @@ from ..errors import SVDError
 from ..fsutil import replace_atomic
 from . import annotate, clips, motion, scoring
 from .annotate import VideoAnnotation
-from .manifest import THUMB_KEY, THUMB_SIDE, empty_row, thumbnail_rel
+from .manifest_rows import THUMB_KEY, THUMB_SIDE, empty_row, thumbnail_rel
 from .motion import MotionCalibration
 from .records import (
     CLIP_MODES,

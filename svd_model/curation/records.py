@@ -28,12 +28,12 @@ from .annotate import FrameCapture, VideoAnnotation
 from .captioner_registry import check_name
 from .clips import ClipSpan, SplitConfig
 from .cuts import CutConfig
-from .manifest import empty_row, video_status
+from .manifest_rows import empty_row, video_status
 from .motion import MotionCalibration, MotionConfig
 
 log = logging.getLogger(__name__)
 
-#: One manifest row: a value for every column of manifest.COLUMNS (see manifest.empty_row).
+#: One manifest row: a value for every column of manifest_rows.COLUMN_SPECS (see manifest_rows.empty_row).
 Row = dict[str, Any]
 
 PIPELINE_VERSION = "1"

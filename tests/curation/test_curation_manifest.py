@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
 from comfyui_svd_lab.svd_model.curation import manifest as mf
+from comfyui_svd_lab.svd_model.curation import manifest_rows
 from comfyui_svd_lab.svd_model.curation.filtering import (
     FILTER_JSON,
     FilterRule,
@@ -195,3 +199,19 @@ def test_report_is_self_contained_with_histograms_thumbnails_and_errors(tmp_path
     assert not re.search(r'src="(?!data:)', page)  # nothing outside the file
     assert info.counts["errors"] == 1 and info.counts["clips"] == 16 and info.counts["kept"] == result.kept
     assert "motion_score:bottom=0.25: 4 dropped" in info.summary()
+
+
+def test_the_worker_side_pipeline_imports_no_pyarrow():
+    """The per-video pipeline (preloaded by the forkserver, run in every worker) builds rows from the Arrow-free
+    manifest_rows module; only the driver's manifest.py imports pyarrow (about 0.07-0.14 s of a worker's start)."""
+    script = ("import sys; import comfyui_svd_lab.svd_model.curation.pipeline, comfyui_svd_lab.svd_model.curation."
+              "workers; print(sorted(m for m in sys.modules if m.split('.')[0] == 'pyarrow'))")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
+    # one definition of the columns: the Arrow schema is the light table's names, in order, with matching types
+    assert mf.SCHEMA.names == list(manifest_rows.COLUMN_SPECS)
+    expected = [pa.list_(pa.string()) if kind == "list<string>" else pa.type_for_alias(kind)
+                for kind, _ in manifest_rows.COLUMN_SPECS.values()]
+    assert [field.type for field in mf.SCHEMA] == expected
+    assert mf.empty_row() == manifest_rows.empty_row() and set(mf.empty_row()) == set(mf.SCHEMA.names)
