@@ -158,16 +158,20 @@ class OneDNNLinear(TorchFunctionMode):
     """While active (in this thread), ``F.linear`` on float32 CPU tensors without autograd runs oneDNN's kernel.
 
     x (..., in) -> (..., out), as ``F.linear``; any other call (other dtypes, devices, grad enabled, a weight
-    that is a non-contiguous view, torch.compile tracing) is PyTorch's own.
+    that is a non-contiguous view, tensor subclasses, torch.compile tracing) is PyTorch's own.
     """
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         kwargs = kwargs or {}
-        if func is F.linear:
+        # plain tensors only: a tensor subclass (a host's quantized or patched weight) keeps its own dispatch
+        if func is F.linear and all(t in _PLAIN for t in types):
             out = _onednn_linear(*args, **kwargs)
             if out is not None:
                 return out
         return func(*args, **kwargs)
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def _onednn_linear(input: torch.Tensor, weight: torch.Tensor,  # noqa: A002 - F.linear's parameter names

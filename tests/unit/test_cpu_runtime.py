@@ -150,6 +150,10 @@ def test_float32_inference_linears_run_onednn_with_the_same_values(onednn_calls:
     assert torch.allclose(no_bias, F.linear(x, w), rtol=1e-5, atol=1e-5)
 
 
+class _HostTensor(torch.Tensor):
+    """Stands for a tensor subclass a host wraps weights in (quantized, patched)."""
+
+
 @pytest.mark.usefixtures("clean_env")
 def test_other_calls_stay_with_pytorch(onednn_calls: list[tuple]) -> None:
     w = torch.randn(8, 16, requires_grad=True)
@@ -160,6 +164,7 @@ def test_other_calls_stay_with_pytorch(onednn_calls: list[tuple]) -> None:
             F.linear(x.double(), w.double())  # float64
             F.linear(x, w.t().contiguous().t())  # weight a non-contiguous view
             F.linear(x[:0], w)  # empty
+            F.linear(x, w.detach().as_subclass(_HostTensor))  # a host's tensor subclass keeps its own dispatch
     assert w.grad is not None and onednn_calls == []
     done = threading.Event()
 
