@@ -19,6 +19,7 @@ import torch
 
 from ..conditioning import Cond, check_size, vector_conditioning
 from ..config import Family
+from ..cpu_runtime import cpu_inference
 from ..errors import CheckpointError, InputError
 from ..memory import moved
 from ..text_conditioning import TextEncoder, encode_text
@@ -43,7 +44,8 @@ def encode_text_condition(bundle: SVDBundle, encoder: TextEncoder, prompt: str, 
     check_size(params.width, params.height, bundle.config.size_multiple)
     params = replace(params, cond_aug=0.0)
     device = bundle.device
-    with moved([encoder.tower], device):  # the text tower visits the compute device only while encoding
+    # the text tower visits the compute device only while encoding
+    with moved([encoder.tower], device), cpu_inference(device):
         embedded = encode_text(encoder, [prompt, *([negative_prompt] if negative_prompt.strip() else [])], device)
     crossattn = embedded[:1, None]  # (1, 1, d)
     latent_channels = bundle.config.unet.in_channels - bundle.config.unet.out_channels
