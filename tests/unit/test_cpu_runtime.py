@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from comfyui_svd_lab.svd_model import cpu_runtime as heap
+from comfyui_svd_lab.svd_model import cpu_runtime
 from comfyui_svd_lab.svd_model.cpu_runtime import (
     HEAP_ENV,
     LINEAR_ENV,
@@ -22,6 +22,9 @@ from comfyui_svd_lab.svd_model.cpu_runtime import (
 from comfyui_svd_lab.svd_model.weights.tiny import make_tiny_model
 
 PAGE = resource.getpagesize()
+# the (mmap, trim) thresholds steady_heap sets on entry and on exit
+HOLD = (cpu_runtime._HOLD_MMAP, cpu_runtime._HOLD_TRIM)
+GLIBC = (cpu_runtime._GLIBC_MMAP, cpu_runtime._GLIBC_TRIM)
 
 
 def _conv_faults(x: torch.Tensor, weight: torch.Tensor) -> int:
@@ -33,7 +36,7 @@ def _conv_faults(x: torch.Tensor, weight: torch.Tensor) -> int:
 
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in (HEAP_ENV, LINEAR_ENV, "LD_PRELOAD", *heap._USER_TUNING):
+    for name in (HEAP_ENV, LINEAR_ENV, "LD_PRELOAD", *cpu_runtime._USER_TUNING):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -54,13 +57,19 @@ def test_a_big_convolutions_weight_buffer_is_reused_inside() -> None:
     assert inside < pages // 10, f"{inside} page faults per convolution inside steady_heap ({outside} outside)"
 
 
-@pytest.mark.usefixtures("clean_env")
-def test_nested_and_threaded_uses_restore_once_at_the_end(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def set_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The (mmap, trim) thresholds steady_heap sets, in order (it still sets them); skips where it cannot tune."""
     if heap_problem() is not None:
         pytest.skip(f"allocator not tunable here: {heap_problem()}")
     calls: list[tuple[int, int]] = []
-    real_set = heap._set
-    monkeypatch.setattr(heap, "_set", lambda m, t: calls.append((m, t)) or real_set(m, t))
+    real_set = cpu_runtime._set
+    monkeypatch.setattr(cpu_runtime, "_set", lambda m, t: calls.append((m, t)) or real_set(m, t))
+    return calls
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_nested_and_threaded_uses_restore_once_at_the_end(set_calls: list[tuple[int, int]]) -> None:
     inner_started, release = threading.Event(), threading.Event()
 
     def other() -> None:
@@ -74,24 +83,19 @@ def test_nested_and_threaded_uses_restore_once_at_the_end(monkeypatch: pytest.Mo
         assert inner_started.wait(5)
         with steady_heap("cpu"):
             pass
-        assert calls == [(heap._HOLD_MMAP, heap._HOLD_TRIM)], "an inner exit restored while others were inside"
+        assert set_calls == [HOLD], "an inner exit restored while others were inside"
         release.set()
         thread.join(5)
-        assert calls == [(heap._HOLD_MMAP, heap._HOLD_TRIM)]
-    assert calls == [(heap._HOLD_MMAP, heap._HOLD_TRIM), (heap._GLIBC_MMAP, heap._GLIBC_TRIM)]
-    assert heap._depth == 0
+        assert set_calls == [HOLD]
+    assert set_calls == [HOLD, GLIBC]
+    assert cpu_runtime._depth == 0
 
 
 @pytest.mark.usefixtures("clean_env")
-def test_restored_when_the_block_raises(monkeypatch: pytest.MonkeyPatch) -> None:
-    if heap_problem() is not None:
-        pytest.skip(f"allocator not tunable here: {heap_problem()}")
-    calls: list[tuple[int, int]] = []
-    real_set = heap._set
-    monkeypatch.setattr(heap, "_set", lambda m, t: calls.append((m, t)) or real_set(m, t))
+def test_restored_when_the_block_raises(set_calls: list[tuple[int, int]]) -> None:
     with pytest.raises(KeyboardInterrupt), steady_heap("cpu"):
         raise KeyboardInterrupt
-    assert calls[-1] == (heap._GLIBC_MMAP, heap._GLIBC_TRIM) and heap._depth == 0
+    assert set_calls[-1] == GLIBC and cpu_runtime._depth == 0
 
 
 @pytest.mark.parametrize("env", [{HEAP_ENV: "0"}, {"MALLOC_MMAP_THRESHOLD_": "131072"},
@@ -101,7 +105,7 @@ def test_restored_when_the_block_raises(monkeypatch: pytest.MonkeyPatch) -> None
 def test_left_alone_when_the_user_tuned_or_disabled_it(monkeypatch: pytest.MonkeyPatch, env: dict) -> None:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(heap, "_set", lambda m, t: pytest.fail("mallopt called"))
+    monkeypatch.setattr(cpu_runtime, "_set", lambda m, t: pytest.fail("mallopt called"))
     assert heap_problem() is not None
     with steady_heap("cpu") as tuned:
         assert not tuned
@@ -109,10 +113,10 @@ def test_left_alone_when_the_user_tuned_or_disabled_it(monkeypatch: pytest.Monke
 
 @pytest.mark.usefixtures("clean_env")
 def test_left_alone_on_other_devices_and_other_allocators(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(heap, "_set", lambda m, t: pytest.fail("mallopt called"))
+    monkeypatch.setattr(cpu_runtime, "_set", lambda m, t: pytest.fail("mallopt called"))
     with steady_heap("meta") as tuned:
         assert not tuned
-    monkeypatch.setattr(heap, "_glibc", lambda: None)
+    monkeypatch.setattr(cpu_runtime, "_glibc", lambda: None)
     assert heap_problem() == "not glibc (Linux) malloc"
     with steady_heap("cpu") as tuned:
         assert not tuned
