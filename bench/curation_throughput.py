@@ -10,9 +10,9 @@ videos. Each round, interleaved (the best of --repeat rounds counts; the machine
 
   decode       PyAV, every frame's luma plane read (no colour conversion), single-threaded, one process per
                worker, the pool already started: the ceiling
-  end-to-end   the whole command as a user runs it, in a fresh interpreter: `svd-lab curate IN --out OUT
-               --engine E --workers N` (imports, worker / Ray start-up, the default config: cuts + motion + text,
-               the manifest, the filter pass and the HTML report)
+  end-to-end   the whole command as a user runs it, in a fresh interpreter through the console script's entry
+               point: `svd-lab curate IN --out OUT --engine E --workers N` (imports, worker / Ray start-up, the
+               default config: cuts + motion + text, the manifest, the filter pass and the HTML report)
 
 --baseline CODE_DIR: also time the command from another copy of the code (a folder holding comfyui_svd_lab/, e.g.
 `git archive <commit>` extracted there), interleaved, to compare before / after on the same machine state.
@@ -38,6 +38,9 @@ import numpy as np
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "issue-195-aspect-ratio.mp4"
 CODE = "current"
+#: what the `svd-lab` console script runs (pyproject's [project.scripts]), so the timed process imports what a
+#: user's does (not this script's av / numpy); with --baseline, PYTHONPATH picks the other copy of the package
+SVD_LAB = "import sys; from comfyui_svd_lab.cli import main; sys.argv[0] = 'svd-lab'; sys.exit(main())"
 
 
 def decode_luma(path: str) -> int:
@@ -87,7 +90,7 @@ def time_command(inputs: Path, out: Path, engine: str, workers: int, code: str |
     env = dict(os.environ)
     if code:
         env["PYTHONPATH"] = code + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, __file__, "--child", str(inputs), "--out", str(out), "--engine", engine,
+    cmd = [sys.executable, "-c", SVD_LAB, "curate", str(inputs), "--out", str(out), "--engine", engine,
            "--workers", str(workers), "--quiet"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -96,16 +99,6 @@ def time_command(inputs: Path, out: Path, engine: str, workers: int, code: str |
         raise SystemExit(f"curate failed ({engine}, {workers} workers, code {code or CODE}):\n{proc.stderr[-3000:]}")
     timings = out / "timings.json"
     return seconds, json.loads(timings.read_text()) if timings.is_file() else {}
-
-
-def child(argv: list[str]) -> int:
-    """`svd-lab curate ARGS`: the CLI's curate command (its own parser, so only the curation CLI is imported)."""
-    from comfyui_svd_lab.cli.curate import add_commands
-
-    parser = argparse.ArgumentParser(prog="svd-lab")
-    add_commands(parser.add_subparsers())
-    args = parser.parse_args(["curate", *argv])
-    return int(args.func(args))
 
 
 def main() -> None:
@@ -177,6 +170,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        sys.exit(child(sys.argv[2:]))
     main()

@@ -287,12 +287,13 @@ def _run_threads(jobs: Sequence[Path], run: _Run) -> Iterator[VideoResult]:
 
 
 def _run_processes(jobs: Sequence[Path], run: _Run,
-                   work: Callable[[str, str], VideoResult] = _work) -> Iterator[VideoResult]:
-    """A process pool (workers die with the driver). ``work(path, root)`` runs in the workers (a module-level
-    function; tests pass one that crashes or hangs). A worker that dies breaks the pool: the videos in flight
-    are re-run one at a time, and the one that kills its worker again becomes an error row. A video past its
-    time limit becomes a timeout row; the pool is killed (the only way to stop a hung decoder) and the other
-    videos in flight start again in a fresh one."""
+                   work: Callable[[str, str], VideoResult] = workers_mod.work) -> Iterator[VideoResult]:
+    """A process pool (workers die with the driver). ``work(path, root)`` runs in the workers: a module-level
+    function, pickled by reference, so a worker imports its module before its first video; the default lives in
+    workers.py, not here (this module imports pyarrow for the manifest); tests pass one that crashes or hangs. A
+    worker that dies breaks the pool: the videos in flight are re-run one at a time, and the one that kills its
+    worker again becomes an error row. A video past its time limit becomes a timeout row; the pool is killed (the
+    only way to stop a hung decoder) and the other videos in flight start again in a fresh one."""
     limit = run.config.video_timeout
     queue: deque[Path] = deque(jobs)
     while queue:

@@ -203,9 +203,16 @@ def test_report_is_self_contained_with_histograms_thumbnails_and_errors(tmp_path
 
 def test_the_worker_side_pipeline_imports_no_pyarrow():
     """The per-video pipeline (preloaded by the forkserver, run in every worker) builds rows from the Arrow-free
-    manifest_rows module; only the driver's manifest.py imports pyarrow (about 0.07-0.14 s of a worker's start)."""
+    manifest_rows module; only the driver's manifest.py imports pyarrow (about 0.07-0.14 s of a worker's start).
+    The local engine's job function is pickled by reference, so a worker imports its module before its first
+    video: that module must not be the engine (which imports manifest.py)."""
+    import inspect
+
+    from comfyui_svd_lab.svd_model.curation import engine
+
+    job = inspect.signature(engine._run_processes).parameters["work"].default
     script = ("import sys; import comfyui_svd_lab.svd_model.curation.pipeline, comfyui_svd_lab.svd_model.curation."
-              "workers; print(sorted(m for m in sys.modules if m.split('.')[0] == 'pyarrow'))")
+              f"workers, {job.__module__}; print(sorted(m for m in sys.modules if m.split('.')[0] == 'pyarrow'))")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]"
