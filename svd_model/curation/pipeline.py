@@ -28,6 +28,7 @@ from . import annotate, clips, motion, scoring
 from .annotate import VideoAnnotation
 from .manifest_rows import THUMB_KEY, THUMB_SIDE, empty_row, thumbnail_rel
 from .motion import MotionCalibration
+from .phash import add_hashes
 from .records import (
     CLIP_MODES,
     KEYFRAME_KINDS,
@@ -231,8 +232,6 @@ def curate_video(path: str | os.PathLike[str], root: str | os.PathLike[str] | No
                 with timer("keyframes"):
                     cache.prefetch(records, threads=config.threads)
             if config.perceptual_hash:
-                from .dedup import add_hashes
-
                 with timer("hash"):
                     add_hashes(records, cache)
             if config.text:

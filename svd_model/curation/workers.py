@@ -163,11 +163,11 @@ def _job(fn: Callable[[str, str], VideoResult], path: str, root: str) -> VideoRe
 
 def mp_context() -> multiprocessing.context.BaseContext:
     """Worker processes never fork this (possibly threaded) process: a forkserver where the platform has one
-    (a fresh server process imports this module and the pipeline once, then every worker, including replacements
-    after a crash, forks from it), else spawn (each worker starts a fresh interpreter)."""
+    (a fresh server process imports this module and the pipeline once (worker_preload.py), then every worker,
+    including replacements after a crash, forks from it), else spawn (each worker starts a fresh interpreter)."""
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__, f"{__package__}.pipeline"])
+        ctx.set_forkserver_preload([__name__, f"{__package__}.worker_preload"])
         return ctx
     return multiprocessing.get_context("spawn")
 

@@ -1,8 +1,9 @@
 """The curation driver's fixed costs and its folder bookkeeping: tables built without pyarrow's pandas import
 (json_table / arrow_array / read_part give exactly what pyarrow's own converters give), no pandas in a whole
 curate + filter + dedup + report, the CLI module imports no engine and the forkserver starts early with the
-pipeline preloaded, the faster connected-component labelling of the text detector finds the same components,
---overwrite removes a stale dedup.json, and --dedup --no-report keeps the setting for the next filter pass."""
+pipeline preloaded (a worker's first video imports nothing more), the faster connected-component labelling of
+the text detector finds the same components, --overwrite removes a stale dedup.json, and --dedup --no-report
+keeps the setting for the next filter pass."""
 
 from __future__ import annotations
 
@@ -120,12 +121,32 @@ def test_the_cli_parser_imports_no_engine_and_the_forkserver_preloads_the_pipeli
         from comfyui_svd_lab.svd_model.curation.workers import start_server
         started = start_server()
         print(heavy, started, forkserver._forkserver._forkserver_pid is not None,
-              "comfyui_svd_lab.svd_model.curation.pipeline" in forkserver._forkserver._preload_modules)
+              "comfyui_svd_lab.svd_model.curation.worker_preload" in forkserver._forkserver._preload_modules)
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["[]", "True", "True", "True"]
     assert workers.ENGINES == tuple(engine._ENGINES)  # noqa: SLF001 - the light list names every engine
+
+
+def test_a_workers_first_video_imports_nothing_the_forkserver_could_have_loaded(tmp_path):
+    """After the forkserver's preload, a worker's first video (default config: cuts, motion, text, hash,
+    thumbnails) imports no module of the pack, numpy, PIL, pyarrow or pandas: each would cost every worker its
+    import time during its first video (the perceptual hash once pulled in dedup.py, the manifest and pyarrow)."""
+    make_video(tmp_path / "a.mp4", shots=(40, 45), transitions=("hard",), seed=1)
+    script = textwrap.dedent(f"""
+        import sys, tempfile
+        import comfyui_svd_lab.svd_model.curation.workers, comfyui_svd_lab.svd_model.curation.worker_preload
+        from comfyui_svd_lab.svd_model.curation.pipeline import CurationConfig, curate_video
+        before = set(sys.modules)
+        config = CurationConfig.from_dict({{"split": {{"min_seconds": 1.0}}}})
+        result = curate_video({str(tmp_path / "a.mp4")!r}, None, config, {str(tmp_path / "out")!r})
+        roots = ("comfyui_svd_lab", "numpy", "PIL", "pyarrow", "pandas")
+        print(result.status, sorted(m for m in set(sys.modules) - before if m.split(".")[0] in roots))
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["ok", "[]"]
 
 
 def test_block_based_labelling_finds_the_default_components():
