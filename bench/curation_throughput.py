@@ -16,8 +16,10 @@ videos. Each round, interleaved (the best of --repeat rounds counts; the machine
 
 --baseline CODE_DIR: also time the command from another copy of the code (a folder holding comfyui_svd_lab/, e.g.
 `git archive <commit>` extracted there), interleaved, to compare before / after on the same machine state.
-Printed: a table per engine and worker count, the Ray start-up overhead, the per-stage timings of the last local
-run (its timings.json), the load average; the last line is end-to-end / pure decode at 2 workers, local engine.
+Printed: a table per engine and worker count (end to end; start-up: from the run's start until the first video
+started; work: from then until the last result, and the frames/s over it, from timings.json), the Ray start-up
+overhead, the speed-up from 1 to 2 workers (end to end and after start-up), the per-stage timings of the last local
+run, the load average; the last line is end-to-end / pure decode at 2 workers, local engine.
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ def main() -> None:
     codes = [None] + ([str(Path(args.baseline).resolve())] if args.baseline else [])
     best: dict[tuple, float] = {}
     last_timings: dict[tuple, dict] = {}
+    best_work: dict[tuple, float] = {}  # seconds from the first video's start to the last result (timings.json)
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
         inputs = Path(args.input) if args.input else tmp_path / "in"
@@ -131,11 +134,15 @@ def main() -> None:
                         shutil.rmtree(out, ignore_errors=True)
                         best[key] = min(best.get(key, float("inf")), sec)
                         last_timings[key] = timings
+                        if "wall_seconds" in timings:
+                            work = timings["wall_seconds"] - timings.get("driver", {}).get("startup", 0.0)
+                            best_work[key] = min(best_work.get(key, float("inf")), work)
             print(f"round {r + 1}/{args.repeat} done, load average {os.getloadavg()}", file=sys.stderr)
     load = os.getloadavg()
     print(f"{len(files)} files, {frames} frames; best of {args.repeat} interleaved rounds; load average "
           f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} cores")
-    print(f"{'run':<28}{'workers':>8}{'seconds':>9}{'frames/s':>10}{'vs decode':>11}{'startup s':>11}")
+    print(f"{'run':<28}{'workers':>8}{'seconds':>9}{'frames/s':>10}{'vs decode':>11}{'startup s':>11}"
+          f"{'work s':>8}{'work f/s':>10}")
     for w in args.workers:
         dec = best[("decode", w)]
         print(f"{'pure decode':<28}{w:>8}{dec:9.2f}{frames / dec:10.0f}{1.0:11.2f}{'':>11}")
@@ -146,7 +153,9 @@ def main() -> None:
                 startup = last_timings[key].get("driver", {}).get("startup")
                 label = f"curate {engine}" + ("" if code is None else " (baseline)")
                 startup_text = f"{startup:11.2f}" if startup is not None else f"{'':>11}"
-                print(f"{label:<28}{w:>8}{sec:9.2f}{frames / sec:10.0f}{dec / sec:11.2f}{startup_text}")
+                work = best_work.get(key)
+                work_text = f"{work:8.2f}{frames / work:10.0f}" if work else ""
+                print(f"{label:<28}{w:>8}{sec:9.2f}{frames / sec:10.0f}{dec / sec:11.2f}{startup_text}{work_text}")
     if "ray" in args.engines and "local" in args.engines:
         for w in args.workers:
             extra = best[("ray", w, CODE)] - best[("local", w, CODE)]
@@ -155,7 +164,10 @@ def main() -> None:
             lo, hi = min(args.workers), max(args.workers)
             for engine in args.engines:
                 speedup = best[(engine, lo, CODE)] / best[(engine, hi, CODE)]
-                print(f"{engine}: {hi} workers are {speedup:.2f}x as fast as {lo} (ideal {hi / lo:.0f}x)")
+                line = f"{engine}: {hi} workers are {speedup:.2f}x as fast as {lo} end to end (ideal {hi / lo:.0f}x)"
+                if (engine, lo, CODE) in best_work and (engine, hi, CODE) in best_work:
+                    line += f", {best_work[(engine, lo, CODE)] / best_work[(engine, hi, CODE)]:.2f}x after start-up"
+                print(line)
     local_key = ("local", max(args.workers), CODE)
     timings = last_timings.get(local_key, {})
     if timings:
