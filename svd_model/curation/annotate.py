@@ -9,7 +9,9 @@ per frame.
 With a :class:`FrameCapture` the same decode also keeps the exact RGB pictures of the frames the capture wants
 (the clips' keyframes), so no second decode reads them: the decoder deblocks (``fast`` off), each frame stays
 referenced until the cuts before it are final and the capture says whether it is wanted, and only the wanted
-ones are converted (as :func:`.frames_at.read_frames_at` converts, so the bytes are the same).
+ones are converted (as :func:`.frames_at.read_frames_at` converts, so the bytes are the same). A capture of
+reference frames (``FrameCapture.references``, H.264) holds only those (about half the frames of a stream with
+B-frames) and lets the decoder skip deblocking the others; :attr:`VideoAnnotation.reference` says which they are.
 """
 
 from __future__ import annotations
@@ -79,6 +81,10 @@ class VideoAnnotation:
     #: with a :class:`FrameCapture`: frame index -> exact RGB uint8 (H, W, 3) picture of the wanted frames that
     #: were captured (a wanted frame can be missing: the held frames' budget ran out, or the decode had errors)
     pictures: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    #: with ``references``: bool (num_frames,), True where the frame is an H.264 reference frame (other frames are
+    #: predicted from it; :class:`.decode.H264References`); None when not asked for or not known (other codecs,
+    #: no timestamps, interlaced frames): then every frame counts as one
+    reference: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def frames_per_second_processed(self) -> float:
@@ -96,13 +102,18 @@ class FrameCapture:
     ``budget_bytes``: the most decoded frames held while their fate is open (in a shot whose end is not final
     yet; about 0.6 MB per 576p frame, 3 MB per 1080p one); past it the oldest are let go, and a reader falls back
     to decoding those. Memory is this budget plus the wanted pictures. A video whose frames over the cut
-    detector's confirmation latency (its ``ring_size``, about 30 s of frames at 25 fps by default) would not fit
-    is not captured at all (with the default budget: frames up to about 576p).
+    detector's confirmation latency (its ``ring_size``, about 30 s of frames at 25 fps by default), or over the
+    whole video if it is shorter, would not fit is not captured at all (with the default budget: frames up to
+    about 576p; 1080p videos up to about 12 s with ``references``).
+    ``references``: only reference frames can be wanted (``wanted`` picks among the annotation's ``reference``
+    frames): the decode tracks them, holds only those (on H.264; counted as half the frames above) and skips
+    deblocking the others.
     """
 
     wanted: Callable[[VideoAnnotation], Collection[int]]
     max_side: int | None = 512
     budget_bytes: int = 512 * 2**20
+    references: bool = False
 
 
 class _Held:
@@ -116,8 +127,9 @@ class _Held:
         self.decided_before = 0
         self.dropped = 0  # frames let go for the budget, undecided
 
-    def add(self, index: int, frame: av.VideoFrame) -> None:
-        if index < self.decided_before:
+    def add(self, index: int, frame: av.VideoFrame, reference: bool | None = None, exact: bool = True) -> None:
+        """Hold ``frame`` (frame ``index``) while its fate is open; frames decoded inexactly are never held."""
+        if index < self.decided_before or not exact:
             return
         size = sum(plane.buffer_size for plane in frame.planes)
         self.frames[index] = (frame, size)
@@ -149,6 +161,7 @@ def annotate_video(
     threads: int = 1,
     fast: bool = True,
     capture: FrameCapture | None = None,
+    references: bool = False,
 ) -> VideoAnnotation:
     """Decode ``path`` once and detect cuts, fades, dissolves and 2-fps motion.
 
@@ -160,6 +173,8 @@ def annotate_video(
         fast: skip H.264/HEVC deblocking while decoding (see :mod:`.decode`); about 20-40% faster. Ignored (off)
             with ``capture``, whose pictures must be exact.
         capture: keep the exact RGB pictures of the frames it wants (:attr:`VideoAnnotation.pictures`).
+        references: tell which frames are H.264 reference frames (:attr:`VideoAnnotation.reference`); implied by a
+            capture of reference frames.
 
     Raises:
         InputError: missing, empty, unreadable, audio-only, unsupported or oversized file; no decodable frame.
@@ -191,14 +206,25 @@ def annotate_video(
     def events() -> list[tuple[int, int, bool]]:
         return [(e.start, e.end, e.kind == "hard") for e in detector.pending()]
 
-    if capture is not None and info.coded_width * info.coded_height * 3 // 2 * ring_size > capture.budget_bytes:
-        # the frames of the detector's confirmation latency alone would not fit: the keyframes are read later
+    # the most frames held at once: those of the detector's confirmation latency, or of a shorter video; a capture
+    # of reference frames holds about half of them (H.264 with B-frames; the budget lets go of any excess)
+    held_max = min(ring_size, info.frame_count) if info.frame_count > 0 else ring_size
+    held_max = held_max // 2 if capture is not None and capture.references else held_max
+    if capture is not None and info.coded_width * info.coded_height * 3 // 2 * held_max > capture.budget_bytes:
+        # they would not fit: the keyframes are read later
         logger.info("%s: %dx%d frames over %d frames of cut latency exceed the capture budget (%d MiB); not "
-                    "capturing keyframes", info.path, info.coded_width, info.coded_height, ring_size,
+                    "capturing keyframes", info.path, info.coded_width, info.coded_height, held_max,
                     capture.budget_bytes >> 20)
         capture = None
     held = _Held(capture, info) if capture is not None else None
     last_cut = 0  # with capture: the frame of the last cut final so far (the frames before it are decided)
+    track_refs = references or (capture is not None and capture.references)
+    ref_flags: list[bool | None] = []  # per decoded frame, with track_refs: reference frame (None: unknown)
+
+    def on_frame(index: int, frame: av.VideoFrame, reference: bool | None, exact: bool) -> None:
+        ref_flags.append(reference)
+        if held is not None:
+            held.add(index, frame, reference, exact)
 
     def decide_final() -> None:
         """Frames before the last cut that is final now: their clips are known, so whether they are wanted."""
@@ -210,11 +236,12 @@ def annotate_video(
         if not final or final[-1].frame <= last_cut:
             return
         last_cut = final[-1].frame
-        partial = _annotation(info, fps, times[:n], tuple(final), stats)
+        partial = _annotation(info, fps, times[:n], tuple(final), stats, reference=_reference(ref_flags, n))
         held.decide(last_cut, set(capture.wanted(partial)))
 
     chunks = luma_chunks(info, geometry, stats, chunk=CHUNK, threads=threads, fast=fast and capture is None,
-                         chroma=True, chroma_step=fb, on_frame=held.add if held is not None else None)
+                         chroma=True, chroma_step=fb, on_frame=on_frame if held is not None or track_refs else None,
+                         references=track_refs, noref=held is not None and capture.references)
     t_cuts = t_motion = 0.0  # per-stage seconds (perf_counter); decode is the rest of the annotation time
     for chunk_times, lumas, uv in chunks:
         c = len(chunk_times)
@@ -250,7 +277,8 @@ def annotate_video(
     note = damage_note(info, stats)
     seconds = time.perf_counter() - t_start
     stages = {"decode": max(0.0, seconds - t_cuts - t_motion), "cuts": t_cuts, "motion": t_motion}
-    ann = _annotation(info, fps, times, tuple(cuts), stats, note=note, stages=stages, pairs=pairs, seconds=seconds)
+    ann = _annotation(info, fps, times, tuple(cuts), stats, note=note, stages=stages, pairs=pairs, seconds=seconds,
+                      reference=_reference(ref_flags, n) if track_refs else None)
     if held is not None:
         wanted = set(capture.wanted(ann))
         held.decide(n, wanted)
@@ -263,11 +291,19 @@ def annotate_video(
     return ann
 
 
+def _reference(flags: list[bool | None], n: int) -> np.ndarray | None:
+    """The first ``n`` reference flags as a bool (n,) array (unknown: False); None when none is known."""
+    if not any(f is not None for f in flags[:n]):
+        return None
+    return np.array([f is True for f in flags[:n]], bool)
+
+
 def _annotation(info: VideoInfo, fps: float, times: np.ndarray, cuts: tuple[Cut, ...], stats: DecodeStats, *,
                 note: str = "", stages: dict[str, float] | None = None, pairs: np.ndarray | None = None,
-                seconds: float = 0.0) -> VideoAnnotation:
+                seconds: float = 0.0, reference: np.ndarray | None = None) -> VideoAnnotation:
     """The annotation of the frames at ``times`` (pts s) with ``cuts``; ``pairs``: (k, 5) motion sample pairs
-    (frame a, frame b, time a, time b, magnitude), None = none; ``seconds``: the annotation's wall time."""
+    (frame a, frame b, time a, time b, magnitude), None = none; ``seconds``: the annotation's wall time;
+    ``reference``: see :attr:`VideoAnnotation.reference`."""
     n = len(times)
     pairs = np.zeros((0, 5), np.float64) if pairs is None else pairs
     duration = float(times[-1] - times[0] + (times[-1] - times[-2] if n > 1 else 1.0 / fps)) if n else 0.0
@@ -277,4 +313,5 @@ def _annotation(info: VideoInfo, fps: float, times: np.ndarray, cuts: tuple[Cut,
         frame_times=times, cuts=cuts, motion_times=pairs[:, 2].copy(), motion_magnitudes=pairs[:, 4].copy(),
         motion_frames=pairs[:, :2].astype(np.int64), frames_decoded=stats.frames, decode_seconds=seconds,
         decode_errors=stats.errors, truncated=bool(note), note=note, codec=info.codec, stage_seconds=stages or {},
+        reference=reference,
     )  # fmt: skip

@@ -13,6 +13,12 @@ must be independent of resolution and pixel shape.
 ``fast=True`` sets FFmpeg's ``skip_loop_filter=all`` (H.264/HEVC decoders skip deblocking): 20-40% faster
 decoding, slightly blockier pixels, irrelevant for cut and motion analysis on thumbnails. RGB frames from
 :func:`.frames_at.read_frames_at` always decode exactly.
+
+Reference frames (H.264): :class:`.h264_refs.H264References` reads each packet's ``nal_ref_idc`` (no decoding), so
+:func:`luma_chunks` can tell, per decoded frame, whether other frames are predicted from it. With ``noref=True``
+the decoder skips deblocking only on the non-reference frames (``skip_loop_filter=noref``): nothing is predicted
+from them, so every reference frame still decodes exactly, bit for bit, and the cheap frames (most B-frames) get
+cheaper still (about 13% of the decode on the broadcast sample).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from ..media.probe import (
     size_error,
     undecodable_error,
 )
+from .h264_refs import H264References
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +141,9 @@ def luma_geometry(info: VideoInfo, max_width: int) -> LumaGeometry:
     return LumaGeometry(stride, (w, h), (dw / w, dh / h), (info.width, info.height))
 
 
-def configure_stream(stream: av.video.stream.VideoStream, threads: int, fast: bool) -> None:
+def configure_stream(stream: av.video.stream.VideoStream, threads: int, fast: bool, noref: bool = False) -> None:
+    """Decoder threads; ``fast``: no deblocking (H.264 / HEVC); ``noref``: no deblocking of H.264 non-reference
+    frames only (see :class:`H264References`; ignored with ``fast``)."""
     if threads == 1:
         stream.thread_count = 1
     else:
@@ -142,6 +151,8 @@ def configure_stream(stream: av.video.stream.VideoStream, threads: int, fast: bo
         stream.thread_count = max(0, threads)
     if fast and stream.codec_context.name in ("h264", "hevc"):
         stream.codec_context.options = {"skip_loop_filter": "all"}
+    elif noref and stream.codec_context.name == "h264":
+        stream.codec_context.options = {"skip_loop_filter": "noref"}
 
 
 _LITTLE = sys.byteorder == "little"
@@ -210,16 +221,21 @@ def luma_chunks(
     end_time: float | None = None,
     chroma: bool = False,
     chroma_step: int = 1,
-    on_frame: Callable[[int, av.VideoFrame], None] | None = None,
+    on_frame: Callable[[int, av.VideoFrame, bool | None, bool], None] | None = None,
+    references: bool = False,
+    noref: bool = False,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
     """Decode and yield ``(times (c,) float64 s, luma (c, h, w) uint8, chroma)`` chunks of ``chunk`` frames.
 
     ``chroma`` (when asked for and the pixel format is planar YUV): uint8 (c, 2, hc, wc), the U and V planes
     strided to about the luma thumbnail's size divided by ``chroma_step``; else None. The arrays are reused
     between chunks: copy what must outlive the next iteration. ``times`` come from the frames' pts (decode
-    count / fps without pts). ``on_frame(index, frame)`` (optional) sees every decoded frame that is yielded,
-    before its chunk is (``index`` counts yielded frames from 0), e.g. to keep a few exact pictures while
-    analysing (:class:`.annotate.FrameCapture`).
+    count / fps without pts). ``on_frame(index, frame, reference, exact)`` (optional) sees every decoded frame
+    that is yielded, before its chunk is (``index`` counts yielded frames from 0), e.g. to keep a few exact
+    pictures while analysing (:class:`.annotate.FrameCapture`): ``reference`` is whether it is an H.264
+    reference frame (with ``references``, see :class:`H264References`; None where unknown: other codecs, frames
+    without pts, interlaced frames), ``exact`` whether its pixels are the exact decode (not with ``fast``; with
+    ``noref``, where H.264 non-reference frames are not deblocked, only the frames known to be references).
     """
     stride = geometry.stride
     w, h = geometry.size
@@ -232,7 +248,17 @@ def luma_chunks(
         stream = pick_video_stream(container)
         if stream is None:  # pragma: no cover - open_info checked
             return
-        configure_stream(stream, threads, fast)
+        refs = H264References.of(stream) if references and info.container != "h264" else None  # raw: no pts
+        noref = noref and refs is not None and not fast
+        configure_stream(stream, threads, fast, noref)
+        ref_of: dict[int, bool | None] = {}  # packet pts -> whether it codes a reference picture
+
+        def note_packet(packet: av.Packet | None) -> None:
+            if refs is not None and packet is not None and packet.pts is not None and packet.size:
+                ref_of[packet.pts] = refs.packet(packet)
+
+        frames = decoded_frames(container, stream, stats) if refs is None else packet_frames(
+            container, stream, stats, note_packet)
         tb = float(stream.time_base or Fraction(1, 1))
         fps = float(info.fps)
         if start_time:
@@ -241,7 +267,7 @@ def luma_chunks(
         hi = math.inf if end_time is None else end_time - 0.25 / fps
         n = 0
         count = 0  # frames yielded so far (the index on_frame gets)
-        for frame in decoded_frames(container, stream, stats):
+        for frame in frames:
             stamp = frame.pts
             t = stamp * tb if stamp is not None else stats.frames / fps
             stats.frames += 1
@@ -267,7 +293,9 @@ def luma_chunks(
             pts[n] = t
             stats.last_time = t
             if on_frame is not None:
-                on_frame(count, frame)
+                ref = ref_of.pop(stamp, None) if refs is not None and stamp is not None else None
+                ref = None if ref and frame.interlaced_frame else ref  # a field's slices may sit in another packet
+                on_frame(count, frame, ref, not fast and (not noref or ref is True))
             count += 1
             n += 1
             if n == chunk:

@@ -41,7 +41,7 @@ from .captioner_registry import CaptionerRegistry, default_registry
 from .dedup import DEDUP_JSON
 from .manifest import FILTERED_NAME, MANIFEST_DIR, TIMINGS_NAME, ManifestWriter, completed, crash_point
 from .pipeline import STAGES, curate_video
-from .records import CurationConfig, VideoRef, VideoResult, error_text, status_record
+from .records import KEYFRAME_SOURCES, CurationConfig, VideoRef, VideoResult, error_text, status_record
 
 log = logging.getLogger(__name__)
 
@@ -455,8 +455,13 @@ def _check_config(out: Path, config: CurationConfig, resume: bool) -> None:
     if path.is_file():
         stored = json.loads(path.read_text(encoding="utf-8"))
         if resume and stored.get("config_hash") != data["config_hash"]:
+            was = (stored.get("config") or {}).get("keyframe_source", "exact")
+            hint = (f" (it used keyframe_source={was!r}: add --set keyframe_source={was})"
+                    if was in KEYFRAME_SOURCES and was != config.keyframe_source
+                    and config.replace(keyframe_source=was).hash()
+                    == stored.get("config_hash") else "")
             raise ConfigError(f"{out} was curated with another configuration (hash {stored.get('config_hash')}, now "
-                              f"{data['config_hash']}); resume with the same settings, or use a new --out folder")
+                              f"{data['config_hash']}){hint}; resume with the same settings, or use a new --out folder")
     write_text_atomic(json.dumps(data, indent=1), path)
 
 

@@ -88,8 +88,9 @@ def _score(kind: Any, value: Any) -> float | None:
 def annotate_video(ref: VideoRef, config: CurationConfig) -> VideoAnnotation:
     """Decode once: cuts, fades, motion, and the exact keyframe pictures when the config needs them (see
     records.keyframe_capture). Raises InputError for files that are not usable videos."""
+    references = config.needs_keyframes and config.keyframe_source == "reference"  # known even when not captured
     return annotate.annotate_video(ref.source, config.cut, config.motion, threads=config.threads,
-                                   capture=keyframe_capture(config))
+                                   capture=keyframe_capture(config), references=references)
 
 
 def split_records(ref: VideoRef, ann: VideoAnnotation, config: CurationConfig) -> list[ClipRecord]:

@@ -39,7 +39,10 @@ Row = dict[str, Any]
 PIPELINE_VERSION = "1"
 CLIP_MODES = ("none", "auto", "copy", "reencode")
 KEYFRAME_KINDS = ("first", "middle", "last")
-KEYFRAME_SOURCES = ("exact", "intra")
+KEYFRAME_SOURCES = ("exact", "intra", "reference")
+#: 'reference' keyframes: the reference frame nearest to each exact keyframe, at most this many frames away
+#: (x264's B-frame patterns put one every 2-4 frames) and inside the clip; else the exact frame.
+REFERENCE_MAX_SHIFT = 4
 
 
 #: CurationConfig fields that change how a run goes, not its rows: left out of the config hash.
@@ -61,8 +64,13 @@ class CurationConfig:
     keyframe_source: 'exact' (the frames at the clip's first / middle / last times, decoded from the source
     keyframe before each) or 'intra' (each from the nearest intra frame inside the clip within
     max(0.5 s, 10 % of the clip), decoded alone by seeking; the exact frame where there is none; the times used
-    in the row's ``extra`` as ``keyframe_times`` and ``keyframe_intra``). Hashed only when not 'exact', so
-    manifests from before the option keep their hash.
+    in the row's ``extra`` as ``keyframe_times`` and ``keyframe_intra``) or 'reference' (H.264: each the reference
+    frame, one other frames are predicted from, nearest to the exact frame inside the clip, at most
+    REFERENCE_MAX_SHIFT frames away, else the exact frame; other codecs: the exact frames; the times used in
+    ``extra`` as ``keyframe_times``): the analysis decode then holds only reference frames and skips deblocking
+    the others, which are never keyframes (:class:`.annotate.FrameCapture`), so 'reference' curates faster than
+    'exact' with the same kind of frames, decoded exactly, one or two frames away. Hashed only when not 'exact',
+    so manifests from before the option keep their hash.
     write_clips: 'none', or write each clip as a file: 'copy' (stream copy, keyframe-snapped), 'reencode'
     (frame-exact), 'auto'; write_keyframes: JPEGs of the keyframes; save_embeddings: the CLIP embeddings.
     perceptual_hash: a 64-bit DCT hash of each clip's middle keyframe in ``extra`` (dedup.py's model-free
@@ -90,7 +98,7 @@ class CurationConfig:
     captioners: tuple[str, ...] = ()
     keyframes: tuple[str, ...] = KEYFRAME_KINDS
     keyframe_max_side: int = 512
-    keyframe_source: str = "exact"
+    keyframe_source: str = "reference"
     write_clips: str = "none"
     write_keyframes: bool = False
     save_embeddings: bool = False
@@ -274,16 +282,37 @@ def error_text(exc: BaseException) -> str:
 def keyframe_capture(config: CurationConfig) -> FrameCapture | None:
     """What the analysis decode should keep so that :class:`KeyframeCache` decodes nothing again: the exact
     pictures of every clip's keyframes (``config.keyframes`` of the clips of :func:`clips.split_spans`), when the
-    config needs keyframes from the 'exact' source; else None (the 'intra' source reads its own frames)."""
-    if not config.needs_keyframes or config.keyframe_source != "exact" or not config.keyframe_capture_mib:
+    config needs keyframes from the 'exact' or 'reference' source; else None (the 'intra' source reads its own
+    frames)."""
+    if not config.needs_keyframes or config.keyframe_source == "intra" or not config.keyframe_capture_mib:
         return None
     which, split = tuple(config.keyframes), config.split
+    references = config.keyframe_source == "reference"
 
     def wanted(ann: VideoAnnotation) -> set[int]:
         spans = [s for s in clips.split_spans(ann, split) if not s.drop]
+        if references:
+            return {i for s in spans for i in keyframe_indices(ann, s, which, references=True)}
         return set(_frame_indices(ann, [t for s in spans for t in clips.keyframe_times(s, which)]).tolist())
 
-    return FrameCapture(wanted, config.keyframe_max_side or None, config.keyframe_capture_mib * 2**20)
+    return FrameCapture(wanted, config.keyframe_max_side or None, config.keyframe_capture_mib * 2**20, references)
+
+
+def keyframe_indices(ann: VideoAnnotation, span: ClipSpan, which: Sequence[str], references: bool = False) -> list[int]:
+    """The frame index of each ``which`` keyframe of ``span``: the frame shown at its exact time, or with
+    ``references`` the reference frame nearest to it (:attr:`VideoAnnotation.reference`; the earlier of two as
+    near) inside the span and at most REFERENCE_MAX_SHIFT frames away; the exact frame where there is none or the
+    annotation does not know its reference frames."""
+    exact = _frame_indices(ann, clips.keyframe_times(span, which)).tolist()
+    ref = getattr(ann, "reference", None)
+    if not references or ref is None:
+        return exact
+    out = []
+    for e in exact:
+        lo, hi = max(span.start_frame, e - REFERENCE_MAX_SHIFT), min(span.end_frame - 1, e + REFERENCE_MAX_SHIFT)
+        near = [j for j in range(lo, hi + 1) if j < len(ref) and ref[j]]
+        out.append(min(near, key=lambda j: (abs(j - e), j)) if near else e)
+    return out
 
 
 def _frame_indices(ann: VideoAnnotation, times: Sequence[float]) -> np.ndarray:
@@ -303,6 +332,7 @@ class KeyframeCache:
         self.which = tuple(config.keyframes)
         self.max_side = config.keyframe_max_side or None
         self.intra = config.keyframe_source == "intra"
+        self.references = config.keyframe_source == "reference"
         self._frames: dict[str, list[np.ndarray]] = {}
         self._intra_times: dict[str, np.ndarray] = {}  # source -> its intra frames' pts (s), one demux pass each
 
@@ -331,6 +361,9 @@ class KeyframeCache:
         source the pts used and which were intra frames go to each row's ``extra``."""
         source = todo[0].source
         exact = [t for r in todo for t in clips.keyframe_times(r.span, self.which)]
+        if self.references and getattr(todo[0].annotation, "reference", None) is not None:
+            ann = todo[0].annotation  # the chosen reference frames' times (the exact frames where there are none)
+            exact = [float(ann.frame_times[i]) for r in todo for i in keyframe_indices(ann, r.span, self.which, True)]
         chosen: list[float | None] = [None] * len(exact)
         if self.intra:
             if source not in self._intra_times:
@@ -361,6 +394,11 @@ class KeyframeCache:
                                                                frame_times=frame_times), strict=True):
             flat[i] = frame
         k = len(self.which)
+        if self.references:
+            for n, rec in enumerate(todo):
+                extra = json.loads(rec.row.get("extra") or "{}")
+                extra["keyframe_times"] = [float(exact[i]) for i in range(n * k, (n + 1) * k)]
+                rec.row["extra"] = json.dumps(extra)
         if self.intra:
             for n, rec in enumerate(todo):
                 extra = json.loads(rec.row.get("extra") or "{}")

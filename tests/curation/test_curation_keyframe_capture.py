@@ -28,7 +28,7 @@ def _exact(path, ann, config):
 
 def test_captured_pictures_equal_exact_reads_and_cuts_match(tmp_path):
     path = _video(tmp_path)
-    config = CurationConfig(keyframe_max_side=128)
+    config = CurationConfig(keyframe_max_side=128, keyframe_source="exact")
     ann = annotate.annotate_video(path, config.cut, config.motion, capture=keyframe_capture(config))
     plain = annotate.annotate_video(path, config.cut, config.motion)
     assert [c.frame for c in ann.cuts] == [c.frame for c in plain.cuts] and len(ann.cuts) == 2
@@ -45,7 +45,7 @@ def test_captured_pictures_equal_exact_reads_and_cuts_match(tmp_path):
 
 def test_cache_uses_captured_pictures_without_decoding(tmp_path, monkeypatch):
     path = _video(tmp_path)
-    config = CurationConfig(keyframe_max_side=128)
+    config = CurationConfig(keyframe_max_side=128, keyframe_source="exact")
     ref = VideoRef.of(path, tmp_path)
     ann = pipeline.annotate_video(ref, config)
     records = [r for r in pipeline.split_records(ref, ann, config) if r.ok]
@@ -76,7 +76,7 @@ def test_cache_uses_captured_pictures_without_decoding(tmp_path, monkeypatch):
 
 def test_budget_bounds_what_is_held(tmp_path):
     path = _video(tmp_path)
-    config = CurationConfig(keyframe_max_side=128)
+    config = CurationConfig(keyframe_max_side=128, keyframe_source="exact")
     capture = keyframe_capture(config)
     frame_bytes = 160 * 96 * 3 // 2
     # too small for the detector's latency: no capture at all (the keyframes are read later)

@@ -49,10 +49,14 @@ def test_selection_inside_clip_within_tolerance_and_distinct():
 
 def test_config_option_validated_and_hashed():
     base = CurationConfig()
-    assert base.keyframe_source == "exact"
+    assert base.keyframe_source == "reference"  # the default since reference keyframes exist
+    exact = base.replace(keyframe_source="exact")
     intra = base.replace(keyframe_source="intra")
-    assert intra.hash() != base.hash()
+    assert len({exact.hash(), intra.hash(), base.hash()}) == 3
     assert CurationConfig.from_dict({"keyframe_source": "intra"}).hash() == intra.hash()
+    # 'exact' keeps the hash the default config had before the option existed (and before 'reference' became the
+    # default, commit b7bf0b4): manifests from then resume with --set keyframe_source=exact
+    assert exact.hash() == "9439d3f0d049"
     with pytest.raises(ConfigError, match="keyframe_source"):
         CurationConfig(keyframe_source="nearest")
 
