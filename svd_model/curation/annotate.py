@@ -82,7 +82,7 @@ class VideoAnnotation:
     #: were captured (a wanted frame can be missing: the held frames' budget ran out, or the decode had errors)
     pictures: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
     #: with ``references``: bool (num_frames,), True where the frame is an H.264 reference frame (other frames are
-    #: predicted from it; :class:`.decode.H264References`); None when not asked for or not known (other codecs,
+    #: predicted from it; :class:`.h264_refs.H264References`); None when not asked for or not known (other codecs,
     #: no timestamps, interlaced frames): then every frame counts as one
     reference: np.ndarray | None = field(default=None, repr=False)
 

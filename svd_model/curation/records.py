@@ -64,13 +64,13 @@ class CurationConfig:
     keyframe_source: 'exact' (the frames at the clip's first / middle / last times, decoded from the source
     keyframe before each) or 'intra' (each from the nearest intra frame inside the clip within
     max(0.5 s, 10 % of the clip), decoded alone by seeking; the exact frame where there is none; the times used
-    in the row's ``extra`` as ``keyframe_times`` and ``keyframe_intra``) or 'reference' (H.264: each the reference
-    frame, one other frames are predicted from, nearest to the exact frame inside the clip, at most
-    REFERENCE_MAX_SHIFT frames away, else the exact frame; other codecs: the exact frames; the times used in
-    ``extra`` as ``keyframe_times``): the analysis decode then holds only reference frames and skips deblocking
-    the others, which are never keyframes (:class:`.annotate.FrameCapture`), so 'reference' curates faster than
-    'exact' with the same kind of frames, decoded exactly, one or two frames away. Hashed only when not 'exact',
-    so manifests from before the option keep their hash.
+    in the row's ``extra`` as ``keyframe_times`` and ``keyframe_intra``) or 'reference' (the default; H.264: the
+    reference frame, one that other frames are predicted from, nearest to each exact keyframe inside the clip and
+    at most REFERENCE_MAX_SHIFT frames away, else the exact frame; other codecs: the exact frames; the times used
+    in ``extra`` as ``keyframe_times``). With 'reference' the analysis decode holds only reference frames and skips
+    deblocking the others, which are never keyframes (:class:`.annotate.FrameCapture`): faster than 'exact', with
+    pictures decoded just as exactly, a frame or two from the exact ones. Hashed only when not 'exact', so
+    manifests from before the option (and before 'reference' became the default) keep their hash.
     write_clips: 'none', or write each clip as a file: 'copy' (stream copy, keyframe-snapped), 'reencode'
     (frame-exact), 'auto'; write_keyframes: JPEGs of the keyframes; save_embeddings: the CLIP embeddings.
     perceptual_hash: a 64-bit DCT hash of each clip's middle keyframe in ``extra`` (dedup.py's model-free
@@ -325,8 +325,8 @@ def _frame_indices(ann: VideoAnnotation, times: Sequence[float]) -> np.ndarray:
 
 class KeyframeCache:
     """Keyframes (RGB uint8 (H, W, 3) each) per clip id, decoded on first use, from ``config.keyframe_source``;
-    with the 'exact' source the pictures the analysis decode captured (VideoAnnotation.pictures, see
-    :func:`keyframe_capture`) are used as they are and only the others are decoded."""
+    with the 'exact' and 'reference' sources the pictures the analysis decode captured (VideoAnnotation.pictures,
+    see :func:`keyframe_capture`) are used as they are and only the others are decoded."""
 
     def __init__(self, config: CurationConfig) -> None:
         self.which = tuple(config.keyframes)
@@ -357,8 +357,9 @@ class KeyframeCache:
             self._frames[rec.clip_id] = clip_frames
 
     def _read(self, todo: Sequence[ClipRecord], threads: int) -> list[list[np.ndarray]]:
-        """The keyframes of ``todo`` (clips of one video), per clip in ``self.which`` order. With the 'intra'
-        source the pts used and which were intra frames go to each row's ``extra``."""
+        """The keyframes of ``todo`` (clips of one video), per clip in ``self.which`` order. With the 'reference'
+        source the pts used, and with the 'intra' source also which were intra frames, go to each row's
+        ``extra``."""
         source = todo[0].source
         exact = [t for r in todo for t in clips.keyframe_times(r.span, self.which)]
         if self.references and getattr(todo[0].annotation, "reference", None) is not None:
