@@ -31,6 +31,11 @@ def _rgb(frame: av.VideoFrame, info: VideoInfo, max_side: int | None) -> np.ndar
     return np.ascontiguousarray(arr)
 
 
+#: Where read_frames_at seeks for a time: at it (backward to the keyframe before, where the demuxer knows them),
+#: then, when no frame at or before the time decodes from there, 2 s and 10 s earlier, then from the start.
+SEEK_BACK_S: tuple[float | None, ...] = (0.0, 2.0, 10.0, None)
+
+
 class _SeekProbe:
     """Where a backward seek to a time would land: the pts (stream ticks) of the first packet after seeking a
     second, demux-only container (nothing is decoded), so the decoding container keeps its position. Opened
@@ -102,22 +107,29 @@ def read_frames_at(
         for i in order:
             t = float(times[i])
             target = math.floor((t + eps) / tb)  # pts ticks of the latest frame that counts as shown at t
-            if frames is None or _seek_ahead(probe, target, tb, t, nxt or cur, eps):
-                container.seek(max(0, target), stream=stream, backward=True)
-                frames = decoded_frames(container, stream, stats) if keep is None else _skipping(
-                    container, stream, stats, keep)
-                cur, nxt = None, None
-                stats.seeks += 1
-            while nxt is None or nxt[0] <= t + eps:
-                if nxt is not None:
-                    cur, nxt = nxt, None
-                frame = next(frames, None)
-                if frame is None:
-                    break  # end of stream: the last frame holds
-                stats.frames += 1
-                ft = frame.pts * tb if frame.pts is not None else (cur[0] if cur else 0.0) + 1 / float(info.fps)
-                nxt = (ft, frame)
-            chosen = cur or nxt  # before the first frame: the first frame
+            seek = frames is None or _seek_ahead(probe, target, tb, t, nxt or cur, eps)
+            for back in SEEK_BACK_S if seek else (0.0,):
+                if seek:  # ``back`` s before the target (None: from the start)
+                    container.seek(0 if back is None else max(0, target - round(back / tb)), stream=stream,
+                                   backward=True)
+                    frames = decoded_frames(container, stream, stats) if keep is None else _skipping(
+                        container, stream, stats, keep)
+                    cur, nxt = None, None
+                    stats.seeks += 1
+                while nxt is None or nxt[0] <= t + eps:
+                    if nxt is not None:
+                        cur, nxt = nxt, None
+                    frame = next(frames, None)
+                    if frame is None:
+                        break  # end of stream: the last frame holds
+                    stats.frames += 1
+                    ft = frame.pts * tb if frame.pts is not None else (cur[0] if cur else 0.0) + 1 / float(info.fps)
+                    nxt = (ft, frame)
+                if cur is not None or not seek:
+                    break
+                # nothing decoded at or before t after the seek: it landed past t or on a frame that needs earlier
+                # ones (MPEG-TS seeks to any packet, and the decoder waits for the next keyframe): seek further back
+            chosen = cur or nxt  # before the first frame (even seeking from the start): the first frame
             if chosen is None:
                 raise InputError(f"no decodable frame near t={t:.3f}s in {info.path}")
             out[i] = _rgb(chosen[1], info, max_side)

@@ -162,3 +162,25 @@ def test_old_manifests_resume_with_a_hint(tmp_path):
                      resume=True)
     summary = run_curation(tmp_path / "in", tmp_path / "out", old, engine="inline", resume=True)
     assert summary.skipped == 1
+
+
+@pytest.mark.parametrize("ext", ["ts", "mkv"])  # Annex B packets (MPEG-TS), length-prefixed ones (Matroska)
+def test_other_containers_tell_the_same_reference_frames(tmp_path, ext):
+    source = _h264(tmp_path)
+    path = tmp_path / f"v.{ext}"
+    with av.open(str(source)) as src, av.open(str(path), "w") as dst:
+        stream = src.streams.video[0]
+        out = dst.add_stream_from_template(stream)
+        for packet in src.demux(stream):
+            if packet.dts is not None:
+                packet.stream = out
+                dst.mux(packet)
+    config = CurationConfig(keyframe_max_side=128)
+    ann = annotate.annotate_video(path, config.cut, config.motion, capture=keyframe_capture(config))
+    with av.open(str(path)) as container:
+        pts = sorted(frame.pts for frame in container.decode(video=0))
+    refs = _nonref_skipped(path)
+    assert ann.reference is not None and ann.reference.tolist() == [p in refs for p in pts]
+    wanted = sorted(ann.pictures)
+    exact = frames_at.read_frames_at(path, [float(ann.frame_times[i]) for i in wanted], max_side=128)
+    assert wanted and all(np.array_equal(ann.pictures[i], e) for i, e in zip(wanted, exact, strict=True))

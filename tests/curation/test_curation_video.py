@@ -139,6 +139,30 @@ def test_read_frames_at_decodes_each_stretch_once(source, tmp_path, monkeypatch)
         assert stats.seeks > 1
 
 
+def test_read_frames_at_in_mpeg_ts_where_seeks_land_between_keyframes(tmp_path):
+    """MPEG-TS seeks land on any packet, and the decoder shows nothing until the next keyframe: each time still
+    gets the frame shown then (the one a straight decode gives), never a later frame, up to the very last."""
+    source = tmp_path / "v.mp4"
+    make_video(source, shots=(60, 75, 55), size=(96, 64), motion=(2.0, 3.0, 1.0), gop=30, seed=3)
+    path = tmp_path / "v.ts"
+    with av.open(str(source)) as src, av.open(str(path), "w") as dst:
+        out = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(video=0):
+            if packet.dts is not None:
+                packet.stream = out
+                dst.mux(packet)
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        decoded = sorted(((float(f.pts * stream.time_base), f.to_ndarray(format="rgb24")) for f in
+                          container.decode(stream)), key=lambda x: x[0])
+    picks = [0, 10, 50, 101, 152, 170, len(decoded) - 2, len(decoded) - 1]
+    for k in picks:  # one call per time: every read starts with a seek
+        got = read_frames_at(path, [decoded[k][0]])[0]
+        assert np.array_equal(got, decoded[k][1]), k
+    together = read_frames_at(path, [decoded[k][0] for k in picks])
+    assert all(np.array_equal(a, decoded[k][1]) for a, k in zip(together, picks, strict=True))
+
+
 def test_variable_frame_rate_timestamps(tmp_path):
     rng = np.random.default_rng(0)
     steps = rng.choice([1 / 50, 1 / 25, 1 / 12.5], size=79)
