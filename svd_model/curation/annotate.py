@@ -127,7 +127,7 @@ class _Held:
         self.decided_before = 0
         self.dropped = 0  # frames let go for the budget, undecided
 
-    def add(self, index: int, frame: av.VideoFrame, reference: bool | None = None, exact: bool = True) -> None:
+    def add(self, index: int, frame: av.VideoFrame, exact: bool = True) -> None:
         """Hold ``frame`` (frame ``index``) while its fate is open; frames decoded inexactly are never held."""
         if index < self.decided_before or not exact:
             return
@@ -224,7 +224,7 @@ def annotate_video(
     def on_frame(index: int, frame: av.VideoFrame, reference: bool | None, exact: bool) -> None:
         ref_flags.append(reference)
         if held is not None:
-            held.add(index, frame, reference, exact)
+            held.add(index, frame, exact)
 
     def decide_final() -> None:
         """Frames before the last cut that is final now: their clips are known, so whether they are wanted."""

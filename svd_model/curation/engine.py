@@ -177,10 +177,6 @@ def _init_worker(config: dict[str, Any], out_dir: str, registry: dict[str, Any] 
     workers_mod.init_worker(config, out_dir, registry, driver_pid)
 
 
-def _work(path: str, root: str) -> VideoResult:
-    return workers_mod.work(path, root)
-
-
 class _RayCurator:
     """A Ray actor (``ray.remote(num_cpus=1)`` at run time): one warm curation worker, initialised once (config,
     models), then video after video; results travel as JSON text (nothing is unpickled in the driver)."""
@@ -191,7 +187,7 @@ class _RayCurator:
     def curate(self, path: str, root: str) -> str:
         with workers_mod.alarm(_WORKER["config"].video_timeout):  # sync actors run tasks in the main thread
             try:
-                result = _work(path, root)
+                result = workers_mod.work(path, root)
             except workers_mod.VideoTimeout:
                 result = workers_mod.timed_out_result(path, root, _WORKER["config"])
         return _to_json(result)

@@ -291,9 +291,7 @@ def keyframe_capture(config: CurationConfig) -> FrameCapture | None:
 
     def wanted(ann: VideoAnnotation) -> set[int]:
         spans = [s for s in clips.split_spans(ann, split) if not s.drop]
-        if references:
-            return {i for s in spans for i in keyframe_indices(ann, s, which, references=True)}
-        return set(_frame_indices(ann, [t for s in spans for t in clips.keyframe_times(s, which)]).tolist())
+        return {i for s in spans for i in keyframe_indices(ann, s, which, references)}
 
     return FrameCapture(wanted, config.keyframe_max_side or None, config.keyframe_capture_mib * 2**20, references)
 
@@ -395,17 +393,13 @@ class KeyframeCache:
                                                                frame_times=frame_times), strict=True):
             flat[i] = frame
         k = len(self.which)
-        if self.references:
-            for n, rec in enumerate(todo):
-                extra = json.loads(rec.row.get("extra") or "{}")
-                extra["keyframe_times"] = [float(exact[i]) for i in range(n * k, (n + 1) * k)]
-                rec.row["extra"] = json.dumps(extra)
-        if self.intra:
+        if self.references or self.intra:  # the times used (for 'reference', ``exact`` holds them already)
             for n, rec in enumerate(todo):
                 extra = json.loads(rec.row.get("extra") or "{}")
                 extra["keyframe_times"] = [float(chosen[i] if chosen[i] is not None else exact[i])
                                            for i in range(n * k, (n + 1) * k)]
-                extra["keyframe_intra"] = [chosen[i] is not None for i in range(n * k, (n + 1) * k)]
+                if self.intra:
+                    extra["keyframe_intra"] = [chosen[i] is not None for i in range(n * k, (n + 1) * k)]
                 rec.row["extra"] = json.dumps(extra)
         return [[f for f in flat[n * k : (n + 1) * k] if f is not None] for n in range(len(todo))]
 

@@ -35,7 +35,7 @@ from ..fsutil import pid_alive
 if TYPE_CHECKING:
     from .records import CurationConfig, VideoResult
 
-# The pipeline (av, cv2, pyarrow, ...) is imported where a worker needs it, not with this module: the CLI imports
+# The pipeline (av, cv2, numpy, ...) is imported where a worker needs it, not with this module: the CLI imports
 # this module first, to start the forkserver (start_server) before its own heavier imports.
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from comfyui_svd_lab.cli import main
-from comfyui_svd_lab.svd_model.curation import engine, manifest
+from comfyui_svd_lab.svd_model.curation import engine, manifest, workers
 from comfyui_svd_lab.svd_model.curation.captioner_registry import CaptionerEntry, CaptionerRegistry
 from comfyui_svd_lab.svd_model.curation.engine import list_videos, run_curation
 from comfyui_svd_lab.svd_model.curation.pipeline import CurationConfig, VideoRef, curate_video
@@ -301,7 +301,7 @@ def crash_on_b(path: str, root: str):
     """A worker function that kills its process on b.mp4 (stands in for a decoder crash)."""
     if Path(path).name == "b.mp4":
         os._exit(3)
-    return engine._work(path, root)
+    return workers.work(path, root)
 
 
 def test_a_crashing_worker_costs_only_its_video(videos, reference, tmp_path):

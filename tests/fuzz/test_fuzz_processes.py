@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from comfyui_svd_lab.svd_model import fsutil
-from comfyui_svd_lab.svd_model.curation import engine, manifest
+from comfyui_svd_lab.svd_model.curation import engine, manifest, workers
 from comfyui_svd_lab.svd_model.curation.pipeline import CurationConfig
 from comfyui_svd_lab.svd_model.curation.synthetic import make_video
 
@@ -36,7 +36,7 @@ def hang_on_hang(path: str, root: str):
     """Worker job (module level, so worker processes import it): sleeps 'forever' on hang.mp4."""
     if Path(path).name == "hang.mp4":
         time.sleep(3600)
-    return engine._work(path, root)
+    return workers.work(path, root)
 
 
 def _alive(pid: int) -> bool:
